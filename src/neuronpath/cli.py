@@ -1,0 +1,120 @@
+"""Command line: ``neuronpath find | demo | summary``.  A thin layer over :mod:`neuronpath.runner`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .attribution import OBJECTIVES, TARGETS
+from .data import LABEL_MAPPINGS, ImageReadError
+from .grids import GRIDS
+from .loading import DEMO, PREPROCESS_CHOICES, ModelLoadError
+from .runner import DTYPES, run_find
+from .search import METHODS
+from .store import RunConflictError, RunFormatError, read_records
+from .summary import format_summary, summarize
+
+log = logging.getLogger("neuronpath")
+
+ERRORS = (ValueError, FileNotFoundError, ModelLoadError, RunConflictError, RunFormatError,
+          ImageReadError)
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(METHODS)}; "
+                                         f"got {text!r}")
+    return methods
+
+
+def _add_find_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", type=_methods, default=list(METHODS),
+                   help="comma-separated path methods (default: jas,activation)")
+    p.add_argument("--steps", type=int, default=20, help="alpha steps m (default: 20)")
+    p.add_argument("--alphas", choices=GRIDS, default="left",
+                   help="alpha grid; 'left' = official code (k/m, k=0..m-1), 'right' = Eq. 3")
+    p.add_argument("--target", choices=TARGETS, default="label",
+                   help="class whose F is attributed: ground-truth label (official) or prediction")
+    p.add_argument("--objective", choices=OBJECTIVES, default="prob",
+                   help="F: softmax probability (official) or logit")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                   help="float32/float64 convert the model; bfloat16/float16 run it under autocast")
+    p.add_argument("--limit", type=int, help="at most N images, taken round-robin over classes")
+    p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="model",
+                   help="the model's own processor config, or the official code's (spec §9)")
+    p.add_argument("--token", help="token policy: cls (default), distillation, or a token index")
+    p.add_argument("--labels", choices=LABEL_MAPPINGS, default="auto",
+                   help="how class folders map to label ids (default: auto)")
+    p.add_argument("--memory-budget", default="2GiB",
+                   help="saved activations per chunk of rows (default: 2GiB)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuronpath", description=(
+        "Influential neuron paths in vision Transformers (Wang et al., ICLR 2025)."))
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    find = sub.add_parser("find", help="find neuron paths for every image of a folder")
+    find.add_argument("--model", help=f"HF model folder or hub id (default: the built-in {DEMO})")
+    find.add_argument("--data", help="ImageFolder: one sub-folder of images per class "
+                                     "(default: the built-in digits test set)")
+    find.add_argument("--out", help="run folder (resumable); default: neuronpath-demo for the demo")
+    _add_find_options(find)
+
+    demo = sub.add_parser("demo", help="run find on the built-in digits ViT (no network) "
+                                       "and print a summary")
+    demo.add_argument("--out", default="neuronpath-demo", help="run folder (default: %(default)s)")
+    _add_find_options(demo)
+
+    summary = sub.add_parser("summary", help="print per-method statistics of a run")
+    summary.add_argument("run", help="run folder written by find")
+    return parser
+
+
+def _find(args) -> Path:
+    model, data, out = getattr(args, "model", None), getattr(args, "data", None), args.out
+    if model is None and data is None:
+        from .demo import demo_data_dir
+
+        model, data, out = DEMO, demo_data_dir() / "test", out or "neuronpath-demo"
+    if model is None or data is None or out is None:
+        raise ValueError("find: give --model, --data and --out (or none of --model/--data "
+                         "for the built-in demo)")
+    return run_find(model, data, out, methods=args.methods, steps=args.steps,
+                    alphas=args.alphas, target=args.target, objective=args.objective,
+                    batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+                    limit=args.limit, preprocess=args.preprocess, token=args.token,
+                    labels=args.labels, memory_budget=args.memory_budget)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="neuronpath: %(message)s",
+                        level=logging.WARNING if args.quiet else logging.INFO)
+    try:
+        if args.command in ("find", "demo"):
+            run_dir = _find(args)
+            print(f"records: {run_dir / 'records.jsonl'}")
+            if args.command == "demo":
+                print(format_summary(summarize(read_records(run_dir))))
+        else:
+            print(format_summary(summarize(read_records(args.run))))
+    except ERRORS as error:
+        print(f"neuronpath: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neuronpath: interrupted; finished images are saved, re-run the same command "
+              "to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

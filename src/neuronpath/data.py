@@ -1,0 +1,145 @@
+"""Image folders: one sub-folder per class, mapped to the model's label ids.
+
+Folder names are matched to the model's labels in this order (the choice is logged and
+stored in the run's manifest):
+
+1. ``label2id``: every folder name is a label name of the model;
+2. ``imagenet-synsets``: every folder is an ImageNet synset (``n01440764``) and the model
+   has the 1000 ImageNet-1k classes, whose ids are the synsets in sorted order;
+3. ``sorted-folders``: the i-th folder in sorted order is class i (only when no folder
+   name matches a label, or when asked for explicitly).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger("neuronpath")
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                    ".ppm", ".pgm", ".jfif"}
+LABEL_MAPPINGS = ("auto", "label2id", "imagenet-synsets", "sorted-folders")
+SYNSET = re.compile(r"^n\d{8}$")
+
+
+class ImageReadError(Exception):
+    """An image file that cannot be read or decoded."""
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    id: str  # path relative to the data root, with forward slashes
+    path: Path
+    label: int
+    folder: str
+
+
+@dataclass
+class ImageFolder:
+    root: Path
+    items: list[ImageItem]
+    class_to_label: dict[str, int]
+    mapping: str
+
+    def describe(self) -> dict:
+        return {"root": str(self.root), "images": len(self.items), "mapping": self.mapping,
+                "classes": self.class_to_label}
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet-1k synsets in class-index order (= sorted order)."""
+    text = resources.files("neuronpath").joinpath("imagenet_synsets.txt").read_text()
+    return text.split()
+
+
+def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") -> tuple[dict, str]:
+    """Map class folder names to label ids; returns (mapping, how it was decided)."""
+    if how not in LABEL_MAPPINGS:
+        raise ValueError(f"labels: expected one of {LABEL_MAPPINGS}, got {how!r}")
+    label2id = {name: i for i, name in id2label.items()}
+    matched = [f for f in folders if f in label2id]
+    if how in ("auto", "label2id") and matched and len(matched) == len(folders):
+        return {f: label2id[f] for f in folders}, "label2id"
+    if how == "label2id":
+        missing = sorted(set(folders) - set(matched))
+        raise ValueError(f"data: folders {missing[:5]} are not label names of the model")
+    all_synsets = all(SYNSET.match(f) for f in folders)
+    if how in ("auto", "imagenet-synsets") and all_synsets and len(id2label) == 1000:
+        index = {s: i for i, s in enumerate(imagenet_synsets())}
+        unknown = [f for f in folders if f not in index]
+        if unknown:
+            raise ValueError(f"data: folders {unknown[:5]} are not ImageNet-1k synsets")
+        return {f: index[f] for f in folders}, "imagenet-synsets"
+    if how == "imagenet-synsets":
+        raise ValueError("data: labels 'imagenet-synsets' needs synset folders (n01440764 ...) "
+                         "and a model with 1000 classes")
+    if how == "auto" and matched:
+        missing = sorted(set(folders) - set(matched))
+        raise ValueError(f"data: some class folders are label names of the model but "
+                         f"{missing[:5]} are not; rename them, or pass --labels sorted-folders "
+                         f"to use sorted folder order")
+    if id2label and len(folders) > len(id2label):
+        raise ValueError(f"data: {len(folders)} class folders but the model has only "
+                         f"{len(id2label)} classes")
+    return {f: i for i, f in enumerate(folders)}, "sorted-folders"
+
+
+def scan_image_folder(root: str | Path, id2label: dict[int, str], how: str = "auto") -> ImageFolder:
+    """List the images of an ImageFolder-layout directory, sorted by class then file name."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data: {root} is not a folder; expected one sub-folder of "
+                                f"images per class")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"data: {root} has no class sub-folders; expected the ImageFolder "
+                         f"layout DIR/<class>/<image>")
+    mapping, decided = map_labels(folders, id2label, how)
+    log.info("data: class folders mapped to label ids by %s", decided)
+    if decided == "sorted-folders":
+        log.warning("data: class ids taken from sorted folder order (%s -> 0, ...)", folders[0])
+    items = []
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+                items.append(ImageItem(path.relative_to(root).as_posix(), path,
+                                       mapping[folder], folder))
+    if not items:
+        raise ValueError(f"data: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+    return ImageFolder(root, items, mapping, decided)
+
+
+def interleave_classes(items: list[ImageItem]) -> list[ImageItem]:
+    """Round-robin over classes (first image of every class, then the second, ...), so that
+    a ``--limit`` takes a class-balanced sample."""
+    by_class: dict[str, list[ImageItem]] = {}
+    for item in items:
+        by_class.setdefault(item.folder, []).append(item)
+    queues = list(by_class.values())
+    out = []
+    for rank in range(max(len(q) for q in queues)):
+        out.extend(q[rank] for q in queues if rank < len(q))
+    return out
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Read an image as 8-bit RGB (from L, LA, P, RGBA, CMYK, 16-bit or float modes)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                array = np.asarray(image, dtype=np.float64)
+                top = array.max() if array.max() > 0 else 1.0
+                image = Image.fromarray((array / top * 255).astype(np.uint8), "L")
+            elif image.mode in ("P", "PA"):
+                image = image.convert("RGBA")
+            return image.convert("RGB")
+    except Exception as error:  # PIL raises many types for bad files
+        raise ImageReadError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error

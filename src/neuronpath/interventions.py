@@ -1,0 +1,92 @@
+"""Forward-hook interventions on the FFN neurons of a model (spec §1).
+
+Each intervention is a context manager over a :class:`~neuronpath.adapters.ModelAdapter`
+that registers forward hooks on the per-layer activation modules and always removes them,
+also when the body raises.
+
+* :func:`record_neurons` -- read every layer's neuron vector (at the adapter's token) in a pass;
+* :func:`replace_neurons` -- replace a layer's neuron vector by a given tensor, so that
+  gradients flow to that tensor (used by attribution);
+* :func:`scale_neurons` -- multiply chosen neurons by a factor (0 removes, 2 enhances).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from .adapters import ModelAdapter
+
+
+@contextlib.contextmanager
+def _hooks(adapter: ModelAdapter, layer_fns: Mapping[int, object]) -> Iterator[None]:
+    handles = []
+    try:
+        for layer, fn in layer_fns.items():
+            handles.append(adapter.site(layer).register_forward_hook(fn))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def record_neurons(adapter: ModelAdapter, layers=None) -> Iterator[dict[int, torch.Tensor]]:
+    """Yield a dict that the next forward fills with ``{layer: (rows, tokens, n)}`` tensors
+    (the post-activation FFN hidden state at the adapter's token policy, detached)."""
+    layers = range(adapter.num_layers) if layers is None else layers
+    store: dict[int, torch.Tensor] = {}
+
+    def make(layer):
+        def hook(module, inputs, output):
+            store[layer] = adapter.token.select(output).detach()
+        return hook
+
+    with _hooks(adapter, {layer: make(layer) for layer in layers}):
+        yield store
+
+
+@contextlib.contextmanager
+def replace_neurons(adapter: ModelAdapter, values: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Replace layer l's neurons at the adapter's token(s) by ``values[l]``
+    (shape (rows, tokens, n), matching the batch that is run inside the context)."""
+
+    def make(layer):
+        value = values[layer]
+
+        def hook(module, inputs, output):
+            if value.shape[0] != output.shape[0]:
+                raise ValueError(f"replace_neurons: layer {layer} got {value.shape[0]} rows of "
+                                 f"values for a batch of {output.shape[0]}")
+            return adapter.token.insert(output, value)
+        return hook
+
+    with _hooks(adapter, {layer: make(layer) for layer in values}):
+        yield
+
+
+@contextlib.contextmanager
+def scale_neurons(adapter: ModelAdapter, neurons: Mapping[int, torch.Tensor],
+                  factor: float) -> Iterator[None]:
+    """Multiply chosen neurons by ``factor`` at the adapter's token(s), downstream recomputed.
+
+    ``neurons[l]`` holds neuron indices of layer l, shape (rows,) or (rows, K): one set per row
+    of the batch run inside the context.  ``factor=0`` is removal, ``factor=2`` enhancement.
+    """
+
+    def make(layer):
+        index = torch.as_tensor(neurons[layer])
+        index = index.reshape(index.shape[0], -1)
+
+        def hook(module, inputs, output):
+            selected = adapter.token.select(output)
+            scale = torch.ones(selected.shape[0], selected.shape[-1], dtype=selected.dtype,
+                               device=selected.device)
+            scale.scatter_(1, index.to(selected.device), factor)
+            return adapter.token.insert(output, selected * scale[:, None, :])
+        return hook
+
+    with _hooks(adapter, {layer: make(layer) for layer in neurons}):
+        yield

@@ -1,0 +1,116 @@
+"""Load a model by name: the built-in demo, a local Hugging Face folder, or a hub id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .adapters import ModelAdapter, from_hf_model
+from .preprocessing import Preprocess
+
+log = logging.getLogger("neuronpath")
+
+DEMO = "demo"
+PREPROCESS_CHOICES = ("model", "official")
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be loaded, with what to do about it."""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
+
+
+def _hf_preprocess(spec: str, local_only: bool, config) -> Preprocess:
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(spec, "preprocessor_config.json", local_files_only=local_only,
+                           _raise_exceptions_for_missing_entries=False)
+    except Exception:  # noqa: BLE001 - any failure means: no processor config available
+        path = None
+    if path is None:
+        size = getattr(config, "image_size", 224)
+        log.warning("model %s has no preprocessor_config.json; using the official "
+                    "preprocessing (square %d resize, ImageNet mean/std)", spec, size)
+        return Preprocess.official(size)
+    return Preprocess.from_hf_config(json.loads(Path(path).read_text()))
+
+
+def _load_hf(spec: str, local_only: bool):
+    from transformers import AutoModelForImageClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForImageClassification.from_pretrained(spec, local_files_only=local_only)
+    return model, _hf_preprocess(spec, local_only, model.config)
+
+
+def load_model(spec: str = DEMO, *, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32, token: str | None = None,
+               preprocess: str = "model") -> ModelAdapter:
+    """Load a model and wrap it in an adapter.
+
+    ``spec`` is ``"demo"`` (a small ViT trained on scikit-learn's digits on first use), a
+    local Hugging Face model folder, or a Hugging Face hub id (needs network the first
+    time).  ``token`` overrides the token policy (``cls``, ``distillation``, an index);
+    ``preprocess='official'`` uses the authors' preprocessing (spec §9).
+    """
+    if preprocess not in PREPROCESS_CHOICES:
+        raise ValueError(f"preprocess: expected one of {PREPROCESS_CHOICES}, got {preprocess!r}")
+    spec = str(spec)
+    if spec == DEMO:
+        from .demo import demo_model_dir
+
+        model, prep = _load_hf(str(demo_model_dir()), local_only=True)
+    elif Path(spec).expanduser().is_dir():
+        model, prep = _load_hf(str(Path(spec).expanduser()), local_only=True)
+    elif Path(spec).expanduser().is_file():
+        raise ModelLoadError(f"model: {spec} is a file; loading checkpoint files (.npz, .pth) is "
+                             "not implemented yet. Pass a Hugging Face model folder or hub id.")
+    elif _looks_like_path(spec):
+        raise ModelLoadError(f"model: no such folder {spec}")
+    else:
+        model, prep = _load_from_hub(spec)
+    if preprocess == "official":
+        prep = Preprocess.official(getattr(model.config, "image_size", 224))
+    adapter = from_hf_model(model, preprocess=prep, token=token, name=spec)
+    return adapter.to(device=device, dtype=dtype)
+
+
+def _load_from_hub(spec: str):
+    try:
+        return _load_hf(spec, local_only=True)  # already in the local cache?
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise ModelLoadError(
+            f"model: {spec!r} is not a local folder and the Hugging Face Hub cannot be reached "
+            f"(no network, or HF_HUB_OFFLINE is set). On a machine with network, download it "
+            f"with `huggingface-cli download {spec} --local-dir DIR` (or "
+            f"`AutoModelForImageClassification.from_pretrained('{spec}').save_pretrained(DIR)` "
+            f"plus its image processor), copy DIR here and pass --model DIR.")
+    try:
+        return _load_hf(spec, local_only=False)
+    except OSError as error:
+        raise ModelLoadError(f"model: could not load {spec!r} from the Hugging Face Hub: {error}. "
+                             f"Pass a local model folder with --model DIR.") from error

@@ -1,0 +1,156 @@
+"""A whole ``find`` run: model + image folder -> per-image paths on disk, resumable."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import platform
+import re
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .attribution import AttributionConfig
+from .data import ImageReadError, interleave_classes, load_image, scan_image_folder
+from .loading import load_model
+from .search import METHODS, find_paths
+from .store import RunStore
+
+log = logging.getLogger("neuronpath")
+
+DTYPES = {"float32": (torch.float32, None), "float64": (torch.float64, None),
+          "bfloat16": (torch.float32, torch.bfloat16), "float16": (torch.float32, torch.float16)}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'2GiB', '512MiB', '1.5GB' or a plain number of bytes."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"memory budget: expected a size such as 2GiB or 512MiB, got {text!r}")
+    number, unit, binary = match.groups()
+    base = 1024 if binary or not unit else 1000
+    return int(float(number) * base ** " KMGT".index(unit.upper() or " "))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} requested but CUDA is not available")
+    if device == "mps" and not (getattr(torch.backends, "mps", None)
+                                and torch.backends.mps.is_available()):
+        raise ValueError("device: mps requested but not available")
+    return torch.device(device)
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "neuronpath": __version__}
+    for package in ("torch", "transformers", "numpy", "pillow", "safetensors"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def image_record(item, method: str, path: torch.Tensor, score: float, clean, row: int,
+                 id2label: dict) -> dict:
+    pred = int(clean.predicted[row])
+    return {"image": item.id, "label": item.label, "label_name": id2label.get(item.label),
+            "pred": pred, "pred_name": id2label.get(pred),
+            "prob": float(clean.label_prob[row]), "target": int(clean.targets[row]),
+            "method": method, "path": path.tolist(), "jas": float(score)}
+
+
+@contextlib.contextmanager
+def _log_to(path: Path):
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def run_find(model: str, data: str | Path, out: str | Path, *,
+             methods: Sequence[str] = METHODS, steps: int = 20, alphas: str = "left",
+             target: str = "label", objective: str = "prob", batch_size: int = 8,
+             device: str = "auto", dtype: str = "float32", limit: int | None = None,
+             preprocess: str = "model", token: str | None = None, labels: str = "auto",
+             memory_budget: str | int = "2GiB", progress: bool | None = None) -> Path:
+    """Find paths for every image of an ImageFolder and write them to ``out`` (resumable).
+
+    Re-running the same call skips finished images; a call with other settings into the
+    same ``out`` raises :class:`~neuronpath.store.RunConflictError`.
+    """
+    methods = list(dict.fromkeys(methods))
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch size: expected a positive integer, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit: expected a positive integer, got {limit}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {', '.join(METHODS)}")
+    model_dtype, autocast = DTYPES[dtype]
+    config = AttributionConfig(steps=steps, alphas=alphas, target=target, objective=objective,
+                               memory_budget=parse_bytes(memory_budget), autocast=autocast)
+    torch_device = resolve_device(device)
+    adapter = load_model(model, device=torch_device, dtype=model_dtype, token=token,
+                         preprocess=preprocess)
+    folder = scan_image_folder(data, adapter.id2label, labels)
+    items = interleave_classes(folder.items)[:limit]
+    manifest = {
+        "tool": "neuronpath find",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"model": str(model), "weights_sha256": adapter.weights_hash(),
+                     "data": str(Path(data).expanduser().resolve()), "methods": methods,
+                     "steps": steps, "alphas": alphas, "target": target, "objective": objective,
+                     "preprocess": adapter.preprocess.to_dict(), "token": adapter.token.name,
+                     "dtype": dtype, "labels": folder.mapping},
+        "model": adapter.describe(), "alpha_grid": config.grid.to_dict(),
+        "data": folder.describe(),
+        "run": {"batch_size": batch_size, "device": str(torch_device), "limit": limit,
+                "memory_budget": config.memory_budget, "command": sys.argv},
+        "versions": versions(),
+    }
+    store = RunStore(out, manifest)
+    pending = [it for it in items if not set(methods) <= store.done.get(it.id, set())]
+    log.info("find: %d images, %d already done, %d to do -> %s", len(items),
+             len(items) - len(pending), len(pending), store.dir)
+    with _log_to(store.dir / "find.log"), \
+            tqdm(total=len(pending), unit="img", disable=None if progress is None else not progress,
+                 desc="neuron paths") as bar:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start:start + batch_size]
+            good, pixels = [], []
+            for item in batch:
+                try:
+                    pixels.append(adapter.preprocess(load_image(item.path)))
+                    good.append(item)
+                except ImageReadError as error:
+                    log.warning("skipping %s", error)
+                    store.skip(item.id, str(error))
+            if good:
+                labels_t = torch.tensor([it.label for it in good])
+                result = find_paths(adapter, torch.stack(pixels), labels_t, methods, config)
+                store.append([image_record(item, m, result.paths[m][row], result.scores[m][row],
+                                           result.clean, row, adapter.id2label)
+                              for row, item in enumerate(good) for m in methods])
+            bar.update(len(batch))
+    return store.dir

@@ -1,0 +1,42 @@
+"""Per-method summary of a run's records (what ``neuronpath summary`` prints)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+
+
+def summarize(records: Iterable[dict]) -> dict[str, dict]:
+    """Per method: images, mean / median final JAS, top-1 accuracy and mean label probability.
+
+    When a run has both the JAS and the Activation path, also the share of images whose JAS
+    path scores higher than their Activation path.
+    """
+    by_method: dict[str, list[dict]] = {}
+    for record in records:
+        by_method.setdefault(record["method"], []).append(record)
+    out = {}
+    for method, rows in by_method.items():
+        scores = [r["jas"] for r in rows]
+        out[method] = {"images": len(rows), "mean_jas": statistics.fmean(scores),
+                       "median_jas": statistics.median(scores),
+                       "accuracy": statistics.fmean(r["pred"] == r["label"] for r in rows),
+                       "mean_label_prob": statistics.fmean(r["prob"] for r in rows)}
+    if "jas" in by_method and "activation" in by_method:
+        act = {r["image"]: r["jas"] for r in by_method["activation"]}
+        pairs = [(r["jas"], act[r["image"]]) for r in by_method["jas"] if r["image"] in act]
+        if pairs:
+            out["jas"]["share_above_activation"] = statistics.fmean(j > a for j, a in pairs)
+    return out
+
+
+def format_summary(summary: dict[str, dict]) -> str:
+    lines = [f"{'method':<12}{'images':>8}{'mean JAS':>12}{'median JAS':>12}"
+             f"{'accuracy':>10}{'P(label)':>10}"]
+    for method, s in summary.items():
+        lines.append(f"{method:<12}{s['images']:>8}{s['mean_jas']:>12.4g}{s['median_jas']:>12.4g}"
+                     f"{s['accuracy']:>10.1%}{s['mean_label_prob']:>10.3f}")
+    if "share_above_activation" in summary.get("jas", {}):
+        lines.append(f"JAS path scores above the Activation path on "
+                     f"{summary['jas']['share_above_activation']:.1%} of images")
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""The searched JAS / Activation paths and their final JAS equal a literal loop of spec §2."""
+
+import pytest
+import torch
+
+import literal
+from conftest import tiny_vit
+from neuronpath.adapters import from_hf_model
+from neuronpath.attribution import AttributionConfig
+from neuronpath.search import find_paths
+
+
+@pytest.mark.parametrize("steps, batch_size", [(5, 3), (20, 2)])
+def test_paths_and_final_jas_equal_literal_loop(steps, batch_size):
+    model = tiny_vit(layers=4, seed=2)
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, 8, 8, generator=generator, dtype=torch.float64)
+    y = torch.tensor([1, 0, 4, 2])
+    adapter = from_hf_model(model)
+    config = AttributionConfig(steps=steps)
+    for start in range(0, len(y), batch_size):
+        part = slice(start, start + batch_size)
+        result = find_paths(adapter, x[part], y[part], ["jas", "activation"], config)
+        for row, b in enumerate(range(len(y))[part]):
+            x1, label = x[b:b + 1], int(y[b])
+            jas = literal.jas_path(model, x1, label, steps)
+            act = literal.activation_path(model, x1)
+            assert result.paths["jas"][row].tolist() == jas
+            assert result.paths["activation"][row].tolist() == act
+            assert result.scores["jas"][row].item() == pytest.approx(
+                literal.final_jas(model, x1, label, jas, steps), rel=1e-9, abs=1e-14)
+            assert result.scores["activation"][row].item() == pytest.approx(
+                literal.final_jas(model, x1, label, act, steps), rel=1e-9, abs=1e-14)
+
+
+def test_jas_path_differs_from_activation_path_somewhere():
+    # guards against a search that silently returns the activation argmax
+    model = tiny_vit(layers=4, seed=2)
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    result = find_paths(from_hf_model(model), x, torch.arange(6) % 5, config=AttributionConfig(steps=4))
+    assert not torch.equal(result.paths["jas"], result.paths["activation"])
+
+
+def test_search_is_independent_of_chunking(vit64, batch64):
+    x, y = batch64
+    adapter = from_hf_model(vit64)
+    whole = find_paths(adapter, x, y, config=AttributionConfig(steps=6))
+    one_row = find_paths(adapter, x, y, config=AttributionConfig(steps=6, memory_budget=1))
+    for method in whole.paths:
+        assert torch.equal(whole.paths[method], one_row.paths[method])
+        torch.testing.assert_close(whole.scores[method], one_row.scores[method], rtol=1e-12, atol=0)
+
+
+def test_unknown_method_is_rejected(vit64, batch64):
+    with pytest.raises(ValueError, match="methods"):
+        find_paths(from_hf_model(vit64), *batch64, methods=["nope"])
