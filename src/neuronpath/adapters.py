@@ -43,7 +43,7 @@ class ModelAdapter:
                  distillation_index: int | None = None):
         if not site_names:
             raise ValueError("site_names: expected the names of at least one activation module")
-        modules = dict(model.named_modules())
+        modules = dict(model.named_modules(remove_duplicate=False))
         missing = [n for n in site_names if n not in modules]
         if missing:
             raise ValueError(f"site_names: no module named {missing[:3]} in the model; "

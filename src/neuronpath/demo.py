@@ -77,6 +77,9 @@ def demo_model_dir() -> Path:
     """A trained 6-layer ViT in Hugging Face format (trained on first use, then cached)."""
 
     def build(tmp: Path):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         log.info("training the demo ViT on scikit-learn digits (first use only)...")
         model = train_demo_model(demo_data_dir() / "train")
         model.save_pretrained(tmp)
@@ -85,7 +88,8 @@ def demo_model_dir() -> Path:
     return _atomic_dir(cache_dir() / f"demo-vit-digits-v{DEMO_VERSION}", build)
 
 
-def train_demo_model(train_dir: Path, epochs: int = 40, seed: int = 0):
+def train_demo_model(train_dir: Path, epochs: int = 40, seed: int = 0, lr: float = 2e-3,
+                     batch: int = 64):
     """Train a ViT (6 layers, width 64, 128 FFN neurons, 16x16 input, 4x4 patches)."""
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -102,20 +106,20 @@ def train_demo_model(train_dir: Path, epochs: int = 40, seed: int = 0):
                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                        num_labels=10, id2label=labels, label2id={v: k for k, v in labels.items()})
     model = ViTForImageClassification(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    steps_per_epoch = (len(y) + 63) // 64
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, epochs=epochs,
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    steps_per_epoch = (len(y) + batch - 1) // batch
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, epochs=epochs,
                                                    steps_per_epoch=steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=generator)
-        for start in range(0, len(y), 64):
-            batch = order[start:start + 64]
-            images = x[batch]
+        for start in range(0, len(y), batch):
+            rows = order[start:start + batch]
+            images = x[rows]
             shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
             images = torch.roll(images, shifts=shift, dims=(2, 3))  # small translations
-            loss = torch.nn.functional.cross_entropy(model(pixel_values=images).logits, y[batch],
+            loss = torch.nn.functional.cross_entropy(model(pixel_values=images).logits, y[rows],
                                                      label_smoothing=0.05)
             optimizer.zero_grad()
             loss.backward()

@@ -106,7 +106,7 @@ def _load_from_hub(spec: str):
         raise ModelLoadError(
             f"model: {spec!r} is not a local folder and the Hugging Face Hub cannot be reached "
             f"(no network, or HF_HUB_OFFLINE is set). On a machine with network, download it "
-            f"with `huggingface-cli download {spec} --local-dir DIR` (or "
+            f"with `hf download {spec} --local-dir DIR` (or "
             f"`AutoModelForImageClassification.from_pretrained('{spec}').save_pretrained(DIR)` "
             f"plus its image processor), copy DIR here and pass --model DIR.")
     try:

@@ -75,6 +75,7 @@ class RunStore:
         self.dir = Path(run_dir)
         self.records_path = self.dir / RECORDS
         self.dir.mkdir(parents=True, exist_ok=True)
+        manifest = json.loads(json.dumps(manifest))  # compare as it reads back (lists, not tuples)
         path = self.dir / MANIFEST
         if path.exists():
             old = json.loads(path.read_text())

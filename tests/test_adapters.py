@@ -1,0 +1,134 @@
+"""Model adapters: FFN activation discovery across naming schemes, token policies, errors."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import (DeiTConfig, DeiTForImageClassification,
+                          DeiTForImageClassificationWithTeacher)
+
+from neuronpath.adapters import ModelAdapter, find_ffn_activations, from_hf_model
+from neuronpath.interventions import record_neurons
+from neuronpath.search import find_paths
+from neuronpath.attribution import AttributionConfig
+from neuronpath.tokens import TokenPolicy
+
+
+class Block(nn.Module):
+    """A block named the way transformers 4.x names ViT's (intermediate.intermediate_act_fn)."""
+
+    def __init__(self, width, ffn):
+        super().__init__()
+        self.intermediate = nn.Module()
+        self.intermediate.dense = nn.Linear(width, ffn)
+        self.intermediate.intermediate_act_fn = nn.GELU()
+        self.output = nn.Linear(ffn, width)
+
+    def forward(self, x):
+        return x + self.output(self.intermediate.intermediate_act_fn(self.intermediate.dense(x)))
+
+
+class OldStyleViT(nn.Module):
+    def __init__(self, layers=3, width=8, ffn=10, classes=4):
+        super().__init__()
+        self.embed = nn.Linear(12, width)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(Block(width, ffn) for _ in range(layers))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):  # x: (B, 3, 2, 2) -> 1 CLS-like token + 0 patches, enough for tests
+        h = self.embed(x.flatten(1))[:, None, :].repeat(1, 2, 1)
+        for block in self.encoder.layer:
+            h = block(h)
+        return self.head(h[:, 0])
+
+
+def test_transformers4_style_names_are_found():
+    names = find_ffn_activations(OldStyleViT(), 3)
+    assert names == [f"encoder.layer.{i}.intermediate.intermediate_act_fn" for i in range(3)]
+
+
+def test_generic_adapter_runs_the_search():
+    torch.manual_seed(0)
+    model = OldStyleViT().double()
+    adapter = ModelAdapter(model, find_ffn_activations(model))
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64)
+    result = find_paths(adapter, x, torch.tensor([0, 3]), config=AttributionConfig(steps=3))
+    assert result.paths["jas"].shape == (2, 3)
+    assert (result.paths["jas"] < 10).all()
+
+
+def test_timm_style_names_are_found():
+    model = nn.Module()
+    model.blocks = nn.ModuleList()
+    for _ in range(2):
+        block = nn.Module()
+        block.mlp = nn.Module()
+        block.mlp.fc1, block.mlp.act, block.mlp.fc2 = nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4)
+        model.blocks.append(block)
+    assert find_ffn_activations(model, 2) == ["blocks.0.mlp.act", "blocks.1.mlp.act"]
+
+
+def test_shared_activation_module_is_refused():
+    model = OldStyleViT()
+    shared = nn.GELU()
+    for block in model.encoder.layer:
+        block.intermediate.intermediate_act_fn = shared
+    with pytest.raises(ValueError, match="found 1"):
+        find_ffn_activations(model, 3)
+    names = ["encoder.layer.0.intermediate.intermediate_act_fn",
+             "encoder.layer.1.intermediate.intermediate_act_fn"]
+    with pytest.raises(ValueError, match="several layers"):
+        ModelAdapter(model, names)
+
+
+def test_missing_site_names_are_reported():
+    with pytest.raises(ValueError, match="no module named"):
+        ModelAdapter(OldStyleViT(), ["encoder.layer.0.nope"])
+
+
+def _deit(cls):
+    torch.manual_seed(0)
+    config = DeiTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16,
+                        num_hidden_layers=2, num_attention_heads=2, intermediate_size=12,
+                        num_labels=3)
+    model = cls(config).double().eval()
+    with torch.no_grad():  # random CLS and distillation tokens (they start as zeros)
+        model.deit.embeddings.cls_token.normal_()
+        model.deit.embeddings.distillation_token.normal_()
+    return model
+
+
+@pytest.mark.parametrize("cls", [DeiTForImageClassification, DeiTForImageClassificationWithTeacher])
+def test_deit_models_cls_and_distillation_tokens(cls):
+    model = _deit(cls)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    cls_adapter = from_hf_model(model)
+    assert cls_adapter.num_layers == 2 and cls_adapter.token == TokenPolicy.cls()
+    dist_adapter = from_hf_model(model, token="distillation")
+    assert dist_adapter.token.start == 1
+    with record_neurons(cls_adapter) as a:
+        model(pixel_values=x)
+    with record_neurons(dist_adapter) as b:
+        model(pixel_values=x)
+    assert not torch.equal(a[0], b[0])  # the two tokens really differ
+    result = find_paths(dist_adapter, x, torch.tensor([0, 2]), config=AttributionConfig(steps=3))
+    assert result.paths["jas"].shape == (2, 2)
+
+
+def test_token_policy_parsing():
+    assert TokenPolicy.parse("cls") == TokenPolicy.cls()
+    assert TokenPolicy.parse("3").start == 3
+    assert TokenPolicy.parse("patches").start == 1 and TokenPolicy.parse("patches").stop is None
+    with pytest.raises(ValueError, match="no distillation token"):
+        TokenPolicy.parse("distillation")
+    with pytest.raises(ValueError, match="token"):
+        TokenPolicy.parse("middle")
+
+
+def test_weights_hash_changes_with_weights(vit64):
+    adapter = from_hf_model(vit64)
+    before = adapter.weights_hash()
+    assert before == from_hf_model(vit64).weights_hash()
+    with torch.no_grad():
+        vit64.classifier.bias[0] += 1
+    assert adapter.weights_hash() != before

@@ -1,0 +1,134 @@
+"""``neuronpath find`` end to end on generated images: records, resume, kills, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image_folder, save_tiny_model
+from neuronpath.cli import main
+from neuronpath.store import RECORDS, read_manifest, read_records
+
+
+def find(model, data, out, *extra):
+    return main(["-q", "find", "--model", str(model), "--data", str(data), "--out", str(out),
+                 "--steps", "4", "--batch-size", "2", "--device", "cpu", *extra])
+
+
+def by_key(records):
+    return {(r["image"], r["method"]): r for r in records}
+
+
+def test_find_writes_one_record_per_image_and_method(tiny_model_dir, image_folder, tmp_path):
+    assert find(tiny_model_dir, image_folder, tmp_path / "run") == 0
+    records = read_records(tmp_path / "run")
+    assert len(records) == 12 * 2
+    record = records[0]
+    assert set(record) >= {"image", "label", "pred", "prob", "path", "jas", "method"}
+    assert len(record["path"]) == 3 and record["label_name"] in ("cat", "dog", "fish")
+    manifest = read_manifest(tmp_path / "run")
+    assert manifest["settings"]["steps"] == 4 and manifest["alpha_grid"]["name"] == "left"
+    assert manifest["data"]["mapping"] == "label2id"
+    assert manifest["settings"]["preprocess"]["resize"] == [8, 8]
+    assert len(manifest["settings"]["weights_sha256"]) == 64
+    assert manifest["versions"]["torch"]
+
+
+def test_resume_after_partial_write_loses_nothing(tiny_model_dir, image_folder, tmp_path):
+    reference = tmp_path / "reference"
+    assert find(tiny_model_dir, image_folder, reference) == 0
+    run = tmp_path / "run"
+    assert find(tiny_model_dir, image_folder, run, "--limit", "5") == 0
+    first = by_key(read_records(run))
+    assert len(first) == 10
+    with open(run / RECORDS, "a") as handle:  # a kill in the middle of a write
+        handle.write('{"image": "cat/img09.png", "meth')
+    assert find(tiny_model_dir, image_folder, run) == 0
+    records = read_records(run)
+    assert len(records) == len(by_key(records)) == 24  # no duplicates, nothing lost
+    assert (run / RECORDS).read_text().endswith("}\n")
+    for key, record in first.items():
+        assert by_key(records)[key] == record  # finished images were not redone
+    expected = by_key(read_records(reference))
+    for key, record in by_key(records).items():
+        assert record["path"] == expected[key]["path"]
+        assert record["jas"] == pytest.approx(expected[key]["jas"], rel=1e-5, abs=1e-9)
+
+
+def test_corrupt_image_is_skipped_and_reported(tiny_model_dir, image_folder, tmp_path, caplog):
+    (image_folder / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    assert find(tiny_model_dir, image_folder, tmp_path / "run") == 0
+    records = read_records(tmp_path / "run")
+    assert "dog/broken.jpg" not in {r["image"] for r in records}
+    assert len(records) == 24
+    manifest = read_manifest(tmp_path / "run")
+    assert "dog/broken.jpg" in manifest["skipped"]
+    assert "broken.jpg" in (tmp_path / "run" / "find.log").read_text()
+    assert any("broken.jpg" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_conflicting_second_run_is_refused(tiny_model_dir, image_folder, tmp_path, capsys):
+    assert find(tiny_model_dir, image_folder, tmp_path / "run", "--limit", "2") == 0
+    before = (tmp_path / "run" / RECORDS).read_text()
+    assert find(tiny_model_dir, image_folder, tmp_path / "run", "--alphas", "right") == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "alphas" in err and "'left' -> 'right'" in err
+    assert (tmp_path / "run" / RECORDS).read_text() == before
+
+
+def test_bad_arguments_get_clear_errors(tiny_model_dir, image_folder, tmp_path, capsys):
+    assert find(tiny_model_dir, tmp_path / "nowhere", tmp_path / "run") == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert find(tiny_model_dir, image_folder, tmp_path / "run", "--batch-size", "0") == 2
+    assert "batch size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        find(tiny_model_dir, image_folder, tmp_path / "run", "--methods", "jas,bogus")
+    assert main(["summary", str(tmp_path / "nothing")]) == 2
+    assert "not a neuronpath run" in capsys.readouterr().err
+
+
+def test_summary_command(tiny_model_dir, image_folder, tmp_path, capsys):
+    assert find(tiny_model_dir, image_folder, tmp_path / "run") == 0
+    capsys.readouterr()
+    assert main(["summary", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "jas" in out and "activation" in out and "mean JAS" in out
+
+
+def test_killed_process_resumes_to_the_same_records(tmp_path):
+    """SIGKILL a real ``neuronpath find`` mid-run, re-run it, compare with an uninterrupted run."""
+    model = save_tiny_model(tmp_path / "model", layers=6, hidden=32, ffn=48)
+    data = make_image_folder(tmp_path / "images", per_class=40)
+    args = [sys.executable, "-m", "neuronpath.cli", "-q", "find", "--model", str(model),
+            "--data", str(data), "--steps", "20", "--batch-size", "1", "--device", "cpu"]
+    run = tmp_path / "run"
+    process = subprocess.Popen(args + ["--out", str(run)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        path = run / RECORDS
+        if path.exists() and path.read_text().count("\n") >= 4:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = by_key(read_records(run))
+    assert 4 <= len(partial) < 240
+    subprocess.run(args + ["--out", str(run)], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    subprocess.run(args + ["--out", str(tmp_path / "reference")], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed = read_records(run)
+    reference = by_key(read_records(tmp_path / "reference"))
+    assert len(resumed) == len(by_key(resumed)) == len(reference) == 240
+    for key, record in by_key(resumed).items():
+        assert record["path"] == reference[key]["path"]
+        assert record["jas"] == pytest.approx(reference[key]["jas"], rel=1e-5, abs=1e-9)
+    for key, record in partial.items():
+        assert by_key(resumed)[key] == record
