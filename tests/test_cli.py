@@ -132,3 +132,18 @@ def test_killed_process_resumes_to_the_same_records(tmp_path):
         assert record["jas"] == pytest.approx(reference[key]["jas"], rel=1e-5, abs=1e-9)
     for key, record in partial.items():
         assert by_key(resumed)[key] == record
+
+
+def test_demo_command_uses_the_cached_builtin_model(tmp_path, monkeypatch, capsys):
+    # pre-populate the cache with a tiny model and digits-like folders so no training runs
+    from neuronpath import demo
+
+    monkeypatch.setenv("NEURONPATH_CACHE", str(tmp_path / "cache"))
+    model = save_tiny_model(demo.cache_dir() / f"demo-vit-digits-v{demo.DEMO_VERSION}")
+    make_image_folder(demo.cache_dir() / f"digits-v{demo.DEMO_VERSION}" / "test", per_class=2)
+    assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "mean JAS" in out and "JAS path scores above the Activation path" in out
+    manifest = read_manifest(tmp_path / "demo")
+    assert manifest["settings"]["model"] == "demo" and len(read_records(tmp_path / "demo")) == 12
+    assert model.is_dir()
