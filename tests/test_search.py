@@ -54,3 +54,17 @@ def test_search_is_independent_of_chunking(vit64, batch64):
 def test_unknown_method_is_rejected(vit64, batch64):
     with pytest.raises(ValueError, match="methods"):
         find_paths(from_hf_model(vit64), *batch64, methods=["nope"])
+
+
+def test_bfloat16_autocast_runs_and_stays_close():
+    model = tiny_vit(layers=3, dtype=torch.float32)
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 1, 2])
+    adapter = from_hf_model(model)
+    exact = find_paths(adapter, x, y, config=AttributionConfig(steps=4))
+    fast = find_paths(adapter, x, y, config=AttributionConfig(steps=4, autocast=torch.bfloat16))
+    assert fast.paths["jas"].shape == (3, 3) and torch.isfinite(fast.scores["jas"]).all()
+    # the activation path comes from the clean pass, which bf16 barely perturbs
+    assert (fast.paths["activation"] == exact.paths["activation"]).float().mean() >= 2 / 3
+    torch.testing.assert_close(fast.scores["activation"], exact.scores["activation"],
+                               rtol=0.3, atol=0.02)  # bf16 keeps ~3 significant digits
