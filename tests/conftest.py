@@ -76,3 +76,21 @@ def tiny_model_dir(tmp_path):
 @pytest.fixture
 def image_folder(tmp_path):
     return make_image_folder(tmp_path / "images")
+
+
+def tiny_global_pool(layers: int = 3, seed: int = 0, fc_norm_twice: bool = False,
+                     dtype=torch.float64, labels: int = 5):
+    """A tiny MAE-style classifier (mean of patch tokens -> fc_norm -> head)."""
+    from transformers import ViTModel
+
+    from neuronpath.checkpoints import GlobalPoolViT
+
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16,
+                       num_hidden_layers=layers, num_attention_heads=2, intermediate_size=12,
+                       initializer_range=0.3, layer_norm_eps=1e-6, num_labels=labels)
+    model = GlobalPoolViT(ViTModel(config, add_pooling_layer=False), labels, fc_norm_twice)
+    with torch.no_grad():
+        model.fc_norm.weight.normal_(1, 0.2)
+        model.head.weight.normal_(0, 0.5)
+    return model.to(dtype).eval()

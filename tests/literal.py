@@ -116,3 +116,177 @@ def set_jas(model, x1, label, neurons, points, weights, logit=False):
         total_grad += weight * sum(g[neurons[l]].sum() for l, g in zip(layers, grads))
     value = sum(h[l][index].sum() for l, index in neurons.items())
     return float(value * total_grad)
+
+
+def influence_pattern_path(model, x1, label, steps):
+    """Spec §3 for one image: input alpha_k * x (zero baseline in normalised space); for each
+    layer t a separate forward that replaces layers <= t by their own collected values and
+    takes dP/d(layer t); argmax of the mean over the steps."""
+    num_layers = len(sites(model))
+    grad_sum = None
+    for k in range(steps):
+        xk = (k / steps) * x1
+        h, _ = clean_cls(model, xk)
+        if grad_sum is None:
+            grad_sum = [torch.zeros_like(v) for v in h]
+        for t in range(num_layers):
+            reps = {l: h[l].clone() for l in range(t)}
+            reps[t] = h[t].clone().requires_grad_(True)
+            p = logits_with_cls_replaced(model, xk, reps).softmax(-1)[label]
+            (g,) = torch.autograd.grad(p, reps[t])
+            grad_sum[t] += g
+    return [int(torch.argmax(g / steps)) for g in grad_sum]
+
+
+def knowledge_attribution(model, x1, label, steps):
+    """Dai et al. style per-neuron IG: for each layer l and alpha, layer l's CLS vector is
+    replaced by alpha * h_l (other layers normal); Attr_l = h_l * mean_k dP/du_l."""
+    h, _ = clean_cls(model, x1)
+    rows = []
+    for l in range(len(h)):
+        grad_sum = torch.zeros_like(h[l])
+        for k in range(steps):
+            u = ((k / steps) * h[l]).requires_grad_(True)
+            p = logits_with_cls_replaced(model, x1, {l: u}).softmax(-1)[label]
+            (g,) = torch.autograd.grad(p, u)
+            grad_sum += g
+        rows.append(h[l] * grad_sum / steps)
+    return torch.stack(rows)
+
+
+def topk_path(model, x1, label, steps, K, last_only):
+    """Spec §8 TopK loop for one image: all K chosen units of earlier layers scale with alpha;
+    with last_only (the released code) only the K-th enters the two sums."""
+    num_layers = len(sites(model))
+    path = []
+    for t in range(num_layers):
+        h, _ = clean_cls(model, x1)
+        grad_sum = [torch.zeros_like(h[l]) for l in range(t + 1)]
+        for k in range(steps):
+            alpha = k / steps
+            reps = {}
+            for l in range(t):
+                u = h[l].clone()
+                for j in path[l]:
+                    u[j] = alpha * h[l][j]
+                reps[l] = u.requires_grad_(True)
+            reps[t] = (alpha * h[t]).requires_grad_(True)
+            p = logits_with_cls_replaced(model, x1, reps).softmax(-1)[label]
+            for l in range(t + 1):
+                (g,) = torch.autograd.grad(p, reps[l], retain_graph=True)
+                grad_sum[l] += g
+        entering = [[path[l][-1]] if last_only else path[l] for l in range(t)]
+        value_prefix = sum(h[l][j] for l in range(t) for j in entering[l])
+        grad_prefix = sum(grad_sum[l][j] for l in range(t) for j in entering[l])
+        score = (1 / steps) * (h[t] + value_prefix) * (grad_sum[t] + grad_prefix)
+        path.append(sorted(range(len(score)), key=lambda i: (-float(score[i]), i))[:K])
+    return path
+
+
+def topk_final_jas(model, x1, label, path, steps, last_only):
+    h, _ = clean_cls(model, x1)
+    total_grad = 0.0
+    entering = [[p[-1]] if last_only else p for p in path]
+    for k in range(steps):
+        alpha = k / steps
+        reps = {}
+        for l, chosen in enumerate(path):
+            u = h[l].clone()
+            for j in chosen:
+                u[j] = alpha * h[l][j]
+            reps[l] = u.requires_grad_(True)
+        prob = logits_with_cls_replaced(model, x1, reps).softmax(-1)[label]
+        for l in range(len(path)):
+            (g,) = torch.autograd.grad(prob, reps[l], retain_graph=True)
+            total_grad += sum(g[j] for j in entering[l])
+    value = sum(h[l][j] for l in range(len(path)) for j in entering[l])
+    return float((1 / steps) * value * total_grad)
+
+
+# --- global-pool (MAE-style) models: the neuron spans all patch tokens (rows 1..T), spec §4 ---
+
+def clean_patches(model, x1):
+    found = {}
+    hooks = [site.register_forward_hook(
+        lambda module, inputs, output, l=l: found.__setitem__(l, output[0, 1:].detach().clone()))
+        for l, site in enumerate(sites(model))]
+    try:
+        with torch.no_grad():
+            model(pixel_values=x1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [found[l] for l in range(len(found))]
+
+
+def prob_with_patches_replaced(model, x1, replacements, label):
+    def make(block):
+        def hook(module, inputs, output):
+            output = output.clone()
+            output[0, 1:] = block
+            return output
+        return hook
+
+    all_sites = sites(model)
+    hooks = [all_sites[l].register_forward_hook(make(v)) for l, v in replacements.items()]
+    try:
+        return model(pixel_values=x1).softmax(-1)[0, label]
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def mae_jas_path(model, x1, label, steps):
+    """Spec §4 search: per-token product of the two sums, summed over tokens."""
+    num_layers = len(sites(model))
+    path = []
+    for t in range(num_layers):
+        h = clean_patches(model, x1)  # (T, n) per layer
+        grad_sum = [torch.zeros_like(h[l]) for l in range(t + 1)]
+        for k in range(steps):
+            alpha = k / steps
+            reps = {}
+            for l in range(t):
+                u = h[l].clone()
+                u[:, path[l]] = alpha * h[l][:, path[l]]
+                reps[l] = u.requires_grad_(True)
+            reps[t] = (alpha * h[t]).requires_grad_(True)
+            p = prob_with_patches_replaced(model, x1, reps, label)
+            for l in range(t + 1):
+                (g,) = torch.autograd.grad(p, reps[l], retain_graph=True)
+                grad_sum[l] += g
+        score = torch.zeros(h[t].shape[1], dtype=h[t].dtype)
+        for tau in range(h[t].shape[0]):
+            value_prefix = sum(h[l][tau, path[l]] for l in range(t))
+            grad_prefix = sum(grad_sum[l][tau, path[l]] for l in range(t))
+            score += (1 / steps) * (h[t][tau] + value_prefix) * (grad_sum[t][tau] + grad_prefix)
+        path.append(int(torch.argmax(score)))
+    return path
+
+
+def mae_final_jas(model, x1, label, path, steps):
+    """Spec §4 final JAS: per-token product, summed over tokens, divided by the token count."""
+    h = clean_patches(model, x1)
+    tokens = h[0].shape[0]
+    grad_sum = [torch.zeros(tokens, dtype=h[0].dtype) for _ in path]
+    for k in range(steps):
+        alpha = k / steps
+        reps = {}
+        for l, p in enumerate(path):
+            u = h[l].clone()
+            u[:, p] = alpha * h[l][:, p]
+            reps[l] = u.requires_grad_(True)
+        prob = prob_with_patches_replaced(model, x1, reps, label)
+        for l, p in enumerate(path):
+            (g,) = torch.autograd.grad(prob, reps[l], retain_graph=True)
+            grad_sum[l] += g[:, p]
+    total = 0.0
+    for tau in range(tokens):
+        value = sum(h[l][tau, p] for l, p in enumerate(path))
+        grads = sum(grad_sum[l][tau] for l in range(len(path)))
+        total += (1 / steps) * value * grads
+    return float(total / tokens)
+
+
+def mae_activation_path(model, x1):
+    return [int(torch.argmax(v.sum(0))) for v in clean_patches(model, x1)]

@@ -147,3 +147,23 @@ def test_demo_command_uses_the_cached_builtin_model(tmp_path, monkeypatch, capsy
     manifest = read_manifest(tmp_path / "demo")
     assert manifest["settings"]["model"] == "demo" and len(read_records(tmp_path / "demo")) == 12
     assert model.is_dir()
+
+
+def test_all_methods_and_topk_records(tiny_model_dir, image_folder, tmp_path, capsys):
+    methods = "jas,activation,influence-pattern,knowledge"
+    assert find(tiny_model_dir, image_folder, tmp_path / "run", "--methods", methods,
+                "--limit", "3") == 0
+    records = read_records(tmp_path / "run")
+    assert sorted({r["method"] for r in records}) == sorted(methods.split(","))
+    knowledge = [r for r in records if r["method"] == "knowledge"]
+    assert all(len(r["top"]) == 5 and len(r["top"][0]) == 3 for r in knowledge)
+    capsys.readouterr()
+    assert main(["summary", str(tmp_path / "run")]) == 0
+    assert "knowledge neurons per layer" in capsys.readouterr().out
+
+    assert find(tiny_model_dir, image_folder, tmp_path / "topk", "--topk", "2",
+                "--topk-mode", "official", "--limit", "2") == 0
+    records = read_records(tmp_path / "topk")
+    assert all(len(r["path"]) == 3 and len(r["path"][0]) == 2 for r in records)
+    assert read_manifest(tmp_path / "topk")["settings"]["topk_mode"] == "official"
+    assert find(tiny_model_dir, image_folder, tmp_path / "topk", "--topk", "3") == 2

@@ -39,10 +39,6 @@ def test_hub_id_without_network_fails_fast_and_clearly(monkeypatch, env):
 
 
 def test_files_and_missing_paths_are_explained(tmp_path):
-    checkpoint = tmp_path / "ViT-B_16.npz"
-    checkpoint.write_bytes(b"")
-    with pytest.raises(ModelLoadError, match="not implemented yet"):
-        load_model(str(checkpoint))
     with pytest.raises(ModelLoadError, match="no such folder"):
         load_model(str(tmp_path / "missing" / "model"))
     with pytest.raises(ValueError, match="preprocess"):

@@ -16,7 +16,7 @@ The engine follows the authors' code (spec §1-2, §11):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -135,6 +135,44 @@ def rows_per_chunk(adapter: ModelAdapter, pixels: torch.Tensor, budget: int) -> 
     return max(1, int(budget // (cache[key] * 1.5)))
 
 
+def riemann_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
+                      config: AttributionConfig, item_image: torch.Tensor,
+                      build: Callable) -> dict[int, torch.Tensor]:
+    """Shared loop of every integrated-gradient computation.
+
+    Rows are (item, alpha step) pairs, image-major, cut into chunks that fit the memory
+    budget.  For each chunk ``build(items, images, alpha)`` returns the pixel rows, the
+    ``{layer: tensor}`` leaves whose gradients are wanted (shape (rows, tokens, n)) and the
+    intervention context that puts them into the forward.  One backward per chunk gives the
+    gradients of all leaves; returns ``{layer: sum_k w_k dF/dleaf}`` per item.
+    """
+    grid = config.grid
+    device = adapter.device
+    points = torch.tensor(grid.points, dtype=adapter.dtype, device=device)
+    weights = torch.tensor(grid.weights, dtype=adapter.dtype, device=device)
+    item_image = item_image.to(device)
+    n_items = item_image.shape[0]
+    out: dict[int, torch.Tensor] = {}
+    total = n_items * grid.steps
+    chunk = rows_per_chunk(adapter, pixels, config.memory_budget)
+    for start in range(0, total, chunk):
+        rows = torch.arange(start, min(start + chunk, total), device=device)
+        items, steps = rows // grid.steps, rows % grid.steps
+        images = item_image[items]
+        pixel_rows, leaves, context = build(items, images, points[steps])
+        layers = sorted(leaves)
+        with torch.enable_grad(), context, autocast_context(adapter, config.autocast):
+            logits = adapter.logits(pixel_rows)
+            f = objective(logits, clean.targets[images], config.objective).sum()
+        grads = torch.autograd.grad(f, [leaves[l] for l in layers])
+        w = weights[steps][:, None, None]
+        for l, g in zip(layers, grads):
+            if l not in out:
+                out[l] = torch.zeros((n_items,) + g.shape[1:], dtype=adapter.dtype, device=device)
+            out[l].index_add_(0, items, g.to(adapter.dtype) * w)
+    return out
+
+
 def integrated_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
                          masks: Mapping[int, torch.Tensor], config: AttributionConfig,
                          item_image: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
@@ -145,40 +183,21 @@ def integrated_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: Cle
     1 = scaled by alpha, 0 = frozen at the clean value.  Returns for each edited layer
     ``G_l[i] = sum_k w_k * dF/du_l |_{alpha_k}`` of shape (items, tokens, n).
     """
-    grid = config.grid
     pixels = pixels.to(adapter.device, adapter.dtype)
     layers = sorted(masks)
-    n_items = next(iter(masks.values())).shape[0] if masks else 0
-    if item_image is None:
-        item_image = torch.arange(n_items, device=adapter.device)
-    item_image = item_image.to(adapter.device)
-    points = torch.tensor(grid.points, dtype=adapter.dtype, device=adapter.device)
-    weights = torch.tensor(grid.weights, dtype=adapter.dtype, device=adapter.device)
-    out = {l: torch.zeros((n_items,) + clean.acts[l].shape[1:], dtype=adapter.dtype,
-                          device=adapter.device) for l in layers}
-    if not layers or n_items == 0:
-        return out
+    if not layers:
+        return {}
     masks = {l: masks[l].to(adapter.device, adapter.dtype) for l in layers}
-    total = n_items * grid.steps
-    chunk = rows_per_chunk(adapter, pixels, config.memory_budget)
-    for start in range(0, total, chunk):
-        rows = torch.arange(start, min(start + chunk, total), device=adapter.device)
-        items, steps = rows // grid.steps, rows % grid.steps
-        images = item_image[items]
-        alpha = points[steps][:, None, None]
-        values = {}
-        for l in layers:
-            scale = 1 + (alpha - 1) * masks[l][items][:, None, :]
-            values[l] = (clean.acts[l][images] * scale).requires_grad_(True)
-        with torch.enable_grad(), replace_neurons(adapter, values), \
-                autocast_context(adapter, config.autocast):
-            logits = adapter.logits(pixels[images])
-            f = objective(logits, clean.targets[images], config.objective).sum()
-        grads = torch.autograd.grad(f, [values[l] for l in layers])
-        w = weights[steps][:, None, None]
-        for l, g in zip(layers, grads):
-            out[l].index_add_(0, items, g.to(adapter.dtype) * w)
-    return out
+    if item_image is None:
+        item_image = torch.arange(masks[layers[0]].shape[0], device=adapter.device)
+
+    def build(items, images, alpha):
+        alpha = alpha[:, None, None]
+        values = {l: (clean.acts[l][images] * (1 + (alpha - 1) * masks[l][items][:, None, :]))
+                  .requires_grad_(True) for l in layers}
+        return pixels[images], values, replace_neurons(adapter, values)
+
+    return riemann_gradients(adapter, pixels, clean, config, item_image, build)
 
 
 NeuronSet = Mapping[int, "torch.Tensor | Sequence[int] | int"]
@@ -214,6 +233,12 @@ def neuron_index(neurons: NeuronSet, n_items: int, device, width: int,
     return result
 
 
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores along the last dim, descending; ties -> lower index
+    first (so k = 1 is ``argmax``)."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x (items, tokens, n), index (items, K) -> (items, tokens) summed over the K neurons."""
     return x.gather(2, index[:, None, :].expand(-1, x.shape[1], -1)).sum(-1)
@@ -222,7 +247,7 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def set_scores(clean: CleanPass, grads: Mapping[int, torch.Tensor],
                index: Mapping[int, torch.Tensor], item_image: torch.Tensor) -> torch.Tensor:
     """Eq. 2 as the official code forms it: (sum of clean values) x (sum of gradient
-    integrals) over the neurons of the set, per token, summed over tokens (spec §2, §4)."""
+    integrals) over the neurons ``index``, per token, summed over tokens (spec §2, §4)."""
     values = sum(_gather(clean.acts[l][item_image], index[l]) for l in index)
     integrals = sum(_gather(grads[l], index[l]) for l in index)
     return (values * integrals).sum(1)
@@ -235,7 +260,8 @@ def masks_for(index: Mapping[int, torch.Tensor], width: int, dtype, device) -> d
 
 def joint_attribution_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
                              neuron_sets: Sequence[NeuronSet],
-                             config: AttributionConfig = AttributionConfig()) -> list[torch.Tensor]:
+                             config: AttributionConfig = AttributionConfig(),
+                             last_only: bool = False) -> list[torch.Tensor]:
     """JAS (Eq. 2-3) of several neuron sets per image; sets that edit the same layers share
     one batched gradient pass.
 
@@ -243,7 +269,8 @@ def joint_attribution_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean:
     other units stay frozen at clean values (the official "final JAS", spec §2); layers
     without a set neuron run normally.  The score is divided by the number of tokens of the
     token policy (1 for CLS; spec §4 for global-pool models).  Returns one (images,) tensor
-    per set.
+    per set.  ``last_only`` reproduces the released TopK code (spec §8): all neurons of a
+    layer scale, but only the last one listed enters the two sums.
     """
     n_images = clean.labels.shape[0]
     device = adapter.device
@@ -263,7 +290,8 @@ def joint_attribution_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean:
         grads = integrated_gradients(adapter, pixels, clean, masks, config, item_image)
         for j, s in enumerate(members):
             part = slice(j * n_images, (j + 1) * n_images)
-            scores = set_scores(clean, {l: g[part] for l, g in grads.items()}, indices[s],
+            summed = {l: i[:, -1:] for l, i in indices[s].items()} if last_only else indices[s]
+            scores = set_scores(clean, {l: g[part] for l, g in grads.items()}, summed,
                                 item_image[part])
             results[s] = scores / tokens
     return results

@@ -12,8 +12,9 @@ from .data import LABEL_MAPPINGS, ImageReadError
 from .grids import GRIDS
 from .loading import DEMO, PREPROCESS_CHOICES, ModelLoadError
 from .runner import DTYPES, run_find
-from .search import METHODS
-from .store import RunConflictError, RunFormatError, read_records
+from .search import DEFAULT_METHODS, METHODS, TOPK_MODES
+from .knowledge import layer_distribution
+from .store import RunConflictError, RunFormatError, read_manifest, read_records
 from .summary import format_summary, summarize
 
 log = logging.getLogger("neuronpath")
@@ -32,8 +33,14 @@ def _methods(text: str) -> list[str]:
 
 
 def _add_find_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", type=_methods, default=list(METHODS),
-                   help="comma-separated path methods (default: jas,activation)")
+    p.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS),
+                   help=f"comma-separated path methods from {','.join(METHODS)} "
+                        "(default: jas,activation)")
+    p.add_argument("--topk", type=int, default=1,
+                   help="neurons per layer (TopK path, App. E.1); default 1")
+    p.add_argument("--topk-mode", choices=TOPK_MODES, default="all",
+                   help="all: every earlier TopK neuron enters the score (Alg. 3); official: "
+                        "only the K-th does (the released code's bug, spec §8)")
     p.add_argument("--steps", type=int, default=20, help="alpha steps m (default: 20)")
     p.add_argument("--alphas", choices=GRIDS, default="left",
                    help="alpha grid; 'left' = official code (k/m, k=0..m-1), 'right' = Eq. 3")
@@ -51,6 +58,11 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="token policy: cls (default), distillation, or a token index")
     p.add_argument("--labels", choices=LABEL_MAPPINGS, default="auto",
                    help="how class folders map to label ids (default: auto)")
+    p.add_argument("--image-size", type=int,
+                   help="input size for .npz/.pth checkpoints (default 224, as the official "
+                        "code; position embeddings are resized when the grid differs)")
+    p.add_argument("--fc-norm-twice", action="store_true",
+                   help="MAE checkpoints: apply fc_norm twice, as the official code does (spec §4)")
     p.add_argument("--memory-budget", default="2GiB",
                    help="saved activations per chunk of rows (default: 2GiB)")
 
@@ -91,7 +103,18 @@ def _find(args) -> Path:
                     alphas=args.alphas, target=args.target, objective=args.objective,
                     batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                     limit=args.limit, preprocess=args.preprocess, token=args.token,
-                    labels=args.labels, memory_budget=args.memory_budget)
+                    labels=args.labels, memory_budget=args.memory_budget, topk=args.topk,
+                    topk_mode=args.topk_mode, image_size=args.image_size,
+                    fc_norm_twice=args.fc_norm_twice)
+
+
+def print_summary(run_dir) -> None:
+    records = read_records(run_dir)
+    print(format_summary(summarize(records)))
+    if any(r["method"] == "knowledge" for r in records):
+        layers = read_manifest(run_dir)["model"]["num_layers"]
+        print("top-5 knowledge neurons per layer (Fig. 2):",
+              " ".join(str(c) for c in layer_distribution(records, layers)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = _find(args)
             print(f"records: {run_dir / 'records.jsonl'}")
             if args.command == "demo":
-                print(format_summary(summarize(read_records(run_dir))))
+                print_summary(run_dir)
         else:
-            print(format_summary(summarize(read_records(args.run))))
+            print_summary(args.run)
     except ERRORS as error:
         print(f"neuronpath: error: {error}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ also when the body raises.
 * :func:`record_neurons` -- read every layer's neuron vector (at the adapter's token) in a pass;
 * :func:`replace_neurons` -- replace a layer's neuron vector by a given tensor, so that
   gradients flow to that tensor (used by attribution);
+* :func:`add_to_neurons` -- add a tensor to a layer's neuron vector; with zeros this changes
+  nothing but makes dF/d(delta) the total derivative dF/dh_l of the unmodified network;
 * :func:`scale_neurons` -- multiply chosen neurons by a factor (0 removes, 2 enhances).
 """
 
@@ -64,6 +66,21 @@ def replace_neurons(adapter: ModelAdapter, values: Mapping[int, torch.Tensor]) -
         return hook
 
     with _hooks(adapter, {layer: make(layer) for layer in values}):
+        yield
+
+
+@contextlib.contextmanager
+def add_to_neurons(adapter: ModelAdapter, deltas: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Add ``deltas[l]`` (shape (rows, tokens, n)) to layer l's neurons at the adapter's token(s)."""
+
+    def make(layer):
+        delta = deltas[layer]
+
+        def hook(module, inputs, output):
+            return adapter.token.insert(output, adapter.token.select(output) + delta)
+        return hook
+
+    with _hooks(adapter, {layer: make(layer) for layer in deltas}):
         yield
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+from PIL import Image
 
 from .adapters import ModelAdapter, from_hf_model
-from .preprocessing import Preprocess
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 log = logging.getLogger("neuronpath")
 
@@ -67,13 +68,17 @@ def _load_hf(spec: str, local_only: bool):
 
 def load_model(spec: str = DEMO, *, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, token: str | None = None,
-               preprocess: str = "model") -> ModelAdapter:
+               preprocess: str = "model", image_size: int | None = None,
+               fc_norm_twice: bool = False) -> ModelAdapter:
     """Load a model and wrap it in an adapter.
 
     ``spec`` is ``"demo"`` (a small ViT trained on scikit-learn's digits on first use), a
-    local Hugging Face model folder, or a Hugging Face hub id (needs network the first
-    time).  ``token`` overrides the token policy (``cls``, ``distillation``, an index);
-    ``preprocess='official'`` uses the authors' preprocessing (spec §9).
+    local Hugging Face model folder, a Hugging Face hub id (needs network the first time),
+    a Google ViT ``.npz`` or MAE ``.pth`` checkpoint file (run at ``image_size``, default 224
+    as in the official code; ``fc_norm_twice`` reproduces the official MAE quirk), or
+    ``timm:NAME`` (needs timm).  ``token`` overrides the token policy (``cls``,
+    ``distillation``, ``patches``, an index); ``preprocess='official'`` uses the authors'
+    preprocessing (spec §9).
     """
     if preprocess not in PREPROCESS_CHOICES:
         raise ValueError(f"preprocess: expected one of {PREPROCESS_CHOICES}, got {preprocess!r}")
@@ -84,9 +89,17 @@ def load_model(spec: str = DEMO, *, device: str | torch.device = "cpu",
         model, prep = _load_hf(str(demo_model_dir()), local_only=True)
     elif Path(spec).expanduser().is_dir():
         model, prep = _load_hf(str(Path(spec).expanduser()), local_only=True)
+    elif spec.startswith("timm:"):
+        from .timm_adapter import load_timm
+
+        adapter = load_timm(spec[len("timm:"):], token=token)
+        if preprocess == "official":
+            adapter.preprocess = Preprocess.official(image_size or 224)
+        return adapter.to(device=device, dtype=dtype)
     elif Path(spec).expanduser().is_file():
-        raise ModelLoadError(f"model: {spec} is a file; loading checkpoint files (.npz, .pth) is "
-                             "not implemented yet. Pass a Hugging Face model folder or hub id.")
+        model, prep, default_token = _load_checkpoint(Path(spec).expanduser(), image_size or 224,
+                                                      fc_norm_twice)
+        token = token or default_token
     elif _looks_like_path(spec):
         raise ModelLoadError(f"model: no such folder {spec}")
     else:
@@ -95,6 +108,25 @@ def load_model(spec: str = DEMO, *, device: str | torch.device = "cpu",
         prep = Preprocess.official(getattr(model.config, "image_size", 224))
     adapter = from_hf_model(model, preprocess=prep, token=token, name=spec)
     return adapter.to(device=device, dtype=dtype)
+
+
+def _load_checkpoint(path: Path, image_size: int, fc_norm_twice: bool):
+    """A paper checkpoint file -> (model, its correct preprocessing, default token policy)."""
+    from .checkpoints import CheckpointError, load_google_npz, load_mae_pth
+
+    try:
+        if path.suffix == ".npz":  # Google ViT: inputs in [-1, 1]
+            prep = Preprocess("model", (image_size, image_size), None, None,
+                              int(Image.Resampling.BILINEAR), 1 / 255, (0.5,) * 3, (0.5,) * 3)
+            return load_google_npz(path, image_size), prep, "cls"
+        if path.suffix in (".pth", ".pt"):  # MAE: resize 256, centre crop 224, ImageNet stats
+            prep = Preprocess("model", None, round(image_size / 0.875), (image_size, image_size),
+                              int(Image.Resampling.BICUBIC), 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
+            return load_mae_pth(path, image_size, fc_norm_twice), prep, "patches"
+    except CheckpointError as error:
+        raise ModelLoadError(f"model: {error}") from error
+    raise ModelLoadError(f"model: {path} is a file but not a .npz (Google ViT) or .pth (MAE) "
+                         f"checkpoint; pass a Hugging Face model folder, hub id or checkpoint")
 
 
 def _load_from_hub(spec: str):

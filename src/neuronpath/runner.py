@@ -19,7 +19,7 @@ from . import __version__
 from .attribution import AttributionConfig
 from .data import ImageReadError, interleave_classes, load_image, scan_image_folder
 from .loading import load_model
-from .search import METHODS, find_paths
+from .search import DEFAULT_METHODS, METHODS, TOPK_MODES, find_paths
 from .store import RunStore
 
 log = logging.getLogger("neuronpath")
@@ -65,13 +65,24 @@ def versions() -> dict:
     return out
 
 
-def image_record(item, method: str, path: torch.Tensor, score: float, clean, row: int,
-                 id2label: dict) -> dict:
-    pred = int(clean.predicted[row])
-    return {"image": item.id, "label": item.label, "label_name": id2label.get(item.label),
-            "pred": pred, "pred_name": id2label.get(pred),
-            "prob": float(clean.label_prob[row]), "target": int(clean.targets[row]),
-            "method": method, "path": path.tolist(), "jas": float(score)}
+def image_records(items, result, methods, id2label: dict) -> list[dict]:
+    """One record per image and method: labels, clean prediction, path and final JAS (and,
+    for ``knowledge``, the top-5 (layer, neuron, score) triples)."""
+    clean = result.clean
+    records = []
+    for row, item in enumerate(items):
+        pred = int(clean.predicted[row])
+        for method in methods:
+            record = {"image": item.id, "label": item.label,
+                      "label_name": id2label.get(item.label), "pred": pred,
+                      "pred_name": id2label.get(pred), "prob": float(clean.label_prob[row]),
+                      "target": int(clean.targets[row]), "method": method,
+                      "path": result.paths[method][row].tolist(),
+                      "jas": float(result.scores[method][row])}
+            for key, values in result.extras.get(method, {}).items():
+                record[key] = values[row]
+            records.append(record)
+    return records
 
 
 @contextlib.contextmanager
@@ -87,11 +98,13 @@ def _log_to(path: Path):
 
 
 def run_find(model: str, data: str | Path, out: str | Path, *,
-             methods: Sequence[str] = METHODS, steps: int = 20, alphas: str = "left",
+             methods: Sequence[str] = DEFAULT_METHODS, steps: int = 20, alphas: str = "left",
              target: str = "label", objective: str = "prob", batch_size: int = 8,
              device: str = "auto", dtype: str = "float32", limit: int | None = None,
              preprocess: str = "model", token: str | None = None, labels: str = "auto",
-             memory_budget: str | int = "2GiB", progress: bool | None = None) -> Path:
+             memory_budget: str | int = "2GiB", topk: int = 1, topk_mode: str = "all",
+             image_size: int | None = None, fc_norm_twice: bool = False,
+             progress: bool | None = None) -> Path:
     """Find paths for every image of an ImageFolder and write them to ``out`` (resumable).
 
     Re-running the same call skips finished images; a call with other settings into the
@@ -102,6 +115,10 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"batch size: expected a positive integer, got {batch_size}")
+    if topk < 1:
+        raise ValueError(f"topk: expected a positive integer, got {topk}")
+    if topk_mode not in TOPK_MODES:
+        raise ValueError(f"topk mode: expected one of {TOPK_MODES}, got {topk_mode!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit: expected a positive integer, got {limit}")
     unknown = [m for m in methods if m not in METHODS]
@@ -112,7 +129,8 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                                memory_budget=parse_bytes(memory_budget), autocast=autocast)
     torch_device = resolve_device(device)
     adapter = load_model(model, device=torch_device, dtype=model_dtype, token=token,
-                         preprocess=preprocess)
+                         preprocess=preprocess, image_size=image_size,
+                         fc_norm_twice=fc_norm_twice)
     folder = scan_image_folder(data, adapter.id2label, labels)
     items = interleave_classes(folder.items)[:limit]
     manifest = {
@@ -122,7 +140,9 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                      "data": str(Path(data).expanduser().resolve()), "methods": methods,
                      "steps": steps, "alphas": alphas, "target": target, "objective": objective,
                      "preprocess": adapter.preprocess.to_dict(), "token": adapter.token.name,
-                     "dtype": dtype, "labels": folder.mapping},
+                     "dtype": dtype, "labels": folder.mapping, "topk": topk,
+                     "topk_mode": topk_mode, "image_size": image_size,
+                     "fc_norm_twice": fc_norm_twice},
         "model": adapter.describe(), "alpha_grid": config.grid.to_dict(),
         "data": folder.describe(),
         "run": {"batch_size": batch_size, "device": str(torch_device), "limit": limit,
@@ -148,9 +168,8 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                     store.skip(item.id, str(error))
             if good:
                 labels_t = torch.tensor([it.label for it in good])
-                result = find_paths(adapter, torch.stack(pixels), labels_t, methods, config)
-                store.append([image_record(item, m, result.paths[m][row], result.scores[m][row],
-                                           result.clean, row, adapter.id2label)
-                              for row, item in enumerate(good) for m in methods])
+                result = find_paths(adapter, torch.stack(pixels), labels_t, methods, config,
+                                    topk, topk_mode)
+                store.append(image_records(good, result, methods, adapter.id2label))
             bar.update(len(batch))
     return store.dir

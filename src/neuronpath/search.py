@@ -1,4 +1,5 @@
-"""Neuron paths: the layer-progressive JAS search (Alg. 1) and the Activation baseline (App. C.2).
+"""Neuron paths: the layer-progressive JAS search (Alg. 1), its TopK variant (Alg. 3), and
+``find_paths``, which runs any set of path methods on a batch of images.
 
 ``jas_path`` follows the authors' code (spec §2): at layer t the earlier path neurons scale
 with alpha (the rest of their layers frozen at clean values), the *whole* layer t scales with
@@ -7,61 +8,71 @@ alpha, later layers run normally, and candidate i scores
     S_t[i] = (h_t[i] + sum_{l<t} h_l[p_l]) * sum_k w_k (g_t[i] + sum_{l<t} g_l[p_l])|_{alpha_k}
 
 (per token, summed over tokens); p_t = argmax_i S_t[i] (signed, first index on ties).
-Each layer costs one forward and one backward over images x steps rows.
+With K > 1 the K best candidates are kept per layer (App. E.1); by default all K of every
+earlier layer enter both sums, ``topk_mode='official'`` lets only the K-th enter (spec §8,
+a reproduction of the released code's bug).  Each layer costs one forward and one backward
+over images x steps rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .adapters import ModelAdapter
 from .attribution import (AttributionConfig, CleanPass, _gather, clean_pass,
-                          integrated_gradients, joint_attribution_scores)
+                          integrated_gradients, joint_attribution_scores, top_k)
+from .influence import influence_pattern_path
+from .knowledge import knowledge_attribution, top_neurons
 
-METHODS = ("jas", "activation")
+METHODS = ("jas", "activation", "influence-pattern", "knowledge")
+DEFAULT_METHODS = ("jas", "activation")
+TOPK_MODES = ("all", "official")
 
 
-def activation_path(clean: CleanPass) -> torch.Tensor:
-    """Max-activation path (App. C.2): argmax_i of the signed clean activation per layer
-    (summed over tokens for multi-token policies).  Returns (images, layers)."""
-    return torch.stack([a.sum(1).argmax(-1) for a in clean.acts], dim=1)
+def activation_path(clean: CleanPass, k: int = 1) -> torch.Tensor:
+    """Max-activation path (App. C.2): the top-k signed clean activations per layer (summed
+    over tokens for multi-token policies).  Returns (images, layers, k)."""
+    return torch.stack([top_k(a.sum(1), k) for a in clean.acts], dim=1)
 
 
 def jas_path(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
-             config: AttributionConfig = AttributionConfig(),
-             on_layer: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Layer-progressive search (Alg. 1, official whole-layer candidate scoring, spec §2).
+             config: AttributionConfig = AttributionConfig(), k: int = 1,
+             topk_mode: str = "all", on_layer: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Layer-progressive search (Alg. 1 / Alg. 3 with official whole-layer candidate scoring).
 
-    Returns the path, a LongTensor (images, layers).
+    Returns the path, a LongTensor (images, layers, k).
     """
+    if topk_mode not in TOPK_MODES:
+        raise ValueError(f"topk mode: expected one of {TOPK_MODES}, got {topk_mode!r}")
     n_images = clean.labels.shape[0]
-    device = adapter.device
+    device, dtype = adapter.device, adapter.dtype
     width = clean.acts[0].shape[-1]
-    images = torch.arange(n_images, device=device)
-    path = torch.zeros(n_images, adapter.num_layers, dtype=torch.long, device=device)
+    if not 1 <= k <= width:
+        raise ValueError(f"topk: expected 1 <= K <= {width} (the FFN width), got {k}")
+    path = torch.zeros(n_images, adapter.num_layers, k, dtype=torch.long, device=device)
+    zero = torch.zeros((), dtype=dtype, device=device)
     for t in range(adapter.num_layers):
-        masks = {l: torch.zeros(n_images, width, dtype=adapter.dtype, device=device)
-                 .scatter_(1, path[:, l:l + 1], 1.0) for l in range(t)}
-        masks[t] = torch.ones(n_images, width, dtype=adapter.dtype, device=device)
+        masks = {l: torch.zeros(n_images, width, dtype=dtype, device=device)
+                 .scatter_(1, path[:, l], 1.0) for l in range(t)}
+        masks[t] = torch.ones(n_images, width, dtype=dtype, device=device)
         grads = integrated_gradients(adapter, pixels, clean, masks, config)
-        earlier = {l: path[:, l:l + 1] for l in range(t)}
-        value_prefix = sum((_gather(clean.acts[l], i) for l, i in earlier.items()),
-                           torch.zeros((), dtype=adapter.dtype, device=device))
-        grad_prefix = sum((_gather(grads[l], i) for l, i in earlier.items()),
-                          torch.zeros((), dtype=adapter.dtype, device=device))
-        scores = ((clean.acts[t][images] + value_prefix[..., None])
+        summed = {l: path[:, l, -1:] if topk_mode == "official" else path[:, l]
+                  for l in range(t)}
+        value_prefix = sum((_gather(clean.acts[l], i) for l, i in summed.items()), zero)
+        grad_prefix = sum((_gather(grads[l], i) for l, i in summed.items()), zero)
+        scores = ((clean.acts[t] + value_prefix[..., None])
                   * (grads[t] + grad_prefix[..., None])).sum(1)
-        path[:, t] = scores.argmax(-1)
+        path[:, t] = top_k(scores, k)
         if on_layer is not None:
             on_layer(t)
     return path
 
 
 def path_to_set(path: torch.Tensor) -> dict[int, torch.Tensor]:
-    """(images, layers) path -> neuron set {layer: (images,) indices}."""
+    """(images, layers, k) path -> neuron set {layer: (images, k) indices}."""
     return {l: path[:, l] for l in range(path.shape[1])}
 
 
@@ -70,29 +81,41 @@ class PathResult:
     """Paths and their final JAS for a batch of images, plus the clean pass."""
 
     clean: CleanPass
-    paths: dict[str, torch.Tensor]  # method -> (images, layers)
+    paths: dict[str, torch.Tensor]  # method -> (images, layers) for K = 1, else (images, layers, K)
     scores: dict[str, torch.Tensor]  # method -> (images,) final JAS
+    extras: dict[str, dict] = field(default_factory=dict)  # method -> extra per-image outputs
 
 
 def find_paths(adapter: ModelAdapter, pixels: torch.Tensor, labels,
-               methods: Sequence[str] = METHODS,
-               config: AttributionConfig = AttributionConfig(),
-               on_layer: Callable[[int], None] | None = None) -> PathResult:
+               methods: Sequence[str] = DEFAULT_METHODS,
+               config: AttributionConfig = AttributionConfig(), k: int = 1,
+               topk_mode: str = "all") -> PathResult:
     """Find each method's path for a batch of images and its final JAS (spec §2, "Final JAS").
 
-    One clean forward is shared by every method; the final JAS of all paths is computed in
-    one batched gradient pass.
+    Methods: ``jas`` (Alg. 1), ``activation`` (App. C.2), ``influence-pattern`` (App. C.3 as
+    the official code computes it), ``knowledge`` (per-layer top-k of the knowledge-neuron
+    attribution, App. B; its top-5 (layer, neuron) pairs go to ``extras``).  One clean forward
+    is shared by every method; the final JAS of all paths comes from one batched pass.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; expected some of {METHODS}")
     clean = clean_pass(adapter, pixels, labels, config)
-    paths = {}
+    paths, extras = {}, {}
     for method in methods:
         if method == "jas":
-            paths[method] = jas_path(adapter, pixels, clean, config, on_layer)
+            paths[method] = jas_path(adapter, pixels, clean, config, k, topk_mode)
+        elif method == "activation":
+            paths[method] = activation_path(clean, k)
+        elif method == "influence-pattern":
+            paths[method] = influence_pattern_path(adapter, pixels, clean, config, k)
         else:
-            paths[method] = activation_path(clean)
+            attribution = knowledge_attribution(adapter, pixels, clean, config)
+            paths[method] = top_k(attribution, k)
+            extras[method] = {"top": top_neurons(attribution, 5)}
     finals = joint_attribution_scores(adapter, pixels, clean,
-                                      [path_to_set(paths[m]) for m in methods], config)
-    return PathResult(clean, paths, dict(zip(methods, finals)))
+                                      [path_to_set(paths[m]) for m in methods], config,
+                                      last_only=topk_mode == "official")
+    if k == 1:
+        paths = {m: p[..., 0] for m, p in paths.items()}
+    return PathResult(clean, paths, dict(zip(methods, finals)), extras)
