@@ -1,12 +1,13 @@
-"""Seconds per image of the JAS path search, and its ratio R to one forward + input-gradient
-backward of the same model on m rows, both measured in this run.
+"""Seconds per image of each path method, and its ratio R to one forward + input-gradient
+backward of the same model on m rows, both measured in this run; plus each path's mean final JAS.
 
     python benchmarks/bench_search.py --model ../shared/models/vit-s12-imagenet20 \
         --data ../shared/data/imagenet20-dev --images 20
 
-R counts everything ``find`` does per image: the clean forward, the L search passes, and the
-final JAS of the JAS path and of the Activation path.  The official code costs about 44
-such units per image for a 12-layer model with m = 20 (spec §11).
+R counts everything ``find`` does per image: the clean forward, the search, and the final JAS.
+The headline row is ``jas+activation`` (``find``'s default: JAS path search plus the final JAS of
+both paths); the official code costs about 44 such units per image for a 12-layer model with
+m = 20 (spec §11).  Each other row is one method run alone (its clean pass, search, final JAS).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--methods", default="jas+activation,influence-pattern,activation,knowledge",
+                        help="comma-separated runs; '+' joins methods run together")
+    parser.add_argument("--topk", type=int, default=1)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,27 +62,35 @@ def main():
     config = AttributionConfig(steps=args.steps)
 
     unit_seconds(adapter, pixels, labels, args.steps, 3)  # warm-up
-    unit_before = unit_seconds(adapter, pixels, labels, args.steps, 10)
-    finals = {"jas": [], "activation": []}
-    start = time.perf_counter()
-    for s in range(0, len(items), args.batch_size):
-        result = find_paths(adapter, pixels[s:s + args.batch_size],
-                            labels[s:s + args.batch_size], config=config)
-        for method in finals:
-            finals[method] += result.scores[method].tolist()
-    per_image = (time.perf_counter() - start) / len(items)
-    unit_after = unit_seconds(adapter, pixels, labels, args.steps, 10)
-    unit = statistics.mean([unit_before, unit_after])
+    units = [unit_seconds(adapter, pixels, labels, args.steps, 10)]
+    timings, finals = {}, {}
+    for run in args.methods.split(","):
+        methods = run.split("+")
+        scores = {m: [] for m in methods}
+        start = time.perf_counter()
+        for s in range(0, len(items), args.batch_size):
+            result = find_paths(adapter, pixels[s:s + args.batch_size],
+                                labels[s:s + args.batch_size], methods, config, k=args.topk)
+            for m in methods:
+                scores[m] += result.scores[m].tolist()
+        timings[run] = (time.perf_counter() - start) / len(items)
+        for m in methods:
+            finals.setdefault(m, statistics.fmean(scores[m]))
+        units.append(unit_seconds(adapter, pixels, labels, args.steps, 10))
+    unit = statistics.mean(units)
 
-    print(f"model {args.model}: {adapter.num_layers} layers, m = {args.steps}, "
+    print(f"model {args.model}: {adapter.num_layers} layers, m = {args.steps}, K = {args.topk}, "
           f"{len(items)} images, batch {args.batch_size}, device {args.device}, "
           f"{torch.get_num_threads()} threads")
     print(f"unit (forward + input-gradient backward, {args.steps} rows): {unit * 1e3:.1f} ms "
-          f"(before {unit_before * 1e3:.1f}, after {unit_after * 1e3:.1f})")
-    print(f"JAS path search + final JAS of both paths: {per_image:.3f} s per image")
-    print(f"R = {per_image / unit:.2f} units per image (target <= 16; official code ~44)")
-    for method, scores in finals.items():
-        print(f"mean final JAS, {method} path: {statistics.fmean(scores):.5f}")
+          f"(min {min(units) * 1e3:.1f}, max {max(units) * 1e3:.1f} over {len(units)} checks)")
+    print(f"{'run':<24}{'s / image':>10}{'R':>8}")
+    for run, seconds in timings.items():
+        print(f"{run:<24}{seconds:>10.3f}{seconds / unit:>8.2f}")
+    print("target for jas+activation: R <= 16 (official code ~44)")
+    print(f"{'path':<24}{'mean final JAS':>15}")
+    for m, value in sorted(finals.items(), key=lambda kv: -kv[1]):
+        print(f"{m:<24}{value:>15.5f}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="at most N images, taken round-robin over classes")
     p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="model",
                    help="the model's own processor config, or the official code's (spec §9)")
-    p.add_argument("--token", help="token policy: cls (default), distillation, or a token index")
+    p.add_argument("--token", help="token policy: cls (default; patches for MAE), distillation, "
+                                   "patches[:PREFIX], or a token index")
     p.add_argument("--labels", choices=LABEL_MAPPINGS, default="auto",
                    help="how class folders map to label ids (default: auto)")
     p.add_argument("--image-size", type=int,
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     find = sub.add_parser("find", help="find neuron paths for every image of a folder")
-    find.add_argument("--model", help=f"HF model folder or hub id (default: the built-in {DEMO})")
+    find.add_argument("--model", help="HF model folder, hub id, Google .npz, MAE .pth or "
+                                      f"timm:NAME (default: the built-in {DEMO})")
     find.add_argument("--data", help="ImageFolder: one sub-folder of images per class "
                                      "(default: the built-in digits test set)")
     find.add_argument("--out", help="run folder (resumable); default: neuronpath-demo for the demo")
