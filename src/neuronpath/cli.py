@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 from .attribution import OBJECTIVES, TARGETS
 from .data import LABEL_MAPPINGS, ImageReadError
+from .evaluation import run_evaluate
+from .manipulation import OPS
+from .tables import write_table
 from .grids import GRIDS
 from .loading import DEMO, PREPROCESS_CHOICES, ModelLoadError
 from .runner import DTYPES, run_find
@@ -89,7 +93,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     summary = sub.add_parser("summary", help="print per-method statistics of a run")
     summary.add_argument("run", help="run folder written by find")
+
+    evaluate = sub.add_parser("evaluate", help="remove (x0) / enhance (x2) every stored path's "
+                                               "neurons: Table 1 and Fig. 3 for one run")
+    evaluate.add_argument("run", help="run folder written by find")
+    evaluate.add_argument("--ops", type=_ops, default=list(OPS),
+                          help="comma-separated operations (default: remove,enhance)")
+    evaluate.add_argument("--model", help="the run's model, if it moved (its weights are checked)")
+    evaluate.add_argument("--data", help="the run's image folder, if it moved")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the random-path control")
+    evaluate.add_argument("--no-random", action="store_true", help="skip the random-path control")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--bootstrap", type=int, default=1000,
+                          help="bootstrap resamples for confidence intervals (default: 1000)")
+
+    table = sub.add_parser("table", help="merge evaluated runs (one per model) into one Table 1")
+    table.add_argument("runs", nargs="+", help="evaluated run folders")
+    table.add_argument("--out", required=True, help="output stem: writes STEM.md and STEM.csv")
+    table.add_argument("--names", help="comma-separated column names (default: model ids)")
     return parser
+
+
+def _ops(text: str) -> list[str]:
+    ops = [o.strip() for o in text.split(",") if o.strip()]
+    if not ops or any(o not in OPS for o in ops):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(OPS)}")
+    return ops
+
+
+def _table(args) -> None:
+    runs = {}
+    names = args.names.split(",") if args.names else [None] * len(args.runs)
+    if len(names) != len(args.runs):
+        raise ValueError("table: --names needs one name per run")
+    for run, name in zip(args.runs, names):
+        path = Path(run) / "evaluation" / "metrics.json"
+        if not path.is_file():
+            raise RunFormatError(f"{run}: not evaluated yet (no evaluation/metrics.json); "
+                                 f"run `neuronpath evaluate {run}` first")
+        metrics = json.loads(path.read_text())
+        runs[name or Path(metrics["model"]).name or metrics["model"]] = metrics["methods"]
+    for path in write_table(runs, args.out):
+        print(f"wrote {path}")
 
 
 def _find(args) -> Path:
@@ -129,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"records: {run_dir / 'records.jsonl'}")
             if args.command == "demo":
                 print_summary(run_dir)
+        elif args.command == "evaluate":
+            run_evaluate(args.run, ops=args.ops, model=args.model, data=args.data,
+                         seed=args.seed, random_control=not args.no_random,
+                         batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap)
+            out = Path(args.run) / "evaluation"
+            print((out / "table.md").read_text())
+            print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'figure3.png'}")
+        elif args.command == "table":
+            _table(args)
         else:
             print_summary(args.run)
     except ERRORS as error:

@@ -86,11 +86,12 @@ def add_to_neurons(adapter: ModelAdapter, deltas: Mapping[int, torch.Tensor]) ->
 
 @contextlib.contextmanager
 def scale_neurons(adapter: ModelAdapter, neurons: Mapping[int, torch.Tensor],
-                  factor: float) -> Iterator[None]:
+                  factor: float | torch.Tensor) -> Iterator[None]:
     """Multiply chosen neurons by ``factor`` at the adapter's token(s), downstream recomputed.
 
     ``neurons[l]`` holds neuron indices of layer l, shape (rows,) or (rows, K): one set per row
-    of the batch run inside the context.  ``factor=0`` is removal, ``factor=2`` enhancement.
+    of the batch run inside the context.  ``factor=0`` is removal, ``factor=2`` enhancement;
+    a tensor of shape (rows,) gives each row its own factor.
     """
 
     def make(layer):
@@ -101,7 +102,9 @@ def scale_neurons(adapter: ModelAdapter, neurons: Mapping[int, torch.Tensor],
             selected = adapter.token.select(output)
             scale = torch.ones(selected.shape[0], selected.shape[-1], dtype=selected.dtype,
                                device=selected.device)
-            scale.scatter_(1, index.to(selected.device), factor)
+            rows = torch.as_tensor(factor, dtype=selected.dtype, device=selected.device)
+            rows = rows.reshape(-1, 1).expand(index.shape[0], index.shape[1])
+            scale.scatter_(1, index.to(selected.device), rows)
             return adapter.token.insert(output, selected * scale[:, None, :])
         return hook
 

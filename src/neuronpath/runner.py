@@ -146,6 +146,7 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
         "model": adapter.describe(), "alpha_grid": config.grid.to_dict(),
         "data": folder.describe(),
         "run": {"batch_size": batch_size, "device": str(torch_device), "limit": limit,
+                "planned_images": len(items),
                 "memory_budget": config.memory_budget, "command": sys.argv},
         "versions": versions(),
     }

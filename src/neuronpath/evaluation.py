@@ -1,0 +1,166 @@
+"""``neuronpath evaluate``: removal / enhancement of every stored path, metrics, Table 1, Fig. 3.
+
+Reads a ``find`` run, re-runs its model on its images with each method's path neurons
+removed (x0) and enhanced (x2) at every layer at once, plus a random-path control (one random
+neuron per layer per image, seeded), and writes into ``RUN_DIR/evaluation/``:
+
+* ``manifest.json`` + ``records.jsonl`` -- one record per image and method (resumable like find);
+* ``metrics.json`` -- every number (see :mod:`neuronpath.metrics`);
+* ``table.md`` / ``table.csv`` -- the Table-1 layout for this run;
+* ``figure3.png`` / ``figure3.svg`` -- box plots of the probability deviation.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageReadError, load_image
+from .figures import probability_deviation_figure
+from .interventions import record_neurons
+from .loading import load_model
+from .manipulation import OPS, manipulate, random_path
+from .metrics import all_metrics, class_mean_deviations
+from .runner import DTYPES, resolve_device, versions
+from .store import RunFormatError, RunStore, read_manifest, read_records, write_json_atomic
+from .tables import write_table
+
+log = logging.getLogger("neuronpath")
+
+RANDOM = "random"
+
+
+def _check_complete(run_dir: Path, manifest: dict, records: list[dict]) -> None:
+    methods = set(manifest["settings"]["methods"])
+    done: dict[str, set] = {}
+    for r in records:
+        done.setdefault(r["image"], set()).add(r["method"])
+    finished = sum(1 for m in done.values() if methods <= m)
+    planned = manifest.get("run", {}).get("planned_images")
+    skipped = len(manifest.get("skipped", {}))
+    if finished == 0 or (planned is not None and finished + skipped < planned):
+        raise RunFormatError(f"{run_dir}: the find run is incomplete ({finished} of {planned} "
+                             f"images done, {skipped} skipped); finish it by re-running the same "
+                             f"find command, then evaluate")
+
+
+def load_run_model(run_dir: Path, manifest: dict, model: str | None, device: torch.device):
+    """The run's model, checked against the weights hash stored by find."""
+    settings = manifest["settings"]
+    spec = model or settings["model"]
+    model_dtype, _ = DTYPES[settings["dtype"]]
+    try:
+        adapter = load_model(spec, device=device, dtype=model_dtype, token=settings["token"],
+                             preprocess=settings["preprocess"]["name"]
+                             if settings["preprocess"]["name"] == "official" else "model",
+                             image_size=settings.get("image_size"),
+                             fc_norm_twice=settings.get("fc_norm_twice", False))
+    except Exception as error:
+        raise RunFormatError(f"{run_dir}: cannot load its model {spec!r} ({error}); pass "
+                             f"--model with the model the run was made with") from error
+    if adapter.weights_hash() != settings["weights_sha256"]:
+        raise RunFormatError(f"{run_dir} was made by a different model than {spec!r} (weights "
+                             f"SHA-256 {settings['weights_sha256'][:12]}... in the run, "
+                             f"{adapter.weights_hash()[:12]}... now)")
+    return adapter
+
+
+def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model: str | None = None,
+                 data: str | Path | None = None, seed: int = 0, random_control: bool = True,
+                 batch_size: int = 16, device: str = "auto", bootstrap: int = 1000,
+                 progress: bool | None = None) -> dict:
+    """Evaluate a find run (resumable); returns the metrics."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFormatError(f"{run_dir}: no such run folder")
+    ops = list(dict.fromkeys(ops))
+    unknown = [op for op in ops if op not in OPS]
+    if unknown:
+        raise ValueError(f"ops: unknown {unknown}; expected some of {list(OPS)}")
+    manifest = read_manifest(run_dir)
+    found = read_records(run_dir)
+    _check_complete(run_dir, manifest, found)
+    torch_device = resolve_device(device)
+    adapter = load_run_model(run_dir, manifest, model, torch_device)
+    data_root = Path(data or manifest["settings"]["data"]).expanduser()
+    methods = list(manifest["settings"]["methods"]) + ([RANDOM] if random_control else [])
+    find_sha = hashlib.sha256(json.dumps(manifest["settings"], sort_keys=True).encode()).hexdigest()
+    eval_manifest = {
+        "tool": "neuronpath evaluate",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"find_settings_sha256": find_sha, "ops": ops, "seed": seed,
+                     "methods": methods, "factors": {op: OPS[op] for op in ops}},
+        "versions": versions(),
+    }
+    store = RunStore(run_dir / "evaluation", eval_manifest)
+    by_image: dict[str, dict[str, dict]] = {}
+    for r in found:
+        by_image.setdefault(r["image"], {})[r["method"]] = r
+    pending = [i for i, rec in by_image.items()
+               if set(manifest["settings"]["methods"]) <= set(rec)
+               and not set(methods) <= store.done.get(i, set())]
+    log.info("evaluate: %d images, %d to do -> %s", len(by_image), len(pending), store.dir)
+    width = None
+    with tqdm(total=len(pending), unit="img", desc="remove/enhance",
+              disable=None if progress is None else not progress) as bar:
+        for start in range(0, len(pending), batch_size):
+            batch, pixels = [], []
+            for image in pending[start:start + batch_size]:
+                try:
+                    pixels.append(adapter.preprocess(load_image(data_root / image)))
+                    batch.append(image)
+                except ImageReadError as error:
+                    raise RunFormatError(f"{error}; pass --data with the run's image folder") from error
+            pixels = torch.stack(pixels)
+            if width is None:
+                with torch.inference_mode(), record_neurons(adapter, [0]) as store0:
+                    adapter.logits(pixels[:1])
+                width = store0[0].shape[-1]
+            labels = torch.tensor([next(iter(by_image[i].values()))["label"] for i in batch])
+            paths = {m: torch.tensor([by_image[i][m]["path"] for i in batch])
+                     for m in manifest["settings"]["methods"]}
+            k = next(iter(paths.values())).reshape(len(batch), adapter.num_layers, -1).shape[-1]
+            if random_control:
+                paths[RANDOM] = torch.stack([random_path(i, seed, adapter.num_layers, width, k)
+                                             for i in batch])
+            result = manipulate(adapter, pixels, labels, paths, ops)
+            records = []
+            for row, image in enumerate(batch):
+                for m in methods:
+                    record = {"image": image, "label": int(labels[row]), "method": m,
+                              "path": paths[m][row].tolist(),
+                              "jas": by_image[image][m]["jas"] if m in by_image[image] else None,
+                              "base_prob": float(result["base_prob"][row]),
+                              "base_pred": int(result["base_pred"][row])}
+                    for op in ops:
+                        record[f"{op}_prob"] = float(result[f"{m}:{op}_prob"][row])
+                        record[f"{op}_pred"] = int(result[f"{m}:{op}_pred"][row])
+                    records.append(record)
+            store.append(records)
+            bar.update(len(batch))
+    return write_outputs(run_dir, ops, bootstrap, seed)
+
+
+def write_outputs(run_dir: Path, ops: Sequence[str], bootstrap: int, seed: int) -> dict:
+    """metrics.json, table.md/csv and figure3.png/svg from the evaluation records."""
+    out = run_dir / "evaluation"
+    records = read_records(out)
+    metrics = all_metrics(records, ops, bootstrap, seed)
+    name = read_manifest(run_dir)["settings"]["model"]
+    write_json_atomic(out / "metrics.json", {"model": name, "ops": list(ops),
+                                             "bootstrap": bootstrap, "methods": metrics})
+    write_table({Path(name).name or name: metrics}, out / "table")
+    by_method: dict[str, list[dict]] = {}
+    for r in records:
+        by_method.setdefault(r["method"], []).append(r)
+    deviations = {op: {m: class_mean_deviations(rows, op) for m, rows in by_method.items()}
+                  for op in ops}
+    probability_deviation_figure(deviations, out / "figure3", title=Path(name).name or name)
+    return metrics
