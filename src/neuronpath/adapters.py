@@ -93,6 +93,19 @@ class ModelAdapter:
             out = out[0]
         return out
 
+    def width(self) -> int:
+        """FFN width n, read off one forward of a blank image through the preprocessing."""
+        from PIL import Image
+
+        from .interventions import record_neurons
+
+        if self.preprocess is None:
+            raise ValueError("width: the adapter has no preprocessing to build a probe image")
+        pixels = self.preprocess(Image.new("RGB", (32, 32)))[None]
+        with torch.inference_mode(), record_neurons(self, [0]) as store:
+            self.logits(pixels)
+        return int(store[0].shape[-1])
+
     def weights_hash(self) -> str:
         """SHA-256 over the state dict (names, dtypes, shapes and bytes), in name order."""
         digest = hashlib.sha256()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .attribution import OBJECTIVES, TARGETS
+from .class_report import run_classes
 from .data import LABEL_MAPPINGS, ImageReadError
 from .evaluation import run_evaluate
 from .manipulation import OPS
@@ -19,7 +20,7 @@ from .runner import DTYPES, run_find
 from .search import DEFAULT_METHODS, METHODS, TOPK_MODES
 from .knowledge import layer_distribution
 from .store import RunConflictError, RunFormatError, read_manifest, read_records
-from .summary import format_summary, summarize
+from .summary import format_class_report, format_summary, summarize
 
 log = logging.getLogger("neuronpath")
 
@@ -108,6 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bootstrap", type=int, default=1000,
                           help="bootstrap resamples for confidence intervals (default: 1000)")
 
+    classes = sub.add_parser("classes", help="class-level neuron statistics, utilisation "
+                                             "matrices, class similarity, Figures 2, 4 and 5")
+    classes.add_argument("run", help="run folder written by find")
+    classes.add_argument("--method", default="jas", help="whose paths (default: jas)")
+    classes.add_argument("--out", help="output folder (default: RUN/classes-METHOD)")
+    classes.add_argument("--classes", help="comma-separated classes for Figure 4 (default: first 4)")
+    classes.add_argument("--groups", help="file assigning classes to groups (class<TAB>group) "
+                                          "for the coherence test")
+    classes.add_argument("--class-names", help="file mapping class labels to readable names")
+    classes.add_argument("--kde-mode", action="store_true",
+                         help="Figure 4 line at the Gaussian-KDE mode (official) instead of the "
+                              "exact most used neuron")
+    classes.add_argument("--fraction", type=float, default=0.05,
+                         help="share of most / least similar classes listed (default: 0.05)")
+    classes.add_argument("--permutations", type=int, default=10000)
+    classes.add_argument("--panel-class", help="class shown in Figure 5 (default: the first)")
+    classes.add_argument("--data", help="the run's image folder, if it moved (for thumbnails)")
+
     table = sub.add_parser("table", help="merge evaluated runs (one per model) into one Table 1")
     table.add_argument("runs", nargs="+", help="evaluated run folders")
     table.add_argument("--out", required=True, help="output stem: writes STEM.md and STEM.csv")
@@ -184,6 +203,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'figure3.png'}")
         elif args.command == "table":
             _table(args)
+        elif args.command == "classes":
+            report = run_classes(args.run, method=args.method, out=args.out,
+                                 plot_classes=args.classes.split(",") if args.classes else None,
+                                 groups=args.groups, class_names=args.class_names,
+                                 kde=args.kde_mode, fraction=args.fraction,
+                                 permutations=args.permutations, panel_class=args.panel_class,
+                                 data=args.data)
+            print(format_class_report(report))
         else:
             print_summary(args.run)
     except ERRORS as error:

@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from .data import ImageReadError, load_image
 from .figures import probability_deviation_figure
-from .interventions import record_neurons
 from .loading import load_model
 from .manipulation import OPS, manipulate, random_path
 from .metrics import all_metrics, class_mean_deviations
@@ -107,7 +106,7 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
                if set(manifest["settings"]["methods"]) <= set(rec)
                and not set(methods) <= store.done.get(i, set())]
     log.info("evaluate: %d images, %d to do -> %s", len(by_image), len(pending), store.dir)
-    width = None
+    width = manifest["model"].get("width") or adapter.width()
     with tqdm(total=len(pending), unit="img", desc="remove/enhance",
               disable=None if progress is None else not progress) as bar:
         for start in range(0, len(pending), batch_size):
@@ -119,10 +118,6 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
                 except ImageReadError as error:
                     raise RunFormatError(f"{error}; pass --data with the run's image folder") from error
             pixels = torch.stack(pixels)
-            if width is None:
-                with torch.inference_mode(), record_neurons(adapter, [0]) as store0:
-                    adapter.logits(pixels[:1])
-                width = store0[0].shape[-1]
             labels = torch.tensor([next(iter(by_image[i].values()))["label"] for i in batch])
             paths = {m: torch.tensor([by_image[i][m]["path"] for i in batch])
                      for m in manifest["settings"]["methods"]}

@@ -33,9 +33,115 @@ def probability_deviation_figure(deviations: Mapping[str, Mapping[str, np.ndarra
         ax.tick_params(axis="x", labelrotation=20)
     if title:
         figure.suptitle(title)
+    return _save(figure, out_stem)
+
+
+def _save(figure, out_stem) -> list[Path]:
     stem = Path(out_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for path in paths:
         figure.savefig(path, dpi=150)
     return paths
+
+
+def neuron_violins(paths_by_class: Mapping[str, np.ndarray], modes: Mapping[str, np.ndarray],
+                   width: int, out_stem: str | Path, columns: int = 2) -> list[Path]:
+    """Fig. 4: per class, a violin of the selected neuron index at each layer, the most used
+    neuron per layer joined by a dotted line.  ``paths_by_class[name]``: (images, layers);
+    ``modes[name]``: (layers,).  A layer where every image picks the same neuron (no spread
+    to estimate a density from) is drawn as a short bar."""
+    from matplotlib.figure import Figure
+
+    names = list(paths_by_class)
+    rows = -(-len(names) // columns)
+    figure = Figure(figsize=(5.0 * min(columns, len(names)), 3.0 * rows), layout="constrained")
+    axes = figure.subplots(rows, min(columns, len(names)), squeeze=False).ravel()
+    for ax, name in zip(axes, names):
+        values = np.asarray(paths_by_class[name])
+        layers = np.arange(values.shape[1])
+        spread = [l for l in layers if np.ptp(values[:, l]) > 0]
+        if spread:
+            parts = ax.violinplot([values[:, l] for l in spread], positions=spread, widths=0.8,
+                                  showextrema=False)
+            for body in parts["bodies"]:
+                body.set_alpha(0.5)
+        for l in layers:
+            if l not in spread:
+                ax.hlines(values[0, l], l - 0.3, l + 0.3, color="C0", linewidth=2)
+        ax.plot(layers, modes[name], linestyle=":", marker="o", markersize=3, color="C3",
+                label="most used neuron")
+        ax.set_title(name)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("neuron index")
+        ax.set_ylim(-0.02 * width, 1.02 * width)
+        ax.set_xticks(layers)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    axes[0].legend(loc="upper right", fontsize=7)
+    return _save(figure, out_stem)
+
+
+def similarity_heatmap(similarity: np.ndarray, names: Sequence[str], out_stem: str | Path,
+                       title: str = "") -> list[Path]:
+    """Cosine similarity of utilisation matrices, classes ordered by average-linkage
+    hierarchical clustering on 1 - similarity."""
+    from matplotlib.figure import Figure
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    distance = np.clip(1 - similarity, 0, None)
+    np.fill_diagonal(distance, 0)
+    order = leaves_list(linkage(squareform(distance, checks=False), "average")) \
+        if len(names) > 2 else np.arange(len(names))
+    size = 2.5 + 0.32 * len(names)
+    figure = Figure(figsize=(size + 1.2, size), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(similarity[np.ix_(order, order)], cmap="viridis")
+    ax.set_xticks(range(len(names)), [names[i] for i in order], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), [names[i] for i in order], fontsize=7)
+    figure.colorbar(image, ax=ax, label="cosine similarity of M_c")
+    if title:
+        ax.set_title(title)
+    return _save(figure, out_stem)
+
+
+def similarity_panel(rows: Sequence[tuple[str, float | None, Sequence]], out_stem: str | Path,
+                     title: str = "") -> list[Path]:
+    """Fig. 5-style panel: one row per class (the class, its most and least similar classes),
+    each with a few thumbnails (PIL images) and its similarity to the first class."""
+    from matplotlib.figure import Figure
+
+    per_row = max(len(images) for _, _, images in rows)
+    figure = Figure(figsize=(1.6 * per_row + 1.5, 1.7 * len(rows)), layout="constrained")
+    axes = figure.subplots(len(rows), per_row, squeeze=False)
+    for r, (name, sim, images) in enumerate(rows):
+        for c in range(per_row):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(images[c])
+            else:
+                ax.set_visible(False)
+        label = name if sim is None else f"{name}\nsim {sim:.3f}"
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, out_stem)
+
+
+def layer_distribution_figure(counts: Sequence[int], out_stem: str | Path, title: str = "") -> list[Path]:
+    """Fig. 2: how many of the per-image top-5 knowledge neurons fall in each layer."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5, 3.2), layout="constrained")
+    ax = figure.subplots()
+    total = max(sum(counts), 1)
+    ax.bar(range(len(counts)), [100 * c / total for c in counts], color="C2")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("share of top-5 knowledge neurons (%)")
+    ax.set_xticks(range(len(counts)))
+    if title:
+        ax.set_title(title)
+    return _save(figure, out_stem)

@@ -40,3 +40,20 @@ def format_summary(summary: dict[str, dict]) -> str:
         lines.append(f"JAS path scores above the Activation path on "
                      f"{summary['jas']['share_above_activation']:.1%} of images")
     return "\n".join(lines)
+
+
+def format_class_report(report: dict) -> str:
+    """The headline numbers of ``neuronpath classes``."""
+    c = report["clustering"]
+    lines = [f"{report['classes']} classes, {report['layers']} layers, {report['width']} neurons "
+             f"per layer ({report['method']} paths)",
+             "share of images on their class's modal neuron (leave-one-out), per layer:",
+             "  observed:        " + " ".join(f"{v:.2f}" for v in c["share_modal"]),
+             "  labels shuffled: " + " ".join(f"{v:.2f}" for v in c["shuffled_labels"]),
+             f"  chance 1/n = {c['chance']:.4f}"]
+    if "coherence" in report:
+        h = report["coherence"]
+        lines.append(f"group coherence: within {h['within_mean']:.4f}, between "
+                     f"{h['between_mean']:.4f}, difference {h['difference']:+.4f}, permutation "
+                     f"p = {h['p_value']:.4g} ({h['permutations']} permutations)")
+    return "\n".join(lines)
