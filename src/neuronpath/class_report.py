@@ -132,7 +132,7 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
     rows = [(display[i], None, _thumbnails(root, cp.images[cp.classes[i]], thumbnails))]
     for kind in ("top", "bottom"):
         for j, s in lists[i][kind]:
-            rows.append((f"{kind[:3]}: {display[j]}", s, _thumbnails(root, cp.images[cp.classes[j]],
+            rows.append((f"{'most' if kind == 'top' else 'least'} similar:\n{display[j]}", s, _thumbnails(root, cp.images[cp.classes[j]],
                                                                       thumbnails)))
     if all(images for _, _, images in rows):
         similarity_panel(rows, out / "figure5", title=f"{display[i]}: most / least similar classes")

@@ -13,6 +13,8 @@ from .class_report import run_classes
 from .data import LABEL_MAPPINGS, ImageReadError
 from .evaluation import run_evaluate
 from .manipulation import OPS
+from .prune_run import run_prune
+from .pruning import AGGREGATES
 from .tables import write_table
 from .grids import GRIDS
 from .loading import DEMO, PREPROCESS_CHOICES, ModelLoadError
@@ -127,11 +129,51 @@ def build_parser() -> argparse.ArgumentParser:
     classes.add_argument("--panel-class", help="class shown in Figure 5 (default: the first)")
     classes.add_argument("--data", help="the run's image folder, if it moved (for thumbnails)")
 
+    prune = sub.add_parser("prune", help="class-specific pruning guided by TopK paths: "
+                                         "Figure 6 and the Table 3 depth ablation")
+    prune.add_argument("--model", required=True)
+    prune.add_argument("--data", required=True)
+    prune.add_argument("--out", required=True)
+    prune.add_argument("--keep", type=_ints, default=[1, 5, 10, 30, 50],
+                       help="kept neurons per layer (default: 1,5,10,30,50)")
+    prune.add_argument("--mask", type=_floats, default=[0.1, 0.3, 0.5, 1.0],
+                       help="share of the other neurons zeroed (default: 0.1,0.3,0.5,1.0)")
+    prune.add_argument("--depth", type=_ints, help="prune only the first d layers; several values "
+                                                   "give the Table 3 ablation (default: all)")
+    prune.add_argument("--probe-fraction", type=float, default=0.8)
+    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--aggregate", choices=AGGREGATES, default="frequency",
+                       help="frequency over pooled probe selections (App. E.2) or the official "
+                            "per-rank-slot mode (spec §8)")
+    prune.add_argument("--methods", default="jas,activation,random",
+                       help="comma-separated from jas, activation, random")
+    prune.add_argument("--find-run", help="reuse a find run with TopK paths (K >= max keep)")
+    prune.add_argument("--topk-mode", choices=TOPK_MODES, default="all")
+    prune.add_argument("--steps", type=int, default=20)
+    prune.add_argument("--batch-size", type=int, default=8)
+    prune.add_argument("--device", default="auto")
+    prune.add_argument("--table-keep", type=int, default=5)
+    prune.add_argument("--table-mask", type=float, default=1.0)
+
     table = sub.add_parser("table", help="merge evaluated runs (one per model) into one Table 1")
     table.add_argument("runs", nargs="+", help="evaluated run folders")
     table.add_argument("--out", required=True, help="output stem: writes STEM.md and STEM.csv")
     table.add_argument("--names", help="comma-separated column names (default: model ids)")
     return parser
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _ops(text: str) -> list[str]:
@@ -203,6 +245,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'figure3.png'}")
         elif args.command == "table":
             _table(args)
+        elif args.command == "prune":
+            report = run_prune(args.model, args.data, args.out, keep=args.keep, mask=args.mask,
+                               depth=args.depth, probe_fraction=args.probe_fraction,
+                               seed=args.seed, aggregate=args.aggregate,
+                               methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                               find_run=args.find_run, topk_mode=args.topk_mode,
+                               steps=args.steps, batch_size=args.batch_size, device=args.device,
+                               table_keep=args.table_keep, table_mask=args.table_mask)
+            print((Path(args.out) / "table3.md").read_text())
+            print(f"wrote {Path(args.out) / 'results.json'}, figure6.png, table3.md")
         elif args.command == "classes":
             report = run_classes(args.run, method=args.method, out=args.out,
                                  plot_classes=args.classes.split(",") if args.classes else None,

@@ -97,10 +97,12 @@ def similarity_heatmap(similarity: np.ndarray, names: Sequence[str], out_stem: s
     size = 2.5 + 0.32 * len(names)
     figure = Figure(figsize=(size + 1.2, size), layout="constrained")
     ax = figure.subplots()
-    image = ax.imshow(similarity[np.ix_(order, order)], cmap="viridis")
+    shown = similarity[np.ix_(order, order)].astype(float)
+    np.fill_diagonal(shown, np.nan)  # self-similarity (1) would flatten the colour scale
+    image = ax.imshow(shown, cmap="viridis")
     ax.set_xticks(range(len(names)), [names[i] for i in order], rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), [names[i] for i in order], fontsize=7)
-    figure.colorbar(image, ax=ax, label="cosine similarity of M_c")
+    figure.colorbar(image, ax=ax, label="cosine similarity of M_c (diagonal blank)")
     if title:
         ax.set_title(title)
     return _save(figure, out_stem)
@@ -144,4 +146,33 @@ def layer_distribution_figure(counts: Sequence[int], out_stem: str | Path, title
     ax.set_xticks(range(len(counts)))
     if title:
         ax.set_title(title)
+    return _save(figure, out_stem)
+
+
+def pruning_figure(report: Mapping, out_stem: str | Path, depth: int) -> list[Path]:
+    """Fig. 6: metric vs kept neurons per layer, one line per mask share, one column per
+    method; the unpruned model dotted.  Rows: mean ground-truth probability (what the paper's
+    "accuracy" is) and top-1 accuracy."""
+    from matplotlib.figure import Figure
+
+    methods, keep, masks = report["methods"], report["keep"], report["mask"]
+    results, base = report["results"], report["results"]["unpruned"]
+    metrics = (("mean_label_prob", "mean ground-truth probability"), ("accuracy", "top-1 accuracy"))
+    figure = Figure(figsize=(3.6 * len(methods), 5.6), layout="constrained")
+    axes = figure.subplots(len(metrics), len(methods), squeeze=False, sharey="row")
+    for col, method in enumerate(methods):
+        for row, (key, label) in enumerate(metrics):
+            ax = axes[row, col]
+            for p in masks:
+                ax.plot(keep, [results[f"{method}|{t}|{p}|{depth}"][key] for t in keep],
+                        marker="o", markersize=3, label=f"mask {p:g}")
+            ax.axhline(base[key], color="black", linestyle=":", linewidth=1, label="unpruned")
+            ax.set_xscale("log")
+            ax.set_xticks(keep, [str(t) for t in keep])
+            ax.set_xlabel("kept neurons per layer")
+            if col == 0:
+                ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(f"{method} (first {depth} layers)")
+    axes[0, 0].legend(fontsize=7)
     return _save(figure, out_stem)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import logging
 import platform
 import re
@@ -104,11 +105,12 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
              preprocess: str = "model", token: str | None = None, labels: str = "auto",
              memory_budget: str | int = "2GiB", topk: int = 1, topk_mode: str = "all",
              image_size: int | None = None, fc_norm_twice: bool = False,
-             progress: bool | None = None) -> Path:
+             only: set[str] | None = None, progress: bool | None = None) -> Path:
     """Find paths for every image of an ImageFolder and write them to ``out`` (resumable).
 
     Re-running the same call skips finished images; a call with other settings into the
-    same ``out`` raises :class:`~neuronpath.store.RunConflictError`.
+    same ``out`` raises :class:`~neuronpath.store.RunConflictError`.  ``only`` restricts the
+    run to these image ids (its hash is part of the run's identity).
     """
     methods = list(dict.fromkeys(methods))
     if dtype not in DTYPES:
@@ -132,7 +134,8 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                          preprocess=preprocess, image_size=image_size,
                          fc_norm_twice=fc_norm_twice)
     folder = scan_image_folder(data, adapter.id2label, labels)
-    items = interleave_classes(folder.items)[:limit]
+    items = [it for it in folder.items if only is None or it.id in only]
+    items = interleave_classes(items)[:limit]
     manifest = {
         "tool": "neuronpath find",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -142,7 +145,9 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                      "preprocess": adapter.preprocess.to_dict(), "token": adapter.token.name,
                      "dtype": dtype, "labels": folder.mapping, "topk": topk,
                      "topk_mode": topk_mode, "image_size": image_size,
-                     "fc_norm_twice": fc_norm_twice},
+                     "fc_norm_twice": fc_norm_twice,
+                     "subset_sha256": None if only is None else hashlib.sha256(
+                         "\n".join(sorted(only)).encode()).hexdigest()},
         "model": {**adapter.describe(), "width": adapter.width()},
         "alpha_grid": config.grid.to_dict(),
         "data": folder.describe(),

@@ -1,0 +1,180 @@
+"""``neuronpath prune``: class-specific pruning experiment, Figure 6 and the Table 3 depth ablation.
+
+Writes into OUT: ``find/`` (the TopK paths of the probe images, a resumable find run),
+``results.json`` (every number, the split and the kept neurons), ``figure6.png/.svg``,
+``table3.md/.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageReadError, load_image, scan_image_folder
+from .loading import load_model
+from .pruning import (AGGREGATES, _generator, keep_by_frequency, keep_by_slot_mode,
+                      pruned_predictions, random_keep, split_probe_test)
+from .runner import DTYPES, resolve_device, run_find
+from .store import read_manifest, read_records, write_json_atomic
+
+log = logging.getLogger("neuronpath")
+
+PATH_METHODS = ("jas", "activation")
+METHODS = PATH_METHODS + ("random",)
+
+
+def _selections(records, method, images) -> np.ndarray:
+    rows = {r["image"]: r["path"] for r in records if r["method"] == method}
+    missing = [i for i in images if i not in rows]
+    if missing:
+        raise ValueError(f"find run: no {method} path for probe images {missing[:3]}")
+    array = np.array([rows[i] for i in images], dtype=np.int64)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def run_prune(model: str, data: str | Path, out: str | Path, *,
+              keep: Sequence[int] = (1, 5, 10, 30, 50), mask: Sequence[float] = (0.1, 0.3, 0.5, 1.0),
+              depth: Sequence[int] | None = None, probe_fraction: float = 0.8, seed: int = 0,
+              aggregate: str = "frequency", methods: Sequence[str] = METHODS,
+              find_run: str | Path | None = None, steps: int = 20, alphas: str = "left",
+              topk_mode: str = "all", batch_size: int = 8, device: str = "auto",
+              dtype: str = "float32", preprocess: str = "model", token: str | None = None,
+              labels: str = "auto", memory_budget: str | int = "2GiB",
+              table_keep: int = 5, table_mask: float = 1.0) -> dict:
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate: expected one of {AGGREGATES}, got {aggregate!r}")
+    if not keep or min(keep) < 1:
+        raise ValueError(f"keep: expected positive neuron counts, got {list(keep)}")
+    if not mask or any(not 0 <= p <= 1 for p in mask):
+        raise ValueError(f"mask: expected shares in [0, 1], got {list(mask)}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {METHODS}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch_device = resolve_device(device)
+    adapter = load_model(model, device=torch_device, dtype=DTYPES[dtype][0], token=token,
+                         preprocess=preprocess)
+    width, num_layers = adapter.width(), adapter.num_layers
+    depths = sorted(set(depth or [num_layers]))
+    if depths[0] < 1 or depths[-1] > num_layers:
+        raise ValueError(f"depth: expected layers in 1..{num_layers}, got {depths}")
+    if max(keep) > width:
+        raise ValueError(f"keep: at most the FFN width {width}, got {max(keep)}")
+    folder = scan_image_folder(data, adapter.id2label, labels)
+    by_class: dict[str, list[str]] = {}
+    for item in folder.items:
+        by_class.setdefault(item.folder, []).append(item.id)
+    split = split_probe_test(by_class, probe_fraction, seed)
+    probe = {i for i, s in split.items() if s == "probe"}
+    path_methods = [m for m in methods if m in PATH_METHODS]
+
+    k = max(keep)
+    if find_run is not None:
+        manifest = read_manifest(find_run)
+        if manifest["settings"]["weights_sha256"] != adapter.weights_hash():
+            raise ValueError(f"find run {find_run} was made by a different model")
+        if manifest["settings"]["topk"] < k:
+            raise ValueError(f"find run {find_run} has K = {manifest['settings']['topk']} < "
+                             f"max keep {k}")
+        run_dir = Path(find_run)
+    elif path_methods:
+        run_dir = run_find(model, data, out / "find", methods=path_methods, steps=steps,
+                           alphas=alphas, batch_size=batch_size, device=device, dtype=dtype,
+                           preprocess=preprocess, token=token, labels=labels,
+                           memory_budget=memory_budget, topk=k, topk_mode=topk_mode, only=probe)
+    records = read_records(run_dir) if path_methods else []
+
+    # kept neurons per (method, class, t)
+    kept: dict[str, dict[str, dict[int, list[list[int]]]]] = {m: {} for m in methods}
+    rule = keep_by_frequency if aggregate == "frequency" else keep_by_slot_mode
+    for name, images in by_class.items():
+        probe_images = sorted(i for i in images if split[i] == "probe")
+        for m in methods:
+            if m == "random":
+                kept[m][name] = {t: random_keep(name, seed, num_layers, width, t) for t in keep}
+            else:
+                sel = _selections(records, m, probe_images)[:, :, :k]
+                kept[m][name] = {t: rule(sel, t) for t in keep}
+
+    # test rows: the unpruned model, then every (method, t, p, depth)
+    tests = [it for it in folder.items if split[it.id] == "test"]
+    pixels, good = [], []
+    for item in tests:
+        try:
+            pixels.append(adapter.preprocess(load_image(item.path)))
+            good.append(item)
+        except ImageReadError as error:
+            log.warning("skipping %s", error)
+    pixels = torch.stack(pixels)
+    labels_t = torch.tensor([it.label for it in good])
+    configs = [(m, t, p, d) for m in methods for t in keep for p in mask for d in depths]
+    results = {"unpruned": _metrics(*pruned_predictions(adapter, pixels, labels_t, [{}] * len(good),
+                                                        width), labels_t, good)}
+    for m, t, p, d in tqdm(configs, desc="pruning", unit="setting", disable=None):
+        rows = []
+        for item in good:
+            kept_set = kept[m][item.folder][t]
+            multipliers = {}
+            for l in range(d):
+                draws = torch.rand(width, generator=_generator("mask", seed, item.id, l)) < p
+                draws[kept_set[l]] = False
+                multipliers[l] = (~draws).double()
+            rows.append(multipliers)
+        probs, preds = pruned_predictions(adapter, pixels, labels_t, rows, width)
+        results[f"{m}|{t}|{p}|{d}"] = _metrics(probs, preds, labels_t, good)
+
+    report = {"model": model, "data": str(Path(data).expanduser().resolve()),
+              "weights_sha256": adapter.weights_hash(), "keep": list(keep), "mask": list(mask),
+              "depth": depths, "probe_fraction": probe_fraction, "seed": seed,
+              "aggregate": aggregate, "methods": list(methods), "topk_mode": topk_mode,
+              "find_run": str(run_dir) if path_methods else None, "layers": num_layers,
+              "width": width, "test_images": len(good), "split": split, "kept": kept,
+              "results": results}
+    write_json_atomic(out / "results.json", report)
+    from .figures import pruning_figure
+
+    pruning_figure(report, out / "figure6", depth=depths[-1])
+    write_depth_table(report, out / "table3", table_keep if table_keep in keep else keep[0],
+                      table_mask if table_mask in mask else mask[-1])
+    return report
+
+
+def _metrics(probs, preds, labels, items) -> dict:
+    probs, correct = probs.double().cpu().numpy(), (preds.cpu() == labels.cpu()).numpy()
+    classes = sorted({it.folder for it in items})
+    folder = np.array([it.folder for it in items])
+    class_prob = [probs[folder == c].mean() for c in classes]
+    return {"accuracy": float(correct.mean()), "mean_label_prob": float(probs.mean()),
+            "class_mean_label_prob": float(np.mean(class_prob))}
+
+
+def write_depth_table(report: dict, out_stem: Path, t: int, p: float) -> list[Path]:
+    """Table 3: depth (rows) x method (columns), top-1 accuracy and mean GT probability."""
+    methods, depths, results = report["methods"], report["depth"], report["results"]
+    base = results["unpruned"]
+    lines = [f"Keep {t} neurons per layer, mask {p:g} of the others, in the first d layers "
+             f"({report['test_images']} test images). Cells: top-1 accuracy / mean ground-truth "
+             f"probability. Unpruned: {base['accuracy']:.3f} / {base['mean_label_prob']:.3f}.", "",
+             "| depth d | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    rows = []
+    for d in depths:
+        cells = []
+        for m in methods:
+            r = results[f"{m}|{t}|{p}|{d}"]
+            cells.append(f"{r['accuracy']:.3f} / {r['mean_label_prob']:.3f}")
+            rows.append({"depth": d, "method": m, "keep": t, "mask": p, **r})
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    md, csv_path = out_stem.with_suffix(".md"), out_stem.with_suffix(".csv")
+    md.write_text("\n".join(lines) + "\n")
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return [md, csv_path]

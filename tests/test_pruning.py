@@ -1,0 +1,107 @@
+"""Class-specific pruning: split, aggregation, masks, literal masked forwards, the command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import literal
+from conftest import tiny_vit
+from neuronpath.adapters import from_hf_model
+from neuronpath.cli import main
+from neuronpath.pruning import (keep_by_frequency, keep_by_slot_mode, prune_multipliers,
+                                pruned_predictions, random_keep, split_probe_test)
+
+
+def test_split_is_deterministic_disjoint_and_per_class():
+    classes = {"a": [f"a/{i}" for i in range(10)], "b": [f"b/{i}" for i in range(5)]}
+    split = split_probe_test(classes, 0.8, seed=3)
+    assert split == split_probe_test({k: v[::-1] for k, v in classes.items()}, 0.8, seed=3)
+    assert set(split) == set(classes["a"] + classes["b"])
+    assert sum(split[i] == "probe" for i in classes["a"]) == 8
+    assert sum(split[i] == "probe" for i in classes["b"]) == 4
+    assert split != split_probe_test(classes, 0.8, seed=4)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        split_probe_test({"c": ["c/0"]})
+
+
+def test_frequency_and_slot_mode_aggregation_equal_hand_sets():
+    # 3 probe images, 1 layer, K = 3 ranked slots
+    sel = np.array([[[5, 1, 2]], [[5, 2, 7]], [[1, 5, 9]]])
+    # pooled first-2 slots: 5 x3, 1 x2, 2 x1 -> top-2 {5, 1}
+    assert keep_by_frequency(sel, 2) == [[5, 1]]
+    # slot 0 mode: 5 (x2); slot 1 mode: 1, 2, 5 each once -> lowest index 1
+    assert keep_by_slot_mode(sel, 2) == [[1, 5]]
+    # pooled first-3 slots: 5 x3, 1 x2, 2 x2, 7, 9 -> {5, 1, 2} (tie 1/2 both kept)
+    assert keep_by_frequency(sel, 3) == [[5, 1, 2]]
+    same = np.array([[[4, 4]], [[4, 4]]])  # the same neuron wins both slots
+    assert keep_by_slot_mode(same, 2) == [[4]]
+    with pytest.raises(ValueError, match="K = 3"):
+        keep_by_frequency(sel, 4)
+
+
+def test_masks_are_reproducible_and_respect_kept_and_depth():
+    kept = [[0, 1], [2], [3]]
+    a = prune_multipliers("x.png", 7, kept, 50, 0.5, depth=2)
+    assert sorted(a) == [0, 1]
+    assert torch.equal(a[0], prune_multipliers("x.png", 7, kept, 50, 0.5, 2)[0])
+    assert a[0][[0, 1]].tolist() == [1.0, 1.0] and a[1][2] == 1.0
+    assert 10 < int((a[0] == 0).sum()) < 40
+    full = prune_multipliers("x.png", 7, kept, 50, 1.0, depth=3)
+    assert int(full[2].sum()) == 1
+    assert random_keep("c", 1, 3, 50, 4) == random_keep("c", 1, 3, 50, 4)
+
+
+def test_engine_equals_literal_masked_forward_and_batch_size_does_not_matter():
+    model = tiny_vit(layers=3, seed=5)
+    adapter = from_hf_model(model)
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = torch.tensor([0, 2, 4])
+    rows = [prune_multipliers(f"img{b}", 0, [[1], [2], [3]], 12, 0.6, depth=2) for b in range(3)]
+    probs, preds = pruned_predictions(adapter, x, y, rows, 12)
+    probs1, preds1 = pruned_predictions(adapter, x, y, rows, 12, max_rows=1)
+    torch.testing.assert_close(probs, probs1, rtol=1e-12, atol=1e-15)
+    assert torch.equal(preds, preds1)
+    for b in range(3):
+        def make(m):
+            def hook(module, inputs, output):
+                output = output.clone()
+                output[0, 0] = output[0, 0] * m
+                return output
+            return hook
+        hooks = [literal.sites(model)[l].register_forward_hook(make(rows[b][l])) for l in rows[b]]
+        with torch.no_grad():
+            p = model(pixel_values=x[b:b + 1]).logits.softmax(-1)[0]
+        for h in hooks:
+            h.remove()
+        assert probs[b].item() == pytest.approx(p[y[b]].item(), rel=1e-10)
+        assert preds[b].item() == int(p.argmax())
+    # p = 0, or p = 1 keeping every neuron, is the unpruned model
+    base, _ = pruned_predictions(adapter, x, y, [{}] * 3, 12)
+    none = [prune_multipliers(f"img{b}", 0, [[1]] * 3, 12, 0.0, 3) for b in range(3)]
+    keep_all = [prune_multipliers(f"img{b}", 0, [list(range(12))] * 3, 12, 1.0, 3) for b in range(3)]
+    torch.testing.assert_close(pruned_predictions(adapter, x, y, none, 12)[0], base)
+    torch.testing.assert_close(pruned_predictions(adapter, x, y, keep_all, 12)[0], base)
+    assert not torch.allclose(probs, base)
+
+
+def test_prune_command_end_to_end(tiny_model_dir, tmp_path, capsys):
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "images", per_class=5)
+    out = tmp_path / "prune"
+    assert main(["-q", "prune", "--model", str(tiny_model_dir), "--data", str(data),
+                 "--out", str(out), "--keep", "1,2,12", "--mask", "0,0.5,1", "--depth", "1,3",
+                 "--steps", "3", "--device", "cpu", "--table-keep", "2"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    results, base = report["results"], report["results"]["unpruned"]
+    assert report["test_images"] == 3  # one of five per class
+    for m in ("jas", "activation", "random"):
+        assert results[f"{m}|2|0.0|3"] == base  # nothing masked
+        assert results[f"{m}|12|1.0|3"] == base  # everything kept
+    assert (out / "figure6.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| depth d |" in (out / "table3.md").read_text()
+    kept = report["kept"]["jas"]["cat"]["2"]
+    assert len(kept) == 3 and all(len(layer) == 2 for layer in kept)
+    assert set(report["split"].values()) == {"probe", "test"}
