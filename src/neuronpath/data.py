@@ -143,3 +143,15 @@ def load_image(path: str | Path) -> Image.Image:
             return image.convert("RGB")
     except Exception as error:  # PIL raises many types for bad files
         raise ImageReadError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
+
+
+def load_pixels(items: list[ImageItem], preprocess) -> tuple[list[ImageItem], list, list[tuple]]:
+    """Read and preprocess images; returns (readable items, their tensors, [(item, error)])."""
+    good, pixels, errors = [], [], []
+    for item in items:
+        try:
+            pixels.append(preprocess(load_image(item.path)))
+            good.append(item)
+        except ImageReadError as error:
+            errors.append((item, error))
+    return good, pixels, errors

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageReadError, load_image, scan_image_folder
+from .data import load_pixels, scan_image_folder
 from .loading import load_model
 from .pruning import (AGGREGATES, _generator, keep_by_frequency, keep_by_slot_mode,
                       pruned_predictions, random_keep, split_probe_test)
@@ -105,13 +105,9 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
 
     # test rows: the unpruned model, then every (method, t, p, depth)
     tests = [it for it in folder.items if split[it.id] == "test"]
-    pixels, good = [], []
-    for item in tests:
-        try:
-            pixels.append(adapter.preprocess(load_image(item.path)))
-            good.append(item)
-        except ImageReadError as error:
-            log.warning("skipping %s", error)
+    good, pixels, errors = load_pixels(tests, adapter.preprocess)
+    for _, error in errors:
+        log.warning("skipping %s", error)
     pixels = torch.stack(pixels)
     labels_t = torch.tensor([it.label for it in good])
     configs = [(m, t, p, d) for m in methods for t in keep for p in mask for d in depths]

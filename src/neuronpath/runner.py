@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .attribution import AttributionConfig
-from .data import ImageReadError, interleave_classes, load_image, scan_image_folder
+from .data import interleave_classes, load_pixels, scan_image_folder
 from .loading import load_model
 from .search import DEFAULT_METHODS, METHODS, TOPK_MODES, find_paths
 from .store import RunStore
@@ -165,14 +165,10 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                  desc="neuron paths") as bar:
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
-            good, pixels = [], []
-            for item in batch:
-                try:
-                    pixels.append(adapter.preprocess(load_image(item.path)))
-                    good.append(item)
-                except ImageReadError as error:
-                    log.warning("skipping %s", error)
-                    store.skip(item.id, str(error))
+            good, pixels, errors = load_pixels(batch, adapter.preprocess)
+            for item, error in errors:
+                log.warning("skipping %s", error)
+                store.skip(item.id, str(error))
             if good:
                 labels_t = torch.tensor([it.label for it in good])
                 result = find_paths(adapter, torch.stack(pixels), labels_t, methods, config,
