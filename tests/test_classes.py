@@ -96,3 +96,12 @@ def test_classes_command_end_to_end(tiny_model_dir, image_folder, tmp_path, caps
     assert "group coherence" in capsys.readouterr().out
     assert main(["classes", str(run), "--classes", "zebra"]) == 2
     assert main(["classes", str(run), "--method", "influence-pattern"]) == 2
+
+
+def test_violin_figure_with_a_layer_where_every_image_agrees(tmp_path):
+    from neuronpath.figures import neuron_violins
+
+    paths = {"one image": np.array([[3, 5, 7]]), "agree": np.array([[1, 4, 9], [1, 6, 9], [1, 2, 9]])}
+    modes = {"one image": np.array([3, 5, 7]), "agree": np.array([1, 2, 9])}
+    png, _ = neuron_violins(paths, modes, 12, tmp_path / "violins")
+    assert png.read_bytes()[:4] == b"\x89PNG"

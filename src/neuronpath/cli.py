@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--device", default="auto")
     prune.add_argument("--table-keep", type=int, default=5)
     prune.add_argument("--table-mask", type=float, default=1.0)
+    prune.add_argument("--bootstrap", type=int, default=1000,
+                       help="bootstrap resamples over test images (default: 1000)")
 
     table = sub.add_parser("table", help="merge evaluated runs (one per model) into one Table 1")
     table.add_argument("runs", nargs="+", help="evaluated run folders")
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                                methods=[m.strip() for m in args.methods.split(",") if m.strip()],
                                find_run=args.find_run, topk_mode=args.topk_mode,
                                steps=args.steps, batch_size=args.batch_size, device=args.device,
-                               table_keep=args.table_keep, table_mask=args.table_mask)
+                               table_keep=args.table_keep, table_mask=args.table_mask,
+                               bootstrap=args.bootstrap)
             print((Path(args.out) / "table3.md").read_text())
             print(f"wrote {Path(args.out) / 'results.json'}, figure6.png, table3.md")
         elif args.command == "classes":

@@ -46,7 +46,7 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
               topk_mode: str = "all", batch_size: int = 8, device: str = "auto",
               dtype: str = "float32", preprocess: str = "model", token: str | None = None,
               labels: str = "auto", memory_budget: str | int = "2GiB",
-              table_keep: int = 5, table_mask: float = 1.0) -> dict:
+              table_keep: int = 5, table_mask: float = 1.0, bootstrap: int = 1000) -> dict:
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate: expected one of {AGGREGATES}, got {aggregate!r}")
     if not keep or min(keep) < 1:
@@ -111,8 +111,8 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     pixels = torch.stack(pixels)
     labels_t = torch.tensor([it.label for it in good])
     configs = [(m, t, p, d) for m in methods for t in keep for p in mask for d in depths]
-    results = {"unpruned": _metrics(*pruned_predictions(adapter, pixels, labels_t, [{}] * len(good),
-                                                        width), labels_t, good)}
+    resamples = np.random.default_rng(seed).integers(0, len(good), (bootstrap, len(good)))
+    outcomes = {"unpruned": pruned_predictions(adapter, pixels, labels_t, [{}] * len(good), width)}
     for m, t, p, d in tqdm(configs, desc="pruning", unit="setting", disable=None):
         rows = []
         for item in good:
@@ -123,8 +123,19 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
                 draws[kept_set[l]] = False
                 multipliers[l] = (~draws).double()
             rows.append(multipliers)
-        probs, preds = pruned_predictions(adapter, pixels, labels_t, rows, width)
-        results[f"{m}|{t}|{p}|{d}"] = _metrics(probs, preds, labels_t, good)
+        outcomes[f"{m}|{t}|{p}|{d}"] = pruned_predictions(adapter, pixels, labels_t, rows, width)
+    per_image = {key: ((preds.cpu() == labels_t).double().numpy(), probs.double().cpu().numpy())
+                 for key, (probs, preds) in outcomes.items()}
+    results = {key: _metrics(*values, good, resamples) for key, values in per_image.items()}
+    t_table = table_keep if table_keep in keep else keep[0]
+    p_table = table_mask if table_mask in mask else mask[-1]
+    comparisons = {}
+    for d in depths:
+        ours = f"jas|{t_table}|{p_table}|{d}"
+        if ours not in per_image:
+            break
+        for other in [f"{m}|{t_table}|{p_table}|{d}" for m in methods if m != "jas"] + ["unpruned"]:
+            comparisons[f"{ours} - {other}"] = _paired(per_image[ours], per_image[other], resamples)
 
     report = {"model": model, "data": str(Path(data).expanduser().resolve()),
               "weights_sha256": adapter.weights_hash(), "keep": list(keep), "mask": list(mask),
@@ -132,23 +143,39 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
               "aggregate": aggregate, "methods": list(methods), "topk_mode": topk_mode,
               "find_run": str(run_dir) if path_methods else None, "layers": num_layers,
               "width": width, "test_images": len(good), "split": split, "kept": kept,
-              "results": results}
+              "bootstrap": bootstrap, "results": results, "comparisons": comparisons}
     write_json_atomic(out / "results.json", report)
     from .figures import pruning_figure
 
     pruning_figure(report, out / "figure6", depth=depths[-1])
-    write_depth_table(report, out / "table3", table_keep if table_keep in keep else keep[0],
-                      table_mask if table_mask in mask else mask[-1])
+    write_depth_table(report, out / "table3", t_table, p_table)
     return report
 
 
-def _metrics(probs, preds, labels, items) -> dict:
-    probs, correct = probs.double().cpu().numpy(), (preds.cpu() == labels.cpu()).numpy()
-    classes = sorted({it.folder for it in items})
+def _ci(values: np.ndarray, draws: np.ndarray) -> list[float] | None:
+    if not len(draws):
+        return None
+    means = values[draws].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def _metrics(correct: np.ndarray, probs: np.ndarray, items, draws: np.ndarray) -> dict:
+    """Top-1 accuracy and mean ground-truth probability, with bootstrap 95 % intervals."""
     folder = np.array([it.folder for it in items])
-    class_prob = [probs[folder == c].mean() for c in classes]
-    return {"accuracy": float(correct.mean()), "mean_label_prob": float(probs.mean()),
+    class_prob = [probs[folder == c].mean() for c in sorted(set(folder.tolist()))]
+    return {"accuracy": float(correct.mean()), "accuracy_ci": _ci(correct, draws),
+            "mean_label_prob": float(probs.mean()), "mean_label_prob_ci": _ci(probs, draws),
             "class_mean_label_prob": float(np.mean(class_prob))}
+
+
+def _paired(a: tuple, b: tuple, draws: np.ndarray) -> dict:
+    """Paired differences a - b of accuracy and probability over the same test images."""
+    out = {}
+    for name, i in (("accuracy", 0), ("mean_label_prob", 1)):
+        diff = a[i] - b[i]
+        out[name] = float(diff.mean())
+        out[f"{name}_ci"] = _ci(diff, draws)
+    return out
 
 
 def write_depth_table(report: dict, out_stem: Path, t: int, p: float) -> list[Path]:
@@ -165,8 +192,24 @@ def write_depth_table(report: dict, out_stem: Path, t: int, p: float) -> list[Pa
         for m in methods:
             r = results[f"{m}|{t}|{p}|{d}"]
             cells.append(f"{r['accuracy']:.3f} / {r['mean_label_prob']:.3f}")
-            rows.append({"depth": d, "method": m, "keep": t, "mask": p, **r})
+            rows.append({"depth": d, "method": m, "keep": t, "mask": p,
+                         "accuracy": r["accuracy"], "mean_label_prob": r["mean_label_prob"],
+                         **{f"{k}_ci_{end}": (r[f"{k}_ci"] or [None, None])[i]
+                            for k in ("accuracy", "mean_label_prob")
+                            for i, end in enumerate(("low", "high"))}})
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    paired = report.get("comparisons", {})
+    if paired:
+        lines += ["", "Paired differences on the same test images, JAS keep minus the other "
+                  "(bootstrap 95 % CI):", "", "| depth d | compared with | top-1 accuracy | "
+                  "mean GT probability |", "|---|---|---|---|"]
+        for key, c in paired.items():
+            ours, other = key.split(" - ")
+            d = ours.rsplit("|", 1)[1]
+            name = other.split("|")[0]
+            fmt = lambda v, ci: f"{v:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else f"{v:+.3f}"
+            lines.append(f"| {d} | {name} | {fmt(c['accuracy'], c['accuracy_ci'])} | "
+                         f"{fmt(c['mean_label_prob'], c['mean_label_prob_ci'])} |")
     md, csv_path = out_stem.with_suffix(".md"), out_stem.with_suffix(".csv")
     md.write_text("\n".join(lines) + "\n")
     with open(csv_path, "w", newline="") as handle:
