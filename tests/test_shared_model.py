@@ -1,5 +1,6 @@
 """On the shared reference model and real dev images (skipped when ../shared is absent)."""
 
+import json
 import statistics
 
 import pytest
@@ -32,10 +33,16 @@ def test_preprocessing_reproduces_the_documented_dev_accuracy():
     assert correct / 800 == pytest.approx(0.503, abs=0.01)  # shared/README: 50.3 %
 
 
-def test_find_on_20_images_jas_path_beats_activation_path(tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def run20(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shared") / "run"
     assert main(["-q", "find", "--model", str(MODEL), "--data", str(DATA), "--out", str(out),
                  "--limit", "20", "--device", "cpu"]) == 0
+    return out
+
+
+def test_find_on_20_images_jas_path_beats_activation_path(run20):
+    out = run20
     records = read_records(out)
     assert len(records) == 40
     assert len({r["label"] for r in records}) == 20  # --limit takes one image per class
@@ -43,3 +50,15 @@ def test_find_on_20_images_jas_path_beats_activation_path(tmp_path):
     act = statistics.fmean(r["jas"] for r in records if r["method"] == "activation")
     assert jas > act
     assert read_manifest(out)["model"]["num_layers"] == 12
+
+
+def test_evaluate_and_classes_on_the_20_image_run(run20):
+    assert main(["-q", "evaluate", str(run20), "--device", "cpu", "--bootstrap", "100"]) == 0
+    metrics = json.loads((run20 / "evaluation" / "metrics.json").read_text())["methods"]
+    assert set(metrics) == {"jas", "activation", "random"}
+    # removing a JAS path lowers the label probability on average; a random path barely moves it
+    assert metrics["jas"]["remove"]["dp_mean"] < -0.02
+    assert abs(metrics["random"]["remove"]["dp_mean"]) < abs(metrics["jas"]["remove"]["dp_mean"])
+    groups = DATA / "groups.tsv"
+    assert main(["-q", "classes", str(run20), "--groups", str(groups), "--permutations", "200"]) == 0
+    assert (run20 / "classes-jas" / "figure5.png").exists()
