@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import ImageReadError, load_image
+from .data import ImageItem, load_pixels
 from .figures import probability_deviation_figure
 from .loading import load_model
 from .manipulation import OPS, manipulate, random_path
@@ -57,8 +57,8 @@ def load_run_model(run_dir: Path, manifest: dict, model: str | None, device: tor
     model_dtype, _ = DTYPES[settings["dtype"]]
     try:
         adapter = load_model(spec, device=device, dtype=model_dtype, token=settings["token"],
-                             preprocess=settings["preprocess"]["name"]
-                             if settings["preprocess"]["name"] == "official" else "model",
+                             preprocess="official" if settings["preprocess"]["name"] == "official"
+                             else "model",
                              image_size=settings.get("image_size"),
                              fc_norm_twice=settings.get("fc_norm_twice", False))
     except Exception as error:
@@ -110,13 +110,11 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
     with tqdm(total=len(pending), unit="img", desc="remove/enhance",
               disable=None if progress is None else not progress) as bar:
         for start in range(0, len(pending), batch_size):
-            batch, pixels = [], []
-            for image in pending[start:start + batch_size]:
-                try:
-                    pixels.append(adapter.preprocess(load_image(data_root / image)))
-                    batch.append(image)
-                except ImageReadError as error:
-                    raise RunFormatError(f"{error}; pass --data with the run's image folder") from error
+            batch = pending[start:start + batch_size]
+            items = [ImageItem(i, data_root / i, -1, "") for i in batch]
+            _, pixels, errors = load_pixels(items, adapter.preprocess)
+            if errors:
+                raise RunFormatError(f"{errors[0][1]}; pass --data with the run's image folder")
             pixels = torch.stack(pixels)
             labels = torch.tensor([next(iter(by_image[i].values()))["label"] for i in batch])
             paths = {m: torch.tensor([by_image[i][m]["path"] for i in batch])

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .data import load_pixels, scan_image_folder
 from .loading import load_model
-from .pruning import (AGGREGATES, _generator, keep_by_frequency, keep_by_slot_mode,
+from .pruning import (AGGREGATES, keep_by_frequency, keep_by_slot_mode, prune_multipliers,
                       pruned_predictions, random_keep, split_probe_test)
 from .runner import DTYPES, resolve_device, run_find
 from .store import read_manifest, read_records, write_json_atomic
@@ -114,15 +114,8 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     resamples = np.random.default_rng(seed).integers(0, len(good), (bootstrap, len(good)))
     outcomes = {"unpruned": pruned_predictions(adapter, pixels, labels_t, [{}] * len(good), width)}
     for m, t, p, d in tqdm(configs, desc="pruning", unit="setting", disable=None):
-        rows = []
-        for item in good:
-            kept_set = kept[m][item.folder][t]
-            multipliers = {}
-            for l in range(d):
-                draws = torch.rand(width, generator=_generator("mask", seed, item.id, l)) < p
-                draws[kept_set[l]] = False
-                multipliers[l] = (~draws).double()
-            rows.append(multipliers)
+        rows = [prune_multipliers(item.id, seed, kept[m][item.folder][t], width, p, d)
+                for item in good]
         outcomes[f"{m}|{t}|{p}|{d}"] = pruned_predictions(adapter, pixels, labels_t, rows, width)
     per_image = {key: ((preds.cpu() == labels_t).double().numpy(), probs.double().cpu().numpy())
                  for key, (probs, preds) in outcomes.items()}
