@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -67,7 +67,6 @@ class CleanPass:
     logits: torch.Tensor  # (images, classes)
     labels: torch.Tensor  # (images,) ground truth
     targets: torch.Tensor  # (images,) the class whose F is attributed
-    extras: dict = field(default_factory=dict)
 
     @property
     def predicted(self) -> torch.Tensor:
