@@ -105,3 +105,19 @@ def test_violin_figure_with_a_layer_where_every_image_agrees(tmp_path):
     modes = {"one image": np.array([3, 5, 7]), "agree": np.array([1, 2, 9])}
     png, _ = neuron_violins(paths, modes, 12, tmp_path / "violins")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_clustering_matches_a_brute_force_leave_one_out():
+    from neuronpath.classes import ClassPaths
+
+    rng = np.random.default_rng(0)
+    paths = {c: rng.integers(0, 5, (int(rng.integers(2, 9)), 4, 1)) for c in range(6)}
+    cp = ClassPaths(list(paths), [str(c) for c in paths], paths, {}, width=5)
+    hits, total = np.zeros(4), 0
+    for c, p in paths.items():
+        for i in range(len(p)):
+            others = np.delete(p[:, :, 0], i, axis=0)
+            for l in range(4):
+                hits[l] += np.bincount(others[:, l], minlength=5).argmax() == p[i, l, 0]
+        total += len(p)
+    assert intra_class_clustering(cp, shuffles=0)["share_modal"] == pytest.approx(hits / total)

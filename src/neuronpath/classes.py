@@ -157,10 +157,12 @@ def intra_class_clustering(cp: ClassPaths, shuffles: int = 20, seed: int = 0) ->
                 continue  # no "other images" to vote
             for l in range(neurons.shape[1]):
                 counts = np.bincount(rows[:, l], minlength=cp.width)
-                for v in rows[:, l]:
-                    counts[v] -= 1
-                    hits[l] += counts.argmax() == v
-                    counts[v] += 1
+                # v is the leave-one-out mode (lowest index on ties) iff, with its own vote
+                # removed, no lower index has as many votes and no higher index has more
+                before = np.concatenate([[-1], np.maximum.accumulate(counts)[:-1]])
+                after = np.concatenate([np.maximum.accumulate(counts[::-1])[::-1][1:], [-1]])
+                v = rows[:, l]
+                hits[l] += np.sum((before[v] < counts[v] - 1) & (after[v] <= counts[v] - 1))
             counted += len(rows)
         return hits / max(counted, 1)
 
