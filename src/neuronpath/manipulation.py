@@ -19,11 +19,17 @@ from .interventions import scale_neurons
 OPS = {"remove": 0.0, "enhance": 2.0}
 
 
+def seeded_generator(*parts) -> torch.Generator:
+    """A CPU generator seeded from the SHA-256 of ``parts`` joined by ':' (so draws depend only
+    on what they are for, not on batch, device or order)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
 def random_path(image_id: str, seed: int, num_layers: int, width: int, k: int = 1) -> torch.Tensor:
     """A reproducible random path for one image (k distinct neurons per layer): the same for
     a given (seed, image id) whatever the batch, device or order of processing."""
-    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+    generator = seeded_generator(seed, image_id)
     return torch.stack([torch.randperm(width, generator=generator)[:k] for _ in range(num_layers)])
 
 

@@ -14,7 +14,6 @@ same whatever the batch size, device or order of processing.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -23,13 +22,9 @@ import torch
 
 from .adapters import ModelAdapter
 from .interventions import _hooks
+from .manipulation import seeded_generator
 
 AGGREGATES = ("frequency", "slot-mode")
-
-
-def _generator(*parts) -> torch.Generator:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 def split_probe_test(images_by_class: Mapping[str, Sequence[str]], fraction: float = 0.8,
@@ -43,7 +38,8 @@ def split_probe_test(images_by_class: Mapping[str, Sequence[str]], fraction: flo
         images = sorted(images)
         if len(images) < 2:
             raise ValueError(f"class {name}: needs at least 2 images to split, has {len(images)}")
-        order = torch.randperm(len(images), generator=_generator("split", seed, name)).tolist()
+        generator = seeded_generator("split", seed, name)
+        order = torch.randperm(len(images), generator=generator).tolist()
         n_probe = min(max(1, round(fraction * len(images))), len(images) - 1)
         for rank, i in enumerate(order):
             split[images[i]] = "probe" if rank < n_probe else "test"
@@ -80,7 +76,7 @@ def keep_by_slot_mode(selections: np.ndarray, t: int) -> list[list[int]]:
 
 def random_keep(class_name: str, seed: int, num_layers: int, width: int, t: int) -> list[list[int]]:
     """Control: t random neurons per layer for a class (seeded)."""
-    g = _generator("keep", seed, class_name)
+    g = seeded_generator("keep", seed, class_name)
     return [sorted(torch.randperm(width, generator=g)[:t].tolist()) for _ in range(num_layers)]
 
 
@@ -90,7 +86,7 @@ def prune_multipliers(image: str, seed: int, kept: Sequence[Sequence[int]], widt
     probability p (independent Bernoulli draws from a per-(seed, image, layer) generator)."""
     out = {}
     for l in range(depth):
-        draws = torch.rand(width, generator=_generator("mask", seed, image, l)) < p
+        draws = torch.rand(width, generator=seeded_generator("mask", seed, image, l)) < p
         draws[list(kept[l])] = False
         out[l] = (~draws).double()
     return out

@@ -16,14 +16,14 @@ over images x steps rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from .adapters import ModelAdapter
 from .attribution import (AttributionConfig, CleanPass, _gather, clean_pass,
-                          integrated_gradients, joint_attribution_scores, top_k)
+                          integrated_gradients, joint_attribution_scores, masks_for, top_k)
 from .influence import influence_pattern_path
 from .knowledge import knowledge_attribution, top_neurons
 
@@ -40,7 +40,7 @@ def activation_path(clean: CleanPass, k: int = 1) -> torch.Tensor:
 
 def jas_path(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
              config: AttributionConfig = AttributionConfig(), k: int = 1,
-             topk_mode: str = "all", on_layer: Callable[[int], None] | None = None) -> torch.Tensor:
+             topk_mode: str = "all") -> torch.Tensor:
     """Layer-progressive search (Alg. 1 / Alg. 3 with official whole-layer candidate scoring).
 
     Returns the path, a LongTensor (images, layers, k).
@@ -55,8 +55,7 @@ def jas_path(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
     path = torch.zeros(n_images, adapter.num_layers, k, dtype=torch.long, device=device)
     zero = torch.zeros((), dtype=dtype, device=device)
     for t in range(adapter.num_layers):
-        masks = {l: torch.zeros(n_images, width, dtype=dtype, device=device)
-                 .scatter_(1, path[:, l], 1.0) for l in range(t)}
+        masks = masks_for({l: path[:, l] for l in range(t)}, width, dtype, device)
         masks[t] = torch.ones(n_images, width, dtype=dtype, device=device)
         grads = integrated_gradients(adapter, pixels, clean, masks, config)
         summed = {l: path[:, l, -1:] if topk_mode == "official" else path[:, l]
@@ -66,8 +65,6 @@ def jas_path(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
         scores = ((clean.acts[t] + value_prefix[..., None])
                   * (grads[t] + grad_prefix[..., None])).sum(1)
         path[:, t] = top_k(scores, k)
-        if on_layer is not None:
-            on_layer(t)
     return path
 
 
