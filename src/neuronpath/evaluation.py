@@ -36,12 +36,9 @@ log = logging.getLogger("neuronpath")
 RANDOM = "random"
 
 
-def _check_complete(run_dir: Path, manifest: dict, records: list[dict]) -> None:
+def _check_complete(run_dir: Path, manifest: dict, by_image: dict[str, dict]) -> None:
     methods = set(manifest["settings"]["methods"])
-    done: dict[str, set] = {}
-    for r in records:
-        done.setdefault(r["image"], set()).add(r["method"])
-    finished = sum(1 for m in done.values() if methods <= m)
+    finished = sum(1 for records in by_image.values() if methods <= set(records))
     planned = manifest.get("run", {}).get("planned_images")
     skipped = len(manifest.get("skipped", {}))
     if finished == 0 or (planned is not None and finished + skipped < planned):
@@ -85,7 +82,10 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
         raise ValueError(f"ops: unknown {unknown}; expected some of {list(OPS)}")
     manifest = read_manifest(run_dir)
     found = read_records(run_dir)
-    _check_complete(run_dir, manifest, found)
+    by_image: dict[str, dict[str, dict]] = {}
+    for r in found:
+        by_image.setdefault(r["image"], {})[r["method"]] = r
+    _check_complete(run_dir, manifest, by_image)
     torch_device = resolve_device(device)
     adapter = load_run_model(run_dir, manifest, model, torch_device)
     data_root = Path(data or manifest["settings"]["data"]).expanduser()
@@ -99,9 +99,6 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
         "versions": versions(),
     }
     store = RunStore(run_dir / "evaluation", eval_manifest)
-    by_image: dict[str, dict[str, dict]] = {}
-    for r in found:
-        by_image.setdefault(r["image"], {})[r["method"]] = r
     pending = [i for i, rec in by_image.items()
                if set(manifest["settings"]["methods"]) <= set(rec)
                and not set(methods) <= store.done.get(i, set())]

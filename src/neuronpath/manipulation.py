@@ -54,6 +54,7 @@ def manipulate(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor
     index = {l: [] for l in range(adapter.num_layers)}
     factors = []
     for method, _, factor in blocks:
+        # the unmodified block scales any path by 1, so it can borrow the first one
         path = paths[next(iter(paths))] if method == "base" else paths[method]
         path = path.to(device).reshape(n, adapter.num_layers, -1)
         for l in range(adapter.num_layers):
