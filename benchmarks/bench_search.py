@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from neuronpath.attribution import AttributionConfig, objective
-from neuronpath.data import interleave_classes, load_image, scan_image_folder
-from neuronpath.loading import load_model
-from neuronpath.search import find_paths
+from neuronpath.engine.attribution import AttributionConfig, objective
+from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
+from neuronpath.models.loading import load_model
+from neuronpath.methods import find_paths
 
 
 def unit_seconds(adapter, pixels, labels, steps, repeats):

@@ -11,7 +11,7 @@ import itertools
 
 import numpy as np
 
-from neuronpath.store import read_manifest, read_records
+from neuronpath.io.store import read_manifest, read_records
 
 
 def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n: int) -> tuple[float, float]:

@@ -83,7 +83,7 @@ def tiny_global_pool(layers: int = 3, seed: int = 0, fc_norm_twice: bool = False
     """A tiny MAE-style classifier (mean of patch tokens -> fc_norm -> head)."""
     from transformers import ViTModel
 
-    from neuronpath.checkpoints import GlobalPoolViT
+    from neuronpath.models.checkpoints import GlobalPoolViT
 
     torch.manual_seed(seed)
     config = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16,

@@ -6,11 +6,12 @@ from torch import nn
 from transformers import (DeiTConfig, DeiTForImageClassification,
                           DeiTForImageClassificationWithTeacher)
 
-from neuronpath.adapters import ModelAdapter, find_ffn_activations, from_hf_model
-from neuronpath.interventions import record_neurons
-from neuronpath.search import find_paths
-from neuronpath.attribution import AttributionConfig
-from neuronpath.tokens import TokenPolicy
+from neuronpath.engine.adapter import ModelAdapter, find_ffn_activations
+from neuronpath.models.huggingface import from_hf_model
+from neuronpath.engine.interventions import record_neurons
+from neuronpath.methods import find_paths
+from neuronpath.engine.attribution import AttributionConfig
+from neuronpath.engine.tokens import TokenPolicy
 
 
 class Block(nn.Module):

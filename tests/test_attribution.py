@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import literal
-from neuronpath.adapters import from_hf_model
-from neuronpath.attribution import (AttributionConfig, clean_pass, integrated_gradients,
-                                    joint_attribution_score, joint_attribution_scores)
-from neuronpath.interventions import replace_neurons
+from neuronpath.models.huggingface import from_hf_model
+from neuronpath.engine.attribution import (AttributionConfig, clean_pass, integrated_gradients,
+                                           joint_attribution_score, joint_attribution_scores)
+from neuronpath.engine.interventions import replace_neurons
 
 NEURONS = {0: [1, 3], 2: [5]}  # layer 1 is not edited and runs normally
 

@@ -6,11 +6,12 @@ import torch
 
 import literal
 from conftest import tiny_global_pool, tiny_vit
-from neuronpath.adapters import from_hf_model
-from neuronpath.attribution import AttributionConfig, clean_pass
-from neuronpath.knowledge import knowledge_attribution, layer_distribution, top_neurons
-from neuronpath.search import find_paths, jas_path
-from neuronpath.tokens import TokenPolicy
+from neuronpath.models.huggingface import from_hf_model
+from neuronpath.engine.attribution import AttributionConfig, clean_pass
+from neuronpath.analysis.records import layer_distribution
+from neuronpath.methods.knowledge import knowledge_attribution, top_neurons
+from neuronpath.methods import find_paths, jas_path
+from neuronpath.engine.tokens import TokenPolicy
 
 STEPS = 5
 

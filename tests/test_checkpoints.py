@@ -7,9 +7,9 @@ import torch
 from scipy import ndimage
 
 from conftest import tiny_global_pool, tiny_vit
-from neuronpath.checkpoints import (CheckpointError, load_google_npz, load_mae_pth,
-                                    resize_position_grid)
-from neuronpath.loading import ModelLoadError, load_model
+from neuronpath.errors import CheckpointError, ModelLoadError
+from neuronpath.models.checkpoints import load_google_npz, load_mae_pth, resize_position_grid
+from neuronpath.models.loading import load_model
 
 
 def write_google_npz(model, path):

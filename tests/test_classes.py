@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from neuronpath.classes import (class_paths, cosine_similarity, group_coherence,
+from neuronpath.analysis.classes import (class_paths, cosine_similarity, group_coherence,
                                 intra_class_clustering, kde_mode, modal_neurons,
                                 most_and_least_similar, neuron_counts, utilisation)
 from neuronpath.cli import main
@@ -99,7 +99,7 @@ def test_classes_command_end_to_end(tiny_model_dir, image_folder, tmp_path, caps
 
 
 def test_violin_figure_with_a_layer_where_every_image_agrees(tmp_path):
-    from neuronpath.figures import neuron_violins
+    from neuronpath.report.figures import neuron_violins
 
     paths = {"one image": np.array([[3, 5, 7]]), "agree": np.array([[1, 4, 9], [1, 6, 9], [1, 2, 9]])}
     modes = {"one image": np.array([3, 5, 7]), "agree": np.array([1, 2, 9])}
@@ -108,7 +108,7 @@ def test_violin_figure_with_a_layer_where_every_image_agrees(tmp_path):
 
 
 def test_clustering_matches_a_brute_force_leave_one_out():
-    from neuronpath.classes import ClassPaths
+    from neuronpath.analysis.classes import ClassPaths
 
     rng = np.random.default_rng(0)
     paths = {c: rng.integers(0, 5, (int(rng.integers(2, 9)), 4, 1)) for c in range(6)}

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import make_image_folder, save_tiny_model
 from neuronpath.cli import main
-from neuronpath.store import RECORDS, read_manifest, read_records
+from neuronpath.io.store import RECORDS, read_manifest, read_records
 
 
 def find(model, data, out, *extra):
@@ -136,7 +136,7 @@ def test_killed_process_resumes_to_the_same_records(tmp_path):
 
 def test_demo_command_uses_the_cached_builtin_model(tmp_path, monkeypatch, capsys):
     # pre-populate the cache with a tiny model and digits-like folders so no training runs
-    from neuronpath import demo
+    from neuronpath.models import demo
 
     monkeypatch.setenv("NEURONPATH_CACHE", str(tmp_path / "cache"))
     model = save_tiny_model(demo.cache_dir() / f"demo-vit-digits-v{demo.DEMO_VERSION}")

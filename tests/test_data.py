@@ -5,9 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from neuronpath.data import (ImageReadError, interleave_classes, load_image, map_labels,
-                             scan_image_folder)
-from neuronpath.preprocessing import Preprocess
+from neuronpath.errors import ImageReadError
+from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
+from neuronpath.io.labels import map_labels
+from neuronpath.io.preprocessing import Preprocess
 
 
 def test_label2id_mapping_is_used_when_every_folder_matches():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from neuronpath.grids import GRIDS, alpha_grid
+from neuronpath.engine.grids import GRIDS, alpha_grid
 
 
 def test_left_grid_is_the_official_one():

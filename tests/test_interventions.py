@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import literal
-from neuronpath.adapters import from_hf_model
-from neuronpath.interventions import record_neurons, replace_neurons, scale_neurons
+from neuronpath.models.huggingface import from_hf_model
+from neuronpath.engine.interventions import record_neurons, replace_neurons, scale_neurons
 
 
 def _hook_count(adapter):

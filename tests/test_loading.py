@@ -5,8 +5,9 @@ import time
 import pytest
 import torch
 
-from neuronpath.data import load_image, scan_image_folder
-from neuronpath.loading import ModelLoadError, load_model
+from neuronpath.errors import ModelLoadError, command_line_options
+from neuronpath.io.images import load_image, scan_image_folder
+from neuronpath.models.loading import load_model
 
 
 def test_local_folder_loads_with_its_preprocessing_and_labels(tiny_model_dir):
@@ -30,12 +31,19 @@ def test_hub_id_without_network_fails_fast_and_clearly(monkeypatch, env):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     start = time.time()
-    with pytest.raises(ModelLoadError) as error:
+    with pytest.raises(ModelLoadError) as error, command_line_options():
         load_model("neuronpath-tests/no-such-vit")
     assert time.time() - start < 15
     message = str(error.value)
     assert "neuronpath-tests/no-such-vit" in message and "--model DIR" in message
     assert "cannot be reached" in message
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as error:
+        load_model("neuronpath-tests/no-such-vit")
+    assert "model='DIR'" in str(error.value) and "--model" not in str(error.value)
 
 
 def test_files_and_missing_paths_are_explained(tmp_path):
@@ -47,8 +55,8 @@ def test_files_and_missing_paths_are_explained(tmp_path):
 
 def test_demo_model_training_learns_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURONPATH_CACHE", str(tmp_path))
-    from neuronpath.demo import PREPROCESSOR, demo_data_dir, train_demo_model
-    from neuronpath.preprocessing import Preprocess
+    from neuronpath.models.demo import PREPROCESSOR, demo_data_dir, train_demo_model
+    from neuronpath.io.preprocessing import Preprocess
 
     data = demo_data_dir()
     assert sum(1 for _ in (data / "test").rglob("*.png")) == 355

@@ -9,12 +9,13 @@ from PIL import Image
 
 import literal
 from conftest import tiny_vit
-from neuronpath.adapters import from_hf_model
+from neuronpath.models.huggingface import from_hf_model
 from neuronpath.cli import main
-from neuronpath.figures import probability_deviation_figure
-from neuronpath.manipulation import manipulate, random_path
-from neuronpath.metrics import method_metrics
-from neuronpath.store import RECORDS, read_records
+from neuronpath.report.figures import probability_deviation_figure
+from neuronpath.analysis.deviations import method_metrics
+from neuronpath.analysis.draws import random_path
+from neuronpath.engine.editing import manipulate
+from neuronpath.io.store import RECORDS, read_records
 
 
 def edited_probs(model, x1, path, factor):

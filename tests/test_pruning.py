@@ -8,10 +8,11 @@ import torch
 
 import literal
 from conftest import tiny_vit
-from neuronpath.adapters import from_hf_model
+from neuronpath.models.huggingface import from_hf_model
 from neuronpath.cli import main
-from neuronpath.pruning import (keep_by_frequency, keep_by_slot_mode, prune_multipliers,
-                                pruned_predictions, random_keep, split_probe_test)
+from neuronpath.analysis.pruning import (keep_by_frequency, keep_by_slot_mode, prune_multipliers,
+                                         random_keep, split_probe_test)
+from neuronpath.engine.editing import pruned_predictions
 
 
 def test_split_is_deterministic_disjoint_and_per_class():

@@ -5,9 +5,9 @@ import torch
 
 import literal
 from conftest import tiny_vit
-from neuronpath.adapters import from_hf_model
-from neuronpath.attribution import AttributionConfig
-from neuronpath.search import find_paths
+from neuronpath.models.huggingface import from_hf_model
+from neuronpath.engine.attribution import AttributionConfig
+from neuronpath.methods import find_paths
 
 
 @pytest.mark.parametrize("steps, batch_size", [(5, 3), (20, 2)])

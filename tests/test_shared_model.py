@@ -8,9 +8,9 @@ import torch
 
 from conftest import SHARED
 from neuronpath.cli import main
-from neuronpath.data import load_image, scan_image_folder
-from neuronpath.loading import load_model
-from neuronpath.store import read_manifest, read_records
+from neuronpath.io.images import load_image, scan_image_folder
+from neuronpath.models.loading import load_model
+from neuronpath.io.store import read_manifest, read_records
 
 MODEL = SHARED / "models" / "vit-s12-imagenet20"
 DATA = SHARED / "data" / "imagenet20-dev"

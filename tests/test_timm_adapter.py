@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from neuronpath.attribution import AttributionConfig
-from neuronpath.search import find_paths
-from neuronpath.timm_adapter import from_timm_model, load_timm
+from neuronpath.engine.attribution import AttributionConfig
+from neuronpath.methods import find_paths
+from neuronpath.models.timm_models import from_timm_model, load_timm
 
 
 class Mlp(nn.Module):
@@ -72,7 +72,7 @@ def test_load_timm_without_timm_is_explained():
         pytest.skip("timm is installed here")
     except ImportError:
         pass
-    from neuronpath.loading import ModelLoadError
+    from neuronpath.errors import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="pip install timm"):
         load_timm("vit_base_patch16_224")

@@ -1,15 +1,19 @@
-"""neuronpath: influential neuron paths in vision Transformers (Wang et al., ICLR 2025)."""
+"""neuronpath: influential neuron paths in vision Transformers (Wang et al., ICLR 2025).
 
-__version__ = "0.1.0"
+The public API, re-exported from the layers that define it (see ``docs/architecture.md``).
+"""
 
-from .adapters import ModelAdapter, from_hf_model  # noqa: E402
-from .attribution import (AttributionConfig, clean_pass, joint_attribution_score,  # noqa: E402
-                          joint_attribution_scores)
-from .loading import load_model  # noqa: E402
-from .search import activation_path, find_paths, jas_path  # noqa: E402
-from .store import read_manifest, read_records  # noqa: E402
-from .tokens import TokenPolicy  # noqa: E402
+from .engine.adapter import ModelAdapter
+from .engine.attribution import (AttributionConfig, clean_pass, joint_attribution_score,
+                                 joint_attribution_scores)
+from .engine.tokens import TokenPolicy
+from .io.store import read_manifest, read_records
+from .methods import REGISTRY, activation_path, find_paths, jas_path
+from .models.huggingface import from_hf_model
+from .models.loading import load_model
+from .version import __version__
 
-__all__ = ["AttributionConfig", "ModelAdapter", "TokenPolicy", "activation_path", "clean_pass",
-           "find_paths", "from_hf_model", "jas_path", "joint_attribution_score",
-           "joint_attribution_scores", "load_model", "read_manifest", "read_records"]
+__all__ = ["AttributionConfig", "ModelAdapter", "REGISTRY", "TokenPolicy", "__version__",
+           "activation_path", "clean_pass", "find_paths", "from_hf_model", "jas_path",
+           "joint_attribution_score", "joint_attribution_scores", "load_model", "read_manifest",
+           "read_records"]

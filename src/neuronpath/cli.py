@@ -1,48 +1,48 @@
-"""Command line: ``neuronpath find | demo | summary``.  A thin layer over :mod:`neuronpath.runner`."""
+"""Command line: argparse only.  Each subcommand parses its options, calls one experiment
+function from :mod:`neuronpath.experiments` and prints what it wrote."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from .attribution import OBJECTIVES, TARGETS
-from .class_report import run_classes
-from .data import LABEL_MAPPINGS, ImageReadError
-from .evaluation import run_evaluate
-from .manipulation import OPS
-from .prune_run import run_prune
-from .pruning import AGGREGATES
-from .tables import write_table
-from .grids import GRIDS
-from .loading import DEMO, PREPROCESS_CHOICES, ModelLoadError
-from .runner import DTYPES, run_find
-from .search import DEFAULT_METHODS, METHODS, TOPK_MODES
-from .knowledge import layer_distribution
-from .store import RunConflictError, RunFormatError, read_manifest, read_records
-from .summary import format_class_report, format_summary, summarize
+from .analysis.pruning import AGGREGATES
+from .engine.attribution import OBJECTIVES, TARGETS
+from .engine.editing import OPS
+from .engine.grids import GRIDS
+from .errors import NeuronpathError, command_line_options
+from .experiments.classes import run_classes
+from .experiments.common import DTYPES
+from .experiments.evaluate import run_evaluate
+from .experiments.find import run_find
+from .experiments.prune import run_prune
+from .experiments.summary import summary_text
+from .experiments.table import run_table
+from .io.labels import LABEL_MAPPINGS
+from .methods import DEFAULT_METHODS, REGISTRY, TOPK_MODES
+from .models.demo import demo_data_dir
+from .models.loading import DEMO, PREPROCESS_CHOICES
+from .report.text import format_class_report
 
 log = logging.getLogger("neuronpath")
 
-ERRORS = (ValueError, FileNotFoundError, ModelLoadError, RunConflictError, RunFormatError,
-          ImageReadError)
+ERRORS = (ValueError, FileNotFoundError, NeuronpathError)
 
 
 def _methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if not methods or unknown:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(METHODS)}; "
-                                         f"got {text!r}")
+    if not methods or any(m not in REGISTRY for m in methods):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of "
+                                         f"{', '.join(REGISTRY)}; got {text!r}")
     return methods
 
 
 def _add_find_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS),
-                   help=f"comma-separated path methods from {','.join(METHODS)} "
-                        "(default: jas,activation)")
+                   help="comma-separated path methods (default: jas,activation): "
+                        + "; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values()))
     p.add_argument("--topk", type=int, default=1,
                    help="neurons per layer (TopK path, App. E.1); default 1")
     p.add_argument("--topk-mode", choices=TOPK_MODES, default="all",
@@ -185,27 +185,9 @@ def _ops(text: str) -> list[str]:
     return ops
 
 
-def _table(args) -> None:
-    runs = {}
-    names = args.names.split(",") if args.names else [None] * len(args.runs)
-    if len(names) != len(args.runs):
-        raise ValueError("table: --names needs one name per run")
-    for run, name in zip(args.runs, names):
-        path = Path(run) / "evaluation" / "metrics.json"
-        if not path.is_file():
-            raise RunFormatError(f"{run}: not evaluated yet (no evaluation/metrics.json); "
-                                 f"run `neuronpath evaluate {run}` first")
-        metrics = json.loads(path.read_text())
-        runs[name or Path(metrics["model"]).name or metrics["model"]] = metrics["methods"]
-    for path in write_table(runs, args.out):
-        print(f"wrote {path}")
-
-
 def _find(args) -> Path:
     model, data, out = getattr(args, "model", None), getattr(args, "data", None), args.out
     if model is None and data is None:
-        from .demo import demo_data_dir
-
         model, data, out = DEMO, demo_data_dir() / "test", out or "neuronpath-demo"
     if model is None or data is None or out is None:
         raise ValueError("find: give --model, --data and --out (or none of --model/--data "
@@ -216,16 +198,7 @@ def _find(args) -> Path:
                     limit=args.limit, preprocess=args.preprocess, token=args.token,
                     labels=args.labels, memory_budget=args.memory_budget, topk=args.topk,
                     topk_mode=args.topk_mode, image_size=args.image_size,
-                    fc_norm_twice=args.fc_norm_twice)
-
-
-def print_summary(run_dir) -> None:
-    records = read_records(run_dir)
-    print(format_summary(summarize(records)))
-    if any(r["method"] == "knowledge" for r in records):
-        layers = read_manifest(run_dir)["model"]["num_layers"]
-        print("top-5 knowledge neurons per layer (Fig. 2):",
-              " ".join(str(c) for c in layer_distribution(records, layers)))
+                    fc_norm_twice=args.fc_norm_twice, command=sys.argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,41 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="neuronpath: %(message)s",
                         level=logging.WARNING if args.quiet else logging.INFO)
     try:
-        if args.command in ("find", "demo"):
-            run_dir = _find(args)
-            print(f"records: {run_dir / 'records.jsonl'}")
-            if args.command == "demo":
-                print_summary(run_dir)
-        elif args.command == "evaluate":
-            run_evaluate(args.run, ops=args.ops, model=args.model, data=args.data,
-                         seed=args.seed, random_control=not args.no_random,
-                         batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap)
-            out = Path(args.run) / "evaluation"
-            print((out / "table.md").read_text())
-            print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'figure3.png'}")
-        elif args.command == "table":
-            _table(args)
-        elif args.command == "prune":
-            report = run_prune(args.model, args.data, args.out, keep=args.keep, mask=args.mask,
-                               depth=args.depth, probe_fraction=args.probe_fraction,
-                               seed=args.seed, aggregate=args.aggregate,
-                               methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-                               find_run=args.find_run, topk_mode=args.topk_mode,
-                               steps=args.steps, batch_size=args.batch_size, device=args.device,
-                               table_keep=args.table_keep, table_mask=args.table_mask,
-                               bootstrap=args.bootstrap)
-            print((Path(args.out) / "table3.md").read_text())
-            print(f"wrote {Path(args.out) / 'results.json'}, figure6.png, table3.md")
-        elif args.command == "classes":
-            report = run_classes(args.run, method=args.method, out=args.out,
-                                 plot_classes=args.classes.split(",") if args.classes else None,
-                                 groups=args.groups, class_names=args.class_names,
-                                 kde=args.kde_mode, fraction=args.fraction,
-                                 permutations=args.permutations, panel_class=args.panel_class,
-                                 data=args.data)
-            print(format_class_report(report))
-        else:
-            print_summary(args.run)
+        with command_line_options():
+            _run(args)
     except ERRORS as error:
         print(f"neuronpath: error: {error}", file=sys.stderr)
         return 2
@@ -276,6 +216,45 @@ def main(argv: list[str] | None = None) -> int:
               "to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _run(args) -> None:
+    if args.command in ("find", "demo"):
+        run_dir = _find(args)
+        print(f"records: {run_dir / 'records.jsonl'}")
+        if args.command == "demo":
+            print(summary_text(run_dir))
+    elif args.command == "evaluate":
+        run_evaluate(args.run, ops=args.ops, model=args.model, data=args.data,
+                     seed=args.seed, random_control=not args.no_random,
+                     batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap)
+        out = Path(args.run) / "evaluation"
+        print((out / "table.md").read_text())
+        print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'figure3.png'}")
+    elif args.command == "table":
+        for path in run_table(args.runs, args.out, args.names.split(",") if args.names else None):
+            print(f"wrote {path}")
+    elif args.command == "prune":
+        run_prune(args.model, args.data, args.out, keep=args.keep, mask=args.mask,
+                  depth=args.depth, probe_fraction=args.probe_fraction,
+                  seed=args.seed, aggregate=args.aggregate,
+                  methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                  find_run=args.find_run, topk_mode=args.topk_mode,
+                  steps=args.steps, batch_size=args.batch_size, device=args.device,
+                  table_keep=args.table_keep, table_mask=args.table_mask,
+                  bootstrap=args.bootstrap, command=sys.argv)
+        print((Path(args.out) / "table3.md").read_text())
+        print(f"wrote {Path(args.out) / 'results.json'}, figure6.png, table3.md")
+    elif args.command == "classes":
+        report = run_classes(args.run, method=args.method, out=args.out,
+                             plot_classes=args.classes.split(",") if args.classes else None,
+                             groups=args.groups, class_names=args.class_names,
+                             kde=args.kde_mode, fraction=args.fraction,
+                             permutations=args.permutations, panel_class=args.panel_class,
+                             data=args.data)
+        print(format_class_report(report))
+    else:
+        print(summary_text(args.run))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,256 @@
+"""Integrated-gradient machinery and the Joint Attribution Score (JAS, Eq. 2-3).
+
+The engine follows the authors' code (spec §1-2, §11):
+
+* one clean forward per image batch gives every layer's neuron vector h_l (``clean_pass``);
+* an *intervened* pass replaces, for each edited layer l, the neuron vector at the token(s)
+  by ``u_l(alpha) = h_l * (1 - mask_l + alpha * mask_l)``: the masked units are scaled by alpha,
+  the others stay frozen at their clean values, layers that are not edited run normally;
+* F is the softmax probability of each image's own ground-truth class (options: the
+  predicted class; the logit), summed over rows so that one ``autograd.grad`` call returns
+  dF/du_l for *every* replaced tensor at once;
+* images x alpha steps are batched into one tensor of rows, cut into chunks that fit a
+  memory budget; rows do not interact (eval mode), so chunking is exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .adapter import ModelAdapter
+from .grids import AlphaGrid, alpha_grid
+from .interventions import record_neurons, replace_neurons
+from .neurons import NeuronSet, gather_neurons, masks_for, neuron_index
+
+TARGETS = ("label", "predicted")
+OBJECTIVES = ("prob", "logit")
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Settings of every integrated-gradient computation.
+
+    ``alphas='left'``, ``target='label'``, ``objective='prob'`` reproduce the official code;
+    ``alphas='right'`` is the paper's Eq. 3 grid.
+    """
+
+    steps: int = 20
+    alphas: str = "left"
+    target: str = "label"
+    objective: str = "prob"
+    memory_budget: int = 2 * 2**30  # bytes of saved activations per chunk of rows
+    autocast: torch.dtype | None = None  # e.g. torch.bfloat16 on GPU
+
+    def __post_init__(self):
+        alpha_grid(self.alphas, self.steps)  # validates both
+        if self.target not in TARGETS:
+            raise ValueError(f"target: expected one of {TARGETS}, got {self.target!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
+        if self.memory_budget <= 0:
+            raise ValueError(f"memory_budget: expected a positive number of bytes, "
+                             f"got {self.memory_budget}")
+
+    @property
+    def grid(self) -> AlphaGrid:
+        return alpha_grid(self.alphas, self.steps)
+
+
+@dataclass
+class CleanPass:
+    """Everything the unmodified forward gives: neuron vectors, logits, labels and targets."""
+
+    acts: list[torch.Tensor]  # per layer, (images, tokens, n), detached
+    logits: torch.Tensor  # (images, classes)
+    labels: torch.Tensor  # (images,) ground truth
+    targets: torch.Tensor  # (images,) the class whose F is attributed
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.logits.argmax(-1)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.float().softmax(-1)
+
+    @property
+    def label_prob(self) -> torch.Tensor:
+        return self.probs.gather(1, self.labels[:, None])[:, 0]
+
+
+def autocast_context(adapter: ModelAdapter, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(adapter.device.type, dtype=dtype)
+
+
+def objective(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    """F per row: softmax probability (default) or logit of the target class."""
+    if kind == "prob":
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        return logits.softmax(-1).gather(1, targets[:, None])[:, 0]
+    return logits.gather(1, targets[:, None])[:, 0]
+
+
+def clean_pass(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor,
+               config: AttributionConfig = AttributionConfig()) -> CleanPass:
+    """One unmodified forward; reads every layer's neuron vector at the adapter's token(s)."""
+    pixels = pixels.to(adapter.device, adapter.dtype)
+    labels = torch.as_tensor(labels, device=adapter.device).long()
+    with torch.no_grad(), record_neurons(adapter) as store, autocast_context(adapter, config.autocast):
+        logits = adapter.logits(pixels)
+    acts = [store[l].to(adapter.dtype) for l in range(adapter.num_layers)]
+    num_classes = logits.shape[-1]
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels: expected class ids in [0, {num_classes}), got "
+                         f"{labels.min().item()}..{labels.max().item()}")
+    targets = labels if config.target == "label" else logits.argmax(-1)
+    return CleanPass(acts, logits.detach(), labels, targets)
+
+
+def rows_per_chunk(adapter: ModelAdapter, pixels: torch.Tensor, budget: int) -> int:
+    """How many rows of a gradient pass fit ``budget`` bytes of saved activations.
+
+    Measured once per adapter and input shape by counting the bytes autograd saves for one
+    row (the forward is run with the input requiring grad), with 50 % headroom.
+    """
+    key = (tuple(pixels.shape[1:]), adapter.dtype, str(adapter.device))
+    cache = adapter.__dict__.setdefault("_row_bytes", {})
+    if key not in cache:
+        saved = 0
+
+        def pack(t):
+            nonlocal saved
+            saved += t.numel() * t.element_size()
+            return t
+
+        x = pixels[:1].to(adapter.device, adapter.dtype).clone().requires_grad_(True)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            adapter.logits(x)
+        cache[key] = max(saved, 1)
+    return max(1, int(budget // (cache[key] * 1.5)))
+
+
+def riemann_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
+                      config: AttributionConfig, item_image: torch.Tensor,
+                      build: Callable) -> dict[int, torch.Tensor]:
+    """Shared loop of every integrated-gradient computation.
+
+    Rows are (item, alpha step) pairs, image-major, cut into chunks that fit the memory
+    budget.  For each chunk ``build(items, images, alpha)`` returns the pixel rows, the
+    ``{layer: tensor}`` leaves whose gradients are wanted (shape (rows, tokens, n)) and the
+    intervention context that puts them into the forward.  One backward per chunk gives the
+    gradients of all leaves; returns ``{layer: sum_k w_k dF/dleaf}`` per item.
+    """
+    grid = config.grid
+    device = adapter.device
+    points = torch.tensor(grid.points, dtype=adapter.dtype, device=device)
+    weights = torch.tensor(grid.weights, dtype=adapter.dtype, device=device)
+    item_image = item_image.to(device)
+    n_items = item_image.shape[0]
+    out: dict[int, torch.Tensor] = {}
+    total = n_items * grid.steps
+    chunk = rows_per_chunk(adapter, pixels, config.memory_budget)
+    for start in range(0, total, chunk):
+        rows = torch.arange(start, min(start + chunk, total), device=device)
+        items, steps = rows // grid.steps, rows % grid.steps
+        images = item_image[items]
+        pixel_rows, leaves, context = build(items, images, points[steps])
+        layers = sorted(leaves)
+        with torch.enable_grad(), context, autocast_context(adapter, config.autocast):
+            logits = adapter.logits(pixel_rows)
+            f = objective(logits, clean.targets[images], config.objective).sum()
+        grads = torch.autograd.grad(f, [leaves[l] for l in layers])
+        w = weights[steps][:, None, None]
+        for l, g in zip(layers, grads):
+            if l not in out:
+                out[l] = torch.zeros((n_items,) + g.shape[1:], dtype=adapter.dtype, device=device)
+            out[l].index_add_(0, items, g.to(adapter.dtype) * w)
+    return out
+
+
+def integrated_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
+                         masks: Mapping[int, torch.Tensor], config: AttributionConfig,
+                         item_image: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """Riemann-sum gradients of F w.r.t. the replaced neuron vectors.
+
+    An *item* is an image (``item_image[i]`` indexes ``pixels``/``clean``; default: item i is
+    image i) with, for each edited layer l, a scale mask ``masks[l][i]`` of shape (n,):
+    1 = scaled by alpha, 0 = frozen at the clean value.  Returns for each edited layer
+    ``G_l[i] = sum_k w_k * dF/du_l |_{alpha_k}`` of shape (items, tokens, n).
+    """
+    pixels = pixels.to(adapter.device, adapter.dtype)
+    layers = sorted(masks)
+    if not layers:
+        return {}
+    masks = {l: masks[l].to(adapter.device, adapter.dtype) for l in layers}
+    if item_image is None:
+        item_image = torch.arange(masks[layers[0]].shape[0], device=adapter.device)
+
+    def build(items, images, alpha):
+        alpha = alpha[:, None, None]
+        values = {l: (clean.acts[l][images] * (1 + (alpha - 1) * masks[l][items][:, None, :]))
+                  .requires_grad_(True) for l in layers}
+        return pixels[images], values, replace_neurons(adapter, values)
+
+    return riemann_gradients(adapter, pixels, clean, config, item_image, build)
+
+
+def set_scores(clean: CleanPass, grads: Mapping[int, torch.Tensor],
+               index: Mapping[int, torch.Tensor], item_image: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 as the official code forms it: (sum of clean values) x (sum of gradient
+    integrals) over the neurons ``index``, per token, summed over tokens (spec §2, §4)."""
+    values = sum(gather_neurons(clean.acts[l][item_image], index[l]) for l in index)
+    integrals = sum(gather_neurons(grads[l], index[l]) for l in index)
+    return (values * integrals).sum(1)
+
+
+def joint_attribution_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
+                             neuron_sets: Sequence[NeuronSet],
+                             config: AttributionConfig = AttributionConfig(),
+                             last_only: bool = False) -> list[torch.Tensor]:
+    """JAS (Eq. 2-3) of several neuron sets per image; sets that edit the same layers share
+    one batched gradient pass.
+
+    Every layer holding a neuron of the set is edited: its set neurons scale with alpha, its
+    other units stay frozen at clean values (the official "final JAS", spec §2); layers
+    without a set neuron run normally.  The score is divided by the number of tokens of the
+    token policy (1 for CLS; spec §4 for global-pool models).  Returns one (images,) tensor
+    per set.  ``last_only`` reproduces the released TopK code (spec §8): all neurons of a
+    layer scale, but only the last one listed enters the two sums.
+    """
+    n_images = clean.labels.shape[0]
+    device = adapter.device
+    width = clean.acts[0].shape[-1]
+    indices = [neuron_index(s, n_images, device, width, adapter.num_layers) for s in neuron_sets]
+    # Layers absent from a set must run normally, so only sets that edit the same layers
+    # share a pass (stacked as items); the JAS path and the Activation path always do.
+    groups: dict[tuple, list[int]] = {}
+    for s, idx in enumerate(indices):
+        groups.setdefault(tuple(sorted(idx)), []).append(s)
+    results: list[torch.Tensor | None] = [None] * len(indices)
+    tokens = clean.acts[0].shape[1]
+    for group_layers, members in groups.items():
+        item_image = torch.arange(n_images, device=device).repeat(len(members))
+        masks = {l: torch.cat([masks_for({l: indices[s][l]}, width, adapter.dtype, device)[l]
+                               for s in members]) for l in group_layers}
+        grads = integrated_gradients(adapter, pixels, clean, masks, config, item_image)
+        for j, s in enumerate(members):
+            part = slice(j * n_images, (j + 1) * n_images)
+            summed = {l: i[:, -1:] for l, i in indices[s].items()} if last_only else indices[s]
+            scores = set_scores(clean, {l: g[part] for l, g in grads.items()}, summed,
+                                item_image[part])
+            results[s] = scores / tokens
+    return results
+
+
+def joint_attribution_score(adapter: ModelAdapter, pixels: torch.Tensor, labels,
+                            neurons: NeuronSet,
+                            config: AttributionConfig = AttributionConfig()) -> torch.Tensor:
+    """JAS (Eq. 2-3) of one neuron set ``{layer: indices}`` for each image of a batch."""
+    clean = clean_pass(adapter, pixels, labels, config)
+    return joint_attribution_scores(adapter, pixels, clean, [neurons], config)[0]

@@ -1,0 +1,124 @@
+"""Forward-hook interventions on the FFN neurons of a model (spec §1).
+
+Each intervention is a context manager over a :class:`~neuronpath.engine.adapter.ModelAdapter`
+that hooks the per-layer activation modules (``adapter.hooks``) and always removes its hooks,
+also when the body raises.  Every read and edit happens at the adapter's token policy.
+
+* :func:`record_neurons` -- read every layer's neuron vector in a pass;
+* :func:`replace_neurons` -- replace a layer's neuron vector by a given tensor, so that
+  gradients flow to that tensor (used by attribution);
+* :func:`add_to_neurons` -- add a tensor to a layer's neuron vector; with zeros this changes
+  nothing but makes dF/d(delta) the total derivative dF/dh_l of the unmodified network;
+* :func:`multiply_neurons` -- multiply each layer's neurons by a per-row factor vector
+  (pruning masks);
+* :func:`scale_neurons` -- multiply chosen neurons by a factor (0 removes, 2 enhances).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+
+from .adapter import ModelAdapter
+
+
+@contextlib.contextmanager
+def record_neurons(adapter: ModelAdapter, layers=None) -> Iterator[dict[int, torch.Tensor]]:
+    """Yield a dict that the next forward fills with ``{layer: (rows, tokens, n)}`` tensors
+    (the post-activation FFN hidden state at the adapter's token policy, detached)."""
+    layers = range(adapter.num_layers) if layers is None else layers
+    store: dict[int, torch.Tensor] = {}
+
+    def make(layer):
+        def hook(module, inputs, output):
+            store[layer] = adapter.token.select(output).detach()
+        return hook
+
+    with adapter.hooks({layer: make(layer) for layer in layers}):
+        yield store
+
+
+@contextlib.contextmanager
+def replace_neurons(adapter: ModelAdapter, values: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Replace layer l's neurons at the adapter's token(s) by ``values[l]``
+    (shape (rows, tokens, n), matching the batch that is run inside the context)."""
+
+    def make(layer):
+        value = values[layer]
+
+        def hook(module, inputs, output):
+            if value.shape[0] != output.shape[0]:
+                raise ValueError(f"replace_neurons: layer {layer} got {value.shape[0]} rows of "
+                                 f"values for a batch of {output.shape[0]}")
+            return adapter.token.insert(output, value)
+        return hook
+
+    with adapter.hooks({layer: make(layer) for layer in values}):
+        yield
+
+
+@contextlib.contextmanager
+def add_to_neurons(adapter: ModelAdapter, deltas: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Add ``deltas[l]`` (shape (rows, tokens, n)) to layer l's neurons at the adapter's token(s)."""
+
+    def make(layer):
+        delta = deltas[layer]
+
+        def hook(module, inputs, output):
+            return adapter.token.insert(output, adapter.token.select(output) + delta)
+        return hook
+
+    with adapter.hooks({layer: make(layer) for layer in deltas}):
+        yield
+
+
+def _multiplying(adapter: ModelAdapter, layer_factors: Mapping[int, Callable]) -> contextlib.AbstractContextManager:
+    """Hooks that multiply layer l's selected neurons by ``layer_factors[l](selected)``, a
+    (rows, n) factor per row, downstream recomputed."""
+
+    def make(factor_of):
+        def hook(module, inputs, output):
+            selected = adapter.token.select(output)
+            return adapter.token.insert(output, selected * factor_of(selected)[:, None, :])
+        return hook
+
+    return adapter.hooks({layer: make(f) for layer, f in layer_factors.items()})
+
+
+@contextlib.contextmanager
+def multiply_neurons(adapter: ModelAdapter, multipliers: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Multiply layer l's neurons at the adapter's token(s) by ``multipliers[l]`` (rows, n)."""
+
+    def factor(multiplier):
+        return lambda selected: multiplier.to(selected.device, selected.dtype)
+
+    with _multiplying(adapter, {l: factor(m) for l, m in multipliers.items()}):
+        yield
+
+
+@contextlib.contextmanager
+def scale_neurons(adapter: ModelAdapter, neurons: Mapping[int, torch.Tensor],
+                  factor: float | torch.Tensor) -> Iterator[None]:
+    """Multiply chosen neurons by ``factor`` at the adapter's token(s), downstream recomputed.
+
+    ``neurons[l]`` holds neuron indices of layer l, shape (rows,) or (rows, K): one set per row
+    of the batch run inside the context.  ``factor=0`` is removal, ``factor=2`` enhancement;
+    a tensor of shape (rows,) gives each row its own factor.
+    """
+
+    def scale(index):
+        index = torch.as_tensor(index)
+        index = index.reshape(index.shape[0], -1)
+
+        def factor_of(selected):
+            ones = torch.ones(selected.shape[0], selected.shape[-1], dtype=selected.dtype,
+                              device=selected.device)
+            rows = torch.as_tensor(factor, dtype=selected.dtype, device=selected.device)
+            rows = rows.reshape(-1, 1).expand(index.shape[0], index.shape[1])
+            return ones.scatter_(1, index.to(selected.device), rows)
+        return factor_of
+
+    with _multiplying(adapter, {l: scale(i) for l, i in neurons.items()}):
+        yield

@@ -1,0 +1,61 @@
+"""Neuron sets and the index helpers every path method shares.
+
+A *neuron set* is ``{layer: indices}``: an int or list of ints (the same neurons for every
+image), or a tensor of shape (items,) or (items, K) (one set per item).  A *path* is a
+LongTensor (images, layers, K), K neurons per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+NeuronSet = Mapping[int, "torch.Tensor | Sequence[int] | int"]
+
+
+def neuron_index(neurons: NeuronSet, n_items: int, device, width: int,
+                 num_layers: int) -> dict[int, torch.Tensor]:
+    """Normalise ``{layer: indices}`` to ``{layer: LongTensor (items, K)}``.
+
+    An int or a list/tuple of ints is the same neuron set for every item; a tensor of shape
+    (items,) or (items, K) gives one set per item.  Duplicates within a layer are rejected.
+    """
+    result = {}
+    for layer, index in neurons.items():
+        if isinstance(index, (int, list, tuple)):
+            index = torch.as_tensor(index, device=device).long().reshape(1, -1)
+            index = index.expand(n_items, -1)
+        else:
+            index = torch.as_tensor(index, device=device).long()
+            index = index[:, None] if index.dim() == 1 else index
+        if index.dim() != 2 or index.shape[0] != n_items or index.shape[1] == 0:
+            raise ValueError(f"neurons[{layer}]: expected an int, a list of ints, or a tensor of "
+                             f"shape ({n_items},) or ({n_items}, K); got shape {tuple(index.shape)}")
+        if not 0 <= int(layer) < num_layers:
+            raise IndexError(f"neurons: layer {layer} out of range for a model with "
+                             f"{num_layers} layers")
+        if index.min() < 0 or index.max() >= width:
+            raise ValueError(f"neurons[{layer}]: indices must lie in [0, {width}) for FFN "
+                             f"width {width}; got {index.min().item()}..{index.max().item()}")
+        if index.shape[1] > 1 and (index.sort(1).values.diff(dim=1) == 0).any():
+            raise ValueError(f"neurons[{layer}]: a neuron is listed twice")
+        result[int(layer)] = index
+    return result
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores along the last dim, descending; ties -> lower index
+    first (so k = 1 is ``argmax``)."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def gather_neurons(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (items, tokens, n), index (items, K) -> (items, tokens) summed over the K neurons."""
+    return x.gather(2, index[:, None, :].expand(-1, x.shape[1], -1)).sum(-1)
+
+
+def masks_for(index: Mapping[int, torch.Tensor], width: int, dtype, device) -> dict[int, torch.Tensor]:
+    """``{layer: (items, K) indices}`` -> ``{layer: (items, width)}`` 0/1 masks of those neurons."""
+    return {l: torch.zeros(idx.shape[0], width, dtype=dtype, device=device).scatter_(1, idx, 1.0)
+            for l, idx in index.items()}

@@ -1,0 +1,59 @@
+"""Every failure a user can fix, as one family of exceptions, and how messages name options.
+
+The library raises these (and ``ValueError`` for a bad argument value) with a message that names
+the input and what was expected; the command line prints such an error as one line.  Messages
+name a parameter through :func:`option`, which reads ``labels='sorted-folders'`` from Python and
+``--labels sorted-folders`` under :func:`command_line_options` (set by the CLI), so the library
+speaks its own language and the CLI speaks flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+_CLI_STYLE = contextvars.ContextVar("neuronpath_cli_style", default=False)
+
+
+class NeuronpathError(Exception):
+    """A failure caused by the user's input (a model, a folder, a file), with what to do."""
+
+
+class ModelLoadError(NeuronpathError):
+    """A model that cannot be loaded, with what to do about it."""
+
+
+class CheckpointError(NeuronpathError):
+    """A checkpoint file that cannot be converted."""
+
+
+class ImageReadError(NeuronpathError):
+    """An image file that cannot be read or decoded."""
+
+
+class RunConflictError(NeuronpathError):
+    """An output folder that holds a run with other settings."""
+
+
+class RunFormatError(NeuronpathError):
+    """A run folder that is missing or damaged."""
+
+
+def option(name: str, value: str | None = None) -> str:
+    """How a message names parameter ``name`` (set to ``value``): ``name='value'`` for Python
+    callers, ``--name value`` on the command line."""
+    if _CLI_STYLE.get():
+        flag = "--" + name.replace("_", "-")
+        return flag if value is None else f"{flag} {value}"
+    return name if value is None else f"{name}='{value}'"
+
+
+@contextlib.contextmanager
+def command_line_options() -> Iterator[None]:
+    """Within this context, :func:`option` writes command-line flags."""
+    token = _CLI_STYLE.set(True)
+    try:
+        yield
+    finally:
+        _CLI_STYLE.reset(token)

@@ -1,0 +1,142 @@
+"""``neuronpath classes``: class-level statistics, similarity and Figures 2, 4 and 5 of a run.
+
+Writes into ``RUN_DIR/classes-METHOD/`` (or ``out``):
+
+* ``utilisation.npz`` -- M_c (classes x layers x n), the raw counts, class ids and names,
+  modal neurons;
+* ``similarity.csv`` (matrix with names) and ``similar.json`` / ``similar.csv`` (each class's
+  top and bottom 5 % most similar classes);
+* ``report.json`` -- every number (coherence test, intra-class clustering, ...);
+* ``figure4.png/.svg`` (violins), ``similarity.png/.svg`` (clustered heatmap), ``figure5.png/.svg``
+  (a class, its most and least similar classes, with thumbnails), ``figure2.png/.svg``
+  (knowledge neurons per layer, when the run has ``knowledge`` records).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..analysis.classes import (class_paths, cosine_similarity, group_coherence, group_labels,
+                                intra_class_clustering, kde_mode, modal_neurons,
+                                most_and_least_similar, neuron_counts, utilisation)
+from ..analysis.records import layer_distribution
+from ..errors import ImageReadError, option
+from ..io.images import load_image
+from ..io.labels import read_class_names, read_groups
+from ..io.store import read_manifest, read_records, write_json_atomic
+from ..report.figures import (layer_distribution_figure, neuron_violins, similarity_heatmap,
+                              similarity_panel)
+
+log = logging.getLogger("neuronpath")
+
+
+def _thumbnails(root: Path, images: Sequence[str], count: int, size: int = 96) -> list:
+    out = []
+    for image in images:
+        if len(out) == count:
+            break
+        try:
+            picture = load_image(root / image)
+        except ImageReadError as error:
+            log.warning("thumbnail skipped: %s", error)
+            continue
+        picture.thumbnail((size, size))
+        out.append(picture)
+    return out
+
+
+def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | None = None,
+                plot_classes: Sequence[str] | None = None, groups: str | Path | None = None,
+                class_names: str | Path | None = None, kde: bool = False,
+                fraction: float = 0.05, permutations: int = 10000, panel_class: str | None = None,
+                data: str | Path | None = None, thumbnails: int = 4, seed: int = 0) -> dict:
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    records = read_records(run_dir)
+    width = manifest["model"].get("width") or 1 + max(
+        int(np.max(r["path"])) for r in records if r["method"] == method)
+    cp = class_paths(records, method, width)
+    names = cp.names
+    readable = read_class_names(class_names) if class_names else {}
+    display = [readable.get(n, n) for n in names]
+    out = Path(out) if out else run_dir / f"classes-{method}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    counts = neuron_counts(cp)
+    matrices = utilisation(counts)
+    modes = modal_neurons(counts)
+    np.savez_compressed(out / "utilisation.npz", utilisation=matrices.astype(np.float32),
+                        counts=counts, class_ids=np.array(cp.classes), class_names=np.array(names),
+                        modal=modes)
+
+    similarity = cosine_similarity(matrices)
+    with open(out / "similarity.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class"] + names)
+        for name, row in zip(names, similarity):
+            writer.writerow([name] + [f"{v:.6f}" for v in row])
+    lists = most_and_least_similar(similarity, fraction)
+    similar = {names[i]: {k: [[names[j], s] for j, s in entry[k]] for k in ("top", "bottom")}
+               for i, entry in enumerate(lists)}
+    (out / "similar.json").write_text(json.dumps(similar, indent=2))
+    with open(out / "similar.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "kind", "rank", "other", "similarity"])
+        for name, entry in similar.items():
+            for kind in ("top", "bottom"):
+                for rank, (other, s) in enumerate(entry[kind], 1):
+                    writer.writerow([name, kind, rank, other, f"{s:.6f}"])
+
+    report = {"run": str(run_dir), "method": method, "classes": len(names), "layers": cp.num_layers,
+              "width": width, "images_per_class": {n: len(cp.paths[c]) for n, c in zip(names, cp.classes)},
+              "similarity_fraction": fraction,
+              "similarity_offdiagonal_mean": float(similarity[~np.eye(len(names), dtype=bool)].mean())
+              if len(names) > 1 else None,
+              "clustering": intra_class_clustering(cp, seed=seed)}
+    if groups:
+        labels = group_labels(names, read_groups(groups))
+        report["coherence"] = {"groups_file": str(groups),
+                               "group_sizes": {g: labels.count(g) for g in sorted(set(labels))},
+                               **group_coherence(similarity, labels, permutations, seed)}
+
+    chosen = list(plot_classes) if plot_classes else names[:4]
+    unknown = [c for c in chosen if c not in names]
+    if unknown:
+        raise ValueError(f"classes: {unknown} are not classes of the run (e.g. {names[:3]})")
+    first = {n: cp.paths[cp.classes[names.index(n)]][:, :, 0] for n in chosen}
+    line = {n: (np.array([kde_mode(first[n][:, l]) for l in range(cp.num_layers)]) if kde
+                else modes[names.index(n)]) for n in chosen}
+    neuron_violins({readable.get(n, n): first[n] for n in chosen},
+                   {readable.get(n, n): line[n] for n in chosen}, width, out / "figure4")
+    similarity_heatmap(similarity, display, out / "similarity",
+                       title=f"class similarity ({method} paths)")
+
+    root = Path(data or manifest["settings"]["data"]).expanduser()
+    anchor = panel_class or names[0]
+    if anchor not in names:
+        raise ValueError(f"panel class: {anchor!r} is not a class of the run")
+    i = names.index(anchor)
+    rows = [(display[i], None, _thumbnails(root, cp.images[cp.classes[i]], thumbnails))]
+    for kind in ("top", "bottom"):
+        for j, s in lists[i][kind]:
+            rows.append((f"{'most' if kind == 'top' else 'least'} similar:\n{display[j]}", s, _thumbnails(root, cp.images[cp.classes[j]],
+                                                                      thumbnails)))
+    if all(images for _, _, images in rows):
+        similarity_panel(rows, out / "figure5", title=f"{display[i]}: most / least similar classes")
+    else:
+        log.warning("figure 5 skipped: images not found under %s (pass %s)", root,
+                    option("data", "DIR"))
+
+    if any(r["method"] == "knowledge" for r in records):
+        distribution = layer_distribution(records, cp.num_layers)
+        report["knowledge_layer_distribution"] = distribution
+        layer_distribution_figure(distribution, out / "figure2",
+                                  title="top-5 knowledge neurons per layer")
+    write_json_atomic(out / "report.json", report)
+    return report

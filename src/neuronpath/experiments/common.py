@@ -1,0 +1,97 @@
+"""What every experiment shares: devices and dtypes, sizes, package versions, the run log, and
+re-loading a run's model (checked against its weights hash)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from ..errors import RunFormatError, option
+from ..models.loading import load_model
+from ..version import __version__
+
+log = logging.getLogger("neuronpath")
+
+DTYPES = {"float32": (torch.float32, None), "float64": (torch.float64, None),
+          "bfloat16": (torch.float32, torch.bfloat16), "float16": (torch.float32, torch.float16)}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'2GiB', '512MiB', '1.5GB' or a plain number of bytes."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"memory budget: expected a size such as 2GiB or 512MiB, got {text!r}")
+    number, unit, binary = match.groups()
+    base = 1024 if binary or not unit else 1000
+    return int(float(number) * base ** " KMGT".index(unit.upper() or " "))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (cuda, then mps, then cpu) or a device name that is available here."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} requested but CUDA is not available")
+    if device == "mps" and not (getattr(torch.backends, "mps", None)
+                                and torch.backends.mps.is_available()):
+        raise ValueError("device: mps requested but not available")
+    return torch.device(device)
+
+
+def versions() -> dict:
+    """Python and package versions, for manifests."""
+    out = {"python": platform.python_version(), "neuronpath": __version__}
+    for package in ("torch", "transformers", "numpy", "pillow", "safetensors"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+@contextlib.contextmanager
+def log_to(path: Path):
+    """Copy the package's log into ``path`` for the duration of the context."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def load_run_model(run_dir: Path, manifest: dict, model: str | None, device: torch.device):
+    """The model of a find run (or ``model``, if it moved), checked against the weights hash
+    stored by find."""
+    settings = manifest["settings"]
+    spec = model or settings["model"]
+    model_dtype, _ = DTYPES[settings["dtype"]]
+    try:
+        adapter = load_model(spec, device=device, dtype=model_dtype, token=settings["token"],
+                             preprocess="official" if settings["preprocess"]["name"] == "official"
+                             else "model",
+                             image_size=settings.get("image_size"),
+                             fc_norm_twice=settings.get("fc_norm_twice", False))
+    except Exception as error:
+        raise RunFormatError(f"{run_dir}: cannot load its model {spec!r} ({error}); pass "
+                             f"{option('model', 'DIR')} with the model the run was made "
+                             f"with") from error
+    if adapter.weights_hash() != settings["weights_sha256"]:
+        raise RunFormatError(f"{run_dir} was made by a different model than {spec!r} (weights "
+                             f"SHA-256 {settings['weights_sha256'][:12]}... in the run, "
+                             f"{adapter.weights_hash()[:12]}... now)")
+    return adapter

@@ -1,0 +1,143 @@
+"""``neuronpath prune``: class-specific pruning experiment, Figure 6 and the Table 3 depth ablation.
+
+Writes into OUT: ``find/`` (the TopK paths of the probe images, a resumable find run),
+``results.json`` (every number, the split and the kept neurons), ``figure6.png/.svg``,
+``table3.md/.csv``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..analysis.bootstrap import bootstrap_draws
+from ..analysis.pruning import (AGGREGATES, keep_by_frequency, keep_by_slot_mode,
+                                paired_difference, probe_selections, prune_multipliers,
+                                pruning_metrics, random_keep, split_probe_test)
+from ..engine.editing import pruned_predictions
+from ..io.images import load_pixels, scan_image_folder
+from ..io.store import read_manifest, read_records, write_json_atomic
+from ..models.loading import load_model
+from ..report.figures import pruning_figure
+from ..report.tables import write_depth_table
+from .common import DTYPES, resolve_device
+from .find import run_find
+
+log = logging.getLogger("neuronpath")
+
+PATH_METHODS = ("jas", "activation")
+PRUNE_METHODS = PATH_METHODS + ("random",)  # keep rules: two path methods and a random control
+
+
+def run_prune(model: str, data: str | Path, out: str | Path, *,
+              keep: Sequence[int] = (1, 5, 10, 30, 50), mask: Sequence[float] = (0.1, 0.3, 0.5, 1.0),
+              depth: Sequence[int] | None = None, probe_fraction: float = 0.8, seed: int = 0,
+              aggregate: str = "frequency", methods: Sequence[str] = PRUNE_METHODS,
+              find_run: str | Path | None = None, steps: int = 20, alphas: str = "left",
+              topk_mode: str = "all", batch_size: int = 8, device: str = "auto",
+              dtype: str = "float32", preprocess: str = "model", token: str | None = None,
+              labels: str = "auto", memory_budget: str | int = "2GiB",
+              table_keep: int = 5, table_mask: float = 1.0, bootstrap: int = 1000,
+              command: Sequence[str] | None = None) -> dict:
+    """Run the pruning experiment into ``out`` (probe paths in ``out/find``, resumable) and
+    return every number; ``command`` is recorded in the probe find run's manifest."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate: expected one of {AGGREGATES}, got {aggregate!r}")
+    if not keep or min(keep) < 1:
+        raise ValueError(f"keep: expected positive neuron counts, got {list(keep)}")
+    if not mask or any(not 0 <= p <= 1 for p in mask):
+        raise ValueError(f"mask: expected shares in [0, 1], got {list(mask)}")
+    unknown = [m for m in methods if m not in PRUNE_METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {PRUNE_METHODS}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch_device = resolve_device(device)
+    adapter = load_model(model, device=torch_device, dtype=DTYPES[dtype][0], token=token,
+                         preprocess=preprocess)
+    width, num_layers = adapter.width(), adapter.num_layers
+    depths = sorted(set(depth or [num_layers]))
+    if depths[0] < 1 or depths[-1] > num_layers:
+        raise ValueError(f"depth: expected layers in 1..{num_layers}, got {depths}")
+    if max(keep) > width:
+        raise ValueError(f"keep: at most the FFN width {width}, got {max(keep)}")
+    folder = scan_image_folder(data, adapter.id2label, labels)
+    by_class: dict[str, list[str]] = {}
+    for item in folder.items:
+        by_class.setdefault(item.folder, []).append(item.id)
+    split = split_probe_test(by_class, probe_fraction, seed)
+    probe = {i for i, s in split.items() if s == "probe"}
+    path_methods = [m for m in methods if m in PATH_METHODS]
+
+    k = max(keep)
+    if find_run is not None:
+        manifest = read_manifest(find_run)
+        if manifest["settings"]["weights_sha256"] != adapter.weights_hash():
+            raise ValueError(f"find run {find_run} was made by a different model")
+        if manifest["settings"]["topk"] < k:
+            raise ValueError(f"find run {find_run} has K = {manifest['settings']['topk']} < "
+                             f"max keep {k}")
+        run_dir = Path(find_run)
+    elif path_methods:
+        run_dir = run_find(model, data, out / "find", methods=path_methods, steps=steps,
+                           alphas=alphas, batch_size=batch_size, device=device, dtype=dtype,
+                           preprocess=preprocess, token=token, labels=labels,
+                           memory_budget=memory_budget, topk=k, topk_mode=topk_mode, only=probe,
+                           command=command)
+    records = read_records(run_dir) if path_methods else []
+
+    # kept neurons per (method, class, t)
+    kept: dict[str, dict[str, dict[int, list[list[int]]]]] = {m: {} for m in methods}
+    rule = keep_by_frequency if aggregate == "frequency" else keep_by_slot_mode
+    for name, images in by_class.items():
+        probe_images = sorted(i for i in images if split[i] == "probe")
+        for m in methods:
+            if m == "random":
+                kept[m][name] = {t: random_keep(name, seed, num_layers, width, t) for t in keep}
+            else:
+                sel = probe_selections(records, m, probe_images)[:, :, :k]
+                kept[m][name] = {t: rule(sel, t) for t in keep}
+
+    # test rows: the unpruned model, then every (method, t, p, depth)
+    tests = [it for it in folder.items if split[it.id] == "test"]
+    good, pixels, errors = load_pixels(tests, adapter.preprocess)
+    for _, error in errors:
+        log.warning("skipping %s", error)
+    pixels = torch.stack(pixels)
+    labels_t = torch.tensor([it.label for it in good])
+    configs = [(m, t, p, d) for m in methods for t in keep for p in mask for d in depths]
+    resamples = bootstrap_draws(len(good), bootstrap, seed)
+    outcomes = {"unpruned": pruned_predictions(adapter, pixels, labels_t, [{}] * len(good), width)}
+    for m, t, p, d in tqdm(configs, desc="pruning", unit="setting", disable=None):
+        rows = [prune_multipliers(item.id, seed, kept[m][item.folder][t], width, p, d)
+                for item in good]
+        outcomes[f"{m}|{t}|{p}|{d}"] = pruned_predictions(adapter, pixels, labels_t, rows, width)
+    per_image = {key: ((preds.cpu() == labels_t).double().numpy(), probs.double().cpu().numpy())
+                 for key, (probs, preds) in outcomes.items()}
+    folders = [it.folder for it in good]
+    results = {key: pruning_metrics(*values, folders, resamples) for key, values in per_image.items()}
+    t_table = table_keep if table_keep in keep else keep[0]
+    p_table = table_mask if table_mask in mask else mask[-1]
+    comparisons = {}
+    for d in depths:
+        ours = f"jas|{t_table}|{p_table}|{d}"
+        if ours not in per_image:
+            break
+        for other in [f"{m}|{t_table}|{p_table}|{d}" for m in methods if m != "jas"] + ["unpruned"]:
+            comparisons[f"{ours} - {other}"] = paired_difference(per_image[ours], per_image[other], resamples)
+
+    report = {"model": model, "data": str(Path(data).expanduser().resolve()),
+              "weights_sha256": adapter.weights_hash(), "keep": list(keep), "mask": list(mask),
+              "depth": depths, "probe_fraction": probe_fraction, "seed": seed,
+              "aggregate": aggregate, "methods": list(methods), "topk_mode": topk_mode,
+              "find_run": str(run_dir) if path_methods else None, "layers": num_layers,
+              "width": width, "test_images": len(good), "split": split, "kept": kept,
+              "bootstrap": bootstrap, "results": results, "comparisons": comparisons}
+    write_json_atomic(out / "results.json", report)
+    pruning_figure(report, out / "figure6", depth=depths[-1])
+    write_depth_table(report, out / "table3", t_table, p_table)
+    return report

@@ -1,0 +1,28 @@
+"""``neuronpath table``: merge evaluated runs (one per model) into one Table 1."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import RunFormatError, option
+from ..report.tables import write_table
+
+
+def run_table(runs: Sequence[str | Path], out: str | Path,
+              names: Sequence[str] | None = None) -> list[Path]:
+    """Write ``out.md`` and ``out.csv`` from each run's ``evaluation/metrics.json``; columns are
+    ``names`` (default: the model ids).  Returns the written paths."""
+    names = list(names) if names else [None] * len(runs)
+    if len(names) != len(runs):
+        raise ValueError(f"table: {option('names')} needs one name per run")
+    merged = {}
+    for run, name in zip(runs, names):
+        path = Path(run) / "evaluation" / "metrics.json"
+        if not path.is_file():
+            raise RunFormatError(f"{run}: not evaluated yet (no evaluation/metrics.json); "
+                                 f"run `neuronpath evaluate {run}` first")
+        metrics = json.loads(path.read_text())
+        merged[name or Path(metrics["model"]).name or metrics["model"]] = metrics["methods"]
+    return write_table(merged, out)

@@ -1,0 +1,90 @@
+"""Class folder names -> the model's label ids, and two-column class files.
+
+Folder names are matched to the model's labels in this order (the choice is logged and
+stored in the run's manifest):
+
+1. ``label2id``: every folder name is a label name of the model;
+2. ``imagenet-synsets``: every folder is an ImageNet synset (``n01440764``) and the model
+   has the 1000 ImageNet-1k classes, whose ids are the synsets in sorted order;
+3. ``sorted-folders``: the i-th folder in sorted order is class i (only when no folder
+   name matches a label, or when asked for explicitly).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+from ..errors import option
+
+LABEL_MAPPINGS = ("auto", "label2id", "imagenet-synsets", "sorted-folders")
+SYNSET = re.compile(r"^n\d{8}$")
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet-1k synsets in class-index order (= sorted order)."""
+    text = resources.files("neuronpath.io").joinpath("imagenet_synsets.txt").read_text()
+    return text.split()
+
+
+def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") -> tuple[dict, str]:
+    """Map class folder names to label ids; returns (mapping, how it was decided)."""
+    if how not in LABEL_MAPPINGS:
+        raise ValueError(f"labels: expected one of {LABEL_MAPPINGS}, got {how!r}")
+    label2id = {name: i for i, name in id2label.items()}
+    matched = [f for f in folders if f in label2id]
+    if how in ("auto", "label2id") and matched and len(matched) == len(folders):
+        return {f: label2id[f] for f in folders}, "label2id"
+    if how == "label2id":
+        missing = sorted(set(folders) - set(matched))
+        raise ValueError(f"data: folders {missing[:5]} are not label names of the model")
+    all_synsets = all(SYNSET.match(f) for f in folders)
+    if how in ("auto", "imagenet-synsets") and all_synsets and len(id2label) == 1000:
+        index = {s: i for i, s in enumerate(imagenet_synsets())}
+        unknown = [f for f in folders if f not in index]
+        if unknown:
+            raise ValueError(f"data: folders {unknown[:5]} are not ImageNet-1k synsets")
+        return {f: index[f] for f in folders}, "imagenet-synsets"
+    if how == "imagenet-synsets":
+        raise ValueError("data: labels 'imagenet-synsets' needs synset folders (n01440764 ...) "
+                         "and a model with 1000 classes")
+    if how == "auto" and matched:
+        missing = sorted(set(folders) - set(matched))
+        raise ValueError(f"data: some class folders are label names of the model but "
+                         f"{missing[:5]} are not; rename them, or pass "
+                         f"{option('labels', 'sorted-folders')} to use sorted folder order")
+    if id2label and len(folders) > len(id2label):
+        raise ValueError(f"data: {len(folders)} class folders but the model has only "
+                         f"{len(id2label)} classes")
+    return {f: i for i, f in enumerate(folders)}, "sorted-folders"
+
+
+def read_two_columns(path: str | Path) -> dict[str, str]:
+    """``{key: value}`` from a file of lines ``key<TAB>value`` (or ``key value``: without a
+    tab the first run of white space separates them).  Blank lines and ``#`` comments are
+    skipped; the value may be empty."""
+    pairs = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition("\t") if "\t" in line else line.partition(" ")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def read_groups(path) -> dict[str, str]:
+    """A two-column file: class (folder / label name) and group, tab- or space-separated."""
+    groups = read_two_columns(path)
+    empty = [name for name, group in groups.items() if not group]
+    if empty:
+        raise ValueError(f"groups: {path} has no group for {empty[:3]}; expected lines "
+                         f"'class<TAB>group'")
+    return groups
+
+
+def read_class_names(path: str | Path) -> dict[str, str]:
+    """A two-column file: class (folder / label name) and a readable name (the class itself
+    where the name is missing)."""
+    return {key: value or key for key, value in read_two_columns(path).items()}

@@ -1,0 +1,58 @@
+"""timm Vision Transformers, for users who have timm (an optional extra: ``pip install timm``,
+which needs torchvision).  timm is imported only when a ``timm:NAME`` model is loaded; the
+adapter itself works on any module with timm's layout (``blocks[i].mlp.act``)."""
+
+from __future__ import annotations
+
+import math
+
+from PIL import Image
+from torch import nn
+
+from ..engine.adapter import ModelAdapter, find_ffn_activations
+from ..engine.tokens import TokenPolicy
+from ..errors import ModelLoadError
+from ..io.labels import imagenet_synsets
+from ..io.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "nearest": Image.Resampling.NEAREST}
+
+
+def preprocess_from_timm(cfg: dict) -> Preprocess:
+    """timm's eval transform: resize the short side to size / crop_pct, centre crop, normalise."""
+    _, height, width = cfg.get("input_size", (3, 224, 224))
+    crop_pct = cfg.get("crop_pct", 0.875)
+    resample = RESAMPLE.get(cfg.get("interpolation", "bicubic"), Image.Resampling.BICUBIC)
+    return Preprocess("model", None, math.floor(height / crop_pct), (height, width), int(resample),
+                      1 / 255, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+
+
+def from_timm_model(model: nn.Module, *, token: str | None = None, name: str = "timm") -> ModelAdapter:
+    """Adapter for a timm VisionTransformer: CLS token, or all patch tokens for ``avg`` pooling."""
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    if token is None:
+        policy = TokenPolicy.patches(prefix) if getattr(model, "global_pool", "token") == "avg" \
+            else TokenPolicy.cls()
+    else:
+        policy = TokenPolicy.parse(token, distillation_index=1 if prefix >= 2 else None)
+    num_classes = int(getattr(model, "num_classes", 0))
+    names = imagenet_synsets() if num_classes == 1000 else [str(i) for i in range(num_classes)]
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    return ModelAdapter(model, find_ffn_activations(model, len(model.blocks)), token=policy,
+                        preprocess=preprocess_from_timm(cfg), id2label=dict(enumerate(names)),
+                        name=name)
+
+
+def load_timm(name: str, *, token: str | None = None) -> ModelAdapter:
+    """``timm.create_model(name, pretrained=True)`` wrapped in an adapter."""
+    try:
+        import timm
+    except ImportError as error:
+        raise ModelLoadError("model: timm is not installed; `pip install timm` (it needs "
+                             "torchvision) to load timm:NAME models") from error
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except Exception as error:  # noqa: BLE001 - network, unknown name, ...
+        raise ModelLoadError(f"model: timm could not create {name!r}: {error}") from error
+    return from_timm_model(model, token=token, name=f"timm:{name}")

@@ -1,0 +1,1 @@
+"""Output for people: tables, figures and text summaries (no computation of results)."""

@@ -1,0 +1,119 @@
+"""Tables as Markdown (for reading) and CSV (long format, for tools): the paper's Table 1
+(rows = metric x method, columns = models, one run per model) and Table 3 (pruning depth
+ablation)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+ROWS = (("JAS", "mean_jas", None), ("Removal accuracy deviation (pp)", "accuracy_deviation", "remove"),
+        ("Enhancement accuracy deviation (pp)", "accuracy_deviation", "enhance"),
+        ("Removal dP/P, mean of class means (%)", "dp_class_mean", "remove"),
+        ("Enhancement dP/P, mean of class means (%)", "dp_class_mean", "enhance"))
+
+
+def write_markdown_and_csv(out_stem: str | Path, lines: list[str], rows: list[dict],
+                           fields: list[str] | None = None) -> list[Path]:
+    """Write ``out_stem.md`` (the Markdown ``lines``) and ``out_stem.csv`` (``rows``, columns
+    ``fields`` or the first row's keys); returns their paths."""
+    stem = Path(out_stem)
+    md, csv_path = stem.with_suffix(".md"), stem.with_suffix(".csv")
+    md.write_text("\n".join(lines) + "\n")
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields or list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return [md, csv_path]
+
+
+def _cell(metrics: Mapping, key: str, op: str | None) -> tuple[float | None, list | None]:
+    if op is None:
+        return metrics.get(key), None
+    if op not in metrics:
+        return None, None
+    scale = 100 if key.startswith("dp") else 1
+    value, ci = metrics[op].get(key), metrics[op].get(f"{key}_ci")
+    return (None if value is None else value * scale,
+            None if ci is None else [c * scale for c in ci])
+
+
+def table_rows(runs: Mapping[str, Mapping[str, Mapping]]) -> list[dict]:
+    """Long format: one row per (metric, method, model) with value and CI."""
+    rows = []
+    methods = list(dict.fromkeys(m for metrics in runs.values() for m in metrics))
+    for label, key, op in ROWS:
+        for method in methods:
+            for model, metrics in runs.items():
+                if method not in metrics:
+                    continue
+                value, ci = _cell(metrics[method], key, op)
+                rows.append({"metric": label, "method": method, "model": model, "value": value,
+                             "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None})
+    return rows
+
+
+def _fmt(row: dict | None) -> str:
+    if row is None or row["value"] is None or (isinstance(row["value"], float)
+                                               and math.isnan(row["value"])):
+        return "–"
+    text = f"{row['value']:.4f}" if row["metric"] == "JAS" else f"{row['value']:+.2f}"
+    if row["ci_low"] is not None:
+        text += f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+    return text
+
+
+def write_table(runs: Mapping[str, Mapping[str, Mapping]], out_stem: str | Path) -> list[Path]:
+    """Write ``out_stem.md`` (Table-1 layout) and ``out_stem.csv`` (long format)."""
+    rows = table_rows(runs)
+    stem = Path(out_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    models = list(runs)
+    index = {(r["metric"], r["method"], r["model"]): r for r in rows}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["| metric | method | " + " | ".join(models) + " |",
+             "|---|---|" + "---|" * len(models)]
+    for label, _, _ in ROWS:
+        for method in methods:
+            cells = [_fmt(index.get((label, method, m))) for m in models]
+            if any(c != "–" for c in cells):
+                lines.append(f"| {label} | {method} | " + " | ".join(cells) + " |")
+    return write_markdown_and_csv(stem, lines + ["", "Cells: value [bootstrap 95 % CI over images]."],
+                                  rows, ["metric", "method", "model", "value", "ci_low", "ci_high"])
+
+
+def write_depth_table(report: Mapping, out_stem: str | Path, t: int, p: float) -> list[Path]:
+    """Table 3: depth (rows) x method (columns), top-1 accuracy and mean GT probability."""
+    methods, depths, results = report["methods"], report["depth"], report["results"]
+    base = results["unpruned"]
+    lines = [f"Keep {t} neurons per layer, mask {p:g} of the others, in the first d layers "
+             f"({report['test_images']} test images). Cells: top-1 accuracy / mean ground-truth "
+             f"probability. Unpruned: {base['accuracy']:.3f} / {base['mean_label_prob']:.3f}.", "",
+             "| depth d | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    rows = []
+    for d in depths:
+        cells = []
+        for m in methods:
+            r = results[f"{m}|{t}|{p}|{d}"]
+            cells.append(f"{r['accuracy']:.3f} / {r['mean_label_prob']:.3f}")
+            rows.append({"depth": d, "method": m, "keep": t, "mask": p,
+                         "accuracy": r["accuracy"], "mean_label_prob": r["mean_label_prob"],
+                         **{f"{k}_ci_{end}": (r[f"{k}_ci"] or [None, None])[i]
+                            for k in ("accuracy", "mean_label_prob")
+                            for i, end in enumerate(("low", "high"))}})
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    paired = report.get("comparisons", {})
+    if paired:
+        lines += ["", "Paired differences on the same test images, JAS keep minus the other "
+                  "(bootstrap 95 % CI):", "", "| depth d | compared with | top-1 accuracy | "
+                  "mean GT probability |", "|---|---|---|---|"]
+        for key, c in paired.items():
+            ours, other = key.split(" - ")
+            d = ours.rsplit("|", 1)[1]
+            name = other.split("|")[0]
+            fmt = lambda v, ci: f"{v:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else f"{v:+.3f}"
+            lines.append(f"| {d} | {name} | {fmt(c['accuracy'], c['accuracy_ci'])} | "
+                         f"{fmt(c['mean_label_prob'], c['mean_label_prob_ci'])} |")
+    return write_markdown_and_csv(out_stem, lines, rows)
