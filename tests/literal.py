@@ -290,3 +290,85 @@ def mae_final_jas(model, x1, label, path, steps):
 
 def mae_activation_path(model, x1):
     return [int(torch.argmax(v.sum(0))) for v in clean_patches(model, x1)]
+
+
+# --- hierarchical (Swin-style) models: a neuron spans all of its block's tokens, and each
+# layer's values and gradients are summed over its own tokens before the product ---
+
+def clean_blocks(model, x1):
+    """Every block's whole post-GELU FFN hidden state (T_l, n_l) for one image."""
+    found = {}
+    hooks = [site.register_forward_hook(
+        lambda module, inputs, output, l=l: found.__setitem__(l, output[0].detach().clone()))
+        for l, site in enumerate(sites(model))]
+    try:
+        with torch.no_grad():
+            model(pixel_values=x1)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [found[l] for l in range(len(found))]
+
+
+def prob_with_blocks_replaced(model, x1, replacements, label):
+    def make(block):
+        def hook(module, inputs, output):
+            return block[None]
+        return hook
+
+    all_sites = sites(model)
+    hooks = [all_sites[l].register_forward_hook(make(v)) for l, v in replacements.items()]
+    try:
+        return model(pixel_values=x1).logits.softmax(-1)[0, label]
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def pooled_jas_path(model, x1, label, steps):
+    """Alg. 1 with whole-block neurons: S_t[i] = (sum_tok h_t[:, i] + sum_{l<t} sum_tok
+    h_l[:, p_l]) * (1/m) sum_k (sum_tok g_t[:, i] + sum_{l<t} sum_tok g_l[:, p_l])."""
+    path = []
+    for t in range(len(sites(model))):
+        h = clean_blocks(model, x1)
+        grad_sum = [torch.zeros_like(h[l]) for l in range(t + 1)]
+        for k in range(steps):
+            alpha = k / steps
+            reps = {}
+            for l in range(t):
+                u = h[l].clone()
+                u[:, path[l]] = alpha * h[l][:, path[l]]
+                reps[l] = u.requires_grad_(True)
+            reps[t] = (alpha * h[t]).requires_grad_(True)
+            p = prob_with_blocks_replaced(model, x1, reps, label)
+            for l in range(t + 1):
+                (g,) = torch.autograd.grad(p, reps[l], retain_graph=True)
+                grad_sum[l] += g
+        value_prefix = sum(h[l][:, path[l]].sum() for l in range(t))
+        grad_prefix = sum(grad_sum[l][:, path[l]].sum() for l in range(t))
+        score = (1 / steps) * (h[t].sum(0) + value_prefix) * (grad_sum[t].sum(0) + grad_prefix)
+        path.append(int(torch.argmax(score)))
+    return path
+
+
+def pooled_final_jas(model, x1, label, path, steps):
+    """(sum over layers and tokens of the path values) x (1/m) sum_k (the same of gradients)."""
+    h = clean_blocks(model, x1)
+    total_grad = 0.0
+    for k in range(steps):
+        alpha = k / steps
+        reps = {}
+        for l, p in enumerate(path):
+            u = h[l].clone()
+            u[:, p] = alpha * h[l][:, p]
+            reps[l] = u.requires_grad_(True)
+        prob = prob_with_blocks_replaced(model, x1, reps, label)
+        for l, p in enumerate(path):
+            (g,) = torch.autograd.grad(prob, reps[l], retain_graph=True)
+            total_grad += g[:, p].sum()
+    value = sum(h[l][:, p].sum() for l, p in enumerate(path))
+    return float((1 / steps) * value * total_grad)
+
+
+def pooled_activation_path(model, x1):
+    return [int(torch.argmax(v.sum(0))) for v in clean_blocks(model, x1)]

@@ -99,20 +99,30 @@ def _deit(cls):
     return model
 
 
-@pytest.mark.parametrize("cls", [DeiTForImageClassification, DeiTForImageClassificationWithTeacher])
-def test_deit_models_cls_and_distillation_tokens(cls):
-    model = _deit(cls)
+def test_deit_reads_cls_and_refuses_the_unread_distillation_token():
+    model = _deit(DeiTForImageClassification)
+    assert from_hf_model(model).token == TokenPolicy.cls()
+    with pytest.raises(ValueError, match="positions 1 whose last-layer neurons cannot influence"):
+        from_hf_model(model, token="distillation")
+
+
+def test_deit_with_teacher_reads_cls_and_distillation_tokens():
+    model = _deit(DeiTForImageClassificationWithTeacher)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    cls_adapter = from_hf_model(model)
-    assert cls_adapter.num_layers == 2 and cls_adapter.token == TokenPolicy.cls()
+    both = from_hf_model(model)
+    assert both.token.spans == ((0, 2),) and "distillation" in both.readout
+    cls_adapter = from_hf_model(model, token="cls")
     dist_adapter = from_hf_model(model, token="distillation")
-    assert dist_adapter.token.start == 1
+    assert cls_adapter.token == TokenPolicy.cls() and dist_adapter.token.start == 1
     with record_neurons(cls_adapter) as a:
         model(pixel_values=x)
     with record_neurons(dist_adapter) as b:
         model(pixel_values=x)
+    with record_neurons(both) as c:
+        model(pixel_values=x)
     assert not torch.equal(a[0], b[0])  # the two tokens really differ
-    result = find_paths(dist_adapter, x, torch.tensor([0, 2]), config=AttributionConfig(steps=3))
+    assert torch.equal(c[0], torch.cat([a[0], b[0]], dim=1))
+    result = find_paths(both, x, torch.tensor([0, 2]), config=AttributionConfig(steps=3))
     assert result.paths["jas"].shape == (2, 2)
 
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from neuronpath.engine.attribution import AttributionConfig
+from neuronpath.engine.tokens import TokenPolicy
 from neuronpath.methods import find_paths
 from neuronpath.models.timm_models import from_timm_model, load_timm
 
@@ -46,6 +47,8 @@ class TimmLikeViT(nn.Module):
         patches = x.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
         h = torch.cat([self.cls_token.expand(len(x), -1, -1), self.patch(patches)], dim=1)
         h = self.blocks(h)
+        if self.global_pool == "map":  # attention pooling over every token, in miniature
+            return self.head((h.softmax(dim=1) * h).sum(1))
         return self.head(h[:, 1:].mean(1) if self.global_pool == "avg" else h[:, 0])
 
 
@@ -63,7 +66,14 @@ def test_timm_layout_cls_model():
 def test_timm_avg_pool_uses_all_patch_tokens():
     adapter = from_timm_model(TimmLikeViT(global_pool="avg"))
     assert adapter.token.start == 1 and adapter.token.stop is None
-    assert from_timm_model(TimmLikeViT(global_pool="avg"), token="cls").token.name == "cls"
+    assert from_timm_model(TimmLikeViT(global_pool="avg"), token="3").token.name == "index:3"
+    with pytest.raises(ValueError, match="cannot influence the output of TimmLikeViT"):
+        from_timm_model(TimmLikeViT(global_pool="avg"), token="cls")
+
+
+def test_timm_map_pool_reads_every_token():
+    adapter = from_timm_model(TimmLikeViT(global_pool="map"))
+    assert adapter.token == TokenPolicy.all() and "attention pooling" in adapter.readout
 
 
 def test_load_timm_without_timm_is_explained():

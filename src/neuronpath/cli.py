@@ -62,8 +62,11 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="at most N images, taken round-robin over classes")
     p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="model",
                    help="the model's own processor config, or the official code's (spec §9)")
-    p.add_argument("--token", help="token policy: cls (default; patches for MAE), distillation, "
-                                   "patches[:PREFIX], or a token index")
+    p.add_argument("--token", help="token policy (default: where the model's head reads, e.g. "
+                                   "cls for ViT, patches for mean-pooled heads, all for SigLIP and "
+                                   "Swin): cls, distillation, patches[:PREFIX], all, a token index, "
+                                   "or several joined by '+'")
+    _add_zero_shot_options(p)
     p.add_argument("--labels", choices=LABEL_MAPPINGS, default="auto",
                    help="how class folders map to label ids (default: auto)")
     p.add_argument("--image-size", type=int,
@@ -73,6 +76,12 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
                    help="MAE checkpoints: apply fc_norm twice, as the official code does (spec §4)")
     p.add_argument("--memory-budget", default="2GiB",
                    help="saved activations per chunk of rows (default: 2GiB)")
+
+
+def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classes", help="zero-shot CLIP / SigLIP: a file of lines 'label<TAB>class "
+                                     "name' (labels are the image folder names)")
+    p.add_argument("--prompt", help="zero-shot prompt template (default: 'a photo of a {}.')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--table-mask", type=float, default=1.0)
     prune.add_argument("--bootstrap", type=int, default=1000,
                        help="bootstrap resamples over test images (default: 1000)")
+    prune.add_argument("--token", help="token policy (default: where the model's head reads)")
+    _add_zero_shot_options(prune)
 
     table = sub.add_parser("table", help="merge evaluated runs (one per model) into one Table 1")
     table.add_argument("runs", nargs="+", help="evaluated run folders")
@@ -198,7 +209,8 @@ def _find(args) -> Path:
                     limit=args.limit, preprocess=args.preprocess, token=args.token,
                     labels=args.labels, memory_budget=args.memory_budget, topk=args.topk,
                     topk_mode=args.topk_mode, image_size=args.image_size,
-                    fc_norm_twice=args.fc_norm_twice, command=sys.argv)
+                    fc_norm_twice=args.fc_norm_twice, classes=args.classes,
+                    prompt=args.prompt, command=sys.argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +254,8 @@ def _run(args) -> None:
                   find_run=args.find_run, topk_mode=args.topk_mode,
                   steps=args.steps, batch_size=args.batch_size, device=args.device,
                   table_keep=args.table_keep, table_mask=args.table_mask,
-                  bootstrap=args.bootstrap, command=sys.argv)
+                  bootstrap=args.bootstrap, token=args.token, classes=args.classes,
+                  prompt=args.prompt, command=sys.argv)
         print((Path(args.out) / "table3.md").read_text())
         print(f"wrote {Path(args.out) / 'results.json'}, figure6.png, table3.md")
     elif args.command == "classes":

@@ -21,21 +21,32 @@ import numpy as np
 
 @dataclass
 class ClassPaths:
-    """Per-class paths of one method: ``paths[c]`` is (images, layers, K) neuron indices."""
+    """Per-class paths of one method: ``paths[c]`` is (images, layers, K) neuron indices.
+
+    ``width`` is the widest layer's FFN width: per-layer arrays are laid out (layers, width),
+    and in hierarchical models the neurons a narrower layer lacks simply never occur (zero
+    counts), so a flattened utilisation matrix is the concatenation of the per-layer ones.
+    ``widths`` are the per-layer widths (default: ``width`` for every layer).
+    """
 
     classes: list[int]
     names: list[str]
     paths: dict[int, np.ndarray]
     images: dict[int, list[str]]
     width: int
+    widths: list[int] | None = None
+
+    def layer_widths(self) -> list[int]:
+        return list(self.widths) if self.widths else [self.width] * self.num_layers
 
     @property
     def num_layers(self) -> int:
         return next(iter(self.paths.values())).shape[1]
 
 
-def class_paths(records: Sequence[dict], method: str, width: int) -> ClassPaths:
-    """Group a find run's records of ``method`` by ground-truth class."""
+def class_paths(records: Sequence[dict], method: str, width: int | Sequence[int]) -> ClassPaths:
+    """Group a find run's records of ``method`` by ground-truth class (``width``: the FFN
+    width, or one per layer)."""
     by_class: dict[int, list[dict]] = {}
     names: dict[int, str] = {}
     for r in records:
@@ -49,8 +60,10 @@ def class_paths(records: Sequence[dict], method: str, width: int) -> ClassPaths:
     for c in classes:
         array = np.array([r["path"] for r in by_class[c]], dtype=np.int64)
         paths[c] = array.reshape(array.shape[0], array.shape[1], -1)
+    widths = None if isinstance(width, int) else [int(w) for w in width]
     return ClassPaths(classes, [names[c] for c in classes], paths,
-                      {c: [r["image"] for r in by_class[c]] for c in classes}, width)
+                      {c: [r["image"] for r in by_class[c]] for c in classes},
+                      width if widths is None else max(widths), widths)
 
 
 def neuron_counts(cp: ClassPaths) -> np.ndarray:
@@ -170,8 +183,10 @@ def intra_class_clustering(cp: ClassPaths, shuffles: int = 20, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     shuffled = np.mean([share(rng.permutation(labels)) for _ in range(shuffles)], axis=0) \
         if shuffles else np.full_like(observed, np.nan)
+    widths = cp.layer_widths()
+    chance = 1 / cp.width if len(set(widths)) == 1 else float(np.mean([1 / n for n in widths]))
     return {"share_modal": observed.tolist(), "shuffled_labels": shuffled.tolist(),
-            "chance": 1 / cp.width, "shuffles": shuffles}
+            "chance": chance, "chance_per_layer": [1 / n for n in widths], "shuffles": shuffles}
 
 
 def group_labels(names: Sequence[str], groups: Mapping[str, str]) -> list[str]:

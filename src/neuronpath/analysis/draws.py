@@ -4,6 +4,7 @@ batch, the device or the order of processing: random-path controls and pruning d
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import torch
 
@@ -14,8 +15,19 @@ def seeded_generator(*parts) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
-def random_path(image_id: str, seed: int, num_layers: int, width: int, k: int = 1) -> torch.Tensor:
-    """A reproducible random path for one image (k distinct neurons per layer): the same for
-    a given (seed, image id) whatever the batch, device or order of processing."""
+def per_layer(width: int | Sequence[int], num_layers: int) -> list[int]:
+    """One FFN width per layer, from one width for all layers or a per-layer list."""
+    widths = [width] * num_layers if isinstance(width, int) else [int(w) for w in width]
+    if len(widths) != num_layers:
+        raise ValueError(f"widths: expected {num_layers} per-layer widths, got {len(widths)}")
+    return widths
+
+
+def random_path(image_id: str, seed: int, num_layers: int, width: int | Sequence[int],
+                k: int = 1) -> torch.Tensor:
+    """A reproducible random path for one image (k distinct neurons per layer, ``width`` one
+    FFN width or one per layer): the same for a given (seed, image id) whatever the batch,
+    device or order of processing."""
     generator = seeded_generator(seed, image_id)
-    return torch.stack([torch.randperm(width, generator=generator)[:k] for _ in range(num_layers)])
+    return torch.stack([torch.randperm(n, generator=generator)[:k]
+                        for n in per_layer(width, num_layers)])

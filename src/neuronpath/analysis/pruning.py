@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .bootstrap import mean_interval
-from .draws import seeded_generator
+from .draws import per_layer, seeded_generator
 
 AGGREGATES = ("frequency", "slot-mode")
 
@@ -72,19 +72,23 @@ def keep_by_slot_mode(selections: np.ndarray, t: int) -> list[list[int]]:
     return kept
 
 
-def random_keep(class_name: str, seed: int, num_layers: int, width: int, t: int) -> list[list[int]]:
-    """Control: t random neurons per layer for a class (seeded)."""
+def random_keep(class_name: str, seed: int, num_layers: int, width: int | Sequence[int],
+                t: int) -> list[list[int]]:
+    """Control: t random neurons per layer for a class (seeded; ``width`` one FFN width or one
+    per layer)."""
     g = seeded_generator("keep", seed, class_name)
-    return [sorted(torch.randperm(width, generator=g)[:t].tolist()) for _ in range(num_layers)]
+    return [sorted(torch.randperm(n, generator=g)[:t].tolist())
+            for n in per_layer(width, num_layers)]
 
 
-def prune_multipliers(image: str, seed: int, kept: Sequence[Sequence[int]], width: int, p: float,
-                      depth: int) -> dict[int, torch.Tensor]:
-    """{layer: (n,) 0/1 multiplier} for layers < depth: each non-kept neuron is zeroed with
+def prune_multipliers(image: str, seed: int, kept: Sequence[Sequence[int]],
+                      width: int | Sequence[int], p: float, depth: int) -> dict[int, torch.Tensor]:
+    """{layer: (n_l,) 0/1 multiplier} for layers < depth: each non-kept neuron is zeroed with
     probability p (independent Bernoulli draws from a per-(seed, image, layer) generator)."""
+    widths = per_layer(width, len(kept))
     out = {}
     for l in range(depth):
-        draws = torch.rand(width, generator=seeded_generator("mask", seed, image, l)) < p
+        draws = torch.rand(widths[l], generator=seeded_generator("mask", seed, image, l)) < p
         draws[list(kept[l])] = False
         out[l] = (~draws).double()
     return out

@@ -36,13 +36,17 @@ class ModelAdapter:
         id2label: class index -> label name.
         name: the model's id for manifests.
         distillation_index: the token index of a distillation token, if the model has one.
+        input_shape: (channels, height, width) of one input, for probe passes (default: read
+            off the preprocessing of a blank image).
+        readout: why the token policy is what it is (for manifests).
     """
 
     def __init__(self, model: nn.Module, site_names: Sequence[str], *,
                  token: TokenPolicy | None = None, preprocess: Preprocess | None = None,
                  id2label: dict[int, str] | None = None, name: str = "custom",
                  forward: Callable[[torch.Tensor], object] | None = None,
-                 distillation_index: int | None = None):
+                 distillation_index: int | None = None,
+                 input_shape: tuple[int, int, int] | None = None, readout: str = ""):
         if not site_names:
             raise ValueError("site_names: expected the names of at least one activation module")
         modules = dict(model.named_modules(remove_duplicate=False))
@@ -64,6 +68,9 @@ class ModelAdapter:
         self.id2label = dict(id2label or {})
         self.name = name
         self.distillation_index = distillation_index
+        self.input_shape = input_shape
+        self.readout = readout
+        self.details: dict = {}  # family-specific facts for manifests (e.g. zero-shot classes)
         self._forward = forward or model
 
     @property
@@ -109,17 +116,43 @@ class ModelAdapter:
             for handle in handles:
                 handle.remove()
 
-    def width(self) -> int:
-        """FFN width n, read off one forward of a blank image through the preprocessing."""
-        from PIL import Image
+    def probe_input(self, rows: int = 2) -> torch.Tensor:
+        """Seeded random pixels of the model's input shape, for probe passes."""
+        shape = self.input_shape
+        if shape is None:
+            from PIL import Image
 
-        if self.preprocess is None:
-            raise ValueError("width: the adapter has no preprocessing to build a probe image")
-        pixels = self.preprocess(Image.new("RGB", (32, 32)))[None]
-        found = {}
-        with torch.inference_mode(), self.hooks({0: lambda m, i, out: found.setdefault(0, out)}):
-            self.logits(pixels)
-        return int(found[0].shape[-1])
+            if self.preprocess is None:
+                raise ValueError("input_shape: the adapter has neither an input shape nor a "
+                                 "preprocessing to build a probe input")
+            shape = tuple(self.preprocess(Image.new("RGB", (32, 32))).shape)
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn((rows,) + tuple(shape), generator=generator,
+                           dtype=torch.float64).to(self.device, self.dtype)
+
+    def widths(self) -> list[int]:
+        """FFN width of every layer (hierarchical models differ per stage)."""
+        cache = self.__dict__.setdefault("_widths", [])
+        if not cache:
+            found: dict[int, int] = {}
+
+            def make(layer):
+                def hook(module, inputs, output):
+                    found[layer] = int(output.shape[-1])
+                return hook
+
+            with torch.inference_mode(), self.hooks({l: make(l) for l in range(self.num_layers)}):
+                self.logits(self.probe_input(1))
+            cache.extend(found[l] for l in range(self.num_layers))
+        return list(cache)
+
+    def width(self) -> int:
+        """The FFN width n shared by all layers (an error for models whose widths differ)."""
+        widths = self.widths()
+        if len(set(widths)) > 1:
+            raise ValueError(f"width: the layers of {type(self.model).__name__} have different "
+                             f"FFN widths ({sorted(set(widths))}); use widths()")
+        return widths[0]
 
     def weights_hash(self) -> str:
         """SHA-256 over the state dict (names, dtypes, shapes and bytes), in name order."""
@@ -127,15 +160,14 @@ class ModelAdapter:
         for key, tensor in sorted(self.model.state_dict().items()):
             t = tensor.detach().cpu().contiguous()
             digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return digest.hexdigest()
 
     def describe(self) -> dict:
         return {"id": self.name, "class": type(self.model).__name__,
                 "num_layers": self.num_layers, "sites": self.site_names,
-                "token": {"name": self.token.name, "start": self.token.start,
-                          "stop": self.token.stop},
-                "num_labels": len(self.id2label)}
+                "token": self.token.describe(), "readout": self.readout,
+                "num_labels": len(self.id2label), **self.details}
 
 
 def is_activation(name: str, module: nn.Module) -> bool:
@@ -151,17 +183,35 @@ def is_activation(name: str, module: nn.Module) -> bool:
 def find_ffn_activations(model: nn.Module, num_layers: int | None = None) -> list[str]:
     """Names of the FFN activation modules, one per block, found by inspecting the module tree.
 
-    Works across naming schemes (transformers 4.x ``encoder.layer[i].intermediate
-    .intermediate_act_fn``, 5.x ``layers[i].mlp.activation_fn``, timm ``blocks[i].mlp.act``).
+    A site is an activation module inside an FFN-named module of a numbered block (an item of
+    a module list), so heads and poolers with an MLP of their own (SigLIP's attention-pooling
+    head, timm's ``attn_pool``) are not blocks.  Works across naming schemes (transformers
+    4.x ``encoder.layer[i].intermediate.intermediate_act_fn``, 5.x ``layers[i].mlp
+    .activation_fn``, Swin ``layers[s].blocks[j].mlp.activation_fn``, timm ``blocks[i].mlp.act``).
     """
     names = []
     for name, module in model.named_modules():
         parts = name.lower().split(".")
-        if is_activation(name, module) and any(p in FFN_NAME_PARTS for p in parts[:-1]):
+        if (is_activation(name, module) and any(p in FFN_NAME_PARTS for p in parts[:-1])
+                and any(p.isdigit() for p in parts)):
             names.append(name)
     if not names or (num_layers is not None and len(names) != num_layers):
         raise ValueError(
-            f"could not find one FFN activation module per block: found {len(names)} "
-            f"({names[:4]}{'...' if len(names) > 4 else ''}) for {num_layers} layers. "
-            "Build a ModelAdapter(model, site_names=[...]) naming them explicitly.")
+            f"{type(model).__name__}: could not find one FFN activation module per block: found "
+            f"{len(names)} ({names[:4]}{'...' if len(names) > 4 else ''}) for {num_layers} "
+            "blocks. Build a ModelAdapter(model, site_names=[...]) naming them explicitly.")
+    modules = dict(model.named_modules())
+    gated = [n for n in names if any(_is_gate(child) for child, _ in
+                                     modules[n.rpartition(".")[0]].named_children())]
+    if gated:
+        raise ValueError(
+            f"{type(model).__name__}: its FFN is gated (SwiGLU-style, e.g. {gated[0]} beside a "
+            f"gate projection): the FFN hidden state is act(gate) * up, not the activation "
+            f"module's output, so no module holds the neurons; gated FFNs are not supported")
     return names
+
+
+def _is_gate(name: str) -> bool:
+    """A child module that marks a gated FFN (gate_proj, w12 / weights_in of fused SwiGLU)."""
+    name = name.lower()
+    return "gate" in name or name in ("w12", "weights_in")

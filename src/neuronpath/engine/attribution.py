@@ -70,6 +70,23 @@ class CleanPass:
     targets: torch.Tensor  # (images,) the class whose F is attributed
 
     @property
+    def widths(self) -> list[int]:
+        """FFN width of every layer."""
+        return [a.shape[-1] for a in self.acts]
+
+    @property
+    def aligned(self) -> bool:
+        """Every layer's neuron lives at the same token positions (not so in hierarchical
+        models, whose stages have different token counts)."""
+        return len({a.shape[1] for a in self.acts}) == 1
+
+    def token_terms(self, x: torch.Tensor) -> torch.Tensor:
+        """(items, tokens_l, n_l) values or gradients -> the per-token terms that enter a
+        product across layers: unchanged when layers share their tokens (the official
+        per-token form, spec §4), summed over each layer's tokens (items, 1, n_l) otherwise."""
+        return x if self.aligned else x.sum(1, keepdim=True)
+
+    @property
     def predicted(self) -> torch.Tensor:
         return self.logits.argmax(-1)
 
@@ -203,9 +220,12 @@ def integrated_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: Cle
 def set_scores(clean: CleanPass, grads: Mapping[int, torch.Tensor],
                index: Mapping[int, torch.Tensor], item_image: torch.Tensor) -> torch.Tensor:
     """Eq. 2 as the official code forms it: (sum of clean values) x (sum of gradient
-    integrals) over the neurons ``index``, per token, summed over tokens (spec §2, §4)."""
-    values = sum(gather_neurons(clean.acts[l][item_image], index[l]) for l in index)
-    integrals = sum(gather_neurons(grads[l], index[l]) for l in index)
+    integrals) over the neurons ``index``, per token, summed over tokens (spec §2, §4).  In
+    hierarchical models (no shared tokens across layers) each layer's values and integrals are
+    summed over its own tokens before the product (``CleanPass.token_terms``)."""
+    values = sum(gather_neurons(clean.token_terms(clean.acts[l][item_image]), index[l])
+                 for l in index)
+    integrals = sum(gather_neurons(clean.token_terms(grads[l]), index[l]) for l in index)
     return (values * integrals).sum(1)
 
 
@@ -219,24 +239,25 @@ def joint_attribution_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean:
     Every layer holding a neuron of the set is edited: its set neurons scale with alpha, its
     other units stay frozen at clean values (the official "final JAS", spec §2); layers
     without a set neuron run normally.  The score is divided by the number of tokens of the
-    token policy (1 for CLS; spec §4 for global-pool models).  Returns one (images,) tensor
+    token policy (1 for CLS; spec §4 for global-pool models; 1 in hierarchical models, whose
+    token terms are already sums, see ``set_scores``).  Returns one (images,) tensor
     per set.  ``last_only`` reproduces the released TopK code (spec §8): all neurons of a
     layer scale, but only the last one listed enters the two sums.
     """
     n_images = clean.labels.shape[0]
     device = adapter.device
-    width = clean.acts[0].shape[-1]
-    indices = [neuron_index(s, n_images, device, width, adapter.num_layers) for s in neuron_sets]
+    widths = clean.widths
+    indices = [neuron_index(s, n_images, device, widths, adapter.num_layers) for s in neuron_sets]
     # Layers absent from a set must run normally, so only sets that edit the same layers
     # share a pass (stacked as items); the JAS path and the Activation path always do.
     groups: dict[tuple, list[int]] = {}
     for s, idx in enumerate(indices):
         groups.setdefault(tuple(sorted(idx)), []).append(s)
     results: list[torch.Tensor | None] = [None] * len(indices)
-    tokens = clean.acts[0].shape[1]
+    tokens = clean.acts[0].shape[1] if clean.aligned else 1
     for group_layers, members in groups.items():
         item_image = torch.arange(n_images, device=device).repeat(len(members))
-        masks = {l: torch.cat([masks_for({l: indices[s][l]}, width, adapter.dtype, device)[l]
+        masks = {l: torch.cat([masks_for({l: indices[s][l]}, widths, adapter.dtype, device)[l]
                                for s in members]) for l in group_layers}
         grads = integrated_gradients(adapter, pixels, clean, masks, config, item_image)
         for j, s in enumerate(members):

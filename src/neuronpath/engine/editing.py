@@ -19,6 +19,7 @@ import torch
 
 from .adapter import ModelAdapter
 from .interventions import multiply_neurons, scale_neurons
+from .neurons import layer_width
 
 OPS = {"remove": 0.0, "enhance": 2.0}
 
@@ -88,23 +89,24 @@ def manipulate(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor
 
 
 def pruned_predictions(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor,
-                       multipliers: Sequence[Mapping[int, torch.Tensor]], width: int,
+                       multipliers: Sequence[Mapping[int, torch.Tensor]],
+                       width: int | Sequence[int],
                        image_index: Sequence[int] | None = None,
                        max_rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground-truth probability and predicted label of each row: image ``image_index[r]``
-    (default: row r is image r) under its own ``multipliers[r]`` (``{layer: (n,) factors}``;
-    an empty dict is the unpruned model)."""
+    (default: row r is image r) under its own ``multipliers[r]`` (``{layer: (n_l,) factors}``;
+    an empty dict is the unpruned model; ``width``: one FFN width or one per layer)."""
     device = adapter.device
     pixels = pixels.to(device, adapter.dtype)
     labels = torch.as_tensor(labels, device=device).long()
     images = torch.as_tensor(list(range(len(multipliers))) if image_index is None
                              else list(image_index), device=device)
     layers = sorted({l for m in multipliers for l in m})
-    ones = torch.ones(width, dtype=torch.float64)
+    ones = {l: torch.ones(layer_width(width, l), dtype=torch.float64) for l in layers}
 
     def edit(rows: slice):
         chunk = multipliers[rows]
-        return multiply_neurons(adapter, {l: torch.stack([m.get(l, ones) for m in chunk])
+        return multiply_neurons(adapter, {l: torch.stack([m.get(l, ones[l]) for m in chunk])
                                           for l in layers})
 
     return edited_predictions(adapter, pixels, labels, images, edit, max_rows)

@@ -14,12 +14,18 @@ import torch
 NeuronSet = Mapping[int, "torch.Tensor | Sequence[int] | int"]
 
 
-def neuron_index(neurons: NeuronSet, n_items: int, device, width: int,
+def layer_width(widths: int | Sequence[int], layer: int) -> int:
+    """The FFN width of ``layer``: one width for all layers, or one per layer."""
+    return widths if isinstance(widths, int) else int(widths[layer])
+
+
+def neuron_index(neurons: NeuronSet, n_items: int, device, width: int | Sequence[int],
                  num_layers: int) -> dict[int, torch.Tensor]:
     """Normalise ``{layer: indices}`` to ``{layer: LongTensor (items, K)}``.
 
     An int or a list/tuple of ints is the same neuron set for every item; a tensor of shape
     (items,) or (items, K) gives one set per item.  Duplicates within a layer are rejected.
+    ``width`` is the FFN width of every layer, or a list of per-layer widths.
     """
     result = {}
     for layer, index in neurons.items():
@@ -35,9 +41,10 @@ def neuron_index(neurons: NeuronSet, n_items: int, device, width: int,
         if not 0 <= int(layer) < num_layers:
             raise IndexError(f"neurons: layer {layer} out of range for a model with "
                              f"{num_layers} layers")
-        if index.min() < 0 or index.max() >= width:
-            raise ValueError(f"neurons[{layer}]: indices must lie in [0, {width}) for FFN "
-                             f"width {width}; got {index.min().item()}..{index.max().item()}")
+        n = layer_width(width, int(layer))
+        if index.min() < 0 or index.max() >= n:
+            raise ValueError(f"neurons[{layer}]: indices must lie in [0, {n}) for FFN "
+                             f"width {n}; got {index.min().item()}..{index.max().item()}")
         if index.shape[1] > 1 and (index.sort(1).values.diff(dim=1) == 0).any():
             raise ValueError(f"neurons[{layer}]: a neuron is listed twice")
         result[int(layer)] = index
@@ -55,7 +62,20 @@ def gather_neurons(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(2, index[:, None, :].expand(-1, x.shape[1], -1)).sum(-1)
 
 
-def masks_for(index: Mapping[int, torch.Tensor], width: int, dtype, device) -> dict[int, torch.Tensor]:
-    """``{layer: (items, K) indices}`` -> ``{layer: (items, width)}`` 0/1 masks of those neurons."""
-    return {l: torch.zeros(idx.shape[0], width, dtype=dtype, device=device).scatter_(1, idx, 1.0)
+def masks_for(index: Mapping[int, torch.Tensor], width: int | Sequence[int], dtype,
+              device) -> dict[int, torch.Tensor]:
+    """``{layer: (items, K) indices}`` -> ``{layer: (items, width_l)}`` 0/1 masks of those
+    neurons (``width``: one for all layers, or one per layer)."""
+    return {l: torch.zeros(idx.shape[0], layer_width(width, l), dtype=dtype,
+                           device=device).scatter_(1, idx, 1.0)
             for l, idx in index.items()}
+
+
+def stack_layers(per_layer: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-layer scores (items, n_l) -> (items, layers, max n_l); where widths differ, the
+    missing neurons of narrower layers score -inf, so no ranking ever picks them."""
+    width = max(x.shape[-1] for x in per_layer)
+    if all(x.shape[-1] == width for x in per_layer):
+        return torch.stack(list(per_layer), dim=1)
+    return torch.stack([torch.nn.functional.pad(x, (0, width - x.shape[-1]), value=float("-inf"))
+                        for x in per_layer], dim=1)

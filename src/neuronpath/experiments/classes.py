@@ -32,6 +32,7 @@ from ..io.labels import read_class_names, read_groups
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..report.figures import (layer_distribution_figure, neuron_violins, similarity_heatmap,
                               similarity_panel)
+from .common import run_widths
 
 log = logging.getLogger("neuronpath")
 
@@ -59,9 +60,10 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     records = read_records(run_dir)
-    width = manifest["model"].get("width") or 1 + max(
+    widths = run_widths(manifest) or 1 + max(
         int(np.max(r["path"])) for r in records if r["method"] == method)
-    cp = class_paths(records, method, width)
+    cp = class_paths(records, method, widths)
+    width = cp.width
     names = cp.names
     readable = read_class_names(class_names) if class_names else {}
     display = [readable.get(n, n) for n in names]
@@ -94,7 +96,7 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
                     writer.writerow([name, kind, rank, other, f"{s:.6f}"])
 
     report = {"run": str(run_dir), "method": method, "classes": len(names), "layers": cp.num_layers,
-              "width": width, "images_per_class": {n: len(cp.paths[c]) for n, c in zip(names, cp.classes)},
+              "width": width, "widths": cp.layer_widths(), "images_per_class": {n: len(cp.paths[c]) for n, c in zip(names, cp.classes)},
               "similarity_fraction": fraction,
               "similarity_offdiagonal_mean": float(similarity[~np.eye(len(names), dtype=bool)].mean())
               if len(names) > 1 else None,

@@ -85,7 +85,8 @@ def load_run_model(run_dir: Path, manifest: dict, model: str | None, device: tor
                              preprocess="official" if settings["preprocess"]["name"] == "official"
                              else "model",
                              image_size=settings.get("image_size"),
-                             fc_norm_twice=settings.get("fc_norm_twice", False))
+                             fc_norm_twice=settings.get("fc_norm_twice", False),
+                             classes=settings.get("classes"), prompt=settings.get("prompt"))
     except Exception as error:
         raise RunFormatError(f"{run_dir}: cannot load its model {spec!r} ({error}); pass "
                              f"{option('model', 'DIR')} with the model the run was made "
@@ -95,3 +96,20 @@ def load_run_model(run_dir: Path, manifest: dict, model: str | None, device: tor
                              f"SHA-256 {settings['weights_sha256'][:12]}... in the run, "
                              f"{adapter.weights_hash()[:12]}... now)")
     return adapter
+
+
+def model_widths(adapter) -> dict:
+    """The manifest's width fields: ``width`` (one FFN width, or None where layers differ) and
+    ``widths`` (one per layer)."""
+    widths = adapter.widths()
+    return {"width": widths[0] if len(set(widths)) == 1 else None, "widths": widths}
+
+
+def run_widths(manifest: dict) -> list[int] | None:
+    """Per-layer FFN widths recorded by a find run (None for a run that recorded none)."""
+    model = manifest.get("model", {})
+    if model.get("widths"):
+        return list(model["widths"])
+    if model.get("width"):
+        return [model["width"]] * model["num_layers"]
+    return None

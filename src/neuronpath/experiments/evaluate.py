@@ -31,7 +31,7 @@ from ..io.images import ImageItem, load_pixels
 from ..io.store import RunStore, read_manifest, read_records, write_json_atomic
 from ..report.figures import probability_deviation_figure
 from ..report.tables import write_table
-from .common import load_run_model, resolve_device, versions
+from .common import load_run_model, resolve_device, run_widths, versions
 
 log = logging.getLogger("neuronpath")
 
@@ -82,7 +82,7 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
                if set(manifest["settings"]["methods"]) <= set(rec)
                and not set(methods) <= store.done.get(i, set())]
     log.info("evaluate: %d images, %d to do -> %s", len(by_image), len(pending), store.dir)
-    width = manifest["model"].get("width") or adapter.width()
+    widths = run_widths(manifest) or adapter.widths()
     with tqdm(total=len(pending), unit="img", desc="remove/enhance",
               disable=None if progress is None else not progress) as bar:
         for start in range(0, len(pending), batch_size):
@@ -98,7 +98,7 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
                      for m in manifest["settings"]["methods"]}
             k = next(iter(paths.values())).reshape(len(batch), adapter.num_layers, -1).shape[-1]
             if random_control:
-                paths[RANDOM] = torch.stack([random_path(i, seed, adapter.num_layers, width, k)
+                paths[RANDOM] = torch.stack([random_path(i, seed, adapter.num_layers, widths, k)
                                              for i in batch])
             result = manipulate(adapter, pixels, labels, paths, ops)
             records = []

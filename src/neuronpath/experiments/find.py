@@ -16,7 +16,7 @@ from ..io.images import interleave_classes, load_pixels, scan_image_folder
 from ..io.store import RunStore
 from ..methods import DEFAULT_METHODS, PathOptions, check_methods, find_paths
 from ..models.loading import load_model
-from .common import DTYPES, log_to, parse_bytes, resolve_device, versions
+from .common import DTYPES, log_to, model_widths, parse_bytes, resolve_device, versions
 
 log = logging.getLogger("neuronpath")
 
@@ -48,6 +48,7 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
              preprocess: str = "model", token: str | None = None, labels: str = "auto",
              memory_budget: str | int = "2GiB", topk: int = 1, topk_mode: str = "all",
              image_size: int | None = None, fc_norm_twice: bool = False,
+             classes: str | Path | None = None, prompt: str | None = None,
              only: set[str] | None = None, progress: bool | None = None,
              command: Sequence[str] | None = None) -> Path:
     """Find paths for every image of an ImageFolder and write them to ``out`` (resumable).
@@ -55,7 +56,8 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
     Re-running the same call skips finished images; a call with other settings into the
     same ``out`` raises :class:`~neuronpath.errors.RunConflictError`.  ``only`` restricts the
     run to these image ids (its hash is part of the run's identity); ``command`` is the
-    command line recorded in the manifest.
+    command line recorded in the manifest.  ``classes`` and ``prompt`` make a CLIP or SigLIP
+    model a zero-shot classifier (see :func:`~neuronpath.models.loading.load_model`).
     """
     methods = check_methods(methods)
     if dtype not in DTYPES:
@@ -73,7 +75,7 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
     torch_device = resolve_device(device)
     adapter = load_model(model, device=torch_device, dtype=model_dtype, token=token,
                          preprocess=preprocess, image_size=image_size,
-                         fc_norm_twice=fc_norm_twice)
+                         fc_norm_twice=fc_norm_twice, classes=classes, prompt=prompt)
     folder = scan_image_folder(data, adapter.id2label, labels)
     items = [it for it in folder.items if only is None or it.id in only]
     items = interleave_classes(items)[:limit]
@@ -89,7 +91,7 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                      "fc_norm_twice": fc_norm_twice,
                      "subset_sha256": None if only is None else hashlib.sha256(
                          "\n".join(sorted(only)).encode()).hexdigest()},
-        "model": {**adapter.describe(), "width": adapter.width()},
+        "model": {**adapter.describe(), **model_widths(adapter)},
         "alpha_grid": config.grid.to_dict(),
         "data": folder.describe(),
         "run": {"batch_size": batch_size, "device": str(torch_device), "limit": limit,
@@ -98,6 +100,9 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                 "command": None if command is None else list(command)},
         "versions": versions(),
     }
+    if classes is not None:  # zero-shot: the label set is part of the run's identity
+        manifest["settings"].update(classes=str(Path(classes).expanduser().resolve()),
+                                    prompt=adapter.details["zero_shot"]["prompt"])
     store = RunStore(out, manifest)
     pending = [it for it in items if not set(methods) <= store.done.get(it.id, set())]
     log.info("find: %d images, %d already done, %d to do -> %s", len(items),

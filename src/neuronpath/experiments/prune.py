@@ -24,7 +24,7 @@ from ..io.store import read_manifest, read_records, write_json_atomic
 from ..models.loading import load_model
 from ..report.figures import pruning_figure
 from ..report.tables import write_depth_table
-from .common import DTYPES, resolve_device
+from .common import DTYPES, model_widths, resolve_device
 from .find import run_find
 
 log = logging.getLogger("neuronpath")
@@ -42,9 +42,11 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
               dtype: str = "float32", preprocess: str = "model", token: str | None = None,
               labels: str = "auto", memory_budget: str | int = "2GiB",
               table_keep: int = 5, table_mask: float = 1.0, bootstrap: int = 1000,
+              classes: str | Path | None = None, prompt: str | None = None,
               command: Sequence[str] | None = None) -> dict:
     """Run the pruning experiment into ``out`` (probe paths in ``out/find``, resumable) and
-    return every number; ``command`` is recorded in the probe find run's manifest."""
+    return every number; ``command`` is recorded in the probe find run's manifest, ``classes``
+    and ``prompt`` make a CLIP or SigLIP model a zero-shot classifier."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate: expected one of {AGGREGATES}, got {aggregate!r}")
     if not keep or min(keep) < 1:
@@ -58,13 +60,13 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     torch_device = resolve_device(device)
     adapter = load_model(model, device=torch_device, dtype=DTYPES[dtype][0], token=token,
-                         preprocess=preprocess)
-    width, num_layers = adapter.width(), adapter.num_layers
+                         preprocess=preprocess, classes=classes, prompt=prompt)
+    widths, num_layers = adapter.widths(), adapter.num_layers
     depths = sorted(set(depth or [num_layers]))
     if depths[0] < 1 or depths[-1] > num_layers:
         raise ValueError(f"depth: expected layers in 1..{num_layers}, got {depths}")
-    if max(keep) > width:
-        raise ValueError(f"keep: at most the FFN width {width}, got {max(keep)}")
+    if max(keep) > min(widths):
+        raise ValueError(f"keep: at most the FFN width {min(widths)}, got {max(keep)}")
     folder = scan_image_folder(data, adapter.id2label, labels)
     by_class: dict[str, list[str]] = {}
     for item in folder.items:
@@ -87,7 +89,7 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
                            alphas=alphas, batch_size=batch_size, device=device, dtype=dtype,
                            preprocess=preprocess, token=token, labels=labels,
                            memory_budget=memory_budget, topk=k, topk_mode=topk_mode, only=probe,
-                           command=command)
+                           classes=classes, prompt=prompt, command=command)
     records = read_records(run_dir) if path_methods else []
 
     # kept neurons per (method, class, t)
@@ -97,7 +99,7 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
         probe_images = sorted(i for i in images if split[i] == "probe")
         for m in methods:
             if m == "random":
-                kept[m][name] = {t: random_keep(name, seed, num_layers, width, t) for t in keep}
+                kept[m][name] = {t: random_keep(name, seed, num_layers, widths, t) for t in keep}
             else:
                 sel = probe_selections(records, m, probe_images)[:, :, :k]
                 kept[m][name] = {t: rule(sel, t) for t in keep}
@@ -111,11 +113,11 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     labels_t = torch.tensor([it.label for it in good])
     configs = [(m, t, p, d) for m in methods for t in keep for p in mask for d in depths]
     resamples = bootstrap_draws(len(good), bootstrap, seed)
-    outcomes = {"unpruned": pruned_predictions(adapter, pixels, labels_t, [{}] * len(good), width)}
+    outcomes = {"unpruned": pruned_predictions(adapter, pixels, labels_t, [{}] * len(good), widths)}
     for m, t, p, d in tqdm(configs, desc="pruning", unit="setting", disable=None):
-        rows = [prune_multipliers(item.id, seed, kept[m][item.folder][t], width, p, d)
+        rows = [prune_multipliers(item.id, seed, kept[m][item.folder][t], widths, p, d)
                 for item in good]
-        outcomes[f"{m}|{t}|{p}|{d}"] = pruned_predictions(adapter, pixels, labels_t, rows, width)
+        outcomes[f"{m}|{t}|{p}|{d}"] = pruned_predictions(adapter, pixels, labels_t, rows, widths)
     per_image = {key: ((preds.cpu() == labels_t).double().numpy(), probs.double().cpu().numpy())
                  for key, (probs, preds) in outcomes.items()}
     folders = [it.folder for it in good]
@@ -135,7 +137,7 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
               "depth": depths, "probe_fraction": probe_fraction, "seed": seed,
               "aggregate": aggregate, "methods": list(methods), "topk_mode": topk_mode,
               "find_run": str(run_dir) if path_methods else None, "layers": num_layers,
-              "width": width, "test_images": len(good), "split": split, "kept": kept,
+              **model_widths(adapter), "test_images": len(good), "split": split, "kept": kept,
               "bootstrap": bootstrap, "results": results, "comparisons": comparisons}
     write_json_atomic(out / "results.json", report)
     pruning_figure(report, out / "figure6", depth=depths[-1])

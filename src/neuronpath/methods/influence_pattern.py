@@ -20,7 +20,7 @@ import torch
 from ..engine.adapter import ModelAdapter
 from ..engine.attribution import AttributionConfig, CleanPass, riemann_gradients
 from ..engine.interventions import add_to_neurons
-from ..engine.neurons import top_k
+from ..engine.neurons import stack_layers, top_k
 from .base import MethodOutput, PathMethod
 
 
@@ -37,7 +37,7 @@ def influence_pattern_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean:
 
     images = torch.arange(clean.labels.shape[0], device=adapter.device)
     grads = riemann_gradients(adapter, pixels, clean, config, images, build)
-    return torch.stack([grads[l].sum(1) for l in layers], dim=1)
+    return stack_layers([grads[l].sum(1) for l in layers])
 
 
 def influence_pattern_path(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,

@@ -6,7 +6,8 @@ alpha, later layers run normally, and candidate i scores
 
     S_t[i] = (h_t[i] + sum_{l<t} h_l[p_l]) * sum_k w_k (g_t[i] + sum_{l<t} g_l[p_l])|_{alpha_k}
 
-(per token, summed over tokens); p_t = argmax_i S_t[i] (signed, first index on ties).
+(per token, summed over tokens; in hierarchical models each layer's terms are first summed
+over its own tokens); p_t = argmax_i S_t[i] (signed, first index on ties).
 With K > 1 the K best candidates are kept per layer (App. E.1); by default all K of every
 earlier layer enter both sums, ``topk_mode='official'`` lets only the K-th enter (spec §8,
 a reproduction of the released code's bug).  Each layer costs one forward and one backward
@@ -33,21 +34,23 @@ def jas_path(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
     PathOptions(topk_mode)  # validates
     n_images = clean.labels.shape[0]
     device, dtype = adapter.device, adapter.dtype
-    width = clean.acts[0].shape[-1]
-    if not 1 <= k <= width:
-        raise ValueError(f"topk: expected 1 <= K <= {width} (the FFN width), got {k}")
+    widths = clean.widths
+    if not 1 <= k <= min(widths):
+        raise ValueError(f"topk: expected 1 <= K <= {min(widths)} (the FFN width), got {k}")
     path = torch.zeros(n_images, adapter.num_layers, k, dtype=torch.long, device=device)
     zero = torch.zeros((), dtype=dtype, device=device)
+    terms = clean.token_terms
     for t in range(adapter.num_layers):
-        masks = masks_for({l: path[:, l] for l in range(t)}, width, dtype, device)
-        masks[t] = torch.ones(n_images, width, dtype=dtype, device=device)
+        masks = masks_for({l: path[:, l] for l in range(t)}, widths, dtype, device)
+        masks[t] = torch.ones(n_images, widths[t], dtype=dtype, device=device)
         grads = integrated_gradients(adapter, pixels, clean, masks, config)
         summed = {l: path[:, l, -1:] if topk_mode == "official" else path[:, l]
                   for l in range(t)}
-        value_prefix = sum((gather_neurons(clean.acts[l], i) for l, i in summed.items()), zero)
-        grad_prefix = sum((gather_neurons(grads[l], i) for l, i in summed.items()), zero)
-        scores = ((clean.acts[t] + value_prefix[..., None])
-                  * (grads[t] + grad_prefix[..., None])).sum(1)
+        value_prefix = sum((gather_neurons(terms(clean.acts[l]), i) for l, i in summed.items()),
+                           zero)
+        grad_prefix = sum((gather_neurons(terms(grads[l]), i) for l, i in summed.items()), zero)
+        scores = ((terms(clean.acts[t]) + value_prefix[..., None])
+                  * (terms(grads[t]) + grad_prefix[..., None])).sum(1)
         path[:, t] = top_k(scores, k)
     return path
 

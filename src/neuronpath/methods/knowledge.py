@@ -18,20 +18,21 @@ import torch
 
 from ..engine.adapter import ModelAdapter
 from ..engine.attribution import AttributionConfig, CleanPass, integrated_gradients
-from ..engine.neurons import top_k
+from ..engine.neurons import stack_layers, top_k
 from .base import MethodOutput, PathMethod
 
 
 def knowledge_attribution(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
                           config: AttributionConfig = AttributionConfig()) -> torch.Tensor:
-    """Per-neuron integrated gradients of every layer: (images, layers, n)."""
-    n_images, width = clean.labels.shape[0], clean.acts[0].shape[-1]
-    ones = torch.ones(n_images, width, dtype=adapter.dtype, device=adapter.device)
+    """Per-neuron integrated gradients of every layer: (images, layers, n) (layers narrower
+    than the widest score -inf beyond their width)."""
+    n_images = clean.labels.shape[0]
     out = []
     for l in range(adapter.num_layers):
+        ones = torch.ones(n_images, clean.widths[l], dtype=adapter.dtype, device=adapter.device)
         grads = integrated_gradients(adapter, pixels, clean, {l: ones}, config)[l]
         out.append((clean.acts[l] * grads).sum(1))
-    return torch.stack(out, dim=1)
+    return stack_layers(out)
 
 
 def top_neurons(attribution: torch.Tensor, k: int = 5) -> list[list[tuple[int, int, float]]]:

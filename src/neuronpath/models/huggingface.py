@@ -10,26 +10,87 @@ from pathlib import Path
 from torch import nn
 
 from ..engine.adapter import ModelAdapter, find_ffn_activations
+from ..engine.readout import settle_token_policy
 from ..engine.tokens import TokenPolicy
+from ..errors import ModelLoadError, option
 from ..io.preprocessing import Preprocess
 
 log = logging.getLogger("neuronpath")
 
 
+def _vision_config(config):
+    return getattr(config, "vision_config", None) or config
+
+
+def num_blocks(config) -> int | None:
+    """Transformer blocks of the image tower: sum of the stage depths for hierarchical
+    (Swin-style) models, else ``num_hidden_layers``."""
+    config = _vision_config(config)
+    depths = getattr(config, "depths", None)
+    return sum(depths) if depths else getattr(config, "num_hidden_layers", None)
+
+
+def input_shape(config) -> tuple[int, int, int] | None:
+    """(channels, height, width) the image tower expects, from its config."""
+    config = _vision_config(config)
+    size = getattr(config, "image_size", None)
+    if size is None:
+        return None
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return (getattr(config, "num_channels", 3), height, width)
+
+
+def hf_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
+    """The tokens a Hugging Face classifier's head reads, by inspecting its class and config;
+    None for a model this function does not recognise (the gradient probe then decides)."""
+    name, config = type(model).__name__, model.config
+    kind = getattr(config, "model_type", "")
+    if hasattr(_vision_config(config), "depths"):
+        return TokenPolicy.all(), "the average of all tokens of the last stage (hierarchical)"
+    if name == "DeiTForImageClassificationWithTeacher":
+        return (TokenPolicy.parse("cls+distillation", distillation_index=1),
+                "the CLS and distillation tokens (mean of the two heads)")
+    if kind in ("beit", "data2vec-vision"):
+        if getattr(config, "use_mean_pooling", False):
+            return TokenPolicy.patches(1), "the mean of the patch tokens (use_mean_pooling)"
+        return TokenPolicy.cls(), "the CLS token (use_mean_pooling is off)"
+    if name == "CLIPForImageClassification":
+        return TokenPolicy.patches(1), "the mean of the patch tokens"
+    if name == "SiglipForImageClassification":
+        return TokenPolicy.all(), "the mean of all tokens (SigLIP has no CLS token)"
+    if kind == "dinov2":
+        return (TokenPolicy.parse("cls+patches:1"),
+                "the CLS token and the mean of the patch tokens, concatenated")
+    if kind == "dinov2_with_registers":
+        prefix = 1 + int(getattr(config, "num_register_tokens", 0))
+        return (TokenPolicy.parse(f"cls+patches:{prefix}"),
+                f"the CLS token and the mean of the patch tokens (not the "
+                f"{prefix - 1} register tokens), concatenated")
+    if name == "GlobalPoolViT":
+        return TokenPolicy.patches(1), "the mean of the patch tokens (MAE global pool)"
+    if kind in ("vit", "deit", "vit_msn"):
+        return TokenPolicy.cls(), "the CLS token"
+    return None
+
+
 def from_hf_model(model: nn.Module, *, preprocess: Preprocess | None = None,
-                  token: TokenPolicy | str | None = None, name: str = "custom") -> ModelAdapter:
-    """Adapter for a Hugging Face image classifier (ViT, DeiT, DeiT-with-teacher, ...)."""
+                  token: TokenPolicy | str | None = None, name: str = "custom",
+                  forward=None, id2label: dict[int, str] | None = None,
+                  readout: tuple[TokenPolicy, str] | None = None,
+                  details: dict | None = None) -> ModelAdapter:
+    """Adapter for a Hugging Face image classifier: one site per block of the image tower, and
+    the token policy where its head reads (``hf_readout``, checked by a gradient probe;
+    ``token`` overrides it within the positions the head reads)."""
     config = model.config
-    num_layers = getattr(config, "num_hidden_layers", None)
-    sites = find_ffn_activations(model, num_layers)
+    sites = find_ffn_activations(model, num_blocks(config))
     distillation = 1 if "deit" in getattr(config, "model_type", "") else None
-    if isinstance(token, str):
-        token = TokenPolicy.parse(token, distillation_index=distillation)
-    id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
-    return ModelAdapter(model, sites, token=token or TokenPolicy.cls(), preprocess=preprocess,
-                        id2label=id2label, name=name,
-                        forward=lambda x: model(pixel_values=x),
-                        distillation_index=distillation)
+    if id2label is None:
+        id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    adapter = ModelAdapter(model, sites, preprocess=preprocess, id2label=id2label, name=name,
+                           forward=forward or (lambda x: model(pixel_values=x)),
+                           distillation_index=distillation, input_shape=input_shape(config))
+    adapter.details = dict(details or {})
+    return settle_token_policy(adapter, token, readout or hf_readout(model), distillation)
 
 
 def hf_preprocess(spec: str, local_only: bool, config) -> Preprocess:
@@ -49,11 +110,42 @@ def hf_preprocess(spec: str, local_only: bool, config) -> Preprocess:
     return Preprocess.from_hf_config(json.loads(Path(path).read_text()))
 
 
-def load_hf(spec: str, local_only: bool):
-    """``AutoModelForImageClassification`` from a folder or hub id, and its preprocessing."""
-    from transformers import AutoModelForImageClassification
+def load_hf(spec: str, local_only: bool, classes: str | None = None,
+            prompt: str | None = None) -> tuple[nn.Module, Preprocess, dict]:
+    """A Hugging Face classifier from a folder or hub id, its preprocessing, and the keyword
+    arguments ``from_hf_model`` needs for it.  With ``classes``, a CLIP or SigLIP model becomes a
+    zero-shot classifier over those classes.  A model whose classifier head is not in the
+    checkpoint (transformers would initialise it at random) is refused."""
+    from transformers import AutoConfig, AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
+    from .zero_shot import DEFAULT_PROMPT, build_zero_shot, contrastive_family, zero_shot_readout
+
     hf_logging.disable_progress_bar()
-    model = AutoModelForImageClassification.from_pretrained(spec, local_files_only=local_only)
-    return model, hf_preprocess(spec, local_only, model.config)
+    config = AutoConfig.from_pretrained(spec, local_files_only=local_only)
+    architectures = list(getattr(config, "architectures", None) or [])
+    classifier = any(a.endswith("ForImageClassification") for a in architectures)
+    contrastive = contrastive_family(config) is not None and not classifier
+    if classes is not None:
+        if not contrastive:
+            raise ModelLoadError(f"{option('classes')}: zero-shot classification needs a CLIP or "
+                                 f"SigLIP model; {spec} is a {', '.join(architectures) or config.model_type}")
+        model, id2label, details = build_zero_shot(spec, classes, prompt or DEFAULT_PROMPT,
+                                                   local_only)
+        kwargs = {"id2label": id2label, "details": details,
+                  "readout": zero_shot_readout(details["zero_shot"]["family"])}
+        return model, hf_preprocess(spec, local_only, config.vision_config), kwargs
+    if contrastive:
+        raise ModelLoadError(f"model: {spec} is a {', '.join(architectures) or config.model_type}, "
+                             f"a contrastive image-text model without a classifier head; pass "
+                             f"{option('classes', 'FILE')} (lines 'label<TAB>class name') for "
+                             f"zero-shot classification")
+    model, info = AutoModelForImageClassification.from_pretrained(
+        spec, local_files_only=local_only, output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelLoadError(f"model: {spec} ({type(model).__name__}) lacks weights for "
+                             f"{missing[:4]}{' ...' if len(missing) > 4 else ''}; transformers "
+                             f"would initialise them at random, so every path would be "
+                             f"meaningless. Pass a model whose checkpoint has its classifier")
+    return model, hf_preprocess(spec, local_only, config), {}

@@ -38,26 +38,31 @@ def _looks_like_path(spec: str) -> bool:
 def load_model(spec: str = DEMO, *, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, token: str | None = None,
                preprocess: str = "model", image_size: int | None = None,
-               fc_norm_twice: bool = False) -> ModelAdapter:
+               fc_norm_twice: bool = False, classes: str | None = None,
+               prompt: str | None = None) -> ModelAdapter:
     """Load a model and wrap it in an adapter.
 
     ``spec`` is ``"demo"`` (a small ViT trained on scikit-learn's digits on first use), a
     local Hugging Face model folder, a Hugging Face hub id (needs network the first time),
     a Google ViT ``.npz`` or MAE ``.pth`` checkpoint file (run at ``image_size``, default 224
     as in the official code; ``fc_norm_twice`` reproduces the official MAE quirk), or
-    ``timm:NAME`` (needs timm).  ``token`` overrides the token policy (``cls``,
-    ``distillation``, ``patches``, an index); ``preprocess='official'`` uses the authors'
-    preprocessing (spec §9).
+    ``timm:NAME`` (needs timm).  The token policy is where the model's head reads (checked by
+    a gradient probe); ``token`` overrides it within those positions (``cls``,
+    ``distillation``, ``patches``, ``all``, an index, or several joined by ``+``).  ``classes``
+    (a file of lines ``label<TAB>class name``) turns a CLIP or SigLIP model into a zero-shot
+    classifier over those classes, with ``prompt`` (default ``"a photo of a {}."``).
+    ``preprocess='official'`` uses the authors' preprocessing (spec §9).
     """
     if preprocess not in PREPROCESS_CHOICES:
         raise ValueError(f"preprocess: expected one of {PREPROCESS_CHOICES}, got {preprocess!r}")
     spec = str(spec)
+    kwargs: dict = {}
     if spec == DEMO:
         from .demo import demo_model_dir  # trains the demo model on first use
 
-        model, prep = load_hf(str(demo_model_dir()), local_only=True)
+        model, prep, kwargs = load_hf(str(demo_model_dir()), True)
     elif Path(spec).expanduser().is_dir():
-        model, prep = load_hf(str(Path(spec).expanduser()), local_only=True)
+        model, prep, kwargs = load_hf(str(Path(spec).expanduser()), True, classes, prompt)
     elif spec.startswith("timm:"):
         from .timm_models import load_timm
 
@@ -66,41 +71,42 @@ def load_model(spec: str = DEMO, *, device: str | torch.device = "cpu",
             adapter.preprocess = Preprocess.official(image_size or 224)
         return adapter.to(device=device, dtype=dtype)
     elif Path(spec).expanduser().is_file():
-        model, prep, default_token = _load_checkpoint(Path(spec).expanduser(), image_size or 224,
-                                                      fc_norm_twice)
-        token = token or default_token
+        model, prep = _load_checkpoint(Path(spec).expanduser(), image_size or 224, fc_norm_twice)
     elif _looks_like_path(spec):
         raise ModelLoadError(f"model: no such folder {spec}")
     else:
-        model, prep = _load_from_hub(spec)
+        model, prep, kwargs = _load_from_hub(spec, classes, prompt)
+    if classes is not None and not kwargs.get("details"):
+        raise ModelLoadError(f"{option('classes')}: zero-shot classification needs a CLIP or "
+                             f"SigLIP model folder or hub id, not {spec}")
     if preprocess == "official":
         prep = Preprocess.official(getattr(model.config, "image_size", 224))
-    adapter = from_hf_model(model, preprocess=prep, token=token, name=spec)
+    adapter = from_hf_model(model, preprocess=prep, token=token, name=spec, **kwargs)
     return adapter.to(device=device, dtype=dtype)
 
 
 def _load_checkpoint(path: Path, image_size: int, fc_norm_twice: bool):
-    """A paper checkpoint file -> (model, its correct preprocessing, default token policy)."""
+    """A paper checkpoint file -> (model, its correct preprocessing)."""
     from .checkpoints import load_google_npz, load_mae_pth
 
     try:
         if path.suffix == ".npz":  # Google ViT: inputs in [-1, 1]
             prep = Preprocess("model", (image_size, image_size), None, None,
                               int(Image.Resampling.BILINEAR), 1 / 255, (0.5,) * 3, (0.5,) * 3)
-            return load_google_npz(path, image_size), prep, "cls"
+            return load_google_npz(path, image_size), prep
         if path.suffix in (".pth", ".pt"):  # MAE: resize 256, centre crop 224, ImageNet stats
             prep = Preprocess("model", None, round(image_size / 0.875), (image_size, image_size),
                               int(Image.Resampling.BICUBIC), 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
-            return load_mae_pth(path, image_size, fc_norm_twice), prep, "patches"
+            return load_mae_pth(path, image_size, fc_norm_twice), prep
     except CheckpointError as error:
         raise ModelLoadError(f"model: {error}") from error
     raise ModelLoadError(f"model: {path} is a file but not a .npz (Google ViT) or .pth (MAE) "
                          f"checkpoint; pass a Hugging Face model folder, hub id or checkpoint")
 
 
-def _load_from_hub(spec: str):
+def _load_from_hub(spec: str, classes: str | None, prompt: str | None):
     try:
-        return load_hf(spec, local_only=True)  # already in the local cache?
+        return load_hf(spec, True, classes, prompt)  # already in the local cache?
     except OSError:
         pass
     if not _hub_reachable():
@@ -111,7 +117,7 @@ def _load_from_hub(spec: str):
             f"`AutoModelForImageClassification.from_pretrained('{spec}').save_pretrained(DIR)` "
             f"plus its image processor), copy DIR here and pass {option('model', 'DIR')}.")
     try:
-        return load_hf(spec, local_only=False)
+        return load_hf(spec, False, classes, prompt)
     except OSError as error:
         raise ModelLoadError(f"model: could not load {spec!r} from the Hugging Face Hub: {error}. "
                              f"Pass a local model folder: {option('model', 'DIR')}.") from error

@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from ..engine.adapter import ModelAdapter, find_ffn_activations
+from ..engine.readout import settle_token_policy
 from ..engine.tokens import TokenPolicy
 from ..errors import ModelLoadError
 from ..io.labels import imagenet_synsets
@@ -28,20 +29,33 @@ def preprocess_from_timm(cfg: dict) -> Preprocess:
                       1 / 255, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
 
 
-def from_timm_model(model: nn.Module, *, token: str | None = None, name: str = "timm") -> ModelAdapter:
-    """Adapter for a timm VisionTransformer: CLS token, or all patch tokens for ``avg`` pooling."""
+def timm_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
+    """The tokens a timm VisionTransformer's head reads, from ``global_pool``: ``token`` -> CLS,
+    ``avg``/``avgmax``/``max`` -> the patch tokens (after the prefix tokens), ``map`` -> every
+    token (attention pooling); None (the gradient probe decides) for anything else."""
+    pool = getattr(model, "global_pool", "token")
     prefix = int(getattr(model, "num_prefix_tokens", 1))
-    if token is None:
-        policy = TokenPolicy.patches(prefix) if getattr(model, "global_pool", "token") == "avg" \
-            else TokenPolicy.cls()
-    else:
-        policy = TokenPolicy.parse(token, distillation_index=1 if prefix >= 2 else None)
+    if pool == "token":
+        return TokenPolicy.cls(), "the CLS token (global_pool='token')"
+    if pool in ("avg", "avgmax", "max"):
+        return (TokenPolicy.patches(prefix),
+                f"the patch tokens after {prefix} prefix tokens (global_pool={pool!r})")
+    if pool == "map":
+        return TokenPolicy.all(), "all tokens (attention pooling, global_pool='map')"
+    return None
+
+
+def from_timm_model(model: nn.Module, *, token: str | None = None, name: str = "timm") -> ModelAdapter:
+    """Adapter for a timm VisionTransformer, reading the neuron where its head reads."""
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
     num_classes = int(getattr(model, "num_classes", 0))
     names = imagenet_synsets() if num_classes == 1000 else [str(i) for i in range(num_classes)]
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    return ModelAdapter(model, find_ffn_activations(model, len(model.blocks)), token=policy,
-                        preprocess=preprocess_from_timm(cfg), id2label=dict(enumerate(names)),
-                        name=name)
+    adapter = ModelAdapter(model, find_ffn_activations(model, len(model.blocks)),
+                           preprocess=preprocess_from_timm(cfg), id2label=dict(enumerate(names)),
+                           name=name, input_shape=tuple(cfg.get("input_size", (3, 224, 224))))
+    distillation = 1 if prefix >= 2 else None
+    return settle_token_policy(adapter, token, timm_readout(model), distillation)
 
 
 def load_timm(name: str, *, token: str | None = None) -> ModelAdapter:

@@ -1,0 +1,128 @@
+"""Zero-shot classifiers from contrastive image-text models (CLIP, SigLIP).
+
+The text tower embeds one prompt per class name once (``prompt.format(name)``, L2-normalised);
+the classifier is then the image tower alone: its pooled, projected, normalised embedding
+against those fixed text embeddings, scaled by the model's ``logit_scale`` (plus SigLIP's
+``logit_bias``) -- exactly the model's own ``logits_per_image`` for that label set.  Paths are
+found in the image tower's FFN neurons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..engine.tokens import TokenPolicy
+from ..errors import ModelLoadError, option
+from ..io.labels import read_class_names
+
+DEFAULT_PROMPT = "a photo of a {}."
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "vocab.txt")
+CONTRASTIVE = {"clip": "CLIP", "siglip": "SigLIP"}
+
+
+class ZeroShotClassifier(nn.Module):
+    """Image tower + fixed class text embeddings -> logits over the classes."""
+
+    def __init__(self, vision_model: nn.Module, projection: nn.Module | None,
+                 text_embeddings: torch.Tensor, logit_scale: torch.Tensor,
+                 logit_bias: torch.Tensor | None, config):
+        super().__init__()
+        self.vision_model = vision_model
+        self.visual_projection = projection
+        self.register_buffer("text_embeddings", text_embeddings.detach().clone())
+        self.register_buffer("logit_scale", logit_scale.detach().clone())
+        self.register_buffer("logit_bias", None if logit_bias is None else logit_bias.detach().clone())
+        self.config = config
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
+        image = self.visual_projection(pooled) if self.visual_projection is not None else pooled
+        image = image / image.norm(p=2, dim=-1, keepdim=True)
+        logits = image @ self.text_embeddings.to(image.dtype).T * self.logit_scale.exp()
+        return logits if self.logit_bias is None else logits + self.logit_bias
+
+
+def contrastive_family(config) -> str | None:
+    """'clip' or 'siglip' for a contrastive image-text model's config, else None."""
+    kind = getattr(config, "model_type", "")
+    return kind if kind in CONTRASTIVE and hasattr(config, "text_config") else None
+
+
+def _features(output) -> torch.Tensor:
+    """transformers 4.x returns the embedding; 5.x an output whose pooler_output it is."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def build_zero_shot(folder: str | Path, classes: str | Path, prompt: str = DEFAULT_PROMPT,
+                    local_only: bool = True):
+    """(classifier, id2label, details) for the CLIP or SigLIP model in ``folder`` and the class
+    file ``classes`` (lines ``label<TAB>class name``; labels are the image folder names)."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import cached_file
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    names = read_class_names(classes)
+    if not names:
+        raise ValueError(f"classes: {classes} lists no classes; expected lines "
+                         f"'label<TAB>class name'")
+    if "{}" not in prompt:
+        raise ValueError(f"prompt: expected a template with {{}} for the class name, got {prompt!r}")
+    model = AutoModel.from_pretrained(str(folder), local_files_only=local_only).eval()
+    family = contrastive_family(model.config)
+    if family is None:
+        raise ModelLoadError(f"model: {folder} is a {type(model).__name__}, not a CLIP or SigLIP "
+                             f"model; zero-shot classification ({option('classes', 'FILE')}) needs "
+                             f"one")
+    if not any(cached_file(str(folder), name, local_files_only=local_only,
+                           _raise_exceptions_for_missing_entries=False)
+               for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"model: {folder} has no tokenizer for the class prompts (none of "
+                             f"{', '.join(TOKENIZER_FILES)}); save the model's tokenizer with it")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=local_only)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"model: {folder} has no usable tokenizer for the class prompts "
+                             f"({error})") from error
+    unknown = [name for name in names.values()
+               if set(tokenizer(name, add_special_tokens=False)["input_ids"])
+               <= {tokenizer.unk_token_id}]
+    if unknown:
+        raise ValueError(f"classes: the tokenizer knows no word of the class names "
+                         f"{unknown[:3]}; expected names in the model's language")
+    texts = [prompt.format(name) for name in names.values()]
+    padding = {"padding": "max_length", "truncation": True,
+               "max_length": model.config.text_config.max_position_embeddings} \
+        if family == "siglip" else {"padding": True}
+    with torch.no_grad():
+        tokens = tokenizer(texts, return_tensors="pt", **padding)
+        inputs = {"input_ids": tokens["input_ids"]}
+        if family == "clip" and "attention_mask" in tokens:  # SigLIP is trained without one
+            inputs["attention_mask"] = tokens["attention_mask"]
+        text = _features(model.get_text_features(**inputs)).double()
+    text = text / text.norm(p=2, dim=-1, keepdim=True)
+    vision = model.vision_model
+    if family == "siglip" and getattr(vision, "head", None) is None:
+        raise ModelLoadError(f"model: {folder}'s SigLIP image tower has no pooling head "
+                             f"(vision_use_head is off), so it has no image embedding")
+    classifier = ZeroShotClassifier(vision, getattr(model, "visual_projection", None),
+                                    text.to(torch.float32), model.logit_scale,
+                                    getattr(model, "logit_bias", None), model.config.vision_config)
+    digest = hashlib.sha256(text.to(torch.float32).numpy().tobytes()).hexdigest()
+    details = {"zero_shot": {"family": CONTRASTIVE[family], "classes_file": str(classes),
+                             "prompt": prompt, "class_names": list(names.values()),
+                             "text_embeddings_sha256": digest}}
+    return classifier, dict(enumerate(names)), details
+
+
+def zero_shot_readout(family: str) -> tuple[TokenPolicy, str]:
+    """Where the image tower's embedding reads: CLIP's pooled CLS token, SigLIP's attention-
+    pooling head over every token."""
+    if family == "CLIP":
+        return TokenPolicy.cls(), "the CLS token (pooled, projected, matched to the class texts)"
+    return TokenPolicy.all(), "all tokens (attention-pooling head, matched to the class texts)"
