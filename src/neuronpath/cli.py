@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from .experiments.common import DTYPES
 from .experiments.evaluate import run_evaluate
 from .experiments.find import run_find
 from .experiments.prune import run_prune
+from .experiments.ranks import leave_ranks
+from .experiments.report import run_report
 from .experiments.summary import summary_text
 from .experiments.table import run_table
 from .io.labels import LABEL_MAPPINGS
@@ -58,7 +61,9 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                   help="float32/float64 convert the model; bfloat16/float16 run it under autocast")
+                   help="float32/float64 convert the model; tf32: float32 with TF32 matmuls "
+                        "(CUDA); bfloat16/float16 run it under autocast (see the README on "
+                        "when reduced precision is safe)")
     p.add_argument("--limit", type=int, help="at most N images, taken round-robin over classes")
     p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="model",
                    help="the model's own processor config, or the official code's (spec §9)")
@@ -76,6 +81,12 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
                    help="MAE checkpoints: apply fc_norm twice, as the official code does (spec §4)")
     p.add_argument("--memory-budget", default="2GiB",
                    help="saved activations per chunk of rows (default: 2GiB)")
+    _add_workers_option(p)
+
+
+def _add_workers_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="processes decoding images in the background "
+                                               "(default: 0 on a CPU, up to 4 beside a GPU)")
 
 
 def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
@@ -119,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bootstrap", type=int, default=1000,
                           help="bootstrap resamples for confidence intervals (default: 1000)")
+    _add_workers_option(evaluate)
 
     classes = sub.add_parser("classes", help="class-level neuron statistics, utilisation "
                                              "matrices, class similarity, Figures 2, 4 and 5")
@@ -166,7 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--bootstrap", type=int, default=1000,
                        help="bootstrap resamples over test images (default: 1000)")
     prune.add_argument("--token", help="token policy (default: where the model's head reads)")
+    _add_workers_option(prune)
     _add_zero_shot_options(prune)
+
+    report = sub.add_parser("report", help="one self-contained web page for a run: overview, "
+                                           "path explorer, neuron cards")
+    report.add_argument("run", help="run folder written by find (or by prune)")
+    report.add_argument("--out", help="the page (default: RUN/report/index.html)")
+    report.add_argument("--images", type=int, default=200,
+                        help="images with thumbnails, activations and heatmaps (default: 200)")
+    report.add_argument("--method", default="jas", help="whose paths make the neuron cards")
+    report.add_argument("--cards", type=int, default=48, help="neuron cards (default: 48)")
+    report.add_argument("--batch-size", type=int, default=16)
+    report.add_argument("--device", default="auto")
+    report.add_argument("--model", help="the run's model, if it moved (its weights are checked)")
+    report.add_argument("--data", help="the run's image folder, if it moved")
+    report.add_argument("--class-names", help="file mapping class labels to readable names")
+    _add_workers_option(report)
 
     table = sub.add_parser("table", help="merge evaluated runs (one per model) into one Table 1")
     table.add_argument("runs", nargs="+", help="evaluated run folders")
@@ -210,7 +238,7 @@ def _find(args) -> Path:
                     labels=args.labels, memory_budget=args.memory_budget, topk=args.topk,
                     topk_mode=args.topk_mode, image_size=args.image_size,
                     fc_norm_twice=args.fc_norm_twice, classes=args.classes,
-                    prompt=args.prompt, command=sys.argv)
+                    prompt=args.prompt, workers=args.workers, command=sys.argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                         level=logging.WARNING if args.quiet else logging.INFO)
     try:
         with command_line_options():
-            _run(args)
+            _run(args, main_rank=int(os.environ.get("RANK", "0")) == 0)
     except ERRORS as error:
         print(f"neuronpath: error: {error}", file=sys.stderr)
         return 2
@@ -227,35 +255,50 @@ def main(argv: list[str] | None = None) -> int:
         print("neuronpath: interrupted; finished images are saved, re-run the same command "
               "to resume", file=sys.stderr)
         return 130
+    finally:
+        leave_ranks()
     return 0
 
 
-def _run(args) -> None:
+def _run(args, main_rank: bool = True) -> None:
+    """Run the command; under torchrun only the main rank prints."""
     if args.command in ("find", "demo"):
         run_dir = _find(args)
+        if not main_rank:
+            return
         print(f"records: {run_dir / 'records.jsonl'}")
         if args.command == "demo":
             print(summary_text(run_dir))
     elif args.command == "evaluate":
-        run_evaluate(args.run, ops=args.ops, model=args.model, data=args.data,
-                     seed=args.seed, random_control=not args.no_random,
-                     batch_size=args.batch_size, device=args.device, bootstrap=args.bootstrap)
+        if run_evaluate(args.run, ops=args.ops, model=args.model, data=args.data,
+                        seed=args.seed, random_control=not args.no_random,
+                        batch_size=args.batch_size, device=args.device,
+                        bootstrap=args.bootstrap, workers=args.workers) is None:
+            return
         out = Path(args.run) / "evaluation"
         print((out / "table.md").read_text())
         print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'figure3.png'}")
+    elif args.command == "report":
+        page = run_report(args.run, out=args.out, images=args.images, method=args.method,
+                          cards=args.cards, batch_size=args.batch_size, device=args.device,
+                          model=args.model, data=args.data, class_names=args.class_names,
+                          workers=args.workers)
+        if page is not None:
+            print(f"wrote {page}")
     elif args.command == "table":
         for path in run_table(args.runs, args.out, args.names.split(",") if args.names else None):
             print(f"wrote {path}")
     elif args.command == "prune":
-        run_prune(args.model, args.data, args.out, keep=args.keep, mask=args.mask,
-                  depth=args.depth, probe_fraction=args.probe_fraction,
-                  seed=args.seed, aggregate=args.aggregate,
-                  methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-                  find_run=args.find_run, topk_mode=args.topk_mode,
-                  steps=args.steps, batch_size=args.batch_size, device=args.device,
-                  table_keep=args.table_keep, table_mask=args.table_mask,
-                  bootstrap=args.bootstrap, token=args.token, classes=args.classes,
-                  prompt=args.prompt, command=sys.argv)
+        if run_prune(args.model, args.data, args.out, keep=args.keep, mask=args.mask,
+                     depth=args.depth, probe_fraction=args.probe_fraction,
+                     seed=args.seed, aggregate=args.aggregate,
+                     methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                     find_run=args.find_run, topk_mode=args.topk_mode,
+                     steps=args.steps, batch_size=args.batch_size, device=args.device,
+                     table_keep=args.table_keep, table_mask=args.table_mask,
+                     bootstrap=args.bootstrap, token=args.token, classes=args.classes,
+                     prompt=args.prompt, workers=args.workers, command=sys.argv) is None:
+            return
         print((Path(args.out) / "table3.md").read_text())
         print(f"wrote {Path(args.out) / 'results.json'}, figure6.png, table3.md")
     elif args.command == "classes":

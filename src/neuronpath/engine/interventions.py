@@ -25,15 +25,17 @@ from .adapter import ModelAdapter
 
 
 @contextlib.contextmanager
-def record_neurons(adapter: ModelAdapter, layers=None) -> Iterator[dict[int, torch.Tensor]]:
+def record_neurons(adapter: ModelAdapter, layers=None,
+                   all_tokens: bool = False) -> Iterator[dict[int, torch.Tensor]]:
     """Yield a dict that the next forward fills with ``{layer: (rows, tokens, n)}`` tensors
-    (the post-activation FFN hidden state at the adapter's token policy, detached)."""
+    (the post-activation FFN hidden state at the adapter's token policy, or at every token with
+    ``all_tokens``, detached)."""
     layers = range(adapter.num_layers) if layers is None else layers
     store: dict[int, torch.Tensor] = {}
 
     def make(layer):
         def hook(module, inputs, output):
-            store[layer] = adapter.token.select(output).detach()
+            store[layer] = (output if all_tokens else adapter.token.select(output)).detach()
         return hook
 
     with adapter.hooks({layer: make(layer) for layer in layers}):

@@ -18,8 +18,22 @@ from ..version import __version__
 
 log = logging.getLogger("neuronpath")
 
+# name -> (model weights dtype, autocast dtype or None); "tf32" is float32 with TF32 matmuls on CUDA
 DTYPES = {"float32": (torch.float32, None), "float64": (torch.float64, None),
+          "tf32": (torch.float32, None),
           "bfloat16": (torch.float32, torch.bfloat16), "float16": (torch.float32, torch.float16)}
+
+
+def precision(dtype: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """(model dtype, autocast dtype) of a ``dtype`` name; ``tf32`` switches this process's CUDA
+    matmuls and convolutions to TF32 (only on CUDA), every other name switches them off."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+    if dtype == "tf32" and device.type != "cuda":
+        raise ValueError(f"dtype: tf32 needs a CUDA device, got {device}")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype == "tf32"
+    return DTYPES[dtype]
 
 
 def parse_bytes(text: str | int) -> int:
@@ -79,7 +93,7 @@ def load_run_model(run_dir: Path, manifest: dict, model: str | None, device: tor
     stored by find."""
     settings = manifest["settings"]
     spec = model or settings["model"]
-    model_dtype, _ = DTYPES[settings["dtype"]]
+    model_dtype, _ = precision(settings["dtype"], device)
     try:
         adapter = load_model(spec, device=device, dtype=model_dtype, token=settings["token"],
                              preprocess="official" if settings["preprocess"]["name"] == "official"

@@ -20,18 +20,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..analysis.deviations import all_metrics, class_mean_deviations
 from ..analysis.draws import random_path
 from ..analysis.records import group_by
 from ..engine.editing import OPS, manipulate
 from ..errors import RunFormatError, option
-from ..io.images import ImageItem, load_pixels
-from ..io.store import RunStore, read_manifest, read_records, write_json_atomic
+from ..io.images import ImageItem
+from ..io.store import read_manifest, read_records, write_json_atomic
 from ..report.figures import probability_deviation_figure
 from ..report.tables import write_table
 from .common import load_run_model, resolve_device, run_widths, versions
+from .ranks import join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
 
@@ -52,8 +52,9 @@ def _check_complete(run_dir: Path, manifest: dict, by_image: dict[str, dict]) ->
 def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model: str | None = None,
                  data: str | Path | None = None, seed: int = 0, random_control: bool = True,
                  batch_size: int = 16, device: str = "auto", bootstrap: int = 1000,
-                 progress: bool | None = None) -> dict:
-    """Evaluate a find run (resumable); returns the metrics."""
+                 progress: bool | None = None, workers: int | None = None) -> dict | None:
+    """Evaluate a find run (resumable); returns the metrics (None on the other ranks of a
+    ``torchrun`` job, which share the images)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFormatError(f"{run_dir}: no such run folder")
@@ -65,8 +66,8 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
     by_image = {image: {r["method"]: r for r in rows}
                 for image, rows in group_by(read_records(run_dir), "image").items()}
     _check_complete(run_dir, manifest, by_image)
-    torch_device = resolve_device(device)
-    adapter = load_run_model(run_dir, manifest, model, torch_device)
+    ranks = join_ranks(resolve_device(device))
+    adapter = load_run_model(run_dir, manifest, model, ranks.device)
     data_root = Path(data or manifest["settings"]["data"]).expanduser()
     methods = list(manifest["settings"]["methods"]) + ([RANDOM] if random_control else [])
     find_sha = hashlib.sha256(json.dumps(manifest["settings"], sort_keys=True).encode()).hexdigest()
@@ -77,45 +78,45 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
                      "methods": methods, "factors": {op: OPS[op] for op in ops}},
         "versions": versions(),
     }
-    store = RunStore(run_dir / "evaluation", eval_manifest)
-    pending = [i for i, rec in by_image.items()
+    store = open_store(ranks, run_dir / "evaluation", eval_manifest)
+    pending = [ImageItem(i, data_root / i, rec[next(iter(rec))]["label"], "")
+               for i, rec in by_image.items()
                if set(manifest["settings"]["methods"]) <= set(rec)
                and not set(methods) <= store.done.get(i, set())]
     log.info("evaluate: %d images, %d to do -> %s", len(by_image), len(pending), store.dir)
     widths = run_widths(manifest) or adapter.widths()
-    with tqdm(total=len(pending), unit="img", desc="remove/enhance",
-              disable=None if progress is None else not progress) as bar:
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start:start + batch_size]
-            items = [ImageItem(i, data_root / i, -1, "") for i in batch]
-            _, pixels, errors = load_pixels(items, adapter.preprocess)
-            if errors:
-                raise RunFormatError(f"{errors[0][1]}; pass {option('data', 'DIR')} with the run's "
-                                     f"image folder")
-            pixels = torch.stack(pixels)
-            labels = torch.tensor([next(iter(by_image[i].values()))["label"] for i in batch])
-            paths = {m: torch.tensor([by_image[i][m]["path"] for i in batch])
-                     for m in manifest["settings"]["methods"]}
-            k = next(iter(paths.values())).reshape(len(batch), adapter.num_layers, -1).shape[-1]
-            if random_control:
-                paths[RANDOM] = torch.stack([random_path(i, seed, adapter.num_layers, widths, k)
-                                             for i in batch])
-            result = manipulate(adapter, pixels, labels, paths, ops)
-            records = []
-            for row, image in enumerate(batch):
-                for m in methods:
-                    record = {"image": image, "label": int(labels[row]), "method": m,
-                              "path": paths[m][row].tolist(),
-                              "jas": by_image[image][m]["jas"] if m in by_image[image] else None,
-                              "base_prob": float(result["base_prob"][row]),
-                              "base_pred": int(result["base_pred"][row])}
-                    for op in ops:
-                        record[f"{op}_prob"] = float(result[f"{m}:{op}_prob"][row])
-                        record[f"{op}_pred"] = int(result[f"{m}:{op}_pred"][row])
-                    records.append(record)
-            store.append(records)
-            bar.update(len(batch))
-    return write_outputs(run_dir, ops, bootstrap, seed)
+
+    def handle(batch):
+        if batch.errors:
+            raise RunFormatError(f"{batch.errors[0][1]}; pass {option('data', 'DIR')} with the "
+                                 f"run's image folder")
+        images = [it.id for it in batch.items]
+        labels = torch.tensor([it.label for it in batch.items])
+        paths = {m: torch.tensor([by_image[i][m]["path"] for i in images])
+                 for m in manifest["settings"]["methods"]}
+        k = next(iter(paths.values())).reshape(len(images), adapter.num_layers, -1).shape[-1]
+        if random_control:
+            paths[RANDOM] = torch.stack([random_path(i, seed, adapter.num_layers, widths, k)
+                                         for i in images])
+        result = manipulate(adapter, batch.pixels.to(ranks.device, non_blocking=True), labels,
+                            paths, ops)
+        records = []
+        for row, image in enumerate(images):
+            for m in methods:
+                record = {"image": image, "label": int(labels[row]), "method": m,
+                          "path": paths[m][row].tolist(),
+                          "jas": by_image[image][m]["jas"] if m in by_image[image] else None,
+                          "base_prob": float(result["base_prob"][row]),
+                          "base_pred": int(result["base_pred"][row])}
+                for op in ops:
+                    record[f"{op}_prob"] = float(result[f"{m}:{op}_prob"][row])
+                    record[f"{op}_pred"] = int(result[f"{m}:{op}_pred"][row])
+                records.append(record)
+        store.append(records)
+
+    work_through(ranks, store, pending, adapter.preprocess, batch_size, workers, handle,
+                 list(by_image), "remove/enhance", progress)
+    return write_outputs(run_dir, ops, bootstrap, seed) if ranks.main else None
 
 
 def write_outputs(run_dir: Path, ops: Sequence[str], bootstrap: int, seed: int) -> dict:

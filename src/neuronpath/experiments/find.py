@@ -9,14 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..engine.attribution import AttributionConfig
-from ..io.images import interleave_classes, load_pixels, scan_image_folder
-from ..io.store import RunStore
+from ..io.images import interleave_classes, scan_image_folder
 from ..methods import DEFAULT_METHODS, PathOptions, check_methods, find_paths
 from ..models.loading import load_model
-from .common import DTYPES, log_to, model_widths, parse_bytes, resolve_device, versions
+from .common import log_to, model_widths, parse_bytes, precision, resolve_device, versions
+from .ranks import join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
 
@@ -50,7 +49,7 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
              image_size: int | None = None, fc_norm_twice: bool = False,
              classes: str | Path | None = None, prompt: str | None = None,
              only: set[str] | None = None, progress: bool | None = None,
-             command: Sequence[str] | None = None) -> Path:
+             workers: int | None = None, command: Sequence[str] | None = None) -> Path:
     """Find paths for every image of an ImageFolder and write them to ``out`` (resumable).
 
     Re-running the same call skips finished images; a call with other settings into the
@@ -58,10 +57,10 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
     run to these image ids (its hash is part of the run's identity); ``command`` is the
     command line recorded in the manifest.  ``classes`` and ``prompt`` make a CLIP or SigLIP
     model a zero-shot classifier (see :func:`~neuronpath.models.loading.load_model`).
+    ``workers`` processes decode the images (default: 0 on a CPU, up to 4 beside a GPU).
+    Under ``torchrun`` every rank takes its share of the images (:mod:`.ranks`).
     """
     methods = check_methods(methods)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
         raise ValueError(f"batch size: expected a positive integer, got {batch_size}")
     if topk < 1:
@@ -69,10 +68,11 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
     PathOptions(topk_mode)  # validates
     if limit is not None and limit < 1:
         raise ValueError(f"limit: expected a positive integer, got {limit}")
-    model_dtype, autocast = DTYPES[dtype]
+    ranks = join_ranks(resolve_device(device))
+    torch_device = ranks.device
+    model_dtype, autocast = precision(dtype, torch_device)
     config = AttributionConfig(steps=steps, alphas=alphas, target=target, objective=objective,
                                memory_budget=parse_bytes(memory_budget), autocast=autocast)
-    torch_device = resolve_device(device)
     adapter = load_model(model, device=torch_device, dtype=model_dtype, token=token,
                          preprocess=preprocess, image_size=image_size,
                          fc_norm_twice=fc_norm_twice, classes=classes, prompt=prompt)
@@ -103,23 +103,22 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
     if classes is not None:  # zero-shot: the label set is part of the run's identity
         manifest["settings"].update(classes=str(Path(classes).expanduser().resolve()),
                                     prompt=adapter.details["zero_shot"]["prompt"])
-    store = RunStore(out, manifest)
+    store = open_store(ranks, out, manifest)
     pending = [it for it in items if not set(methods) <= store.done.get(it.id, set())]
     log.info("find: %d images, %d already done, %d to do -> %s", len(items),
              len(items) - len(pending), len(pending), store.dir)
-    with log_to(store.dir / "find.log"), \
-            tqdm(total=len(pending), unit="img", disable=None if progress is None else not progress,
-                 desc="neuron paths") as bar:
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start:start + batch_size]
-            good, pixels, errors = load_pixels(batch, adapter.preprocess)
-            for item, error in errors:
-                log.warning("skipping %s", error)
-                store.skip(item.id, str(error))
-            if good:
-                labels_t = torch.tensor([it.label for it in good])
-                result = find_paths(adapter, torch.stack(pixels), labels_t, methods, config,
-                                    topk, topk_mode)
-                store.append(image_records(good, result, methods, adapter.id2label))
-            bar.update(len(batch))
+
+    def handle(batch):
+        for item, error in batch.errors:
+            log.warning("skipping %s", error)
+            store.skip(item.id, str(error))
+        if batch.items:
+            labels_t = torch.tensor([it.label for it in batch.items])
+            result = find_paths(adapter, batch.pixels.to(torch_device, non_blocking=True),
+                                labels_t, methods, config, topk, topk_mode)
+            store.append(image_records(batch.items, result, methods, adapter.id2label))
+
+    with log_to(store.dir / "find.log"):
+        work_through(ranks, store, pending, adapter.preprocess, batch_size, workers, handle,
+                     [it.id for it in items], "neuron paths", progress)
     return store.dir

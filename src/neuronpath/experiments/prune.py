@@ -19,12 +19,13 @@ from ..analysis.pruning import (AGGREGATES, keep_by_frequency, keep_by_slot_mode
                                 paired_difference, probe_selections, prune_multipliers,
                                 pruning_metrics, random_keep, split_probe_test)
 from ..engine.editing import pruned_predictions
-from ..io.images import load_pixels, scan_image_folder
+from ..io.images import image_batches, scan_image_folder
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..models.loading import load_model
 from ..report.figures import pruning_figure
 from ..report.tables import write_depth_table
-from .common import DTYPES, model_widths, resolve_device
+from .common import model_widths, precision, resolve_device
+from .ranks import join_ranks
 from .find import run_find
 
 log = logging.getLogger("neuronpath")
@@ -43,10 +44,12 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
               labels: str = "auto", memory_budget: str | int = "2GiB",
               table_keep: int = 5, table_mask: float = 1.0, bootstrap: int = 1000,
               classes: str | Path | None = None, prompt: str | None = None,
-              command: Sequence[str] | None = None) -> dict:
+              workers: int | None = None, command: Sequence[str] | None = None) -> dict | None:
     """Run the pruning experiment into ``out`` (probe paths in ``out/find``, resumable) and
     return every number; ``command`` is recorded in the probe find run's manifest, ``classes``
-    and ``prompt`` make a CLIP or SigLIP model a zero-shot classifier."""
+    and ``prompt`` make a CLIP or SigLIP model a zero-shot classifier.  Under ``torchrun`` the
+    ranks share the probe paths; the pruning grid runs on the main rank (the others return
+    None)."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate: expected one of {AGGREGATES}, got {aggregate!r}")
     if not keep or min(keep) < 1:
@@ -58,9 +61,9 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
         raise ValueError(f"methods: unknown {unknown}; expected some of {PRUNE_METHODS}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch_device = resolve_device(device)
-    adapter = load_model(model, device=torch_device, dtype=DTYPES[dtype][0], token=token,
-                         preprocess=preprocess, classes=classes, prompt=prompt)
+    ranks = join_ranks(resolve_device(device))
+    adapter = load_model(model, device=ranks.device, dtype=precision(dtype, ranks.device)[0],
+                         token=token, preprocess=preprocess, classes=classes, prompt=prompt)
     widths, num_layers = adapter.widths(), adapter.num_layers
     depths = sorted(set(depth or [num_layers]))
     if depths[0] < 1 or depths[-1] > num_layers:
@@ -89,7 +92,9 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
                            alphas=alphas, batch_size=batch_size, device=device, dtype=dtype,
                            preprocess=preprocess, token=token, labels=labels,
                            memory_budget=memory_budget, topk=k, topk_mode=topk_mode, only=probe,
-                           classes=classes, prompt=prompt, command=command)
+                           classes=classes, prompt=prompt, workers=workers, command=command)
+    if not ranks.main:  # the other ranks of a torchrun job help with the probe paths only
+        return None
     records = read_records(run_dir) if path_methods else []
 
     # kept neurons per (method, class, t)
@@ -106,10 +111,10 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
 
     # test rows: the unpruned model, then every (method, t, p, depth)
     tests = [it for it in folder.items if split[it.id] == "test"]
-    good, pixels, errors = load_pixels(tests, adapter.preprocess)
-    for _, error in errors:
+    batch = next(image_batches(tests, adapter.preprocess, len(tests)))
+    for _, error in batch.errors:
         log.warning("skipping %s", error)
-    pixels = torch.stack(pixels)
+    good, pixels = batch.items, batch.pixels
     labels_t = torch.tensor([it.label for it in good])
     configs = [(m, t, p, d) for m in methods for t in keep for p in mask for d in depths]
     resamples = bootstrap_draws(len(good), bootstrap, seed)

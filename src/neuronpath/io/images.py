@@ -1,14 +1,17 @@
 """Image folders (one sub-folder per class, mapped to label ids by :mod:`.labels`), robust
-image reading, and batches of preprocessed pixels."""
+image reading, and batches of preprocessed pixels decoded in background workers."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from ..errors import ImageReadError
 from .labels import map_labels
@@ -93,13 +96,45 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageReadError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
 
 
-def load_pixels(items: list[ImageItem], preprocess) -> tuple[list[ImageItem], list, list[tuple]]:
-    """Read and preprocess images; returns (readable items, their tensors, [(item, error)])."""
-    good, pixels, errors = [], [], []
-    for item in items:
+@dataclass
+class Batch:
+    """Readable images of a batch with their pixels (None if none was readable), and the
+    unreadable ones with their errors."""
+
+    items: list[ImageItem]
+    pixels: torch.Tensor | None
+    errors: list[tuple[ImageItem, ImageReadError]]
+
+
+class _Decoded:
+    """Dataset over image items: (position, pixels or None, error or None)."""
+
+    def __init__(self, items: list[ImageItem], preprocess):
+        self.items, self.preprocess = items, preprocess
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
         try:
-            pixels.append(preprocess(load_image(item.path)))
-            good.append(item)
+            return i, self.preprocess(load_image(self.items[i].path)), None
         except ImageReadError as error:
-            errors.append((item, error))
-    return good, pixels, errors
+            return i, None, error
+
+
+def image_batches(items: list[ImageItem], preprocess, batch_size: int, workers: int = 0,
+                  pin_memory: bool = False) -> Iterator[Batch]:
+    """Batches of ``batch_size`` items in order, read and preprocessed by ``workers`` background
+    processes (a ``torch.utils.data.DataLoader``; 0 reads in this process), pixels pinned for
+    asynchronous copies to a GPU when ``pin_memory``.  Unreadable images come back as errors of
+    their batch, never as pixels."""
+    def collate(rows):
+        good = [(i, x) for i, x, error in rows if error is None]
+        return ([i for i, _ in good], torch.stack([x for _, x in good]) if good else None,
+                [(i, error) for i, _, error in rows if error is not None])
+
+    loader = DataLoader(_Decoded(items, preprocess), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+                        persistent_workers=False)
+    for good, pixels, errors in loader:
+        yield Batch([items[i] for i in good], pixels, [(items[i], e) for i, e in errors])

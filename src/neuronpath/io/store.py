@@ -6,6 +6,14 @@
 * ``records.jsonl`` -- appended as images finish; each write ends with a newline and is
   flushed and fsync'ed.  A kill can only leave a partial *last* line, which the next run
   removes before resuming, so no half-written record is ever read.
+
+Several processes (ranks of one ``torchrun`` job) share a run folder without sharing a file: the
+main rank writes the manifest and ``records.jsonl``, rank r > 0 appends to its own shard
+``records.rank{r}.jsonl`` and ``skipped.rank{r}.json``.  :meth:`RunStore.consolidate` (the main
+rank, once every rank is done, and at the start of every run, which also cleans up after a
+killed job of any world size) merges the shards into ``records.jsonl`` and the manifest, so a
+finished folder looks exactly as a single process leaves it; until then :func:`read_records`
+reads the shards too.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import RunConflictError, RunFormatError, option
@@ -21,6 +30,8 @@ log = logging.getLogger("neuronpath")
 
 MANIFEST = "manifest.json"
 RECORDS = "records.jsonl"
+SHARD_RECORDS = "records.rank{}.jsonl"
+SHARD_SKIPPED = "skipped.rank{}.json"
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -55,34 +66,86 @@ def _complete_lines(path: Path) -> tuple[list[dict], int]:
     return records, end
 
 
-def read_records(run_dir: str | Path, method: str | None = None) -> list[dict]:
-    """All complete records of a run (optionally of one method), in the order written."""
+def _shards(run_dir: Path, pattern: str) -> list[Path]:
+    return sorted(run_dir.glob(pattern.format("*")))
+
+
+def _unique(records: list[dict]) -> list[dict]:
+    """Drop repeated (image, method) records, keeping the first."""
+    seen, out = set(), []
+    for record in records:
+        key = (record["image"], record["method"])
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+    return out
+
+
+def iter_records(run_dir: str | Path, method: str | None = None) -> Iterator[dict]:
+    """Stream the complete records of a run (optionally of one method) line by line, in the
+    order written, the shards of an unfinished multi-process run included; each (image,
+    method) once.  A damaged line raises :class:`RunFormatError` with its line number."""
     read_manifest(run_dir)
-    records, _ = _complete_lines(Path(run_dir) / RECORDS)
-    return [r for r in records if method is None or r["method"] == method]
+    seen = set()
+    for path in [Path(run_dir) / RECORDS, *_shards(Path(run_dir), SHARD_RECORDS)]:
+        if not path.exists():
+            continue
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.endswith(b"\n") or not line.strip():
+                    continue  # a partial last line (an interrupted write) or a blank one
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise RunFormatError(f"{path}: line {number} is damaged ({error})") from error
+                key = (record["image"], record["method"])
+                if key not in seen and (method is None or record["method"] == method):
+                    seen.add(key)
+                    yield record
+
+
+def read_records(run_dir: str | Path, method: str | None = None) -> list[dict]:
+    """All complete records of a run (see :func:`iter_records`) as a list."""
+    return list(iter_records(run_dir, method))
 
 
 class RunStore:
-    """Create or resume a run folder whose identity is ``manifest['settings']``."""
+    """Create or resume a run folder whose identity is ``manifest['settings']``.
 
-    def __init__(self, run_dir: str | Path, manifest: dict):
+    ``rank`` 0 (the default) owns the folder: it checks or writes the manifest and merges what
+    earlier processes left (:meth:`consolidate`).  A rank r > 0 joins a folder the main rank has
+    prepared and writes only its own shard files.
+    """
+
+    def __init__(self, run_dir: str | Path, manifest: dict, rank: int = 0):
         self.dir = Path(run_dir)
-        self.records_path = self.dir / RECORDS
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rank = rank
         manifest = json.loads(json.dumps(manifest))  # compare as it reads back (lists, not tuples)
         path = self.dir / MANIFEST
-        if path.exists():
-            old = json.loads(path.read_text())
+        if rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if path.exists():
+                old = json.loads(path.read_text())
+                self._check_same(old.get("settings", {}), manifest["settings"])
+                manifest = {**manifest, "skipped": old.get("skipped", {}),
+                            "created": old.get("created", manifest.get("created"))}
+            elif (self.dir / RECORDS).exists():
+                raise RunFormatError(f"{self.dir}: has {RECORDS} but no {MANIFEST}; "
+                                     "not a neuronpath run folder")
+            self.manifest = manifest
+            self.manifest.setdefault("skipped", {})
+            write_json_atomic(path, self.manifest)
+            self.consolidate()
+        else:
+            old = read_manifest(self.dir)
             self._check_same(old.get("settings", {}), manifest["settings"])
-            manifest = {**manifest, "skipped": old.get("skipped", {}),
-                        "created": old.get("created", manifest.get("created"))}
-        elif self.records_path.exists():
-            raise RunFormatError(f"{self.dir}: has {RECORDS} but no {MANIFEST}; "
-                                 "not a neuronpath run folder")
-        self.manifest = manifest
-        self.manifest.setdefault("skipped", {})
-        write_json_atomic(path, self.manifest)
-        self._repair()
+            self.manifest = old
+        self.records_path = self.dir / (RECORDS if rank == 0 else SHARD_RECORDS.format(rank))
+        self._skipped_path = self.dir / SHARD_SKIPPED.format(rank)
+        self._skipped: dict[str, str] = {}
+        self.done: dict[str, set[str]] = {}
+        for record in read_records(self.dir):
+            self.done.setdefault(record["image"], set()).add(record["method"])
 
     def _check_same(self, old: dict, new: dict) -> None:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -92,16 +155,36 @@ class RunStore:
                 f"{self.dir} already holds a run with other settings ({details}). "
                 f"Use another folder ({option('out', 'DIR')}), or delete this one to start over.")
 
-    def _repair(self) -> None:
-        records, end = _complete_lines(self.records_path)
-        if self.records_path.exists() and self.records_path.stat().st_size > end:
-            log.warning("%s: removing a partial record left by an interrupted run",
-                        self.records_path)
-            with open(self.records_path, "r+b") as handle:
+    def consolidate(self, order: dict[str, int] | None = None) -> None:
+        """Main rank: cut partial last lines, merge every shard into ``records.jsonl`` (each
+        (image, method) once; sorted by ``order[image]`` when given, unknown images last) and
+        every shard's skipped images into the manifest, then remove the shards."""
+        records_path = self.dir / RECORDS
+        records, end = _complete_lines(records_path)
+        if records_path.exists() and records_path.stat().st_size > end:
+            log.warning("%s: removing a partial record left by an interrupted run", records_path)
+            with open(records_path, "r+b") as handle:
                 handle.truncate(end)
-        self.done: dict[str, set[str]] = {}
-        for record in records:
-            self.done.setdefault(record["image"], set()).add(record["method"])
+        shards = _shards(self.dir, SHARD_RECORDS)
+        skipped = _shards(self.dir, SHARD_SKIPPED)
+        if not shards and not skipped:
+            return
+        for shard in shards:
+            records += _complete_lines(shard)[0]
+        merged = _unique(records)
+        if order is not None:
+            merged.sort(key=lambda r: order.get(r["image"], len(order)))
+        tmp = records_path.with_name(RECORDS + ".tmp")
+        with open(tmp, "w") as handle:
+            handle.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in merged))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, records_path)
+        for shard in skipped:
+            self.manifest["skipped"].update(json.loads(shard.read_text()))
+        write_json_atomic(self.dir / MANIFEST, self.manifest)
+        for shard in shards + skipped:
+            shard.unlink()
 
     def append(self, records: list[dict]) -> None:
         """Append records durably (one write, flushed and fsync'ed)."""
@@ -118,5 +201,9 @@ class RunStore:
 
     def skip(self, image: str, reason: str) -> None:
         """Record an image that could not be used (kept in the manifest)."""
-        self.manifest["skipped"][image] = reason
-        write_json_atomic(self.dir / MANIFEST, self.manifest)
+        if self.rank == 0:
+            self.manifest["skipped"][image] = reason
+            write_json_atomic(self.dir / MANIFEST, self.manifest)
+        else:
+            self._skipped[image] = reason
+            write_json_atomic(self._skipped_path, self._skipped)

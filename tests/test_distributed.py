@@ -1,0 +1,142 @@
+"""find and evaluate under torchrun (2 CPU ranks, gloo): the run folder ends up as a single
+process leaves it, a corrupt image is reported once, and a rank killed mid-run loses and
+duplicates nothing when the run is resumed with another number of ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image_folder, save_tiny_model
+from neuronpath.cli import main
+from neuronpath.io.store import RECORDS, read_manifest, read_records
+
+FIND = ["find", "--steps", "3", "--device", "cpu", "--methods", "jas,activation"]
+
+
+def torchrun(ranks: int, args: list[str], **kwargs) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={ranks}", "-m", "neuronpath.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, **kwargs)
+
+
+def finish(process: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def by_key(records):
+    return {(r["image"], r["method"]): r for r in records}
+
+
+def assert_same_records(run, reference, keys=("path",)):
+    got, want = read_records(run), read_records(reference)
+    assert len(got) == len({(r["image"], r["method"]) for r in got})  # no duplicates
+    assert set(by_key(got)) == set(by_key(want))
+    for key, record in by_key(want).items():
+        for field in keys:
+            assert by_key(got)[key][field] == record[field], (key, field)
+        for field in ("jas", "prob", "base_prob", "remove_prob", "enhance_prob"):
+            if record.get(field) is not None:
+                assert by_key(got)[key][field] == pytest.approx(record[field], rel=1e-5, abs=1e-7)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=5)
+    (data / "cat" / "zz-broken.png").write_bytes(b"not an image")
+    return model, data
+
+
+def test_find_and_evaluate_under_two_ranks_equal_one_process(setup, tmp_path):
+    model, data = setup
+    common = ["--model", str(model), "--data", str(data), "--batch-size", "2"]
+    code, out, err = finish(torchrun(2, ["-q", *FIND, *common, "--out", str(tmp_path / "two")]))
+    assert code == 0, err
+    assert out.count("records:") == 1  # only the main rank prints
+    assert err.count("zz-broken.png: cannot read image") == 1  # reported once, not per rank
+    assert main(["-q", *FIND, *common, "--out", str(tmp_path / "one")]) == 0
+
+    two, one = tmp_path / "two", tmp_path / "one"
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert [(r["image"], r["method"]) for r in read_records(two)] == \
+        [(r["image"], r["method"]) for r in read_records(one)]  # the same order too
+    assert_same_records(two, one)
+    assert read_manifest(two)["skipped"].keys() == read_manifest(one)["skipped"].keys() == \
+        {"cat/zz-broken.png"}
+
+    code, out, err = finish(torchrun(2, ["-q", "evaluate", str(two), "--device", "cpu",
+                                         "--bootstrap", "20", "--batch-size", "3"]))
+    assert code == 0, err
+    assert main(["-q", "evaluate", str(one), "--device", "cpu", "--bootstrap", "20"]) == 0
+    assert_same_records(two / "evaluation", one / "evaluation",
+                        keys=("path", "base_pred", "remove_pred", "enhance_pred"))
+    assert (two / "evaluation" / "metrics.json").is_file()
+    assert not list(two.glob("**/*.rank*"))  # shards and progress files merged and removed
+
+
+def _child_with_rank(parent: int, rank: int) -> int | None:
+    children = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    for pid in children:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_a_rank_killed_mid_run_loses_and_duplicates_nothing_when_resumed_on_other_ranks(tmp_path):
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=40)
+    common = ["--model", str(model), "--data", str(data), "--batch-size", "1"]
+    run = tmp_path / "run"
+    process = torchrun(2, ["-q", *FIND, *common, "--out", str(run)])
+    shard = run / "records.rank1.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (shard.is_file() and shard.read_text().count("\n") >= 4):
+        time.sleep(0.01)
+    victim = _child_with_rank(process.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    code, _, _ = finish(process)
+    assert code != 0
+    partial = read_records(run)  # readable with no extra step, shards included
+    assert 0 < len(partial) < 2 * 120
+
+    code, _, err = finish(torchrun(3, ["-q", *FIND, *common, "--out", str(run)]))
+    assert code == 0, err
+    assert main(["-q", *FIND, *common, "--out", str(tmp_path / "one")]) == 0
+    assert_same_records(run, tmp_path / "one")
+    assert len(read_records(run)) == 2 * 120
+    assert (run / RECORDS).read_text().count("\n") == 2 * 120
+    assert not list(run.glob("*.rank*"))
+    kept = {(r["image"], r["method"]): r for r in partial}
+    for key, record in by_key(read_records(run)).items():  # finished records were not redone
+        if key in kept:
+            assert record == kept[key]
+    assert json.loads((run / "manifest.json").read_text())["skipped"] == {}
+
+
+def test_background_decoding_workers_give_the_same_records_and_skip_bad_images(setup, tmp_path):
+    model, data = setup
+    common = [*FIND, "--model", str(model), "--data", str(data), "--batch-size", "3"]
+    assert main(["-q", *common, "--out", str(tmp_path / "w0"), "--workers", "0"]) == 0
+    assert main(["-q", *common, "--out", str(tmp_path / "w2"), "--workers", "2"]) == 0
+    assert [(r["image"], r["method"], r["path"]) for r in read_records(tmp_path / "w2")] == \
+        [(r["image"], r["method"], r["path"]) for r in read_records(tmp_path / "w0")]
+    assert read_manifest(tmp_path / "w2")["skipped"].keys() == {"cat/zz-broken.png"}
