@@ -50,6 +50,8 @@ def main():
     parser.add_argument("--methods", default="jas+activation,influence-pattern,activation,knowledge",
                         help="comma-separated runs; '+' joins methods run together")
     parser.add_argument("--topk", type=int, default=1)
+    parser.add_argument("--rerank", default="0",
+                        help="jas search: re-score the best C candidates exactly ('all': every neuron)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,6 +62,7 @@ def main():
     pixels = torch.stack([adapter.preprocess(load_image(i.path)) for i in items]).to(args.device)
     labels = torch.tensor([i.label for i in items], device=args.device)
     config = AttributionConfig(steps=args.steps)
+    rerank = args.rerank if args.rerank == "all" else int(args.rerank)
 
     unit_seconds(adapter, pixels, labels, args.steps, 3)  # warm-up
     units = [unit_seconds(adapter, pixels, labels, args.steps, 10)]
@@ -70,7 +73,8 @@ def main():
         start = time.perf_counter()
         for s in range(0, len(items), args.batch_size):
             result = find_paths(adapter, pixels[s:s + args.batch_size],
-                                labels[s:s + args.batch_size], methods, config, k=args.topk)
+                                labels[s:s + args.batch_size], methods, config, k=args.topk,
+                                rerank=rerank)
             for m in methods:
                 scores[m] += result.scores[m].tolist()
         timings[run] = (time.perf_counter() - start) / len(items)
@@ -80,6 +84,7 @@ def main():
     unit = statistics.mean(units)
 
     print(f"model {args.model}: {adapter.num_layers} layers, m = {args.steps}, K = {args.topk}, "
+          f"rerank {rerank}, "
           f"{len(items)} images, batch {args.batch_size}, device {args.device}, "
           f"{torch.get_num_threads()} threads")
     print(f"unit (forward + input-gradient backward, {args.steps} rows): {unit * 1e3:.1f} ms "

@@ -50,29 +50,53 @@ def logits_with_cls_replaced(model, x1, replacements):
             h.remove()
 
 
+def official_layer_scores(model, x1, label, steps, path):
+    """Spec §2 candidate scores of layer t = len(path) given the path so far: left grid,
+    per-tensor grad calls, the clean forward repeated as the official code does."""
+    t = len(path)
+    h, _ = clean_cls(model, x1)
+    grad_sum = [torch.zeros_like(h[l]) for l in range(t + 1)]
+    for k in range(steps):
+        alpha = k / steps
+        reps = {}
+        for l in range(t):
+            u = h[l].clone()
+            u[path[l]] = alpha * h[l][path[l]]
+            reps[l] = u.requires_grad_(True)
+        reps[t] = (alpha * h[t]).requires_grad_(True)
+        p = logits_with_cls_replaced(model, x1, reps).softmax(-1)[label]
+        for l in range(t + 1):
+            (g,) = torch.autograd.grad(p, reps[l], retain_graph=True)
+            grad_sum[l] += g
+    value_prefix = sum(h[l][path[l]] for l in range(t))
+    grad_prefix = sum(grad_sum[l][path[l]] for l in range(t))
+    return (1 / steps) * (h[t] + value_prefix) * (grad_sum[t] + grad_prefix)
+
+
 def jas_path(model, x1, label, steps):
-    """Spec §2 search loop for one image: left grid, per-tensor grad calls, signed argmax."""
-    num_layers = len(sites(model))
+    """Spec §2 search loop for one image: signed argmax of the official scores per layer."""
     path = []
-    for t in range(num_layers):
-        h, _ = clean_cls(model, x1)  # the official code repeats the clean forward per layer
-        grad_sum = [torch.zeros_like(h[l]) for l in range(t + 1)]
-        for k in range(steps):
-            alpha = k / steps
-            reps = {}
-            for l in range(t):
-                u = h[l].clone()
-                u[path[l]] = alpha * h[l][path[l]]
-                reps[l] = u.requires_grad_(True)
-            reps[t] = (alpha * h[t]).requires_grad_(True)
-            p = logits_with_cls_replaced(model, x1, reps).softmax(-1)[label]
-            for l in range(t + 1):
-                (g,) = torch.autograd.grad(p, reps[l], retain_graph=True)
-                grad_sum[l] += g
-        value_prefix = sum(h[l][path[l]] for l in range(t))
-        grad_prefix = sum(grad_sum[l][path[l]] for l in range(t))
-        score = (1 / steps) * (h[t] + value_prefix) * (grad_sum[t] + grad_prefix)
-        path.append(int(torch.argmax(score)))
+    for _ in range(len(sites(model))):
+        path.append(int(torch.argmax(official_layer_scores(model, x1, label, steps, path))))
+    return path
+
+
+def reranked_jas_path(model, x1, label, steps, candidates=None):
+    """Alg. 1 as written: at each layer the candidate w maximising JAS(P + {w}) -- each w's JAS
+    computed on its own by ``set_jas`` -- over every neuron (``candidates=None``; ties to the
+    lower index) or over the official top-``candidates`` (ties to the better official rank)."""
+    points = [k / steps for k in range(steps)]
+    weights = [1 / steps] * steps
+    path = []
+    for t in range(len(sites(model))):
+        if candidates is None:
+            pool = list(range(clean_cls(model, x1)[0][t].shape[0]))
+        else:
+            scores = official_layer_scores(model, x1, label, steps, path)
+            pool = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))[:candidates]
+        exact = [set_jas(model, x1, label, {**{l: [p] for l, p in enumerate(path)}, t: [w]},
+                         points, weights) for w in pool]
+        path.append(pool[max(range(len(pool)), key=lambda i: (exact[i], -i))])
     return path
 
 
@@ -372,3 +396,23 @@ def pooled_final_jas(model, x1, label, path, steps):
 
 def pooled_activation_path(model, x1):
     return [int(torch.argmax(v.sum(0))) for v in clean_blocks(model, x1)]
+
+
+def prob_with_cls_multiplied(model, x1, label, multipliers):
+    """P(label) of one image with layer l's CLS post-GELU row multiplied by multipliers[l]
+    during the forward (downstream recomputed)."""
+    def make(vector):
+        def hook(module, inputs, output):
+            output = output.clone()
+            output[0, 0] = output[0, 0] * vector
+            return output
+        return hook
+
+    all_sites = sites(model)
+    hooks = [all_sites[l].register_forward_hook(make(v)) for l, v in multipliers.items()]
+    try:
+        with torch.no_grad():
+            return float(model(pixel_values=x1).logits.softmax(-1)[0, label])
+    finally:
+        for h in hooks:
+            h.remove()

@@ -193,3 +193,38 @@ def test_the_live_page_in_headless_chromium(full_run):
         assert not errors, errors
     finally:
         browser.quit()
+
+
+def test_a_50000_image_page_renders_one_page_of_rows_at_a_time(tmp_path):
+    """The explorer of an ImageNet-scale run: the list is paginated (the page keeps 50 rows in
+    the document whatever the run's size) and sorting works over all rows."""
+    from selenium.webdriver.common.by import By
+
+    from neuronpath.report.page import write_page
+
+    n = 50_000
+    generator = torch.Generator().manual_seed(0)
+    jas = torch.rand(n, generator=generator).tolist()
+    data = {"method": "jas", "methods": ["jas"], "classes": [f"class{i}" for i in range(1000)],
+            "layers": 12, "details": {}, "cards": [], "thumbs": {},
+            "rows": {"id": [f"c{i % 1000}/img{i}.JPEG" for i in range(n)],
+                     "label": [i % 1000 for i in range(n)], "pred": [0] * n,
+                     "predName": ["class0"] * n, "prob": [0.5] * n, "jas": {"jas": jas},
+                     "removed": None},
+            "capped": {"images": n, "details": 0, "neurons": 0, "cards": 0}}
+    overview = {"manifest": {"settings": {"model": "synthetic"}}, "summary": {}, "run": "RUN",
+                "evaluation": None, "classes": None, "prune": None, "method": "jas"}
+    page = write_page(tmp_path / "big.html", overview, data)
+    browser = _browser()
+    try:
+        browser.get(page.as_uri() + "#explorer")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#images tbody tr")) == 50
+        assert "50000 images — page 1 of 1000" in browser.find_element(By.ID, "page-info").text
+        header = next(th for th in browser.find_elements(By.CSS_SELECTOR, "#images th")
+                      if th.text.startswith("JAS jas"))
+        header.click()
+        first = browser.find_element(By.CSS_SELECTOR, "#images tbody tr")
+        assert first.get_attribute("data-image") == data["rows"]["id"][max(range(n), key=jas.__getitem__)]
+        assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        browser.quit()

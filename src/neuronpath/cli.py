@@ -14,6 +14,7 @@ from .engine.attribution import OBJECTIVES, TARGETS
 from .engine.editing import OPS
 from .engine.grids import GRIDS
 from .errors import NeuronpathError, command_line_options
+from .experiments.causal import run_causal
 from .experiments.classes import run_classes
 from .experiments.common import DTYPES
 from .experiments.evaluate import run_evaluate
@@ -25,6 +26,7 @@ from .experiments.summary import summary_text
 from .experiments.table import run_table
 from .io.labels import LABEL_MAPPINGS
 from .methods import DEFAULT_METHODS, REGISTRY, TOPK_MODES
+from .methods.base import parse_rerank
 from .models.demo import demo_data_dir
 from .models.loading import DEMO, PREPROCESS_CHOICES
 from .report.text import format_class_report
@@ -51,6 +53,10 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topk-mode", choices=TOPK_MODES, default="all",
                    help="all: every earlier TopK neuron enters the score (Alg. 3); official: "
                         "only the K-th does (the released code's bug, spec §8)")
+    p.add_argument("--rerank", type=_rerank, default=0,
+                   help="jas: re-score the search's best C candidates exactly, JAS(P + {w}) "
+                        "(Alg. 1 as written); 'all' scores every neuron; 0 (default) keeps the "
+                        "official whole-layer scoring")
     p.add_argument("--steps", type=int, default=20, help="alpha steps m (default: 20)")
     p.add_argument("--alphas", choices=GRIDS, default="left",
                    help="alpha grid; 'left' = official code (k/m, k=0..m-1), 'right' = Eq. 3")
@@ -130,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bootstrap", type=int, default=1000,
                           help="bootstrap resamples for confidence intervals (default: 1000)")
+    evaluate.add_argument("--causal", action="store_true",
+                          help="also the causal checks: each path removed whole, each layer's "
+                               "path neuron removed alone, only the path kept (RUN/causal/)")
     _add_workers_option(evaluate)
 
     classes = sub.add_parser("classes", help="class-level neuron statistics, utilisation "
@@ -203,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rerank(text: str) -> int | str:
+    try:
+        return parse_rerank(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).partition(": ")[2]) from None
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -236,7 +252,7 @@ def _find(args) -> Path:
                     batch_size=args.batch_size, device=args.device, dtype=args.dtype,
                     limit=args.limit, preprocess=args.preprocess, token=args.token,
                     labels=args.labels, memory_budget=args.memory_budget, topk=args.topk,
-                    topk_mode=args.topk_mode, image_size=args.image_size,
+                    topk_mode=args.topk_mode, rerank=args.rerank, image_size=args.image_size,
                     fc_norm_twice=args.fc_norm_twice, classes=args.classes,
                     prompt=args.prompt, workers=args.workers, command=sys.argv)
 
@@ -270,14 +286,21 @@ def _run(args, main_rank: bool = True) -> None:
         if args.command == "demo":
             print(summary_text(run_dir))
     elif args.command == "evaluate":
-        if run_evaluate(args.run, ops=args.ops, model=args.model, data=args.data,
-                        seed=args.seed, random_control=not args.no_random,
-                        batch_size=args.batch_size, device=args.device,
-                        bootstrap=args.bootstrap, workers=args.workers) is None:
+        common = dict(model=args.model, data=args.data, seed=args.seed,
+                      random_control=not args.no_random, batch_size=args.batch_size,
+                      device=args.device, bootstrap=args.bootstrap, workers=args.workers)
+        metrics = run_evaluate(args.run, ops=args.ops, **common)
+        causal = run_causal(args.run, **common) if args.causal else None
+        if metrics is None:  # another rank of a torchrun job
             return
         out = Path(args.run) / "evaluation"
         print((out / "table.md").read_text())
         print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'figure3.png'}")
+        if causal is not None:
+            folder = Path(args.run) / "causal"
+            print((folder / "causal.md").read_text())
+            print(f"wrote {folder / 'metrics.json'}, {folder / 'causal.md'}, "
+                  f"{folder / 'layers.png'}")
     elif args.command == "report":
         page = run_report(args.run, out=args.out, images=args.images, method=args.method,
                           cards=args.cards, batch_size=args.batch_size, device=args.device,

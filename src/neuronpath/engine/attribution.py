@@ -269,6 +269,31 @@ def joint_attribution_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean:
     return results
 
 
+def extension_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
+                     prefix: Mapping[int, torch.Tensor], layer: int, candidates: torch.Tensor,
+                     config: AttributionConfig = AttributionConfig(),
+                     last_only: bool = False) -> torch.Tensor:
+    """JAS (Eq. 2-3) of ``prefix`` ∪ {w} for every candidate w of ``layer``, computed exactly:
+    only w scales with alpha in ``layer`` (its other units frozen), the prefix's neurons scale
+    in theirs -- the semantics of the final JAS, one set per (image, candidate).
+
+    ``prefix``: {l: (images, K) indices}, layers below ``layer``; ``candidates``: (images, C)
+    neuron indices of ``layer``.  All images x candidates x alpha steps rows go through one
+    chunked gradient pass.  Returns (images, C) scores (unnormalised by the token count, which
+    does not change their order).
+    """
+    n_images, count = candidates.shape
+    device, widths = adapter.device, clean.widths
+    item_image = torch.arange(n_images, device=device).repeat_interleave(count)
+    index = {l: i.repeat_interleave(count, 0) for l, i in prefix.items()}
+    index[layer] = candidates.reshape(-1, 1).to(device)
+    grads = integrated_gradients(adapter, pixels, clean,
+                                 masks_for(index, widths, adapter.dtype, device), config,
+                                 item_image)
+    summed = {l: i[:, -1:] for l, i in index.items()} if last_only else index
+    return set_scores(clean, grads, summed, item_image).reshape(n_images, count)
+
+
 def joint_attribution_score(adapter: ModelAdapter, pixels: torch.Tensor, labels,
                             neurons: NeuronSet,
                             config: AttributionConfig = AttributionConfig()) -> torch.Tensor:

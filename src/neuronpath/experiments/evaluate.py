@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,63 +50,110 @@ def _check_complete(run_dir: Path, manifest: dict, by_image: dict[str, dict]) ->
                              f"find command, then evaluate")
 
 
+@dataclass
+class StoredPaths:
+    """A finished find run ready for edited forwards: its model (checked by weights hash), its
+    images, and per batch every method's stored paths plus a seeded random-path control."""
+
+    run_dir: Path
+    manifest: dict
+    by_image: dict[str, dict[str, dict]]
+    adapter: object
+    ranks: object
+    root: Path
+    seed: int
+    random_control: bool
+
+    @classmethod
+    def open(cls, run_dir: str | Path, model: str | None, data: str | Path | None, device: str,
+             seed: int, random_control: bool) -> "StoredPaths":
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise RunFormatError(f"{run_dir}: no such run folder")
+        manifest = read_manifest(run_dir)
+        by_image = {image: {r["method"]: r for r in rows}
+                    for image, rows in group_by(read_records(run_dir), "image").items()}
+        _check_complete(run_dir, manifest, by_image)
+        ranks = join_ranks(resolve_device(device))
+        adapter = load_run_model(run_dir, manifest, model, ranks.device)
+        root = Path(data or manifest["settings"]["data"]).expanduser()
+        return cls(run_dir, manifest, by_image, adapter, ranks, root, seed, random_control)
+
+    @property
+    def methods(self) -> list[str]:
+        """The run's methods, then the random control."""
+        return list(self.manifest["settings"]["methods"]) + ([RANDOM] if self.random_control else [])
+
+    @property
+    def find_sha(self) -> str:
+        return hashlib.sha256(json.dumps(self.manifest["settings"], sort_keys=True)
+                              .encode()).hexdigest()
+
+    def pending(self, store) -> list[ImageItem]:
+        """Images with every method's path that ``store`` has not finished."""
+        found = set(self.manifest["settings"]["methods"])
+        return [ImageItem(i, self.root / i, rec[next(iter(rec))]["label"], "")
+                for i, rec in self.by_image.items()
+                if found <= set(rec) and not set(self.methods) <= store.done.get(i, set())]
+
+    def paths(self, images: list[str]) -> dict[str, torch.Tensor]:
+        """{method: stored paths as recorded, (images, layers) or (images, layers, K)}, and the
+        random control's (images, layers, K)."""
+        layers = self.adapter.num_layers
+        paths = {m: torch.tensor([self.by_image[i][m]["path"] for i in images])
+                 for m in self.manifest["settings"]["methods"]}
+        if self.random_control:
+            k = next(iter(paths.values())).reshape(len(images), layers, -1).shape[-1]
+            widths = run_widths(self.manifest) or self.adapter.widths()
+            paths[RANDOM] = torch.stack([random_path(i, self.seed, layers, widths, k)
+                                         for i in images])
+        return paths
+
+    def pixels(self, batch) -> torch.Tensor:
+        if batch.errors:
+            raise RunFormatError(f"{batch.errors[0][1]}; pass {option('data', 'DIR')} with the "
+                                 f"run's image folder")
+        return batch.pixels.to(self.ranks.device, non_blocking=True)
+
+    def jas(self, image: str, method: str) -> float | None:
+        return self.by_image[image][method]["jas"] if method in self.by_image[image] else None
+
+    def manifest_for(self, tool: str, settings: dict) -> dict:
+        return {"tool": tool, "settings": {"find_settings_sha256": self.find_sha, **settings},
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"),
+                "versions": versions()}
+
+
 def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model: str | None = None,
                  data: str | Path | None = None, seed: int = 0, random_control: bool = True,
                  batch_size: int = 16, device: str = "auto", bootstrap: int = 1000,
                  progress: bool | None = None, workers: int | None = None) -> dict | None:
     """Evaluate a find run (resumable); returns the metrics (None on the other ranks of a
     ``torchrun`` job, which share the images)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunFormatError(f"{run_dir}: no such run folder")
     ops = list(dict.fromkeys(ops))
     unknown = [op for op in ops if op not in OPS]
     if unknown:
         raise ValueError(f"ops: unknown {unknown}; expected some of {list(OPS)}")
-    manifest = read_manifest(run_dir)
-    by_image = {image: {r["method"]: r for r in rows}
-                for image, rows in group_by(read_records(run_dir), "image").items()}
-    _check_complete(run_dir, manifest, by_image)
-    ranks = join_ranks(resolve_device(device))
-    adapter = load_run_model(run_dir, manifest, model, ranks.device)
-    data_root = Path(data or manifest["settings"]["data"]).expanduser()
-    methods = list(manifest["settings"]["methods"]) + ([RANDOM] if random_control else [])
-    find_sha = hashlib.sha256(json.dumps(manifest["settings"], sort_keys=True).encode()).hexdigest()
-    eval_manifest = {
-        "tool": "neuronpath evaluate",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"find_settings_sha256": find_sha, "ops": ops, "seed": seed,
-                     "methods": methods, "factors": {op: OPS[op] for op in ops}},
-        "versions": versions(),
-    }
-    store = open_store(ranks, run_dir / "evaluation", eval_manifest)
-    pending = [ImageItem(i, data_root / i, rec[next(iter(rec))]["label"], "")
-               for i, rec in by_image.items()
-               if set(manifest["settings"]["methods"]) <= set(rec)
-               and not set(methods) <= store.done.get(i, set())]
-    log.info("evaluate: %d images, %d to do -> %s", len(by_image), len(pending), store.dir)
-    widths = run_widths(manifest) or adapter.widths()
+    run = StoredPaths.open(run_dir, model, data, device, seed, random_control)
+    methods = run.methods
+    store = open_store(run.ranks, run.run_dir / "evaluation", run.manifest_for(
+        "neuronpath evaluate", {"ops": ops, "seed": seed, "methods": methods,
+                                "factors": {op: OPS[op] for op in ops}}))
+    pending = run.pending(store)
+    log.info("evaluate: %d images, %d to do -> %s", len(run.by_image), len(pending), store.dir)
 
     def handle(batch):
-        if batch.errors:
-            raise RunFormatError(f"{batch.errors[0][1]}; pass {option('data', 'DIR')} with the "
-                                 f"run's image folder")
         images = [it.id for it in batch.items]
         labels = torch.tensor([it.label for it in batch.items])
-        paths = {m: torch.tensor([by_image[i][m]["path"] for i in images])
-                 for m in manifest["settings"]["methods"]}
-        k = next(iter(paths.values())).reshape(len(images), adapter.num_layers, -1).shape[-1]
-        if random_control:
-            paths[RANDOM] = torch.stack([random_path(i, seed, adapter.num_layers, widths, k)
-                                         for i in images])
-        result = manipulate(adapter, batch.pixels.to(ranks.device, non_blocking=True), labels,
-                            paths, ops)
+        paths = run.paths(images)
+        result = manipulate(run.adapter, run.pixels(batch), labels, paths, ops)
         records = []
         for row, image in enumerate(images):
             for m in methods:
                 record = {"image": image, "label": int(labels[row]), "method": m,
                           "path": paths[m][row].tolist(),
-                          "jas": by_image[image][m]["jas"] if m in by_image[image] else None,
+                          "jas": run.jas(image, m),
                           "base_prob": float(result["base_prob"][row]),
                           "base_pred": int(result["base_pred"][row])}
                 for op in ops:
@@ -114,9 +162,9 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
                 records.append(record)
         store.append(records)
 
-    work_through(ranks, store, pending, adapter.preprocess, batch_size, workers, handle,
-                 list(by_image), "remove/enhance", progress)
-    return write_outputs(run_dir, ops, bootstrap, seed) if ranks.main else None
+    work_through(run.ranks, store, pending, run.adapter.preprocess, batch_size, workers, handle,
+                 list(run.by_image), "remove/enhance", progress)
+    return write_outputs(run.run_dir, ops, bootstrap, seed) if run.ranks.main else None
 
 
 def write_outputs(run_dir: Path, ops: Sequence[str], bootstrap: int, seed: int) -> dict:

@@ -46,6 +46,7 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
              device: str = "auto", dtype: str = "float32", limit: int | None = None,
              preprocess: str = "model", token: str | None = None, labels: str = "auto",
              memory_budget: str | int = "2GiB", topk: int = 1, topk_mode: str = "all",
+             rerank: int | str = 0,
              image_size: int | None = None, fc_norm_twice: bool = False,
              classes: str | Path | None = None, prompt: str | None = None,
              only: set[str] | None = None, progress: bool | None = None,
@@ -65,7 +66,7 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
         raise ValueError(f"batch size: expected a positive integer, got {batch_size}")
     if topk < 1:
         raise ValueError(f"topk: expected a positive integer, got {topk}")
-    PathOptions(topk_mode)  # validates
+    rerank = PathOptions(topk_mode, rerank).rerank  # validates both
     if limit is not None and limit < 1:
         raise ValueError(f"limit: expected a positive integer, got {limit}")
     ranks = join_ranks(resolve_device(device))
@@ -100,6 +101,9 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                 "command": None if command is None else list(command)},
         "versions": versions(),
     }
+    if rerank:  # Alg. 1 as written: exact re-scoring of the search's candidates
+        manifest["settings"]["rerank"] = rerank
+    manifest["search"] = {"rerank": rerank}
     if classes is not None:  # zero-shot: the label set is part of the run's identity
         manifest["settings"].update(classes=str(Path(classes).expanduser().resolve()),
                                     prompt=adapter.details["zero_shot"]["prompt"])
@@ -115,7 +119,7 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
         if batch.items:
             labels_t = torch.tensor([it.label for it in batch.items])
             result = find_paths(adapter, batch.pixels.to(torch_device, non_blocking=True),
-                                labels_t, methods, config, topk, topk_mode)
+                                labels_t, methods, config, topk, topk_mode, rerank)
             store.append(image_records(batch.items, result, methods, adapter.id2label))
 
     with log_to(store.dir / "find.log"):

@@ -25,13 +25,31 @@ class PathOptions:
 
     ``topk_mode``: with K > 1, ``all`` lets every earlier chosen neuron enter the score
     (Alg. 3); ``official`` only the K-th (the released code, spec §8).
+    ``rerank``: 0 keeps the official whole-layer candidate scoring of the JAS search; C > 0
+    re-scores its best C candidates exactly, JAS(P ∪ {w}) (Alg. 1 as written); ``"all"``
+    scores every neuron exactly.
     """
 
     topk_mode: str = "all"
+    rerank: int | str = 0
 
     def __post_init__(self):
         if self.topk_mode not in TOPK_MODES:
             raise ValueError(f"topk mode: expected one of {TOPK_MODES}, got {self.topk_mode!r}")
+        object.__setattr__(self, "rerank", parse_rerank(self.rerank))
+
+
+def parse_rerank(value: int | str) -> int | str:
+    """0, a positive number of candidates, or 'all'."""
+    if value == "all":
+        return value
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0 or (isinstance(value, float) and value != count):
+        raise ValueError(f"rerank: expected 0, a number of candidates or 'all', got {value!r}")
+    return count
 
 
 @dataclass

@@ -19,39 +19,56 @@ from __future__ import annotations
 import torch
 
 from ..engine.adapter import ModelAdapter
-from ..engine.attribution import AttributionConfig, CleanPass, integrated_gradients
+from ..engine.attribution import (AttributionConfig, CleanPass, extension_scores,
+                                 integrated_gradients)
 from ..engine.neurons import gather_neurons, masks_for, top_k
 from .base import MethodOutput, PathMethod, PathOptions
 
 
 def jas_path(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
              config: AttributionConfig = AttributionConfig(), k: int = 1,
-             topk_mode: str = "all") -> torch.Tensor:
-    """Layer-progressive search (Alg. 1 / Alg. 3 with official whole-layer candidate scoring).
+             topk_mode: str = "all", rerank: int | str = 0) -> torch.Tensor:
+    """Layer-progressive search (Alg. 1 / Alg. 3), official whole-layer candidate scoring, or
+    with ``rerank`` C > 0 its best C candidates re-scored exactly (``"all"``: every neuron).
 
-    Returns the path, a LongTensor (images, layers, k).
+    Re-scoring: candidate w of layer t scores JAS(P ∪ {w}) with only w scaled in layer t
+    (:func:`~neuronpath.engine.attribution.extension_scores`); the K best are kept, ties to
+    the better official rank (``"all"``: to the lower index).  Returns the path, a LongTensor
+    (images, layers, k).
     """
-    PathOptions(topk_mode)  # validates
+    rerank = PathOptions(topk_mode, rerank).rerank  # validates both
     n_images = clean.labels.shape[0]
     device, dtype = adapter.device, adapter.dtype
     widths = clean.widths
     if not 1 <= k <= min(widths):
         raise ValueError(f"topk: expected 1 <= K <= {min(widths)} (the FFN width), got {k}")
+    if rerank != "all" and 0 < rerank < k:
+        raise ValueError(f"rerank: expected at least K = {k} candidates, got {rerank}")
     path = torch.zeros(n_images, adapter.num_layers, k, dtype=torch.long, device=device)
     zero = torch.zeros((), dtype=dtype, device=device)
     terms = clean.token_terms
     for t in range(adapter.num_layers):
-        masks = masks_for({l: path[:, l] for l in range(t)}, widths, dtype, device)
-        masks[t] = torch.ones(n_images, widths[t], dtype=dtype, device=device)
-        grads = integrated_gradients(adapter, pixels, clean, masks, config)
-        summed = {l: path[:, l, -1:] if topk_mode == "official" else path[:, l]
-                  for l in range(t)}
-        value_prefix = sum((gather_neurons(terms(clean.acts[l]), i) for l, i in summed.items()),
-                           zero)
-        grad_prefix = sum((gather_neurons(terms(grads[l]), i) for l, i in summed.items()), zero)
-        scores = ((terms(clean.acts[t]) + value_prefix[..., None])
-                  * (terms(grads[t]) + grad_prefix[..., None])).sum(1)
-        path[:, t] = top_k(scores, k)
+        if rerank == "all":
+            candidates = torch.arange(widths[t], device=device).expand(n_images, -1)
+        else:
+            masks = masks_for({l: path[:, l] for l in range(t)}, widths, dtype, device)
+            masks[t] = torch.ones(n_images, widths[t], dtype=dtype, device=device)
+            grads = integrated_gradients(adapter, pixels, clean, masks, config)
+            summed = {l: path[:, l, -1:] if topk_mode == "official" else path[:, l]
+                      for l in range(t)}
+            value_prefix = sum((gather_neurons(terms(clean.acts[l]), i)
+                                for l, i in summed.items()), zero)
+            grad_prefix = sum((gather_neurons(terms(grads[l]), i) for l, i in summed.items()),
+                              zero)
+            scores = ((terms(clean.acts[t]) + value_prefix[..., None])
+                      * (terms(grads[t]) + grad_prefix[..., None])).sum(1)
+            if not rerank:
+                path[:, t] = top_k(scores, k)
+                continue
+            candidates = top_k(scores, min(rerank, widths[t]))
+        exact = extension_scores(adapter, pixels, clean, {l: path[:, l] for l in range(t)}, t,
+                                 candidates, config, last_only=topk_mode == "official")
+        path[:, t] = candidates.gather(1, top_k(exact, k))
     return path
 
 
@@ -59,4 +76,4 @@ METHOD = PathMethod(
     "jas", "JAS path: layer-progressive search maximising the Joint Attribution Score "
            "(Alg. 1; TopK: Alg. 3)",
     lambda adapter, pixels, clean, config, k, options: MethodOutput(
-        jas_path(adapter, pixels, clean, config, k, options.topk_mode)))
+        jas_path(adapter, pixels, clean, config, k, options.topk_mode, options.rerank)))

@@ -31,15 +31,16 @@ class PathResult:
 def find_paths(adapter: ModelAdapter, pixels: torch.Tensor, labels,
                methods: Sequence[str] = DEFAULT_METHODS,
                config: AttributionConfig = AttributionConfig(), k: int = 1,
-               topk_mode: str = "all") -> PathResult:
+               topk_mode: str = "all", rerank: int | str = 0) -> PathResult:
     """Find each method's path for a batch of images and its final JAS (spec §2, "Final JAS").
 
     ``methods`` are names from :data:`~neuronpath.methods.registry.REGISTRY` (``jas``,
     ``activation``, ``influence-pattern``, ``knowledge``).  One clean forward is shared by every
-    method; the final JAS of all paths comes from one batched pass.
+    method; the final JAS of all paths comes from one batched pass.  ``rerank`` re-scores the
+    JAS search's candidates exactly (see :func:`~neuronpath.methods.jas.jas_path`).
     """
     methods = check_methods(methods)
-    options = PathOptions(topk_mode)
+    options = PathOptions(topk_mode, rerank)
     clean = clean_pass(adapter, pixels, labels, config)
     paths, extras = {}, {}
     for method in methods:

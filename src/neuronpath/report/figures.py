@@ -179,3 +179,22 @@ def pruning_figure(report: Mapping, out_stem: str | Path, depth: int) -> list[Pa
                 ax.set_title(f"{method} (first {depth} layers)")
     axes[0, 0].legend(fontsize=7)
     return _save(figure, out_stem)
+
+
+def causal_layer_figure(metrics: Mapping[str, Mapping], out_stem: str | Path,
+                        title: str = "") -> list[Path]:
+    """Mean dP/P of removing one layer's path neuron alone, per layer, one line per method."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = figure.subplots()
+    for method, m in metrics.items():
+        values = 100 * np.asarray(m["each_removed_per_layer"])
+        ax.plot(range(len(values)), values, marker="o", markersize=3, label=method)
+    ax.axhline(0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("layer whose path neuron is removed alone")
+    ax.set_ylabel("mean (P_edit / P - 1) x 100 %")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    return _save(figure, out_stem)

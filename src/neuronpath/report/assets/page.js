@@ -149,7 +149,7 @@ function select(id) {
     path.neurons.forEach((neuron, layer) => {
       const box = document.createElement("div");
       box.className = "layer";
-      box.appendChild(heatmap(detail.thumb, path.maps[layer], 108));
+      box.appendChild(heatmap(detail.thumb, path.maps[layer], 90));
       const label = document.createElement("div");
       const share = path.share[layer];
       label.textContent = `L${layer} · #${neuron} · a ${fmt(path.act[layer], 2)}` + (share === null ? "" : ` · ${fmt(share * 100, 0)} %`);
