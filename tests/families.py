@@ -110,7 +110,8 @@ def save_family(family: str, folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     size = image_size(family)
     (folder / "preprocessor_config.json").write_text(json.dumps(
-        {**TINY_PREPROCESSOR, "size": {"height": size, "width": size}}))
+        {**TINY_PREPROCESSOR, "size": {"height": size, "width": size},
+         "image_processor_type": "ViTImageProcessor"}))
     if family in ZERO_SHOT:
         save_tokenizer(folder)
         (folder / "classes.tsv").write_text("".join(f"{n}\t{n}\n" for n in TINY_LABELS.values()))

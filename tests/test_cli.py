@@ -34,7 +34,8 @@ def test_find_writes_one_record_per_image_and_method(tiny_model_dir, image_folde
     manifest = read_manifest(tmp_path / "run")
     assert manifest["settings"]["steps"] == 4 and manifest["alpha_grid"]["name"] == "left"
     assert manifest["data"]["mapping"] == "label2id"
-    assert manifest["settings"]["preprocess"]["resize"] == [8, 8]
+    assert manifest["settings"]["preprocess"]["config"]["size"] == {"height": 8, "width": 8}
+    assert manifest["settings"]["preprocess"]["class"].startswith("ViTImageProcessor")
     assert len(manifest["settings"]["weights_sha256"]) == 64
     assert manifest["versions"]["torch"]
 

@@ -80,8 +80,7 @@ def test_corrupt_and_truncated_images_raise_image_read_error(tmp_path):
 
 
 def test_preprocess_matches_hand_computation():
-    prep = Preprocess.from_hf_config({"size": {"height": 4, "width": 6}, "image_mean": [0.5] * 3,
-                                      "image_std": [0.25] * 3, "resample": 0})
+    prep = Preprocess("model", (4, 6), None, None, 0, 1 / 255, (0.5,) * 3, (0.25,) * 3)
     image = Image.fromarray(np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3))
     out = prep(image)
     expected = (torch.arange(72, dtype=torch.float32).reshape(4, 6, 3) / 255 - 0.5) / 0.25
@@ -91,7 +90,7 @@ def test_preprocess_matches_hand_computation():
 def test_official_preprocess_and_shortest_edge_crop():
     official = Preprocess.official(224)
     assert official.resize == (224, 224) and official.mean == (0.485, 0.456, 0.406)
-    prep = Preprocess.from_hf_config({"size": {"shortest_edge": 8}, "do_center_crop": True,
-                                      "crop_size": {"height": 8, "width": 8}})
+    prep = Preprocess("model", None, 8, (8, 8), 2, 1 / 255, (0.485, 0.456, 0.406),
+                      (0.229, 0.224, 0.225))
     out = prep(Image.new("RGB", (30, 15)))
     assert out.shape == (3, 8, 8)

@@ -4,6 +4,7 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
 from neuronpath.errors import ModelLoadError, command_line_options
 from neuronpath.io.images import load_image, scan_image_folder
@@ -14,7 +15,9 @@ def test_local_folder_loads_with_its_preprocessing_and_labels(tiny_model_dir):
     adapter = load_model(str(tiny_model_dir), dtype=torch.float64)
     assert adapter.num_layers == 3 and adapter.dtype == torch.float64
     assert adapter.id2label == {0: "cat", 1: "dog", 2: "fish"}
-    assert adapter.preprocess.resize == (8, 8) and adapter.preprocess.mean == (0.5, 0.5, 0.5)
+    assert adapter.preprocess.config["size"] == {"height": 8, "width": 8}
+    assert tuple(adapter.preprocess.mean) == (0.5, 0.5, 0.5)
+    assert adapter.preprocess(Image.new("RGB", (13, 7))).shape == (3, 8, 8)
     official = load_model(str(tiny_model_dir), preprocess="official")
     assert official.preprocess.mean == (0.485, 0.456, 0.406) and official.preprocess.resize == (8, 8)
 
@@ -55,15 +58,14 @@ def test_files_and_missing_paths_are_explained(tmp_path):
 
 def test_demo_model_training_learns_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("NEURONPATH_CACHE", str(tmp_path))
-    from neuronpath.models.demo import PREPROCESSOR, demo_data_dir, train_demo_model
-    from neuronpath.io.preprocessing import Preprocess
+    from neuronpath.models.demo import TRAINING_PREPROCESS, demo_data_dir, train_demo_model
 
     data = demo_data_dir()
     assert sum(1 for _ in (data / "test").rglob("*.png")) == 355
     assert sum(1 for _ in (data / "train").rglob("*.png")) == 1797 - 355
     model = train_demo_model(data / "train", epochs=10, lr=5e-3, batch=32)  # short schedule
     folder = scan_image_folder(data / "test", model.config.id2label)
-    prep = Preprocess.from_hf_config(PREPROCESSOR)
+    prep = TRAINING_PREPROCESS
     x = torch.stack([prep(load_image(item.path)) for item in folder.items])
     y = torch.tensor([item.label for item in folder.items])
     with torch.no_grad():

@@ -33,7 +33,10 @@ from .report.text import format_class_report
 
 log = logging.getLogger("neuronpath")
 
-ERRORS = (ValueError, FileNotFoundError, NeuronpathError)
+# Expected failures of a user's input: the library raises them with a message naming the input
+# (a parameter, a file, a folder); each becomes one line on stderr.  Anything else is a bug and
+# keeps its traceback.
+ERRORS = (ValueError, OSError, NeuronpathError)
 
 
 def _methods(text: str) -> list[str]:

@@ -40,6 +40,10 @@ class RunFormatError(NeuronpathError):
     """A run folder that is missing or damaged."""
 
 
+class RunLockedError(RunConflictError):
+    """A run folder another process is writing."""
+
+
 def option(name: str, value: str | None = None) -> str:
     """How a message names parameter ``name`` (set to ``value``): ``name='value'`` for Python
     callers, ``--name value`` on the command line."""

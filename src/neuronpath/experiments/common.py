@@ -56,12 +56,23 @@ def resolve_device(device: str) -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device} requested but CUDA is not available")
-    if device == "mps" and not (getattr(torch.backends, "mps", None)
-                                and torch.backends.mps.is_available()):
-        raise ValueError("device: mps requested but not available")
-    return torch.device(device)
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{option('device')}: expected auto, cpu, cuda, cuda:N or mps; "
+                         f"got {device!r}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option('device')}: {device} requested but CUDA is not available")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{option('device')}: {device} requested but this machine has "
+                             f"{torch.cuda.device_count()} CUDA devices")
+    if parsed.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                     and torch.backends.mps.is_available()):
+        raise ValueError(f"{option('device')}: mps requested but not available")
+    return parsed
 
 
 def versions() -> dict:

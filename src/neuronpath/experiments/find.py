@@ -77,6 +77,11 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
     adapter = load_model(model, device=torch_device, dtype=model_dtype, token=token,
                          preprocess=preprocess, image_size=image_size,
                          fc_norm_twice=fc_norm_twice, classes=classes, prompt=prompt)
+    if topk > min(adapter.widths()):
+        raise ValueError(f"topk: expected 1 <= K <= {min(adapter.widths())} (the FFN width of "
+                         f"{adapter.describe()['class']}), got {topk}")
+    if rerank != "all" and 0 < rerank < topk:
+        raise ValueError(f"rerank: expected at least K = {topk} candidates, got {rerank}")
     folder = scan_image_folder(data, adapter.id2label, labels)
     items = [it for it in folder.items if only is None or it.id in only]
     items = interleave_classes(items)[:limit]
@@ -92,7 +97,8 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                      "fc_norm_twice": fc_norm_twice,
                      "subset_sha256": None if only is None else hashlib.sha256(
                          "\n".join(sorted(only)).encode()).hexdigest()},
-        "model": {**adapter.describe(), **model_widths(adapter)},
+        "model": {**adapter.describe(), **model_widths(adapter),
+                  "preprocessor": getattr(adapter.preprocess, "describe", lambda: None)()},
         "alpha_grid": config.grid.to_dict(),
         "data": folder.describe(),
         "run": {"batch_size": batch_size, "device": str(torch_device), "limit": limit,

@@ -142,7 +142,19 @@ def work_through(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], pr
                  desc: str, progress: bool | None = None) -> None:
     """Run ``handle(batch)`` over this rank's share of ``pending`` in decoded batches, with a
     progress bar of the whole run on the main rank; then wait for every rank and (main rank)
-    merge the shards, records ordered as ``order`` (image ids) lists them."""
+    merge the shards, records ordered as ``order`` (image ids) lists them.  The run folder's
+    lock is released at the end, also when the work fails."""
+    try:
+        _work(ranks, store, pending, preprocess, batch_size, workers, handle, desc, progress)
+        if ranks.main and ranks.world > 1:
+            store.consolidate({image: i for i, image in enumerate(order)})
+    finally:
+        store.close()
+
+
+def _work(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], preprocess,
+          batch_size: int, workers: int | None, handle, desc: str,
+          progress: bool | None) -> None:
     mine = ranks.share(pending)
     done = 0
     disable = not ranks.main or (None if progress is None else not progress)
@@ -160,5 +172,3 @@ def work_through(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], pr
             show(ranks.others_done(store.dir)[0] if ranks.main and ranks.world > 1 else 0)
         ranks.report(store.dir, done, finished=True)
         ranks.wait_for_others(store.dir, show)
-    if ranks.main and ranks.world > 1:
-        store.consolidate({image: i for i, image in enumerate(order)})

@@ -59,7 +59,8 @@ def scan_image_folder(root: str | Path, id2label: dict[int, str], how: str = "au
     items = []
     for folder in folders:
         for path in sorted((root / folder).rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            # a dangling link is listed too: reading it fails, and it is reported and skipped
+            if (path.is_file() or path.is_symlink()) and path.suffix.lower() in IMAGE_EXTENSIONS:
                 items.append(ImageItem(path.relative_to(root).as_posix(), path,
                                        mapping[folder], folder))
     if not items:

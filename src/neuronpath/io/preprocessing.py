@@ -1,9 +1,10 @@
-"""Image preprocessing, written out explicitly so that a run's manifest records it exactly.
+"""Image pipelines that are ours to define, written out so a run's manifest records them exactly.
 
-``Preprocess.from_hf_config`` reproduces a Hugging Face ``ViTImageProcessor``-style config
-(resize, optional centre crop, rescale, normalise) with PIL and NumPy, so no torchvision is
-needed.  ``Preprocess.official`` is the authors' pipeline (spec §9): a square resize to the
-model's image size (bilinear, antialiased) and ImageNet mean/std, no crop.
+``Preprocess.official`` is the authors' pipeline (spec §9): a square resize to the model's image
+size (bilinear, antialiased) and ImageNet mean/std, no crop.  The paper's checkpoint files
+(Google ``.npz``, MAE ``.pth``), which ship no processor, get their documented pipelines here
+too.  A Hugging Face model's own pipeline is its image processor, run by transformers itself
+(:class:`~neuronpath.models.huggingface.HFProcessor`), never a copy of it.
 """
 
 from __future__ import annotations
@@ -35,31 +36,6 @@ class Preprocess:
     def official(cls, image_size: int = 224) -> "Preprocess":
         return cls("official", (image_size, image_size), None, None,
                    int(Image.Resampling.BILINEAR), 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
-
-    @classmethod
-    def from_hf_config(cls, config: dict, name: str = "model") -> "Preprocess":
-        """Build from a ``preprocessor_config.json`` dict (ViT/DeiT/BEiT-style processors)."""
-        size = config.get("size", 224) if config.get("do_resize", True) else None
-        resize = shortest = None
-        if isinstance(size, int):
-            resize = (size, size)
-        elif isinstance(size, dict):
-            if "height" in size and "width" in size:
-                resize = (int(size["height"]), int(size["width"]))
-            elif "shortest_edge" in size:
-                shortest = int(size["shortest_edge"])
-            else:
-                raise ValueError(f"preprocessor config: unsupported 'size' {size!r}; expected "
-                                 "height/width or shortest_edge")
-        crop = None
-        if config.get("do_center_crop", False):
-            c = config.get("crop_size", 224)
-            crop = (c, c) if isinstance(c, int) else (int(c["height"]), int(c["width"]))
-        mean = config.get("image_mean", IMAGENET_MEAN) if config.get("do_normalize", True) else (0, 0, 0)
-        std = config.get("image_std", IMAGENET_STD) if config.get("do_normalize", True) else (1, 1, 1)
-        rescale = config.get("rescale_factor", 1 / 255) if config.get("do_rescale", True) else 1.0
-        return cls(name, resize, shortest, crop, int(config.get("resample", 2)), float(rescale),
-                   tuple(float(v) for v in _three(mean)), tuple(float(v) for v in _three(std)))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")

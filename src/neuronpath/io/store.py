@@ -9,7 +9,9 @@
 
 Several processes (ranks of one ``torchrun`` job) share a run folder without sharing a file: the
 main rank writes the manifest and ``records.jsonl``, rank r > 0 appends to its own shard
-``records.rank{r}.jsonl`` and ``skipped.rank{r}.json``.  :meth:`RunStore.consolidate` (the main
+``records.rank{r}.jsonl`` and ``skipped.rank{r}.json``.  The main rank holds an exclusive lock
+on the folder for the whole run (:class:`RunLock`), so no two jobs write one folder.
+:meth:`RunStore.consolidate` (the main
 rank, once every rank is done, and at the start of every run, which also cleans up after a
 killed job of any world size) merges the shards into ``records.jsonl`` and the manifest, so a
 finished folder looks exactly as a single process leaves it; until then :func:`read_records`
@@ -24,7 +26,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import RunConflictError, RunFormatError, option
+from ..errors import RunConflictError, RunFormatError, RunLockedError, option
 
 log = logging.getLogger("neuronpath")
 
@@ -47,7 +49,45 @@ def read_manifest(run_dir: str | Path) -> dict:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         raise RunFormatError(f"{run_dir}: not a neuronpath run (no {MANIFEST})")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFormatError(f"{path} is damaged (not valid JSON: {error}); restore it, or delete "
+                             f"{run_dir} to start the run over") from error
+    if not isinstance(manifest, dict) or "settings" not in manifest:
+        raise RunFormatError(f"{path} is damaged (no settings); restore it, or delete {run_dir} "
+                             f"to start the run over")
+    return manifest
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the life of one process's run: ``flock`` on
+    ``.lock``, which the operating system releases when the process ends however it ends, so
+    a killed run never leaves the folder locked.  The file names the holder."""
+
+    def __init__(self, folder: Path):
+        import fcntl
+        import socket
+
+        self.path = folder / ".lock"
+        self._handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "an unknown process"
+            self._handle.close()
+            raise RunLockedError(f"{folder} is in use by another neuronpath process ({holder}); "
+                                 f"wait for it to finish, or use another folder "
+                                 f"({option('out', 'DIR')})") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self._handle.flush()
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()  # closing the file releases the lock
 
 
 def _complete_lines(path: Path) -> tuple[list[dict], int]:
@@ -122,10 +162,12 @@ class RunStore:
         self.rank = rank
         manifest = json.loads(json.dumps(manifest))  # compare as it reads back (lists, not tuples)
         path = self.dir / MANIFEST
+        self.lock = None
         if rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.dir)
             if path.exists():
-                old = json.loads(path.read_text())
+                old = read_manifest(self.dir)
                 self._check_same(old.get("settings", {}), manifest["settings"])
                 manifest = {**manifest, "skipped": old.get("skipped", {}),
                             "created": old.get("created", manifest.get("created"))}
@@ -146,6 +188,11 @@ class RunStore:
         self.done: dict[str, set[str]] = {}
         for record in read_records(self.dir):
             self.done.setdefault(record["image"], set()).add(record["method"])
+
+    def close(self) -> None:
+        """Release the folder (the main rank's lock)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _check_same(self, old: dict, new: dict) -> None:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

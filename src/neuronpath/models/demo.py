@@ -30,6 +30,8 @@ PREPROCESSOR = {"do_resize": True, "size": {"height": 16, "width": 16}, "resampl
                 "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
                 "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
                 "image_processor_type": "ViTImageProcessor"}
+# the same pipeline written out, for training (inference uses the saved processor itself)
+TRAINING_PREPROCESS = Preprocess("demo", (16, 16), None, None, 2, 1 / 255, (0.5,) * 3, (0.5,) * 3)
 
 
 def cache_dir() -> Path:
@@ -96,7 +98,7 @@ def train_demo_model(train_dir: Path, epochs: int = 40, seed: int = 0, lr: float
 
     labels = {i: str(i) for i in range(10)}
     folder = scan_image_folder(train_dir, labels)
-    prep = Preprocess.from_hf_config(PREPROCESSOR)
+    prep = TRAINING_PREPROCESS
     x = torch.stack([prep(load_image(item.path)) for item in folder.items])
     y = torch.tensor([item.label for item in folder.items])
     torch.manual_seed(seed)

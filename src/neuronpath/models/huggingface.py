@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..engine.adapter import ModelAdapter, find_ffn_activations
@@ -93,9 +94,47 @@ def from_hf_model(model: nn.Module, *, preprocess: Preprocess | None = None,
     return settle_token_policy(adapter, token, readout or hf_readout(model), distillation)
 
 
-def hf_preprocess(spec: str, local_only: bool, config) -> Preprocess:
-    """The model's ``preprocessor_config.json``, or the official pipeline when it has none."""
+class HFProcessor:
+    """A model's own Hugging Face image processor as a preprocessing callable: PIL image ->
+    (3, H, W) tensor, exactly what ``AutoImageProcessor.from_pretrained(DIR)(image)`` gives
+    (transformers runs its PIL backend where torchvision is absent)."""
+
+    name = "model"
+
+    def __init__(self, processor, config: dict):
+        self.processor = processor
+        self.config = config  # the preprocessor_config.json it was made from
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+    @property
+    def mean(self):
+        return getattr(self.processor, "image_mean", None) \
+            if getattr(self.processor, "do_normalize", True) else None
+
+    @property
+    def std(self):
+        return getattr(self.processor, "image_std", None) \
+            if getattr(self.processor, "do_normalize", True) else None
+
+    def to_dict(self) -> dict:
+        """What identifies the pipeline (part of a run's settings): the processor class and the
+        config file it was built from."""
+        return {"name": self.name, "class": type(self.processor).__name__, "config": self.config}
+
+    def describe(self) -> dict:
+        """The processor's full resolved config (for the manifest)."""
+        return {"class": type(self.processor).__name__,
+                "config": json.loads(self.processor.to_json_string())}
+
+
+def hf_preprocess(spec: str, local_only: bool, config) -> HFProcessor | Preprocess:
+    """The model's own image processor, or the official pipeline when it has no
+    ``preprocessor_config.json`` (said in a warning)."""
+    from transformers import AutoImageProcessor
     from transformers.utils import cached_file
+    from transformers.utils import logging as hf_logging
 
     try:
         path = cached_file(spec, "preprocessor_config.json", local_files_only=local_only,
@@ -107,7 +146,17 @@ def hf_preprocess(spec: str, local_only: bool, config) -> Preprocess:
         log.warning("model %s has no preprocessor_config.json; using the official "
                     "preprocessing (square %d resize, ImageNet mean/std)", spec, size)
         return Preprocess.official(size)
-    return Preprocess.from_hf_config(json.loads(Path(path).read_text()))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # not its note that it falls back to PIL without torchvision
+    try:
+        settings = json.loads(Path(path).read_text())
+        processor = AutoImageProcessor.from_pretrained(spec, local_files_only=local_only)
+    except (ValueError, OSError) as error:
+        raise ModelLoadError(f"model: {path} is not an image processor config transformers can "
+                             f"load ({error})") from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return HFProcessor(processor, settings)
 
 
 def load_hf(spec: str, local_only: bool, classes: str | None = None,
@@ -122,7 +171,18 @@ def load_hf(spec: str, local_only: bool, classes: str | None = None,
     from .zero_shot import DEFAULT_PROMPT, build_zero_shot, contrastive_family, zero_shot_readout
 
     hf_logging.disable_progress_bar()
-    config = AutoConfig.from_pretrained(spec, local_files_only=local_only)
+    config_file = Path(spec) / "config.json"
+    if config_file.is_file():
+        try:
+            json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ModelLoadError(f"model: {config_file} is not valid JSON ({error}); expected the "
+                                 f"config.json that save_pretrained writes") from error
+    try:
+        config = AutoConfig.from_pretrained(spec, local_files_only=local_only)
+    except ValueError as error:  # a config transformers does not know
+        raise ModelLoadError(f"model: {spec} is not a model transformers can load ({error})") \
+            from error
     architectures = list(getattr(config, "architectures", None) or [])
     classifier = any(a.endswith("ForImageClassification") for a in architectures)
     contrastive = contrastive_family(config) is not None and not classifier

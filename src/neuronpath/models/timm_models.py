@@ -21,7 +21,9 @@ RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.B
 
 
 def preprocess_from_timm(cfg: dict) -> Preprocess:
-    """timm's eval transform: resize the short side to size / crop_pct, centre crop, normalise."""
+    """timm's eval transform written out from a ``pretrained_cfg`` (resize the short side to
+    size / crop_pct, centre crop, normalise), for modules in timm's layout when timm itself is
+    not installed; ``load_timm`` uses timm's own transform."""
     _, height, width = cfg.get("input_size", (3, 224, 224))
     crop_pct = cfg.get("crop_pct", 0.875)
     resample = RESAMPLE.get(cfg.get("interpolation", "bicubic"), Image.Resampling.BICUBIC)
@@ -69,4 +71,26 @@ def load_timm(name: str, *, token: str | None = None) -> ModelAdapter:
         model = timm.create_model(name, pretrained=True)
     except Exception as error:  # noqa: BLE001 - network, unknown name, ...
         raise ModelLoadError(f"model: timm could not create {name!r}: {error}") from error
-    return from_timm_model(model, token=token, name=f"timm:{name}")
+    adapter = from_timm_model(model, token=token, name=f"timm:{name}")
+    adapter.preprocess = TimmTransform(timm.data.resolve_data_config({}, model=model))
+    return adapter
+
+
+class TimmTransform:
+    """timm's own eval transform for a model (``timm.data.create_transform`` of its resolved
+    data config), used where timm is installed."""
+
+    name = "model"
+
+    def __init__(self, config: dict):
+        import timm.data
+
+        self.config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()}
+        self.transform = timm.data.create_transform(**config)
+        self.mean, self.std = config.get("mean"), config.get("std")
+
+    def __call__(self, image):
+        return self.transform(image.convert("RGB"))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "class": "timm.data.create_transform", "config": self.config}

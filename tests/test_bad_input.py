@@ -1,0 +1,137 @@
+"""Bad input, round 2: one clear line for every user mistake, and no two writers in one run
+folder (a lock that a killed process cannot leave stuck)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import make_image_folder, save_tiny_model
+from neuronpath.cli import main
+from neuronpath.io.store import RECORDS, read_manifest, read_records
+
+FIND = ["find", "--steps", "3", "--device", "cpu"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("neuronpath: error:"), err
+    return err
+
+
+def test_a_token_index_beyond_the_models_tokens_is_refused(tiny_model_dir, image_folder, tmp_path,
+                                                           capsys):
+    assert main([*FIND, "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
+                 str(tmp_path / "run"), "--token", "99"]) == 2
+    err = one_line_error(capsys)
+    assert "99" in err and "5 tokens" in err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_an_unknown_device_is_refused_naming_the_option(tiny_model_dir, image_folder, tmp_path,
+                                                         capsys):
+    assert main([*FIND[:-2], "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
+                 str(tmp_path / "run"), "--device", "bogus"]) == 2
+    err = one_line_error(capsys)
+    assert "--device" in err and "bogus" in err and "cuda:N" in err
+
+
+def test_a_config_that_is_not_json_is_named(tiny_model_dir, image_folder, tmp_path, capsys):
+    (tiny_model_dir / "config.json").write_text("{ this is not json")
+    assert main([*FIND, "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
+                 str(tmp_path / "run")]) == 2
+    err = one_line_error(capsys)
+    assert "config.json" in err and "not valid JSON" in err
+
+
+def test_a_damaged_manifest_is_named_with_what_to_do(tiny_model_dir, image_folder, tmp_path,
+                                                     capsys):
+    out = tmp_path / "run"
+    args = [*FIND, "--model", str(tiny_model_dir), "--data", str(image_folder), "--out", str(out),
+            "--limit", "2"]
+    assert main(["-q", *args]) == 0
+    (out / "manifest.json").write_text("")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = one_line_error(capsys)
+    assert "manifest.json" in err and "damaged" in err and "delete" in err
+
+
+def test_a_dangling_symbolic_link_is_reported_and_skipped(tiny_model_dir, image_folder, tmp_path):
+    (image_folder / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    out = tmp_path / "run"
+    assert main(["-q", *FIND, "--model", str(tiny_model_dir), "--data", str(image_folder),
+                 "--out", str(out)]) == 0
+    assert "cat/gone.png" in read_manifest(out)["skipped"]
+    assert "cat/gone.png" not in {r["image"] for r in read_records(out)}
+
+
+def test_options_are_checked_against_the_model_before_any_work(tiny_model_dir, image_folder,
+                                                               tmp_path, capsys):
+    assert main([*FIND, "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
+                 str(tmp_path / "run"), "--topk", "13"]) == 2
+    assert "FFN width" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unexpected_internal_error_keeps_its_traceback(monkeypatch, tiny_model_dir,
+                                                          image_folder, tmp_path):
+    import neuronpath.experiments.find as find
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("an internal bug")
+
+    monkeypatch.setattr(find, "find_paths", broken)
+    with pytest.raises(ZeroDivisionError):
+        main(["-q", *FIND, "--model", str(tiny_model_dir), "--data", str(image_folder),
+              "--out", str(tmp_path / "run")])
+
+
+def _find_process(model, data, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "neuronpath.cli", "-q", *FIND, "--model",
+                             str(model), "--data", str(data), "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_finds_started_at_once_on_one_folder(tmp_path):
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=40)  # a run of several seconds
+    out = tmp_path / "run"
+    first, second = (_find_process(model, data, out, "--batch-size", "1", "--steps", "12")
+                     for _ in range(2))
+    results = [(p.wait(timeout=120), p.communicate()[1]) for p in (first, second)]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2).strip()
+    assert len(refused.splitlines()) == 1
+    assert str(out) in refused and "in use by another neuronpath process" in refused
+    assert re.search(r"pid \d+", refused)
+    records = read_records(out)
+    assert len(records) == 2 * 120 == len({(r["image"], r["method"]) for r in records})
+    assert (out / RECORDS).read_text().count("\n") == 2 * 120
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block_the_next_run(tmp_path):
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=40)
+    out = tmp_path / "run"
+    process = _find_process(model, data, out, "--batch-size", "1")
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / RECORDS).is_file()
+                                          and (out / RECORDS).read_text().count("\n") >= 4):
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(read_records(out)) < 2 * 120
+    assert main(["-q", *FIND, "--model", str(model), "--data", str(data), "--out", str(out),
+                 "--batch-size", "8"]) == 0
+    assert len(read_records(out)) == 2 * 120
+    json.loads((out / "manifest.json").read_text())
+
