@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import option
 from .adapter import ModelAdapter
 from .tokens import TokenPolicy
 
@@ -99,11 +100,11 @@ def settle_token_policy(adapter: ModelAdapter, requested: TokenPolicy | str | No
         if isinstance(requested, str):
             requested = TokenPolicy.parse(requested, distillation_index=distillation_index)
         if found.hierarchical and requested.spans != ((0, None),):
-            raise ValueError(f"token: {model}'s blocks have different token counts, so only "
+            raise ValueError(f"{option('token')}: {model}'s blocks have different token counts, so only "
                              f"'all' is defined there, not {requested.name!r}")
         dead = sorted(set(requested.positions(count)) - read)
         if dead:
-            raise ValueError(f"token: {requested.name!r} includes positions {_ranges(dead)} whose "
+            raise ValueError(f"{option('token')}: {requested.name!r} includes positions {_ranges(dead)} whose "
                              f"last-layer neurons cannot influence the output of {model}; its head "
                              f"reads {reason} (token {policy.name!r})")
         policy, reason = requested, f"requested ({requested.name}); the head reads {reason}"
