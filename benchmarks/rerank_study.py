@@ -69,6 +69,9 @@ def main():
         print(f"|  | `--rerank {rerank}` minus official, paired | {cell(jas_diff, draws, digits=4)} "
               f"| {cell(remove_diff, draws, 100, 1)} | {cell(enhance_diff, draws, 100, 1)} "
               f"| | | |")
+        ahead = (jas_diff > 1e-6).mean(), (jas_diff < -1e-6).mean()
+        print(f"|  | `--rerank {rerank}`: final JAS higher than official on {ahead[0]:.1%} of images, "
+              f"lower on {ahead[1]:.1%}, equal on {1 - sum(ahead):.1%} | | | | | | |")
 
 
 if __name__ == "__main__":
