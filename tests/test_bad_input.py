@@ -81,6 +81,21 @@ def test_options_are_checked_against_the_model_before_any_work(tiny_model_dir, i
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("flag, value, named", [
+    ("--topk", "13", "--topk"), ("--limit", "0", "--limit"), ("--steps", "0", "--steps"),
+    ("--workers", "-1", "--workers"), ("--labels", "label2id", "--data")])
+def test_a_library_message_names_the_flag_on_the_command_line(tiny_model_dir, image_folder,
+                                                              tmp_path, capsys, flag, value,
+                                                              named):
+    """The library names its parameters (``topk``); the command line names the flag."""
+    run = tmp_path / "run"
+    args = ["--model", str(tiny_model_dir), "--data", str(image_folder), "--out", str(run)]
+    if flag == "--labels":  # the tiny model's labels are not the folder names
+        (image_folder / "cat").rename(image_folder / "lion")
+    assert main([*FIND, *args, flag, value]) == 2
+    assert one_line_error(capsys).startswith(f"neuronpath: error: {named}: ")
+
+
 def test_an_unexpected_internal_error_keeps_its_traceback(monkeypatch, tiny_model_dir,
                                                           image_folder, tmp_path):
     import neuronpath.experiments.find as find

@@ -106,3 +106,51 @@ def test_prune_command_end_to_end(tiny_model_dir, tmp_path, capsys):
     kept = report["kept"]["jas"]["cat"]["2"]
     assert len(kept) == 3 and all(len(layer) == 2 for layer in kept)
     assert set(report["split"].values()) == {"probe", "test"}
+
+
+def test_a_reused_find_run_must_match_the_prune_runs_inputs(tiny_model_dir, tmp_path, capsys):
+    """prune --find-run evaluates the kept neurons on the inputs it is given: a find run made
+    with another image pipeline (or label mapping) is refused, and the same options are
+    accepted."""
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "images", per_class=5)
+    found = tmp_path / "found"
+    assert main(["-q", "find", "--model", str(tiny_model_dir), "--data", str(data),
+                 "--out", str(found), "--methods", "jas,activation", "--topk", "2",
+                 "--steps", "3", "--device", "cpu", "--preprocess", "official",
+                 "--labels", "sorted-folders"]) == 0
+    capsys.readouterr()
+    prune = ["-q", "prune", "--model", str(tiny_model_dir), "--data", str(data),
+             "--keep", "1,2", "--mask", "1", "--device", "cpu", "--find-run", str(found)]
+    assert main(prune + ["--out", str(tmp_path / "p1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other inputs" in err
+    assert "preprocess: official" in err
+    assert "labels: 'sorted-folders' there, 'label2id' here" in err
+    assert not (tmp_path / "p1" / "results.json").exists()
+    assert main(prune + ["--out", str(tmp_path / "p2"), "--preprocess", "official",
+                         "--labels", "sorted-folders"]) == 0
+    report = json.loads((tmp_path / "p2" / "results.json").read_text())
+    assert report["find_run"] == str(found)
+
+
+def test_prune_streams_the_test_images_in_chunks_without_changing_a_number(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """The test images are evaluated a chunk at a time (ImageNet-scale test sets do not fit in
+    memory at once); chunks of 2 give exactly the numbers of one chunk."""
+    import neuronpath.experiments.prune as prune
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "images", per_class=10)
+    args = ["-q", "prune", "--model", str(tiny_model_dir), "--data", str(data), "--keep", "1,3",
+            "--mask", "0.5,1", "--depth", "2,3", "--steps", "3", "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    monkeypatch.setattr(prune, "TEST_CHUNK", 2)
+    assert main(args + ["--out", str(tmp_path / "chunked"),
+                        "--find-run", str(tmp_path / "whole" / "find")]) == 0
+    whole, chunked = (json.loads((tmp_path / name / "results.json").read_text())
+                      for name in ("whole", "chunked"))
+    assert whole["test_images"] == chunked["test_images"] == 6
+    assert chunked["results"] == whole["results"]
+    assert chunked["comparisons"] == whole["comparisons"]

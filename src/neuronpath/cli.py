@@ -68,12 +68,20 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", choices=OBJECTIVES, default="prob",
                    help="F: softmax probability (official) or logit")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
+    p.add_argument("--limit", type=int, help="at most N images, taken round-robin over classes")
+    _add_model_options(p)
+    p.add_argument("--memory-budget", default="2GiB",
+                   help="saved activations per chunk of rows (default: 2GiB)")
+    _add_workers_option(p)
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """How the model is loaded and what it is shown: shared by find and prune."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="float32/float64 convert the model; tf32: float32 with TF32 matmuls "
                         "(CUDA); bfloat16/float16 run it under autocast (see the README on "
                         "when reduced precision is safe)")
-    p.add_argument("--limit", type=int, help="at most N images, taken round-robin over classes")
     p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="model",
                    help="the model's own processor config, or the official code's (spec §9)")
     p.add_argument("--token", help="token policy (default: where the model's head reads, e.g. "
@@ -88,9 +96,6 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
                         "code; position embeddings are resized when the grid differs)")
     p.add_argument("--fc-norm-twice", action="store_true",
                    help="MAE checkpoints: apply fc_norm twice, as the official code does (spec §4)")
-    p.add_argument("--memory-budget", default="2GiB",
-                   help="saved activations per chunk of rows (default: 2GiB)")
-    _add_workers_option(p)
 
 
 def _add_workers_option(p: argparse.ArgumentParser) -> None:
@@ -184,14 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--topk-mode", choices=TOPK_MODES, default="all")
     prune.add_argument("--steps", type=int, default=20)
     prune.add_argument("--batch-size", type=int, default=8)
-    prune.add_argument("--device", default="auto")
     prune.add_argument("--table-keep", type=int, default=5)
     prune.add_argument("--table-mask", type=float, default=1.0)
     prune.add_argument("--bootstrap", type=int, default=1000,
                        help="bootstrap resamples over test images (default: 1000)")
-    prune.add_argument("--token", help="token policy (default: where the model's head reads)")
+    _add_model_options(prune)
     _add_workers_option(prune)
-    _add_zero_shot_options(prune)
 
     report = sub.add_parser("report", help="one self-contained web page for a run: overview, "
                                            "path explorer, neuron cards")
@@ -322,7 +325,9 @@ def _run(args, main_rank: bool = True) -> None:
                      find_run=args.find_run, topk_mode=args.topk_mode,
                      steps=args.steps, batch_size=args.batch_size, device=args.device,
                      table_keep=args.table_keep, table_mask=args.table_mask,
-                     bootstrap=args.bootstrap, token=args.token, classes=args.classes,
+                     bootstrap=args.bootstrap, dtype=args.dtype, preprocess=args.preprocess,
+                     token=args.token, labels=args.labels, image_size=args.image_size,
+                     fc_norm_twice=args.fc_norm_twice, classes=args.classes,
                      prompt=args.prompt, workers=args.workers, command=sys.argv) is None:
             return
         print((Path(args.out) / "table3.md").read_text())

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import option
+
 
 @dataclass
 class ClassPaths:
@@ -54,7 +56,7 @@ def class_paths(records: Sequence[dict], method: str, width: int | Sequence[int]
             by_class.setdefault(r["label"], []).append(r)
             names[r["label"]] = r.get("label_name") or str(r["label"])
     if not by_class:
-        raise ValueError(f"method: the run has no records of {method!r}")
+        raise ValueError(f"{option('method')}: the run has no records of {method!r}")
     classes = sorted(by_class)
     paths = {}
     for c in classes:

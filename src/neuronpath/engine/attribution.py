@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import option
 from .adapter import ModelAdapter
 from .grids import AlphaGrid, alpha_grid
 from .interventions import record_neurons, replace_neurons
@@ -48,11 +49,11 @@ class AttributionConfig:
     def __post_init__(self):
         alpha_grid(self.alphas, self.steps)  # validates both
         if self.target not in TARGETS:
-            raise ValueError(f"target: expected one of {TARGETS}, got {self.target!r}")
+            raise ValueError(f"{option('target')}: expected one of {TARGETS}, got {self.target!r}")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
+            raise ValueError(f"{option('objective')}: expected one of {OBJECTIVES}, got {self.objective!r}")
         if self.memory_budget <= 0:
-            raise ValueError(f"memory_budget: expected a positive number of bytes, "
+            raise ValueError(f"{option('memory_budget')}: expected a positive number of bytes, "
                              f"got {self.memory_budget}")
 
     @property

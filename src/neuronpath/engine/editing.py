@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from ..errors import option
 from .adapter import ModelAdapter
 from .interventions import multiply_neurons, scale_neurons
 from .neurons import layer_width
@@ -54,7 +55,7 @@ def manipulate(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor
     """
     unknown = [op for op in ops if op not in OPS]
     if unknown:
-        raise ValueError(f"ops: unknown {unknown}; expected some of {list(OPS)}")
+        raise ValueError(f"{option('ops')}: unknown {unknown}; expected some of {list(OPS)}")
     device = adapter.device
     pixels = pixels.to(device, adapter.dtype)
     labels = torch.as_tensor(labels, device=device).long()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import option
+
 GRIDS = ("left", "right", "midpoint", "trapezoid", "gauss-legendre")
 
 
@@ -37,9 +39,9 @@ class AlphaGrid:
 def alpha_grid(name: str = "left", steps: int = 20) -> AlphaGrid:
     """Build the named grid with ``steps`` points (m in the paper)."""
     if name not in GRIDS:
-        raise ValueError(f"alphas: unknown grid {name!r}; expected one of {', '.join(GRIDS)}")
+        raise ValueError(f"{option('alphas')}: unknown grid {name!r}; expected one of {', '.join(GRIDS)}")
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+        raise ValueError(f"{option('steps')}: expected a positive integer, got {steps!r}")
     m = steps
     k = np.arange(m, dtype=np.float64)
     if name == "left":
@@ -50,7 +52,7 @@ def alpha_grid(name: str = "left", steps: int = 20) -> AlphaGrid:
         points, weights = (k + 0.5) / m, np.full(m, 1.0 / m)
     elif name == "trapezoid":
         if m < 2:
-            raise ValueError("steps: the trapezoid grid needs at least 2 points")
+            raise ValueError(f"{option('steps')}: the trapezoid grid needs at least 2 points")
         points = k / (m - 1)
         weights = np.full(m, 1.0 / (m - 1))
         weights[[0, -1]] /= 2

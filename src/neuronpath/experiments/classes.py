@@ -110,7 +110,7 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
     chosen = list(plot_classes) if plot_classes else names[:4]
     unknown = [c for c in chosen if c not in names]
     if unknown:
-        raise ValueError(f"classes: {unknown} are not classes of the run (e.g. {names[:3]})")
+        raise ValueError(f"{option('classes')}: {unknown} are not classes of the run (e.g. {names[:3]})")
     first = {n: cp.paths[cp.classes[names.index(n)]][:, :, 0] for n in chosen}
     line = {n: (np.array([kde_mode(first[n][:, l]) for l in range(cp.num_layers)]) if kde
                 else modes[names.index(n)]) for n in chosen}
@@ -122,7 +122,7 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
     root = Path(data or manifest["settings"]["data"]).expanduser()
     anchor = panel_class or names[0]
     if anchor not in names:
-        raise ValueError(f"panel class: {anchor!r} is not a class of the run")
+        raise ValueError(f"{option('panel_class')}: {anchor!r} is not a class of the run")
     i = names.index(anchor)
     rows = [(display[i], None, _thumbnails(root, cp.images[cp.classes[i]], thumbnails))]
     for kind in ("top", "bottom"):

@@ -28,9 +28,9 @@ def precision(dtype: str, device: torch.device) -> tuple[torch.dtype, torch.dtyp
     """(model dtype, autocast dtype) of a ``dtype`` name; ``tf32`` switches this process's CUDA
     matmuls and convolutions to TF32 (only on CUDA), every other name switches them off."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"{option('dtype')}: expected one of {list(DTYPES)}, got {dtype!r}")
     if dtype == "tf32" and device.type != "cuda":
-        raise ValueError(f"dtype: tf32 needs a CUDA device, got {device}")
+        raise ValueError(f"{option('dtype')}: tf32 needs a CUDA device, got {device}")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype == "tf32"
     return DTYPES[dtype]
@@ -42,7 +42,7 @@ def parse_bytes(text: str | int) -> int:
         return text
     match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
     if not match:
-        raise ValueError(f"memory budget: expected a size such as 2GiB or 512MiB, got {text!r}")
+        raise ValueError(f"{option('memory_budget')}: expected a size such as 2GiB or 512MiB, got {text!r}")
     number, unit, binary = match.groups()
     base = 1024 if binary or not unit else 1000
     return int(float(number) * base ** " KMGT".index(unit.upper() or " "))

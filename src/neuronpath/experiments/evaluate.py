@@ -134,7 +134,7 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
     ops = list(dict.fromkeys(ops))
     unknown = [op for op in ops if op not in OPS]
     if unknown:
-        raise ValueError(f"ops: unknown {unknown}; expected some of {list(OPS)}")
+        raise ValueError(f"{option('ops')}: unknown {unknown}; expected some of {list(OPS)}")
     run = StoredPaths.open(run_dir, model, data, device, seed, random_control)
     methods = run.methods
     store = open_store(run.ranks, run.run_dir / "evaluation", run.manifest_for(

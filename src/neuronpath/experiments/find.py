@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..engine.attribution import AttributionConfig
+from ..errors import option
 from ..io.images import interleave_classes, scan_image_folder
 from ..methods import DEFAULT_METHODS, PathOptions, check_methods, find_paths
 from ..models.loading import load_model
@@ -63,12 +64,12 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
     """
     methods = check_methods(methods)
     if batch_size < 1:
-        raise ValueError(f"batch size: expected a positive integer, got {batch_size}")
+        raise ValueError(f"{option('batch_size')}: expected a positive integer, got {batch_size}")
     if topk < 1:
-        raise ValueError(f"topk: expected a positive integer, got {topk}")
+        raise ValueError(f"{option('topk')}: expected a positive integer, got {topk}")
     rerank = PathOptions(topk_mode, rerank).rerank  # validates both
     if limit is not None and limit < 1:
-        raise ValueError(f"limit: expected a positive integer, got {limit}")
+        raise ValueError(f"{option('limit')}: expected a positive integer, got {limit}")
     ranks = join_ranks(resolve_device(device))
     torch_device = ranks.device
     model_dtype, autocast = precision(dtype, torch_device)
@@ -78,10 +79,10 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
                          preprocess=preprocess, image_size=image_size,
                          fc_norm_twice=fc_norm_twice, classes=classes, prompt=prompt)
     if topk > min(adapter.widths()):
-        raise ValueError(f"topk: expected 1 <= K <= {min(adapter.widths())} (the FFN width of "
+        raise ValueError(f"{option('topk')}: expected 1 <= K <= {min(adapter.widths())} (the FFN width of "
                          f"{adapter.describe()['class']}), got {topk}")
     if rerank != "all" and 0 < rerank < topk:
-        raise ValueError(f"rerank: expected at least K = {topk} candidates, got {rerank}")
+        raise ValueError(f"{option('rerank')}: expected at least K = {topk} candidates, got {rerank}")
     folder = scan_image_folder(data, adapter.id2label, labels)
     items = [it for it in folder.items if only is None or it.id in only]
     items = interleave_classes(items)[:limit]

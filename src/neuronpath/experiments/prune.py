@@ -7,6 +7,7 @@ Writes into OUT: ``find/`` (the TopK paths of the probe images, a resumable find
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,18 +20,20 @@ from ..analysis.pruning import (AGGREGATES, keep_by_frequency, keep_by_slot_mode
                                 paired_difference, probe_selections, prune_multipliers,
                                 pruning_metrics, random_keep, split_probe_test)
 from ..engine.editing import pruned_predictions
+from ..errors import RunConflictError, option
 from ..io.images import image_batches, scan_image_folder
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..models.loading import load_model
 from ..report.figures import pruning_figure
 from ..report.tables import write_depth_table
 from .common import model_widths, precision, resolve_device
-from .ranks import join_ranks
+from .ranks import join_ranks, loader_workers
 from .find import run_find
 
 log = logging.getLogger("neuronpath")
 
 PATH_METHODS = ("jas", "activation")
+TEST_CHUNK = 256  # test images held in memory at once
 PRUNE_METHODS = PATH_METHODS + ("random",)  # keep rules: two path methods and a random control
 
 
@@ -42,34 +45,37 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
               topk_mode: str = "all", batch_size: int = 8, device: str = "auto",
               dtype: str = "float32", preprocess: str = "model", token: str | None = None,
               labels: str = "auto", memory_budget: str | int = "2GiB",
+              image_size: int | None = None, fc_norm_twice: bool = False,
               table_keep: int = 5, table_mask: float = 1.0, bootstrap: int = 1000,
               classes: str | Path | None = None, prompt: str | None = None,
               workers: int | None = None, command: Sequence[str] | None = None) -> dict | None:
     """Run the pruning experiment into ``out`` (probe paths in ``out/find``, resumable) and
     return every number; ``command`` is recorded in the probe find run's manifest, ``classes``
-    and ``prompt`` make a CLIP or SigLIP model a zero-shot classifier.  Under ``torchrun`` the
+    and ``prompt`` make a CLIP or SigLIP model a zero-shot classifier.  A reused ``find_run``
+    must have been made with the same model, inputs, token and labels.  Under ``torchrun`` the
     ranks share the probe paths; the pruning grid runs on the main rank (the others return
     None)."""
     if aggregate not in AGGREGATES:
-        raise ValueError(f"aggregate: expected one of {AGGREGATES}, got {aggregate!r}")
+        raise ValueError(f"{option('aggregate')}: expected one of {AGGREGATES}, got {aggregate!r}")
     if not keep or min(keep) < 1:
-        raise ValueError(f"keep: expected positive neuron counts, got {list(keep)}")
+        raise ValueError(f"{option('keep')}: expected positive neuron counts, got {list(keep)}")
     if not mask or any(not 0 <= p <= 1 for p in mask):
-        raise ValueError(f"mask: expected shares in [0, 1], got {list(mask)}")
+        raise ValueError(f"{option('mask')}: expected shares in [0, 1], got {list(mask)}")
     unknown = [m for m in methods if m not in PRUNE_METHODS]
     if unknown:
-        raise ValueError(f"methods: unknown {unknown}; expected some of {PRUNE_METHODS}")
+        raise ValueError(f"{option('methods')}: unknown {unknown}; expected some of {PRUNE_METHODS}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ranks = join_ranks(resolve_device(device))
     adapter = load_model(model, device=ranks.device, dtype=precision(dtype, ranks.device)[0],
-                         token=token, preprocess=preprocess, classes=classes, prompt=prompt)
+                         token=token, preprocess=preprocess, image_size=image_size,
+                         fc_norm_twice=fc_norm_twice, classes=classes, prompt=prompt)
     widths, num_layers = adapter.widths(), adapter.num_layers
     depths = sorted(set(depth or [num_layers]))
     if depths[0] < 1 or depths[-1] > num_layers:
-        raise ValueError(f"depth: expected layers in 1..{num_layers}, got {depths}")
+        raise ValueError(f"{option('depth')}: expected layers in 1..{num_layers}, got {depths}")
     if max(keep) > min(widths):
-        raise ValueError(f"keep: at most the FFN width {min(widths)}, got {max(keep)}")
+        raise ValueError(f"{option('keep')}: at most the FFN width {min(widths)}, got {max(keep)}")
     folder = scan_image_folder(data, adapter.id2label, labels)
     by_class: dict[str, list[str]] = {}
     for item in folder.items:
@@ -81,8 +87,8 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     k = max(keep)
     if find_run is not None:
         manifest = read_manifest(find_run)
-        if manifest["settings"]["weights_sha256"] != adapter.weights_hash():
-            raise ValueError(f"find run {find_run} was made by a different model")
+        check_same_inputs(find_run, manifest["settings"], adapter, folder.mapping, image_size,
+                          fc_norm_twice, classes)
         if manifest["settings"]["topk"] < k:
             raise ValueError(f"find run {find_run} has K = {manifest['settings']['topk']} < "
                              f"max keep {k}")
@@ -92,7 +98,8 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
                            alphas=alphas, batch_size=batch_size, device=device, dtype=dtype,
                            preprocess=preprocess, token=token, labels=labels,
                            memory_budget=memory_budget, topk=k, topk_mode=topk_mode, only=probe,
-                           classes=classes, prompt=prompt, workers=workers, command=command)
+                           image_size=image_size, fc_norm_twice=fc_norm_twice, classes=classes,
+                           prompt=prompt, workers=workers, command=command)
     if not ranks.main:  # the other ranks of a torchrun job help with the probe paths only
         return None
     records = read_records(run_dir) if path_methods else []
@@ -109,22 +116,41 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
                 sel = probe_selections(records, m, probe_images)[:, :, :k]
                 kept[m][name] = {t: rule(sel, t) for t in keep}
 
-    # test rows: the unpruned model, then every (method, t, p, depth)
+    # test rows: the unpruned model, then every (method, t, p, depth), over the test images in
+    # chunks (the masks are seeded per image, so chunking changes nothing)
     tests = [it for it in folder.items if split[it.id] == "test"]
-    batch = next(image_batches(tests, adapter.preprocess, len(tests)))
-    for _, error in batch.errors:
-        log.warning("skipping %s", error)
-    good, pixels = batch.items, batch.pixels
-    labels_t = torch.tensor([it.label for it in good])
-    configs = [(m, t, p, d) for m in methods for t in keep for p in mask for d in depths]
+    configs = {"unpruned": None} | {f"{m}|{t}|{p}|{d}": (m, t, p, d) for m in methods
+                                     for t in keep for p in mask for d in depths}
+    outcomes: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {key: [] for key in configs}
+    good: list = []
+    progress = tqdm(total=len(configs) * len(tests), desc="pruning", unit="image", disable=None)
+    for batch in image_batches(tests, adapter.preprocess, TEST_CHUNK,
+                               loader_workers(workers, ranks.device)):
+        for _, error in batch.errors:
+            log.warning("skipping %s", error)
+        progress.update(len(configs) * len(batch.errors))
+        if not batch.items:
+            continue
+        good += batch.items
+        labels_t = torch.tensor([it.label for it in batch.items])
+        for key, setting in configs.items():
+            if setting is None:
+                rows = [{}] * len(batch.items)
+            else:
+                m, t, p, d = setting
+                rows = [prune_multipliers(item.id, seed, kept[m][item.folder][t], widths, p, d)
+                        for item in batch.items]
+            probs, preds = pruned_predictions(adapter, batch.pixels, labels_t, rows, widths)
+            outcomes[key].append((probs.double().cpu(), preds.cpu()))
+            progress.update(len(batch.items))
+    progress.close()
+    if not good:
+        raise ValueError(f"{option('data')}: no readable test image in {data}")
+    labels_all = torch.tensor([it.label for it in good])
     resamples = bootstrap_draws(len(good), bootstrap, seed)
-    outcomes = {"unpruned": pruned_predictions(adapter, pixels, labels_t, [{}] * len(good), widths)}
-    for m, t, p, d in tqdm(configs, desc="pruning", unit="setting", disable=None):
-        rows = [prune_multipliers(item.id, seed, kept[m][item.folder][t], widths, p, d)
-                for item in good]
-        outcomes[f"{m}|{t}|{p}|{d}"] = pruned_predictions(adapter, pixels, labels_t, rows, widths)
-    per_image = {key: ((preds.cpu() == labels_t).double().numpy(), probs.double().cpu().numpy())
-                 for key, (probs, preds) in outcomes.items()}
+    per_image = {key: ((torch.cat([pr for _, pr in parts]) == labels_all).double().numpy(),
+                       torch.cat([pb for pb, _ in parts]).numpy())
+                 for key, parts in outcomes.items()}
     folders = [it.folder for it in good]
     results = {key: pruning_metrics(*values, folders, resamples) for key, values in per_image.items()}
     t_table = table_keep if table_keep in keep else keep[0]
@@ -148,3 +174,29 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     pruning_figure(report, out / "figure6", depth=depths[-1])
     write_depth_table(report, out / "table3", t_table, p_table)
     return report
+
+
+def check_same_inputs(find_run, settings: dict, adapter, labels: str, image_size: int | None,
+                      fc_norm_twice: bool, classes) -> None:
+    """Refuse a reused find run whose paths were found on another model, other inputs (image
+    processor, image size, MAE fc_norm), other tokens or another label mapping than this prune
+    run evaluates: its kept neurons would then belong to a different computation."""
+    if settings["weights_sha256"] != adapter.weights_hash():
+        raise RunConflictError(f"find run {find_run} was made by a different model")
+    zero_shot = adapter.details.get("zero_shot") or {}
+    ours = {"preprocess": adapter.preprocess.to_dict(), "token": adapter.token.name,
+            "labels": labels, "image_size": image_size, "fc_norm_twice": fc_norm_twice,
+            "classes": None if classes is None else str(Path(classes).expanduser().resolve()),
+            "prompt": zero_shot.get("prompt") if classes is not None else None}
+    ours = json.loads(json.dumps(ours))  # as the manifest stores them (tuples become lists)
+    theirs = {key: settings.get(key, False if key == "fc_norm_twice" else None) for key in ours}
+    changed = [key for key in ours if ours[key] != theirs[key]]
+    if changed:
+        def show(key, value):
+            if key == "preprocess" and isinstance(value, dict):
+                return f"{value.get('name')} ({value.get('class', 'written out')})"
+            return repr(value)
+        details = "; ".join(f"{key}: {show(key, theirs[key])} there, {show(key, ours[key])} here"
+                            for key in changed)
+        raise RunConflictError(f"find run {find_run} was made with other inputs than this prune "
+                               f"run ({details}); pass the options the find run was made with")

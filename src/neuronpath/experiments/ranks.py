@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..errors import option
 from ..io.images import ImageItem, image_batches
 from ..io.store import RunStore, write_json_atomic
 
@@ -129,7 +130,7 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
     cores from the computation) and up to 4 beside a GPU."""
     if workers is not None:
         if workers < 0:
-            raise ValueError(f"workers: expected a number of processes >= 0, got {workers}")
+            raise ValueError(f"{option('workers')}: expected a number of processes >= 0, got {workers}")
         return workers
     if device.type != "cuda":
         return 0

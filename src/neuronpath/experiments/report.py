@@ -28,7 +28,7 @@ import torch
 
 from ..analysis.summary import summarize
 from ..engine.interventions import record_neurons
-from ..errors import RunFormatError
+from ..errors import RunFormatError, option
 from ..io.images import ImageItem, image_batches
 from ..io.labels import read_class_names
 from ..io.store import iter_records, read_manifest, write_json_atomic
@@ -108,7 +108,7 @@ class RunIndex:
         if not rows:
             raise RunFormatError(f"{find_dir}: the run has no records yet")
         if method not in self.methods:
-            raise ValueError(f"method: the run has no records of {method!r}; it has "
+            raise ValueError(f"{option('method')}: the run has no records of {method!r}; it has "
                              f"{', '.join(self.methods)}")
         self.rows, self.counts, self.by_class = rows, counts, by_class
         self.summary = summarize(summary_rows)

@@ -15,6 +15,7 @@ import torch
 
 from ..engine.adapter import ModelAdapter
 from ..engine.attribution import AttributionConfig, CleanPass
+from ..errors import option
 
 TOPK_MODES = ("all", "official")
 
@@ -35,7 +36,7 @@ class PathOptions:
 
     def __post_init__(self):
         if self.topk_mode not in TOPK_MODES:
-            raise ValueError(f"topk mode: expected one of {TOPK_MODES}, got {self.topk_mode!r}")
+            raise ValueError(f"{option('topk_mode')}: expected one of {TOPK_MODES}, got {self.topk_mode!r}")
         object.__setattr__(self, "rerank", parse_rerank(self.rerank))
 
 
@@ -48,7 +49,7 @@ def parse_rerank(value: int | str) -> int | str:
     except (TypeError, ValueError):
         count = -1
     if count < 0 or (isinstance(value, float) and value != count):
-        raise ValueError(f"rerank: expected 0, a number of candidates or 'all', got {value!r}")
+        raise ValueError(f"{option('rerank')}: expected 0, a number of candidates or 'all', got {value!r}")
     return count
 
 

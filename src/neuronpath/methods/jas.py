@@ -22,6 +22,7 @@ from ..engine.adapter import ModelAdapter
 from ..engine.attribution import (AttributionConfig, CleanPass, extension_scores,
                                  integrated_gradients)
 from ..engine.neurons import gather_neurons, masks_for, top_k
+from ..errors import option
 from .base import MethodOutput, PathMethod, PathOptions
 
 
@@ -41,9 +42,9 @@ def jas_path(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
     device, dtype = adapter.device, adapter.dtype
     widths = clean.widths
     if not 1 <= k <= min(widths):
-        raise ValueError(f"topk: expected 1 <= K <= {min(widths)} (the FFN width), got {k}")
+        raise ValueError(f"{option('topk')}: expected 1 <= K <= {min(widths)} (the FFN width), got {k}")
     if rerank != "all" and 0 < rerank < k:
-        raise ValueError(f"rerank: expected at least K = {k} candidates, got {rerank}")
+        raise ValueError(f"{option('rerank')}: expected at least K = {k} candidates, got {rerank}")
     path = torch.zeros(n_images, adapter.num_layers, k, dtype=torch.long, device=device)
     zero = torch.zeros((), dtype=dtype, device=device)
     terms = clean.token_terms

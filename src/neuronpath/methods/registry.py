@@ -5,6 +5,7 @@ Adding a method is one new file in this folder (copy ``activation.py``) and one 
 
 from __future__ import annotations
 
+from ..errors import option
 from . import activation, influence_pattern, jas, knowledge
 from .base import PathMethod
 
@@ -23,5 +24,5 @@ def check_methods(methods) -> list[str]:
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
-        raise ValueError(f"methods: unknown {unknown}; expected some of {', '.join(REGISTRY)}")
+        raise ValueError(f"{option('methods')}: unknown {unknown}; expected some of {', '.join(REGISTRY)}")
     return methods

@@ -152,7 +152,7 @@ def hf_preprocess(spec: str, local_only: bool, config) -> HFProcessor | Preproce
         settings = json.loads(Path(path).read_text())
         processor = AutoImageProcessor.from_pretrained(spec, local_files_only=local_only)
     except (ValueError, OSError) as error:
-        raise ModelLoadError(f"model: {path} is not an image processor config transformers can "
+        raise ModelLoadError(f"{option('model')}: {path} is not an image processor config transformers can "
                              f"load ({error})") from error
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -176,12 +176,12 @@ def load_hf(spec: str, local_only: bool, classes: str | None = None,
         try:
             json.loads(config_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ModelLoadError(f"model: {config_file} is not valid JSON ({error}); expected the "
+            raise ModelLoadError(f"{option('model')}: {config_file} is not valid JSON ({error}); expected the "
                                  f"config.json that save_pretrained writes") from error
     try:
         config = AutoConfig.from_pretrained(spec, local_files_only=local_only)
     except ValueError as error:  # a config transformers does not know
-        raise ModelLoadError(f"model: {spec} is not a model transformers can load ({error})") \
+        raise ModelLoadError(f"{option('model')}: {spec} is not a model transformers can load ({error})") \
             from error
     architectures = list(getattr(config, "architectures", None) or [])
     classifier = any(a.endswith("ForImageClassification") for a in architectures)
@@ -196,7 +196,7 @@ def load_hf(spec: str, local_only: bool, classes: str | None = None,
                   "readout": zero_shot_readout(details["zero_shot"]["family"])}
         return model, hf_preprocess(spec, local_only, config.vision_config), kwargs
     if contrastive:
-        raise ModelLoadError(f"model: {spec} is a {', '.join(architectures) or config.model_type}, "
+        raise ModelLoadError(f"{option('model')}: {spec} is a {', '.join(architectures) or config.model_type}, "
                              f"a contrastive image-text model without a classifier head; pass "
                              f"{option('classes', 'FILE')} (lines 'label<TAB>class name') for "
                              f"zero-shot classification")
@@ -204,7 +204,7 @@ def load_hf(spec: str, local_only: bool, classes: str | None = None,
         spec, local_files_only=local_only, output_loading_info=True)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise ModelLoadError(f"model: {spec} ({type(model).__name__}) lacks weights for "
+        raise ModelLoadError(f"{option('model')}: {spec} ({type(model).__name__}) lacks weights for "
                              f"{missing[:4]}{' ...' if len(missing) > 4 else ''}; transformers "
                              f"would initialise them at random, so every path would be "
                              f"meaningless. Pass a model whose checkpoint has its classifier")

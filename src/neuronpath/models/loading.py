@@ -54,7 +54,7 @@ def load_model(spec: str = DEMO, *, device: str | torch.device = "cpu",
     ``preprocess='official'`` uses the authors' preprocessing (spec §9).
     """
     if preprocess not in PREPROCESS_CHOICES:
-        raise ValueError(f"preprocess: expected one of {PREPROCESS_CHOICES}, got {preprocess!r}")
+        raise ValueError(f"{option('preprocess')}: expected one of {PREPROCESS_CHOICES}, got {preprocess!r}")
     spec = str(spec)
     kwargs: dict = {}
     if spec == DEMO:
@@ -73,7 +73,7 @@ def load_model(spec: str = DEMO, *, device: str | torch.device = "cpu",
     elif Path(spec).expanduser().is_file():
         model, prep = _load_checkpoint(Path(spec).expanduser(), image_size or 224, fc_norm_twice)
     elif _looks_like_path(spec):
-        raise ModelLoadError(f"model: no such folder {spec}")
+        raise ModelLoadError(f"{option('model')}: no such folder {spec}")
     else:
         model, prep, kwargs = _load_from_hub(spec, classes, prompt)
     if classes is not None and not kwargs.get("details"):
@@ -99,8 +99,8 @@ def _load_checkpoint(path: Path, image_size: int, fc_norm_twice: bool):
                               int(Image.Resampling.BICUBIC), 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
             return load_mae_pth(path, image_size, fc_norm_twice), prep
     except CheckpointError as error:
-        raise ModelLoadError(f"model: {error}") from error
-    raise ModelLoadError(f"model: {path} is a file but not a .npz (Google ViT) or .pth (MAE) "
+        raise ModelLoadError(f"{option('model')}: {error}") from error
+    raise ModelLoadError(f"{option('model')}: {path} is a file but not a .npz (Google ViT) or .pth (MAE) "
                          f"checkpoint; pass a Hugging Face model folder, hub id or checkpoint")
 
 
@@ -119,5 +119,5 @@ def _load_from_hub(spec: str, classes: str | None, prompt: str | None):
     try:
         return load_hf(spec, False, classes, prompt)
     except OSError as error:
-        raise ModelLoadError(f"model: could not load {spec!r} from the Hugging Face Hub: {error}. "
+        raise ModelLoadError(f"{option('model')}: could not load {spec!r} from the Hugging Face Hub: {error}. "
                              f"Pass a local model folder: {option('model', 'DIR')}.") from error

@@ -12,7 +12,7 @@ from torch import nn
 from ..engine.adapter import ModelAdapter, find_ffn_activations
 from ..engine.readout import settle_token_policy
 from ..engine.tokens import TokenPolicy
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, option
 from ..io.labels import imagenet_synsets
 from ..io.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -65,12 +65,12 @@ def load_timm(name: str, *, token: str | None = None) -> ModelAdapter:
     try:
         import timm
     except ImportError as error:
-        raise ModelLoadError("model: timm is not installed; `pip install timm` (it needs "
+        raise ModelLoadError(f"{option('model')}: timm is not installed; `pip install timm` (it needs "
                              "torchvision) to load timm:NAME models") from error
     try:
         model = timm.create_model(name, pretrained=True)
     except Exception as error:  # noqa: BLE001 - network, unknown name, ...
-        raise ModelLoadError(f"model: timm could not create {name!r}: {error}") from error
+        raise ModelLoadError(f"{option('model')}: timm could not create {name!r}: {error}") from error
     adapter = from_timm_model(model, token=token, name=f"timm:{name}")
     adapter.preprocess = TimmTransform(timm.data.resolve_data_config({}, model=model))
     return adapter

@@ -69,31 +69,31 @@ def build_zero_shot(folder: str | Path, classes: str | Path, prompt: str = DEFAU
     hf_logging.disable_progress_bar()
     names = read_class_names(classes)
     if not names:
-        raise ValueError(f"classes: {classes} lists no classes; expected lines "
+        raise ValueError(f"{option('classes')}: {classes} lists no classes; expected lines "
                          f"'label<TAB>class name'")
     if "{}" not in prompt:
-        raise ValueError(f"prompt: expected a template with {{}} for the class name, got {prompt!r}")
+        raise ValueError(f"{option('prompt')}: expected a template with {{}} for the class name, got {prompt!r}")
     model = AutoModel.from_pretrained(str(folder), local_files_only=local_only).eval()
     family = contrastive_family(model.config)
     if family is None:
-        raise ModelLoadError(f"model: {folder} is a {type(model).__name__}, not a CLIP or SigLIP "
+        raise ModelLoadError(f"{option('model')}: {folder} is a {type(model).__name__}, not a CLIP or SigLIP "
                              f"model; zero-shot classification ({option('classes', 'FILE')}) needs "
                              f"one")
     if not any(cached_file(str(folder), name, local_files_only=local_only,
                            _raise_exceptions_for_missing_entries=False)
                for name in TOKENIZER_FILES):
-        raise ModelLoadError(f"model: {folder} has no tokenizer for the class prompts (none of "
+        raise ModelLoadError(f"{option('model')}: {folder} has no tokenizer for the class prompts (none of "
                              f"{', '.join(TOKENIZER_FILES)}); save the model's tokenizer with it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=local_only)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"model: {folder} has no usable tokenizer for the class prompts "
+        raise ModelLoadError(f"{option('model')}: {folder} has no usable tokenizer for the class prompts "
                              f"({error})") from error
     unknown = [name for name in names.values()
                if set(tokenizer(name, add_special_tokens=False)["input_ids"])
                <= {tokenizer.unk_token_id}]
     if unknown:
-        raise ValueError(f"classes: the tokenizer knows no word of the class names "
+        raise ValueError(f"{option('classes')}: the tokenizer knows no word of the class names "
                          f"{unknown[:3]}; expected names in the model's language")
     texts = [prompt.format(name) for name in names.values()]
     padding = {"padding": "max_length", "truncation": True,
@@ -108,7 +108,7 @@ def build_zero_shot(folder: str | Path, classes: str | Path, prompt: str = DEFAU
     text = text / text.norm(p=2, dim=-1, keepdim=True)
     vision = model.vision_model
     if family == "siglip" and getattr(vision, "head", None) is None:
-        raise ModelLoadError(f"model: {folder}'s SigLIP image tower has no pooling head "
+        raise ModelLoadError(f"{option('model')}: {folder}'s SigLIP image tower has no pooling head "
                              f"(vision_use_head is off), so it has no image embedding")
     classifier = ZeroShotClassifier(vision, getattr(model, "visual_projection", None),
                                     text.to(torch.float32), model.logit_scale,
