@@ -140,3 +140,29 @@ def test_background_decoding_workers_give_the_same_records_and_skip_bad_images(s
     assert [(r["image"], r["method"], r["path"]) for r in read_records(tmp_path / "w2")] == \
         [(r["image"], r["method"], r["path"]) for r in read_records(tmp_path / "w0")]
     assert read_manifest(tmp_path / "w2")["skipped"].keys() == {"cat/zz-broken.png"}
+
+
+def _page_data(page: Path) -> dict:
+    text = page.read_text()
+    start = text.index('id="data">') + len('id="data">')
+    return json.loads(text[start:text.index("</script>", start)])
+
+
+def test_report_under_two_ranks_equals_one_process(setup, tmp_path):
+    """The activation pass of ``report`` split over two ranks (each keeping its own running top
+    images per card, merged by the main rank) gives the page of one process."""
+    import shutil
+
+    model, data = setup
+    one = tmp_path / "one"
+    assert main(["-q", *FIND, "--model", str(model), "--data", str(data), "--out", str(one)]) == 0
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    page = ["--device", "cpu", "--cards", "8", "--images", "10"]
+    code, _, err = finish(torchrun(2, ["-q", "report", str(two), *page, "--batch-size", "2"]))
+    assert code == 0, err
+    assert main(["-q", "report", str(one), *page, "--batch-size", "5"]) == 0
+    got, want = _page_data(two / "report" / "index.html"), _page_data(one / "report" / "index.html")
+    assert got == want
+    assert len(want["cards"]) == 8 and all(card["top"] for card in want["cards"])
+    assert not list((two / "report").glob("**/*.rank*.jsonl"))
