@@ -133,6 +133,16 @@ def test_a_reused_find_run_must_match_the_prune_runs_inputs(tiny_model_dir, tmp_
                          "--labels", "sorted-folders"]) == 0
     report = json.loads((tmp_path / "p2" / "results.json").read_text())
     assert report["find_run"] == str(found)
+    # the search settings recorded are the find run's, not prune's own defaults
+    assert report["search"]["steps"] == 3 and report["search"]["topk"] == 2
+    # the report of that prune run finds its paths in the reused find run
+    assert main(["-q", "report", str(tmp_path / "p2"), "--device", "cpu", "--cards", "4"]) == 0
+    page = (tmp_path / "p2" / "report" / "index.html").read_text()
+    assert "| depth d |" in page or "depth d" in page
+    assert main(prune[:-2] + ["--out", str(tmp_path / "p3"), "--methods", "random"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "report", str(tmp_path / "p3"), "--device", "cpu"]) == 2
+    assert "no paths to show" in capsys.readouterr().err
 
 
 def test_prune_streams_the_test_images_in_chunks_without_changing_a_number(

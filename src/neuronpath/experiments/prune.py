@@ -103,6 +103,11 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     if not ranks.main:  # the other ranks of a torchrun job help with the probe paths only
         return None
     records = read_records(run_dir) if path_methods else []
+    # how the probe paths were searched: the find run's own settings, reused or made here
+    found_with = read_manifest(run_dir)["settings"] if path_methods else {}
+    search = {key: found_with.get(key) for key in ("steps", "alphas", "target", "objective",
+                                                   "topk", "topk_mode")}
+    search["rerank"] = found_with.get("rerank", 0)
 
     # kept neurons per (method, class, t)
     kept: dict[str, dict[str, dict[int, list[list[int]]]]] = {m: {} for m in methods}
@@ -166,8 +171,9 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     report = {"model": model, "data": str(Path(data).expanduser().resolve()),
               "weights_sha256": adapter.weights_hash(), "keep": list(keep), "mask": list(mask),
               "depth": depths, "probe_fraction": probe_fraction, "seed": seed,
-              "aggregate": aggregate, "methods": list(methods), "topk_mode": topk_mode,
-              "find_run": str(run_dir) if path_methods else None, "layers": num_layers,
+              "aggregate": aggregate, "methods": list(methods), "topk_mode": search["topk_mode"],
+              "find_run": str(run_dir) if path_methods else None, "search": search,
+              "layers": num_layers,
               **model_widths(adapter), "test_images": len(good), "split": split, "kept": kept,
               "bootstrap": bootstrap, "results": results, "comparisons": comparisons}
     write_json_atomic(out / "results.json", report)

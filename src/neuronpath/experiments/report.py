@@ -249,6 +249,19 @@ def _card_maps(adapter, index: RunIndex, root: Path, images: np.ndarray,
     return maps, thumbs
 
 
+def _prune_paths(run_dir: Path, prune: dict) -> Path:
+    """The find run holding a prune run's probe paths: its own ``find/``, or the run it reused
+    (``--find-run``)."""
+    if not prune.get("find_run"):
+        raise RunFormatError(f"{run_dir}: this prune run has no path method (only random), so "
+                             f"it has no paths to show")
+    for folder in (run_dir / "find", Path(prune["find_run"])):
+        if (folder / "manifest.json").is_file():
+            return folder
+    raise RunFormatError(f"{run_dir}: its probe paths were in {prune['find_run']}, which is "
+                         f"not there any more")
+
+
 def run_report(run_dir: str | Path, *, out: str | Path | None = None, images: int = 200,
                method: str = "jas", cards: int = 48, top: int = 6, batch_size: int = 16,
                device: str = "auto", model: str | None = None, data: str | Path | None = None,
@@ -258,11 +271,10 @@ def run_report(run_dir: str | Path, *, out: str | Path | None = None, images: in
     path (None on the other ranks of a ``torchrun`` job).  ``class_names``: a file of lines
     ``label<TAB>readable name`` for the page."""
     run_dir = Path(run_dir)
-    prune = None
-    if (run_dir / "results.json").is_file() and (run_dir / "find" / "manifest.json").is_file():
-        prune, find_dir = json.loads((run_dir / "results.json").read_text()), run_dir / "find"
-    else:
-        find_dir = run_dir
+    prune, find_dir = None, run_dir
+    if (run_dir / "results.json").is_file() and not (run_dir / "manifest.json").is_file():
+        prune = json.loads((run_dir / "results.json").read_text())
+        find_dir = _prune_paths(run_dir, prune)
     manifest = read_manifest(find_dir)
     if images < 0 or cards < 0 or top < 1:
         raise ValueError(f"images, cards: expected counts >= 0 and top >= 1, got {images}, "
