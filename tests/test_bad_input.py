@@ -96,6 +96,23 @@ def test_a_library_message_names_the_flag_on_the_command_line(tiny_model_dir, im
     assert one_line_error(capsys).startswith(f"neuronpath: error: {named}: ")
 
 
+def test_a_run_whose_model_folder_now_preprocesses_otherwise_is_refused(
+        tiny_model_dir, image_folder, tmp_path, capsys):
+    """Same weights, edited preprocessor_config.json: evaluate would read the paths on inputs
+    the run never saw, so it refuses, naming both pipelines."""
+    run = tmp_path / "run"
+    assert main([*FIND, "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
+                 str(run), "--limit", "3"]) == 0
+    config_file = tiny_model_dir / "preprocessor_config.json"
+    config = json.loads(config_file.read_text())
+    config["image_mean"] = [0.2, 0.3, 0.4]
+    config_file.write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 2
+    err = one_line_error(capsys)
+    assert "other image preprocessing" in err and "0.2" in err
+
+
 def test_an_unexpected_internal_error_keeps_its_traceback(monkeypatch, tiny_model_dir,
                                                           image_folder, tmp_path):
     import neuronpath.experiments.find as find

@@ -4,6 +4,7 @@ re-loading a run's model (checked against its weights hash)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import platform
 import re
@@ -120,6 +121,18 @@ def load_run_model(run_dir: Path, manifest: dict, model: str | None, device: tor
         raise RunFormatError(f"{run_dir} was made by a different model than {spec!r} (weights "
                              f"SHA-256 {settings['weights_sha256'][:12]}... in the run, "
                              f"{adapter.weights_hash()[:12]}... now)")
+    stored = settings["preprocess"]
+    current = json.loads(json.dumps(adapter.preprocess.to_dict()))
+    if stored != current:
+        if "class" not in stored and stored.get("name") == "model":
+            # a run made when ``--preprocess model`` was a copy of the processor, not the processor
+            log.warning("%s was made with neuronpath's earlier copy of the image processor "
+                        "(%s); this run now uses the model's own (%s)", run_dir, stored, current)
+        else:
+            raise RunFormatError(f"{run_dir} was made with other image preprocessing than "
+                                 f"{spec!r} gives now ({stored} in the run, {current} now); "
+                                 f"pass {option('model', 'DIR')} with the model folder the run "
+                                 f"was made with")
     return adapter
 
 
