@@ -94,3 +94,19 @@ def tiny_global_pool(layers: int = 3, seed: int = 0, fc_norm_twice: bool = False
         model.fc_norm.weight.normal_(1, 0.2)
         model.head.weight.normal_(0, 0.5)
     return model.to(dtype).eval()
+
+
+def assert_close_tree(got, want, where="") -> None:
+    """Nested dicts / lists equal in structure, numbers equal up to float32 noise."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), where
+        for key in want:
+            assert_close_tree(got[key], want[key], f"{where}/{key}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_close_tree(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-7), where
+    else:
+        assert got == want, where

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder, save_tiny_model
+from conftest import assert_close_tree, make_image_folder, save_tiny_model
 from neuronpath.cli import main
 from neuronpath.io.store import RECORDS, read_manifest, read_records
 
@@ -166,3 +166,23 @@ def test_report_under_two_ranks_equals_one_process(setup, tmp_path):
     assert got == want
     assert len(want["cards"]) == 8 and all(card["top"] for card in want["cards"])
     assert not list((two / "report").glob("**/*.rank*.jsonl"))
+
+
+def test_prune_under_two_ranks_equals_one_process(setup, tmp_path):
+    """The ranks share the probe paths and the pruning grid; the main rank's results equal a
+    single process's, and the corrupt image is reported once."""
+    model, data = setup
+    args = ["prune", "--model", str(model), "--data", str(data), "--keep", "1,2",
+            "--mask", "0.5,1", "--steps", "3", "--device", "cpu", "--bootstrap", "50"]
+    code, out, err = finish(torchrun(2, ["-q", *args, "--out", str(tmp_path / "two")]))
+    assert code == 0, err
+    assert err.count("zz-broken.png: cannot read image") == 1
+    assert out.count("results.json") == 1  # only the main rank prints the table
+    assert main(["-q", *args, "--out", str(tmp_path / "one")]) == 0
+    two, one = (json.loads((tmp_path / name / "results.json").read_text())
+                for name in ("two", "one"))
+    for key in ("split", "kept", "test_images"):
+        assert two[key] == one[key], key
+    for key in ("results", "comparisons"):  # float32 sums over other batches: equal to 1e-6
+        assert_close_tree(two[key], one[key])
+    assert not list((tmp_path / "two").glob("**/*.rank*"))

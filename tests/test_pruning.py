@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import literal
-from conftest import tiny_vit
+from conftest import assert_close_tree, tiny_vit
 from neuronpath.models.huggingface import from_hf_model
 from neuronpath.cli import main
 from neuronpath.analysis.pruning import (keep_by_frequency, keep_by_slot_mode, prune_multipliers,
@@ -147,8 +147,8 @@ def test_a_reused_find_run_must_match_the_prune_runs_inputs(tiny_model_dir, tmp_
 
 def test_prune_streams_the_test_images_in_chunks_without_changing_a_number(
         tiny_model_dir, tmp_path, monkeypatch):
-    """The test images are evaluated a chunk at a time (ImageNet-scale test sets do not fit in
-    memory at once); chunks of 2 give exactly the numbers of one chunk."""
+    """The test images are evaluated a batch at a time (ImageNet-scale test sets do not fit in
+    memory at once); batches of 2 give exactly the numbers of one batch."""
     import neuronpath.experiments.prune as prune
     from conftest import make_image_folder
 
@@ -156,11 +156,48 @@ def test_prune_streams_the_test_images_in_chunks_without_changing_a_number(
     args = ["-q", "prune", "--model", str(tiny_model_dir), "--data", str(data), "--keep", "1,3",
             "--mask", "0.5,1", "--depth", "2,3", "--steps", "3", "--device", "cpu"]
     assert main(args + ["--out", str(tmp_path / "whole")]) == 0
-    monkeypatch.setattr(prune, "TEST_CHUNK", 2)
+    monkeypatch.setattr(prune, "GRID_BATCH", 2)
     assert main(args + ["--out", str(tmp_path / "chunked"),
                         "--find-run", str(tmp_path / "whole" / "find")]) == 0
     whole, chunked = (json.loads((tmp_path / name / "results.json").read_text())
                       for name in ("whole", "chunked"))
     assert whole["test_images"] == chunked["test_images"] == 6
-    assert chunked["results"] == whole["results"]
-    assert chunked["comparisons"] == whole["comparisons"]
+    assert_close_tree(chunked["results"], whole["results"])
+    assert_close_tree(chunked["comparisons"], whole["comparisons"])
+
+
+def test_an_interrupted_pruning_grid_resumes_without_redoing_finished_images(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """The grid is a run folder (OUT/grid): an interrupted prune keeps the test images it had
+    finished, and the re-run computes only the others, to the same numbers."""
+    import neuronpath.experiments.prune as prune
+    from conftest import make_image_folder
+    from neuronpath.io.store import read_records
+
+    data = make_image_folder(tmp_path / "images", per_class=10)
+    common = dict(keep=[1, 3], mask=[0.5, 1.0], depth=[3], steps=3, device="cpu", progress=False)
+    reference = prune.run_prune(str(tiny_model_dir), data, tmp_path / "ref", **common)
+    settings = 1 + 3 * 2 * 2  # unpruned + methods x keep x mask
+    monkeypatch.setattr(prune, "GRID_BATCH", 2)
+    calls = []
+    real = prune.pruned_predictions
+
+    def interrupted_after_one_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > settings:
+            raise RuntimeError("interrupted")
+        return real(*args, **kwargs)
+
+    run = dict(common, find_run=tmp_path / "ref" / "find")
+    monkeypatch.setattr(prune, "pruned_predictions", interrupted_after_one_batch)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        prune.run_prune(str(tiny_model_dir), data, tmp_path / "run", **run)
+    assert len(read_records(tmp_path / "run" / "grid")) == 2  # the first batch was kept
+
+    calls.clear()
+    monkeypatch.setattr(prune, "pruned_predictions",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = prune.run_prune(str(tiny_model_dir), data, tmp_path / "run", **run)
+    assert len(calls) == settings * 2  # the other 4 of 6 test images, in batches of 2
+    assert resumed["test_images"] == reference["test_images"] == 6
+    assert_close_tree(resumed["results"], reference["results"])

@@ -1,19 +1,21 @@
 """``neuronpath prune``: class-specific pruning experiment, Figure 6 and the Table 3 depth ablation.
 
 Writes into OUT: ``find/`` (the TopK paths of the probe images, a resumable find run),
-``results.json`` (every number, the split and the kept neurons), ``figure6.png/.svg``,
-``table3.md/.csv``.
+``grid/`` (every test image's label probability and prediction under every setting, a
+resumable run folder too), ``results.json`` (every number, the split and the kept neurons),
+``figure6.png/.svg``, ``table3.md/.csv``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..analysis.bootstrap import bootstrap_draws
 from ..analysis.pruning import (AGGREGATES, keep_by_frequency, keep_by_slot_mode,
@@ -21,19 +23,19 @@ from ..analysis.pruning import (AGGREGATES, keep_by_frequency, keep_by_slot_mode
                                 pruning_metrics, random_keep, split_probe_test)
 from ..engine.editing import pruned_predictions
 from ..errors import RunConflictError, option
-from ..io.images import image_batches, scan_image_folder
+from ..io.images import scan_image_folder
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..models.loading import load_model
 from ..report.figures import pruning_figure
 from ..report.tables import write_depth_table
 from .common import model_widths, precision, resolve_device
-from .ranks import join_ranks, loader_workers
+from .ranks import join_ranks, open_store, work_through
 from .find import run_find
 
 log = logging.getLogger("neuronpath")
 
 PATH_METHODS = ("jas", "activation")
-TEST_CHUNK = 256  # test images held in memory at once
+GRID_BATCH = 64  # test images per batch of the pruning grid
 PRUNE_METHODS = PATH_METHODS + ("random",)  # keep rules: two path methods and a random control
 
 
@@ -48,13 +50,14 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
               image_size: int | None = None, fc_norm_twice: bool = False,
               table_keep: int = 5, table_mask: float = 1.0, bootstrap: int = 1000,
               classes: str | Path | None = None, prompt: str | None = None,
-              workers: int | None = None, command: Sequence[str] | None = None) -> dict | None:
-    """Run the pruning experiment into ``out`` (probe paths in ``out/find``, resumable) and
-    return every number; ``command`` is recorded in the probe find run's manifest, ``classes``
-    and ``prompt`` make a CLIP or SigLIP model a zero-shot classifier.  A reused ``find_run``
-    must have been made with the same model, inputs, token and labels.  Under ``torchrun`` the
-    ranks share the probe paths; the pruning grid runs on the main rank (the others return
-    None)."""
+              workers: int | None = None, command: Sequence[str] | None = None,
+              progress: bool | None = None) -> dict | None:
+    """Run the pruning experiment into ``out`` (probe paths in ``out/find``, the test images'
+    outcomes under every setting in ``out/grid``, both resumable) and return every number;
+    ``command`` is recorded in the probe find run's manifest, ``classes`` and ``prompt`` make a
+    CLIP or SigLIP model a zero-shot classifier.  A reused ``find_run`` must have been made with
+    the same model, inputs, token and labels.  Under ``torchrun`` the ranks share the probe
+    paths and the grid; the main rank writes the results (the others return None)."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"{option('aggregate')}: expected one of {AGGREGATES}, got {aggregate!r}")
     if not keep or min(keep) < 1:
@@ -100,11 +103,12 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
                            memory_budget=memory_budget, topk=k, topk_mode=topk_mode, only=probe,
                            image_size=image_size, fc_norm_twice=fc_norm_twice, classes=classes,
                            prompt=prompt, workers=workers, command=command)
-    if not ranks.main:  # the other ranks of a torchrun job help with the probe paths only
-        return None
+    ranks.barrier()  # the probe paths are merged before any rank reads them
     records = read_records(run_dir) if path_methods else []
     # how the probe paths were searched: the find run's own settings, reused or made here
-    found_with = read_manifest(run_dir)["settings"] if path_methods else {}
+    found = read_manifest(run_dir) if path_methods else {}
+    found_with = found.get("settings", {})
+    unreadable = set(found.get("skipped", {}))  # probe images find reported and skipped
     search = {key: found_with.get(key) for key in ("steps", "alphas", "target", "objective",
                                                    "topk", "topk_mode")}
     search["rerank"] = found_with.get("rerank", 0)
@@ -113,7 +117,7 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     kept: dict[str, dict[str, dict[int, list[list[int]]]]] = {m: {} for m in methods}
     rule = keep_by_frequency if aggregate == "frequency" else keep_by_slot_mode
     for name, images in by_class.items():
-        probe_images = sorted(i for i in images if split[i] == "probe")
+        probe_images = sorted(i for i in images if split[i] == "probe" and i not in unreadable)
         for m in methods:
             if m == "random":
                 kept[m][name] = {t: random_keep(name, seed, num_layers, widths, t) for t in keep}
@@ -121,41 +125,24 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
                 sel = probe_selections(records, m, probe_images)[:, :, :k]
                 kept[m][name] = {t: rule(sel, t) for t in keep}
 
-    # test rows: the unpruned model, then every (method, t, p, depth), over the test images in
-    # chunks (the masks are seeded per image, so chunking changes nothing)
+    # the grid: every test image under the unpruned model and every (method, t, p, depth)
     tests = [it for it in folder.items if split[it.id] == "test"]
     configs = {"unpruned": None} | {f"{m}|{t}|{p}|{d}": (m, t, p, d) for m in methods
                                      for t in keep for p in mask for d in depths}
-    outcomes: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {key: [] for key in configs}
-    good: list = []
-    progress = tqdm(total=len(configs) * len(tests), desc="pruning", unit="image", disable=None)
-    for batch in image_batches(tests, adapter.preprocess, TEST_CHUNK,
-                               loader_workers(workers, ranks.device)):
-        for _, error in batch.errors:
-            log.warning("skipping %s", error)
-        progress.update(len(configs) * len(batch.errors))
-        if not batch.items:
-            continue
-        good += batch.items
-        labels_t = torch.tensor([it.label for it in batch.items])
-        for key, setting in configs.items():
-            if setting is None:
-                rows = [{}] * len(batch.items)
-            else:
-                m, t, p, d = setting
-                rows = [prune_multipliers(item.id, seed, kept[m][item.folder][t], widths, p, d)
-                        for item in batch.items]
-            probs, preds = pruned_predictions(adapter, batch.pixels, labels_t, rows, widths)
-            outcomes[key].append((probs.double().cpu(), preds.cpu()))
-            progress.update(len(batch.items))
-    progress.close()
+    grid = _prune_grid(ranks, adapter, out / "grid", tests, configs, kept, widths, seed,
+                       folder.mapping, workers, progress)
+    if not ranks.main:  # the other ranks of a torchrun job help with paths and grid only
+        return None
+    good = [it for it in tests if it.id in grid]
     if not good:
         raise ValueError(f"{option('data')}: no readable test image in {data}")
-    labels_all = torch.tensor([it.label for it in good])
+    labels_all = np.array([it.label for it in good])
     resamples = bootstrap_draws(len(good), bootstrap, seed)
-    per_image = {key: ((torch.cat([pr for _, pr in parts]) == labels_all).double().numpy(),
-                       torch.cat([pb for pb, _ in parts]).numpy())
-                 for key, parts in outcomes.items()}
+    per_image = {}
+    for c, key in enumerate(configs):
+        probs = np.array([grid[it.id]["prob"][c] for it in good], dtype=np.float64)
+        preds = np.array([grid[it.id]["pred"][c] for it in good])
+        per_image[key] = ((preds == labels_all).astype(np.float64), probs)
     folders = [it.folder for it in good]
     results = {key: pruning_metrics(*values, folders, resamples) for key, values in per_image.items()}
     t_table = table_keep if table_keep in keep else keep[0]
@@ -206,3 +193,47 @@ def check_same_inputs(find_run, settings: dict, adapter, labels: str, image_size
                             for key in changed)
         raise RunConflictError(f"find run {find_run} was made with other inputs than this prune "
                                f"run ({details}); pass the options the find run was made with")
+
+
+def _prune_grid(ranks, adapter, folder: Path, tests: list, configs: dict, kept: dict, widths,
+                seed: int, labels: str, workers: int | None, progress: bool | None) -> dict:
+    """The test images' label probability and prediction under every setting of the grid, as
+    a resumable run folder (one record per image, ``prob``/``pred`` in ``configs`` order) that
+    the ranks of a ``torchrun`` job share out.  The masks are seeded per image, so the numbers
+    do not depend on batches, ranks or interruptions.  Returns the records by image (main
+    rank; empty on the others)."""
+    identity = {"weights_sha256": adapter.weights_hash(), "labels": labels,
+                "preprocess": adapter.preprocess.to_dict(), "token": adapter.token.name,
+                "configs": list(configs), "seed": seed,
+                "tests_sha256": hashlib.sha256("\n".join(it.id for it in tests).encode()).hexdigest(),
+                "kept_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()}
+    store = open_store(ranks, folder, {"tool": "neuronpath prune", "settings": identity})
+    pending = [it for it in tests if "grid" not in store.done.get(it.id, set())]
+    log.info("prune: %d test images x %d settings, %d images to do -> %s", len(tests),
+             len(configs), len(pending), store.dir)
+
+    def handle(batch):
+        for item, error in batch.errors:
+            log.warning("skipping %s", error)
+            store.skip(item.id, str(error))
+        if not batch.items:
+            return
+        labels_t = torch.tensor([it.label for it in batch.items])
+        probs, preds = [], []
+        for setting in configs.values():
+            if setting is None:
+                rows = [{}] * len(batch.items)
+            else:
+                m, t, p, d = setting
+                rows = [prune_multipliers(item.id, seed, kept[m][item.folder][t], widths, p, d)
+                        for item in batch.items]
+            prob, pred = pruned_predictions(adapter, batch.pixels, labels_t, rows, widths)
+            probs.append(prob.double().cpu())
+            preds.append(pred.cpu())
+        probs, preds = torch.stack(probs, 1).tolist(), torch.stack(preds, 1).tolist()
+        store.append([{"image": item.id, "method": "grid", "label": item.label,
+                       "prob": probs[b], "pred": preds[b]} for b, item in enumerate(batch.items)])
+
+    work_through(ranks, store, pending, adapter.preprocess, GRID_BATCH, workers, handle,
+                 [it.id for it in tests], "pruning", progress)
+    return {r["image"]: r for r in read_records(folder)} if ranks.main else {}
