@@ -76,11 +76,15 @@ def test_find_and_evaluate_under_two_ranks_equal_one_process(setup, tmp_path):
         {"cat/zz-broken.png"}
 
     code, out, err = finish(torchrun(2, ["-q", "evaluate", str(two), "--device", "cpu",
-                                         "--bootstrap", "20", "--batch-size", "3"]))
+                                         "--bootstrap", "20", "--batch-size", "3", "--causal"]))
     assert code == 0, err
-    assert main(["-q", "evaluate", str(one), "--device", "cpu", "--bootstrap", "20"]) == 0
+    assert main(["-q", "evaluate", str(one), "--device", "cpu", "--bootstrap", "20",
+                 "--causal"]) == 0
     assert_same_records(two / "evaluation", one / "evaluation",
                         keys=("path", "base_pred", "remove_pred", "enhance_pred"))
+    assert_same_records(two / "causal", one / "causal", keys=("path",))
+    assert_close_tree(json.loads((two / "causal" / "metrics.json").read_text()),
+                      json.loads((one / "causal" / "metrics.json").read_text()))
     assert (two / "evaluation" / "metrics.json").is_file()
     assert not list(two.glob("**/*.rank*"))  # shards and progress files merged and removed
 
