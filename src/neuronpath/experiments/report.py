@@ -298,6 +298,7 @@ def run_report(run_dir: str | Path, *, out: str | Path | None = None, images: in
     data_json = _page_data(index, manifest, evaluation, details, values, positions, maps, thumbs,
                            method, readable)
     overview = {"manifest": manifest, "summary": index.summary, "run": str(run_dir),
+                "paths_run": str(find_dir),
                 "evaluation": {"table": _text(find_dir / "evaluation" / "table.md"),
                                "figure3": _png(find_dir / "evaluation" / "figure3.png")}
                 if (find_dir / "evaluation" / "metrics.json").is_file() else None,

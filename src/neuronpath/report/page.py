@@ -55,7 +55,8 @@ def _missing(what: str, command: str) -> str:
 def overview_html(overview: dict) -> str:
     """Model, data, settings, versions, per-method summary, and the experiments' tables and
     figures where they exist (saying which command makes the missing ones)."""
-    manifest, run = overview["manifest"], overview["run"]
+    manifest = overview["manifest"]
+    run = overview.get("paths_run") or overview["run"]  # a prune run's paths: its find run
     model, settings = manifest.get("model", {}), manifest.get("settings", {})
     facts = [("model", settings.get("model")), ("class", model.get("class")),
              ("layers", model.get("num_layers")),
