@@ -102,6 +102,9 @@ def test_prune_command_end_to_end(tiny_model_dir, tmp_path, capsys):
         assert results[f"{m}|2|0.0|3"] == base  # nothing masked
         assert results[f"{m}|12|1.0|3"] == base  # everything kept
     assert (out / "figure6.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["summary", str(out)]) == 2  # a prune folder points at its find run
+    assert f"its probe paths are the find run {out / 'find'}" in capsys.readouterr().err
     assert "| depth d |" in (out / "table3.md").read_text()
     kept = report["kept"]["jas"]["cat"]["2"]
     assert len(kept) == 3 and all(len(layer) == 2 for layer in kept)

@@ -48,6 +48,9 @@ def write_json_atomic(path: Path, data) -> None:
 def read_manifest(run_dir: str | Path) -> dict:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
+        if (Path(run_dir) / "find" / MANIFEST).is_file():  # a prune run: its paths are in find/
+            raise RunFormatError(f"{run_dir}: a prune run folder; its probe paths are the find "
+                                 f"run {Path(run_dir) / 'find'}, pass that")
         raise RunFormatError(f"{run_dir}: not a neuronpath run (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text())
