@@ -105,6 +105,10 @@ def test_prune_command_end_to_end(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["summary", str(out)]) == 2  # a prune folder points at its find run
     assert f"its probe paths are the find run {out / 'find'}" in capsys.readouterr().err
+    assert main(["-q", "find", "--model", str(tiny_model_dir), "--data", str(data), "--out",
+                 str(out), "--steps", "3", "--device", "cpu"]) == 2  # no find run inside it
+    assert "is a prune run folder" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
     assert "| depth d |" in (out / "table3.md").read_text()
     kept = report["kept"]["jas"]["cat"]["2"]
     assert len(kept) == 3 and all(len(layer) == 2 for layer in kept)

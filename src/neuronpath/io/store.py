@@ -167,6 +167,9 @@ class RunStore:
         path = self.dir / MANIFEST
         self.lock = None
         if rank == 0:
+            if not path.exists() and (self.dir / "find" / MANIFEST).is_file():
+                raise RunConflictError(f"{self.dir} is a prune run folder; use another folder "
+                                       f"({option('out', 'DIR')})")
             self.dir.mkdir(parents=True, exist_ok=True)
             self.lock = RunLock(self.dir)
             if path.exists():
