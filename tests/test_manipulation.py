@@ -15,7 +15,7 @@ from neuronpath.report.figures import probability_deviation_figure
 from neuronpath.analysis.deviations import method_metrics
 from neuronpath.analysis.draws import random_path
 from neuronpath.engine.editing import manipulate
-from neuronpath.io.store import RECORDS, read_records
+from neuronpath.io.store import RECORDS, read_manifest, read_records
 
 
 def edited_probs(model, x1, path, factor):
@@ -162,3 +162,29 @@ def test_evaluate_errors(tiny_model_dir, image_folder, tmp_path, capsys):
     assert "different model" in capsys.readouterr().err
     assert main(["table", str(run), "--out", str(tmp_path / "t")]) == 2
     assert "not evaluated yet" in capsys.readouterr().err
+
+
+def test_evaluate_skips_an_image_that_went_bad_and_refuses_a_moved_folder(
+        tiny_model_dir, image_folder, tmp_path, capsys, caplog):
+    """After find, one image is damaged: evaluate (and --causal) report it once, list it as
+    skipped and evaluate the others; a folder that moved entirely is refused with --data."""
+    run = tmp_path / "run"
+    assert _find(tiny_model_dir, image_folder, run) == 0
+    moved = tmp_path / "moved"
+    image_folder.rename(moved)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the run's 12 images to do" in err and "--data DIR" in err
+
+    damaged = sorted((moved / "dog").iterdir())[0]
+    damaged.write_bytes(b"not an image any more")
+    assert main(["-q", "evaluate", str(run), "--device", "cpu", "--data", str(moved),
+                 "--bootstrap", "20", "--causal"]) == 0
+    name = f"dog/{damaged.name}"
+    warned = [r.getMessage() for r in caplog.records if "cannot read image" in r.getMessage()]
+    assert len(warned) == 2 and all(damaged.name in w for w in warned)  # evaluate, --causal
+    for folder in ("evaluation", "causal"):
+        assert list(read_manifest(run / folder)["skipped"]) == [name]
+        images = {r["image"] for r in read_records(run / folder)}
+        assert len(images) == 11 and name not in images

@@ -53,6 +53,9 @@ def run_causal(run_dir: str | Path, *, model: str | None = None, data: str | Pat
              store.dir)
 
     def handle(batch):
+        pixels = run.pixels(batch, store)
+        if pixels is None:
+            return
         images = [it.id for it in batch.items]
         labels = torch.tensor([it.label for it in batch.items])
         paths = {m: p.reshape(len(images), layers, -1) for m, p in run.paths(images).items()}
@@ -64,8 +67,7 @@ def run_causal(run_dir: str | Path, *, model: str | None = None, data: str | Pat
                 edits = _edits(paths[m][b], widths)
                 rows += edits
                 owner += [b] * len(edits)
-        probs, preds = pruned_predictions(run.adapter, run.pixels(batch), labels, rows, widths,
-                                          owner)
+        probs, preds = pruned_predictions(run.adapter, pixels, labels, rows, widths, owner)
         records, r = [], 0
         for b, image in enumerate(images):
             base_prob, base_pred = float(probs[r]), int(preds[r])

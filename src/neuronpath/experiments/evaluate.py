@@ -92,9 +92,14 @@ class StoredPaths:
     def pending(self, store) -> list[ImageItem]:
         """Images with every method's path that ``store`` has not finished."""
         found = set(self.manifest["settings"]["methods"])
-        return [ImageItem(i, self.root / i, rec[next(iter(rec))]["label"], "")
-                for i, rec in self.by_image.items()
-                if found <= set(rec) and not set(self.methods) <= store.done.get(i, set())]
+        pending = [ImageItem(i, self.root / i, rec[next(iter(rec))]["label"], "")
+                   for i, rec in self.by_image.items()
+                   if found <= set(rec) and not set(self.methods) <= store.done.get(i, set())]
+        if pending and not any(item.path.is_file() for item in pending):
+            raise RunFormatError(f"none of the run's {len(pending)} images to do is under "
+                                 f"{self.root}; pass {option('data', 'DIR')} with the run's "
+                                 f"image folder")
+        return pending
 
     def paths(self, images: list[str]) -> dict[str, torch.Tensor]:
         """{method: stored paths as recorded, (images, layers) or (images, layers, K)}, and the
@@ -109,11 +114,13 @@ class StoredPaths:
                                          for i in images])
         return paths
 
-    def pixels(self, batch) -> torch.Tensor:
-        if batch.errors:
-            raise RunFormatError(f"{batch.errors[0][1]}; pass {option('data', 'DIR')} with the "
-                                 f"run's image folder")
-        return batch.pixels.to(self.ranks.device, non_blocking=True)
+    def pixels(self, batch, store) -> torch.Tensor | None:
+        """The batch's pixels on the device (None if none was readable); an image that can no
+        longer be read is reported and listed as skipped in ``store``, as find does."""
+        for item, error in batch.errors:
+            log.warning("skipping %s", error)
+            store.skip(item.id, str(error))
+        return batch.pixels.to(self.ranks.device, non_blocking=True) if batch.items else None
 
     def jas(self, image: str, method: str) -> float | None:
         return self.by_image[image][method]["jas"] if method in self.by_image[image] else None
@@ -144,10 +151,13 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
     log.info("evaluate: %d images, %d to do -> %s", len(run.by_image), len(pending), store.dir)
 
     def handle(batch):
+        pixels = run.pixels(batch, store)
+        if pixels is None:
+            return
         images = [it.id for it in batch.items]
         labels = torch.tensor([it.label for it in batch.items])
         paths = run.paths(images)
-        result = manipulate(run.adapter, run.pixels(batch), labels, paths, ops)
+        result = manipulate(run.adapter, pixels, labels, paths, ops)
         records = []
         for row, image in enumerate(images):
             for m in methods:
