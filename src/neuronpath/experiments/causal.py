@@ -53,11 +53,10 @@ def run_causal(run_dir: str | Path, *, model: str | None = None, data: str | Pat
              store.dir)
 
     def handle(batch):
-        pixels = run.pixels(batch, store)
-        if pixels is None:
+        inputs = run.inputs(batch, store)
+        if inputs is None:
             return
-        images = [it.id for it in batch.items]
-        labels = torch.tensor([it.label for it in batch.items])
+        pixels, images, labels = inputs
         paths = {m: p.reshape(len(images), layers, -1) for m, p in run.paths(images).items()}
         rows, owner = [], []
         for b in range(len(images)):

@@ -114,13 +114,17 @@ class StoredPaths:
                                          for i in images])
         return paths
 
-    def pixels(self, batch, store) -> torch.Tensor | None:
-        """The batch's pixels on the device (None if none was readable); an image that can no
-        longer be read is reported and listed as skipped in ``store``, as find does."""
+    def inputs(self, batch, store) -> tuple[torch.Tensor, list[str], torch.Tensor] | None:
+        """(pixels on the device, image ids, labels) of a batch's readable images, None if
+        there is none; an image that can no longer be read is reported and listed as skipped
+        in ``store``, as find does."""
         for item, error in batch.errors:
             log.warning("skipping %s", error)
             store.skip(item.id, str(error))
-        return batch.pixels.to(self.ranks.device, non_blocking=True) if batch.items else None
+        if not batch.items:
+            return None
+        return (batch.pixels.to(self.ranks.device, non_blocking=True),
+                [it.id for it in batch.items], torch.tensor([it.label for it in batch.items]))
 
     def jas(self, image: str, method: str) -> float | None:
         return self.by_image[image][method]["jas"] if method in self.by_image[image] else None
@@ -151,11 +155,10 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
     log.info("evaluate: %d images, %d to do -> %s", len(run.by_image), len(pending), store.dir)
 
     def handle(batch):
-        pixels = run.pixels(batch, store)
-        if pixels is None:
+        inputs = run.inputs(batch, store)
+        if inputs is None:
             return
-        images = [it.id for it in batch.items]
-        labels = torch.tensor([it.label for it in batch.items])
+        pixels, images, labels = inputs
         paths = run.paths(images)
         result = manipulate(run.adapter, pixels, labels, paths, ops)
         records = []
