@@ -53,10 +53,7 @@ def run_causal(run_dir: str | Path, *, model: str | None = None, data: str | Pat
              store.dir)
 
     def handle(batch):
-        inputs = run.inputs(batch, store)
-        if inputs is None:
-            return
-        pixels, images, labels = inputs
+        pixels, images, labels = run.inputs(batch)
         paths = {m: p.reshape(len(images), layers, -1) for m, p in run.paths(images).items()}
         rows, owner = [], []
         for b in range(len(images)):

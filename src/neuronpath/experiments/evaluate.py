@@ -114,15 +114,8 @@ class StoredPaths:
                                          for i in images])
         return paths
 
-    def inputs(self, batch, store) -> tuple[torch.Tensor, list[str], torch.Tensor] | None:
-        """(pixels on the device, image ids, labels) of a batch's readable images, None if
-        there is none; an image that can no longer be read is reported and listed as skipped
-        in ``store``, as find does."""
-        for item, error in batch.errors:
-            log.warning("skipping %s", error)
-            store.skip(item.id, str(error))
-        if not batch.items:
-            return None
+    def inputs(self, batch) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """(pixels on the device, image ids, labels) of a batch's images."""
         return (batch.pixels.to(self.ranks.device, non_blocking=True),
                 [it.id for it in batch.items], torch.tensor([it.label for it in batch.items]))
 
@@ -155,10 +148,7 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
     log.info("evaluate: %d images, %d to do -> %s", len(run.by_image), len(pending), store.dir)
 
     def handle(batch):
-        inputs = run.inputs(batch, store)
-        if inputs is None:
-            return
-        pixels, images, labels = inputs
+        pixels, images, labels = run.inputs(batch)
         paths = run.paths(images)
         result = manipulate(run.adapter, pixels, labels, paths, ops)
         records = []

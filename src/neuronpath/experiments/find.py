@@ -21,6 +21,19 @@ from .ranks import join_ranks, open_store, work_through
 log = logging.getLogger("neuronpath")
 
 
+def input_settings(adapter, labels: str, image_size: int | None, fc_norm_twice: bool,
+                   classes: str | Path | None) -> dict:
+    """What a run's neurons were read on besides the weights, as its manifest records it: the
+    image processor, the token policy, the label mapping, the checkpoint options and, for a
+    zero-shot model, the label set and prompt."""
+    settings = {"preprocess": adapter.preprocess.to_dict(), "token": adapter.token.name,
+                "labels": labels, "image_size": image_size, "fc_norm_twice": fc_norm_twice}
+    if classes is not None:  # zero-shot: the label set is part of the run's identity
+        settings.update(classes=str(Path(classes).expanduser().resolve()),
+                        prompt=adapter.details["zero_shot"]["prompt"])
+    return settings
+
+
 def image_records(items, result, methods, id2label: dict) -> list[dict]:
     """One record per image and method: labels, clean prediction, path and final JAS (and,
     for ``knowledge``, the top-5 (layer, neuron, score) triples)."""
@@ -92,10 +105,8 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
         "settings": {"model": str(model), "weights_sha256": adapter.weights_hash(),
                      "data": str(Path(data).expanduser().resolve()), "methods": methods,
                      "steps": steps, "alphas": alphas, "target": target, "objective": objective,
-                     "preprocess": adapter.preprocess.to_dict(), "token": adapter.token.name,
-                     "dtype": dtype, "labels": folder.mapping, "topk": topk,
-                     "topk_mode": topk_mode, "image_size": image_size,
-                     "fc_norm_twice": fc_norm_twice,
+                     "dtype": dtype, "topk": topk, "topk_mode": topk_mode,
+                     **input_settings(adapter, folder.mapping, image_size, fc_norm_twice, classes),
                      "subset_sha256": None if only is None else hashlib.sha256(
                          "\n".join(sorted(only)).encode()).hexdigest()},
         "model": {**adapter.describe(), **model_widths(adapter),
@@ -111,23 +122,16 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
     if rerank:  # Alg. 1 as written: exact re-scoring of the search's candidates
         manifest["settings"]["rerank"] = rerank
     manifest["search"] = {"rerank": rerank}
-    if classes is not None:  # zero-shot: the label set is part of the run's identity
-        manifest["settings"].update(classes=str(Path(classes).expanduser().resolve()),
-                                    prompt=adapter.details["zero_shot"]["prompt"])
     store = open_store(ranks, out, manifest)
     pending = [it for it in items if not set(methods) <= store.done.get(it.id, set())]
     log.info("find: %d images, %d already done, %d to do -> %s", len(items),
              len(items) - len(pending), len(pending), store.dir)
 
     def handle(batch):
-        for item, error in batch.errors:
-            log.warning("skipping %s", error)
-            store.skip(item.id, str(error))
-        if batch.items:
-            labels_t = torch.tensor([it.label for it in batch.items])
-            result = find_paths(adapter, batch.pixels.to(torch_device, non_blocking=True),
-                                labels_t, methods, config, topk, topk_mode, rerank)
-            store.append(image_records(batch.items, result, methods, adapter.id2label))
+        labels_t = torch.tensor([it.label for it in batch.items])
+        result = find_paths(adapter, batch.pixels.to(torch_device, non_blocking=True),
+                            labels_t, methods, config, topk, topk_mode, rerank)
+        store.append(image_records(batch.items, result, methods, adapter.id2label))
 
     with log_to(store.dir / "find.log"):
         work_through(ranks, store, pending, adapter.preprocess, batch_size, workers, handle,

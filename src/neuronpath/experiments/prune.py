@@ -30,7 +30,7 @@ from ..report.figures import pruning_figure
 from ..report.tables import write_depth_table
 from .common import model_widths, precision, resolve_device
 from .ranks import join_ranks, open_store, work_through
-from .find import run_find
+from .find import input_settings, run_find
 
 log = logging.getLogger("neuronpath")
 
@@ -80,6 +80,8 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     if max(keep) > min(widths):
         raise ValueError(f"{option('keep')}: at most the FFN width {min(widths)}, got {max(keep)}")
     folder = scan_image_folder(data, adapter.id2label, labels)
+    weights = adapter.weights_hash()
+    inputs = input_settings(adapter, folder.mapping, image_size, fc_norm_twice, classes)
     by_class: dict[str, list[str]] = {}
     for item in folder.items:
         by_class.setdefault(item.folder, []).append(item.id)
@@ -90,8 +92,7 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     k = max(keep)
     if find_run is not None:
         manifest = read_manifest(find_run)
-        check_same_inputs(find_run, manifest["settings"], adapter, folder.mapping, image_size,
-                          fc_norm_twice, classes)
+        check_same_inputs(find_run, manifest["settings"], weights, inputs)
         if manifest["settings"]["topk"] < k:
             raise ValueError(f"find run {find_run} has K = {manifest['settings']['topk']} < "
                              f"max keep {k}")
@@ -130,7 +131,7 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     configs = {"unpruned": None} | {f"{m}|{t}|{p}|{d}": (m, t, p, d) for m in methods
                                      for t in keep for p in mask for d in depths}
     grid = _prune_grid(ranks, adapter, out / "grid", tests, configs, kept, widths, seed,
-                       folder.mapping, workers, progress)
+                       {"weights_sha256": weights, **inputs}, workers, progress)
     if not ranks.main:  # the other ranks of a torchrun job help with paths and grid only
         return None
     good = [it for it in tests if it.id in grid]
@@ -156,7 +157,7 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
             comparisons[f"{ours} - {other}"] = paired_difference(per_image[ours], per_image[other], resamples)
 
     report = {"model": model, "data": str(Path(data).expanduser().resolve()),
-              "weights_sha256": adapter.weights_hash(), "keep": list(keep), "mask": list(mask),
+              "weights_sha256": weights, "keep": list(keep), "mask": list(mask),
               "depth": depths, "probe_fraction": probe_fraction, "seed": seed,
               "aggregate": aggregate, "methods": list(methods), "topk_mode": search["topk_mode"],
               "find_run": str(run_dir) if path_methods else None, "search": search,
@@ -169,21 +170,18 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
     return report
 
 
-def check_same_inputs(find_run, settings: dict, adapter, labels: str, image_size: int | None,
-                      fc_norm_twice: bool, classes) -> None:
-    """Refuse a reused find run whose paths were found on another model, other inputs (image
-    processor, image size, MAE fc_norm), other tokens or another label mapping than this prune
-    run evaluates: its kept neurons would then belong to a different computation."""
-    if settings["weights_sha256"] != adapter.weights_hash():
+def check_same_inputs(find_run, settings: dict, weights_sha256: str, inputs: dict) -> None:
+    """Refuse a reused find run whose paths were found on another model or other
+    :func:`~.find.input_settings` (image processor, token, labels, checkpoint options,
+    zero-shot label set) than this prune run evaluates: its kept neurons would then belong to
+    a different computation."""
+    if settings["weights_sha256"] != weights_sha256:
         raise RunConflictError(f"find run {find_run} was made by a different model")
-    zero_shot = adapter.details.get("zero_shot") or {}
-    ours = {"preprocess": adapter.preprocess.to_dict(), "token": adapter.token.name,
-            "labels": labels, "image_size": image_size, "fc_norm_twice": fc_norm_twice,
-            "classes": None if classes is None else str(Path(classes).expanduser().resolve()),
-            "prompt": zero_shot.get("prompt") if classes is not None else None}
-    ours = json.loads(json.dumps(ours))  # as the manifest stores them (tuples become lists)
-    theirs = {key: settings.get(key, False if key == "fc_norm_twice" else None) for key in ours}
-    changed = [key for key in ours if ours[key] != theirs[key]]
+    ours = json.loads(json.dumps(inputs))  # as the manifest stores them (tuples become lists)
+    keys = list(dict.fromkeys([*ours, "classes", "prompt"]))
+    ours = {key: ours.get(key) for key in keys}
+    theirs = {key: settings.get(key, False if key == "fc_norm_twice" else None) for key in keys}
+    changed = [key for key in keys if ours[key] != theirs[key]]
     if changed:
         def show(key, value):
             if key == "preprocess" and isinstance(value, dict):
@@ -196,15 +194,15 @@ def check_same_inputs(find_run, settings: dict, adapter, labels: str, image_size
 
 
 def _prune_grid(ranks, adapter, folder: Path, tests: list, configs: dict, kept: dict, widths,
-                seed: int, labels: str, workers: int | None, progress: bool | None) -> dict:
+                seed: int, model_identity: dict, workers: int | None,
+                progress: bool | None) -> dict:
     """The test images' label probability and prediction under every setting of the grid, as
     a resumable run folder (one record per image, ``prob``/``pred`` in ``configs`` order) that
     the ranks of a ``torchrun`` job share out.  The masks are seeded per image, so the numbers
-    do not depend on batches, ranks or interruptions.  Returns the records by image (main
-    rank; empty on the others)."""
-    identity = {"weights_sha256": adapter.weights_hash(), "labels": labels,
-                "preprocess": adapter.preprocess.to_dict(), "token": adapter.token.name,
-                "configs": list(configs), "seed": seed,
+    do not depend on batches, ranks or interruptions; ``model_identity`` (weights hash and
+    :func:`~.find.input_settings`) is part of the folder's identity.  Returns the records by
+    image (main rank; empty on the others)."""
+    identity = {**model_identity, "configs": list(configs), "seed": seed,
                 "tests_sha256": hashlib.sha256("\n".join(it.id for it in tests).encode()).hexdigest(),
                 "kept_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()}
     store = open_store(ranks, folder, {"tool": "neuronpath prune", "settings": identity})
@@ -213,11 +211,6 @@ def _prune_grid(ranks, adapter, folder: Path, tests: list, configs: dict, kept: 
              len(configs), len(pending), store.dir)
 
     def handle(batch):
-        for item, error in batch.errors:
-            log.warning("skipping %s", error)
-            store.skip(item.id, str(error))
-        if not batch.items:
-            return
         labels_t = torch.tensor([it.label for it in batch.items])
         probs, preds = [], []
         for setting in configs.values():

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..errors import option
-from ..io.images import ImageItem, image_batches
+from ..io.images import Batch, ImageItem, image_batches
 from ..io.store import RunStore, write_json_atomic
 
 log = logging.getLogger("neuronpath")
@@ -140,13 +140,17 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
 
 def work_through(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], preprocess,
                  batch_size: int, workers: int | None, handle, order: Sequence[str],
-                 desc: str, progress: bool | None = None) -> None:
+                 desc: str, progress: bool | None = None, skip_unreadable: bool = True) -> None:
     """Run ``handle(batch)`` over this rank's share of ``pending`` in decoded batches, with a
     progress bar of the whole run on the main rank; then wait for every rank and (main rank)
-    merge the shards, records ordered as ``order`` (image ids) lists them.  The run folder's
-    lock is released at the end, also when the work fails."""
+    merge the shards, records ordered as ``order`` (image ids) lists them.  With
+    ``skip_unreadable`` an unreadable image is reported, listed as skipped in ``store`` and
+    left out of ``batch.errors`` (``handle`` sees only batches with readable images); without,
+    ``handle`` gets the errors.  The run folder's lock is released at the end, also when the
+    work fails."""
     try:
-        _work(ranks, store, pending, preprocess, batch_size, workers, handle, desc, progress)
+        _work(ranks, store, pending, preprocess, batch_size, workers, handle, desc, progress,
+              skip_unreadable)
         if ranks.main and ranks.world > 1:
             store.consolidate({image: i for i, image in enumerate(order)})
     finally:
@@ -155,7 +159,7 @@ def work_through(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], pr
 
 def _work(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], preprocess,
           batch_size: int, workers: int | None, handle, desc: str,
-          progress: bool | None) -> None:
+          progress: bool | None, skip_unreadable: bool) -> None:
     mine = ranks.share(pending)
     done = 0
     disable = not ranks.main or (None if progress is None else not progress)
@@ -167,8 +171,14 @@ def _work(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], preproces
         for batch in image_batches(mine, preprocess, batch_size,
                                    loader_workers(workers, ranks.device),
                                    pin_memory=ranks.device.type == "cuda"):
-            handle(batch)
             done += len(batch.items) + len(batch.errors)
+            if skip_unreadable:
+                for item, error in batch.errors:
+                    log.warning("skipping %s", error)
+                    store.skip(item.id, str(error))
+                batch = Batch(batch.items, batch.pixels, [])
+            if batch.items or batch.errors:
+                handle(batch)
             ranks.report(store.dir, done)
             show(ranks.others_done(store.dir)[0] if ranks.main and ranks.world > 1 else 0)
         ranks.report(store.dir, done, finished=True)

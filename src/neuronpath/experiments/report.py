@@ -199,7 +199,7 @@ def _activation_pass(ranks: Ranks, adapter, index: RunIndex, root: Path, out: Pa
         store.append(records)
 
     work_through(ranks, store, pending, adapter.preprocess, batch_size, workers, handle,
-                 index.order, "neuron activations", progress)
+                 index.order, "neuron activations", progress, skip_unreadable=False)
     details = {r["image"]: r for r in iter_records(store.dir) if "paths" in r}
     return details, *_merged_top(store.dir, cards, top)
 
