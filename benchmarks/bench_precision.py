@@ -19,29 +19,13 @@ import time
 
 import torch
 
-from neuronpath.engine.attribution import AttributionConfig, objective
+from neuronpath.engine.attribution import AttributionConfig
 from neuronpath.experiments.common import precision
 from neuronpath.io.images import image_batches, interleave_classes, scan_image_folder
 from neuronpath.methods import find_paths
 from neuronpath.models.loading import load_model
 
-
-def unit_seconds(adapter, pixels, labels, steps, repeats):
-    """One float32 forward + backward to the input on ``steps`` rows."""
-    times = []
-    for i in range(repeats):
-        x = pixels[i % len(pixels)][None].repeat(steps, 1, 1, 1)
-        x = (x * torch.linspace(0, 1, steps, device=x.device)[:, None, None, None])
-        x = x.requires_grad_(True)
-        y = labels[i % len(labels)].repeat(steps)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        torch.autograd.grad(objective(adapter.logits(x), y, "prob").sum(), x)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from bench_search import unit_seconds  # the same unit R is measured in
 
 
 def run_paths(adapter, pixels, labels, config, batch_size):

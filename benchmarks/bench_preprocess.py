@@ -38,7 +38,6 @@ def main():
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--find-images", type=int, default=4)
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     adapter = load_model(args.model)
     items = interleave_classes(scan_image_folder(args.data, adapter.id2label).items)[:args.images]
     size = tuple(adapter.preprocess(load_image(items[0].path)).shape[1:])

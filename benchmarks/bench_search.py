@@ -25,15 +25,20 @@ from neuronpath.methods import find_paths
 
 
 def unit_seconds(adapter, pixels, labels, steps, repeats):
-    """One forward + backward to the input on ``steps`` rows (one image, interpolated inputs)."""
+    """Median seconds of one forward + backward to the input on ``steps`` rows (one image,
+    interpolated inputs): the unit R is measured in (also by ``bench_precision.py``)."""
     times = []
     for i in range(repeats):
         x = pixels[i % len(pixels)][None].repeat(steps, 1, 1, 1)
-        x = (x * torch.linspace(0, 1, steps)[:, None, None, None]).requires_grad_(True)
+        x = (x * torch.linspace(0, 1, steps, device=x.device)[:, None, None, None])
+        x = x.requires_grad_(True)
         y = labels[i % len(labels)].repeat(steps)
+        if x.is_cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        f = objective(adapter.logits(x), y, "prob").sum()
-        torch.autograd.grad(f, x)
+        torch.autograd.grad(objective(adapter.logits(x), y, "prob").sum(), x)
+        if x.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
