@@ -398,9 +398,9 @@ def pooled_activation_path(model, x1):
     return [int(torch.argmax(v.sum(0))) for v in clean_blocks(model, x1)]
 
 
-def prob_with_cls_multiplied(model, x1, label, multipliers):
-    """P(label) of one image with layer l's CLS post-GELU row multiplied by multipliers[l]
-    during the forward (downstream recomputed)."""
+def probs_with_cls_multiplied(model, x1, multipliers):
+    """Class probabilities of one image with layer l's CLS post-GELU row multiplied by
+    multipliers[l] during the forward (downstream recomputed)."""
     def make(vector):
         def hook(module, inputs, output):
             output = output.clone()
@@ -412,7 +412,12 @@ def prob_with_cls_multiplied(model, x1, label, multipliers):
     hooks = [all_sites[l].register_forward_hook(make(v)) for l, v in multipliers.items()]
     try:
         with torch.no_grad():
-            return float(model(pixel_values=x1).logits.softmax(-1)[0, label])
+            return model(pixel_values=x1).logits.softmax(-1)[0]
     finally:
         for h in hooks:
             h.remove()
+
+
+def prob_with_cls_multiplied(model, x1, label, multipliers):
+    """P(label) of one image under :func:`probs_with_cls_multiplied`."""
+    return float(probs_with_cls_multiplied(model, x1, multipliers)[label])

@@ -20,20 +20,11 @@ from neuronpath.io.store import RECORDS, read_manifest, read_records
 
 def edited_probs(model, x1, path, factor):
     """One forward with path neuron l of the CLS row multiplied by factor at every layer."""
-    def make(p):
-        def hook(module, inputs, output):
-            output = output.clone()
-            output[0, 0, p] = output[0, 0, p] * factor
-            return output
-        return hook
-
-    hooks = [site.register_forward_hook(make(path[l])) for l, site in enumerate(literal.sites(model))]
-    try:
-        with torch.no_grad():
-            return model(pixel_values=x1).logits.softmax(-1)[0]
-    finally:
-        for h in hooks:
-            h.remove()
+    width = model.config.intermediate_size
+    multipliers = {l: torch.ones(width, dtype=torch.float64).index_fill_(0, torch.tensor([int(p)]),
+                                                                           factor)
+                   for l, p in enumerate(path)}
+    return literal.probs_with_cls_multiplied(model, x1, multipliers)
 
 
 def test_manipulation_equals_literal_edited_forwards():
