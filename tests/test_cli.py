@@ -93,6 +93,14 @@ def test_bad_arguments_get_clear_errors(tiny_model_dir, image_folder, tmp_path, 
     assert "not a neuronpath run" in capsys.readouterr().err
 
 
+def test_find_logs_and_stores_where_the_neuron_is_read(tiny_model_dir, image_folder, tmp_path,
+                                                       caplog):
+    caplog.set_level("INFO", logger="neuronpath")
+    assert find(tiny_model_dir, image_folder, tmp_path / "run") == 0
+    assert any("each neuron is read at token cls: " in r.getMessage() for r in caplog.records)
+    assert read_manifest(tmp_path / "run")["settings"]["token"] == "cls"
+
+
 def test_summary_command(tiny_model_dir, image_folder, tmp_path, capsys):
     assert find(tiny_model_dir, image_folder, tmp_path / "run") == 0
     capsys.readouterr()

@@ -91,6 +91,7 @@ def run_find(model: str, data: str | Path, out: str | Path, *,
     adapter = load_model(model, device=torch_device, dtype=model_dtype, token=token,
                          preprocess=preprocess, image_size=image_size,
                          fc_norm_twice=fc_norm_twice, classes=classes, prompt=prompt)
+    log.info("find: each neuron is read at token %s: %s", adapter.token.name, adapter.readout)
     if topk > min(adapter.widths()):
         raise ValueError(f"{option('topk')}: expected 1 <= K <= {min(adapter.widths())} (the FFN width of "
                          f"{adapter.describe()['class']}), got {topk}")
