@@ -19,10 +19,11 @@ import time
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from neuronpath.analysis.draws import random_path
+from neuronpath.methods.controls import random_path
 from neuronpath.engine.attribution import AttributionConfig, objective
 from neuronpath.engine.editing import manipulate
-from neuronpath.experiments.common import parse_bytes, precision
+from neuronpath.experiments.common import parse_bytes
+from neuronpath.models.spec import ModelSpec
 from neuronpath.methods import find_paths
 from neuronpath.models.huggingface import from_hf_model
 
@@ -57,7 +58,7 @@ def main():
     parser.add_argument("--memory-budget", default="8GiB")
     args = parser.parse_args()
     device = torch.device(args.device)
-    model_dtype, autocast = precision(args.dtype, device)
+    model_dtype, autocast = ModelSpec(dtype=args.dtype).precision(device)
     torch.manual_seed(0)
     config = ViTConfig(hidden_size=args.hidden, num_hidden_layers=args.layers,
                        num_attention_heads=args.heads, intermediate_size=4 * args.hidden,

@@ -20,7 +20,7 @@ import time
 import torch
 
 from neuronpath.engine.attribution import AttributionConfig
-from neuronpath.experiments.common import precision
+from neuronpath.models.spec import ModelSpec
 from neuronpath.io.images import image_batches, interleave_classes, scan_image_folder
 from neuronpath.methods import find_paths
 from neuronpath.models.loading import load_model
@@ -60,19 +60,19 @@ def main():
     batch = next(image_batches(items, adapter.preprocess, len(items)))
     pixels = batch.pixels.to(device)
     labels = torch.tensor([i.label for i in batch.items], device=device)
-    precision("float32", device)
+    ModelSpec(dtype="float32").precision(device)
     unit_seconds(adapter, pixels, labels, args.steps, 3)  # warm-up
     units = [unit_seconds(adapter, pixels, labels, args.steps, 10)]
 
     results = {}
     for name in args.dtypes.split(","):
-        model_dtype, autocast = precision(name, device)
+        model_dtype, autocast = ModelSpec(dtype=name).precision(device)
         adapter.to(dtype=model_dtype)
         config = AttributionConfig(steps=args.steps, autocast=autocast)
         run_paths(adapter, pixels[:1], labels[:1], config, 1)  # warm-up
         results[name] = run_paths(adapter, pixels, labels, config, args.batch_size)
         adapter.to(dtype=torch.float32)
-        precision("float32", device)
+        ModelSpec(dtype="float32").precision(device)
         units.append(unit_seconds(adapter, pixels, labels, args.steps, 10))
     unit = statistics.mean(units)
 

@@ -7,7 +7,7 @@ backward of the same model on m rows, both measured in this run; plus each path'
 R counts everything ``find`` does per image: the clean forward, the search, and the final JAS.
 The headline row is ``jas+activation`` (``find``'s default: JAS path search plus the final JAS of
 both paths); the official code costs about 44 such units per image for a 12-layer model with
-m = 20 (spec §11).  Each other row is one method run alone (its clean pass, search, final JAS).
+m = 20 (docs/official-code.md#cost).  Each other row is one method run alone (its clean pass, search, final JAS).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from neuronpath.engine.attribution import AttributionConfig, objective
 from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
 from neuronpath.models.loading import load_model
-from neuronpath.methods import find_paths
+from neuronpath.methods import JASOptions, find_paths
 
 
 def unit_seconds(adapter, pixels, labels, steps, repeats):
@@ -77,9 +77,9 @@ def main():
         scores = {m: [] for m in methods}
         start = time.perf_counter()
         for s in range(0, len(items), args.batch_size):
+            chosen = {m: JASOptions(rerank=rerank) if m == "jas" else None for m in methods}
             result = find_paths(adapter, pixels[s:s + args.batch_size],
-                                labels[s:s + args.batch_size], methods, config, k=args.topk,
-                                rerank=rerank)
+                                labels[s:s + args.batch_size], chosen, config, k=args.topk)
             for m in methods:
                 scores[m] += result.scores[m].tolist()
         timings[run] = (time.perf_counter() - start) / len(items)

@@ -39,7 +39,9 @@ def main():
           "the path ΔP/P (%) | neurons as official | paths as official |")
     print("|---|---|---|---|---|---|---|---|")
     for run in args.reranked:
-        rerank = read_manifest(run)["settings"].get("rerank", 0)
+        settings = read_manifest(run)["settings"]
+        rerank = (settings.get("options") or {}).get("jas", {}).get("rerank",
+                                                                   settings.get("rerank", 0))
         found, evaluated, causal = (by_image(run, "jas"), by_image(f"{run}/evaluation", "jas"),
                                     by_image(f"{run}/causal", "jas"))
         images = sorted(found)

@@ -227,7 +227,7 @@ def topk_final_jas(model, x1, label, path, steps, last_only):
     return float((1 / steps) * value * total_grad)
 
 
-# --- global-pool (MAE-style) models: the neuron spans all patch tokens (rows 1..T), spec §4 ---
+# --- global-pool (MAE-style) models: the neuron spans all patch tokens (rows 1..T), docs/official-code.md#mae ---
 
 def clean_patches(model, x1):
     found = {}

@@ -1,4 +1,4 @@
-"""Model adapters: FFN activation discovery across naming schemes, token policies, errors."""
+"""Model adapters: FFN site discovery across naming schemes, token policies, errors."""
 
 import pytest
 import torch
@@ -6,7 +6,8 @@ from torch import nn
 from transformers import (DeiTConfig, DeiTForImageClassification,
                           DeiTForImageClassificationWithTeacher)
 
-from neuronpath.engine.adapter import ModelAdapter, find_ffn_activations
+from neuronpath.engine.adapter import ModelAdapter
+from neuronpath.engine.sites import find_ffn_sites
 from neuronpath.models.huggingface import from_hf_model
 from neuronpath.engine.interventions import record_neurons
 from neuronpath.methods import find_paths
@@ -43,48 +44,110 @@ class OldStyleViT(nn.Module):
         return self.head(h[:, 0])
 
 
+def _sites(model, shape=(2, 3, 2, 2), num_layers=None):
+    x = torch.randn(shape, dtype=next(model.parameters()).dtype)
+    return find_ffn_sites(model, lambda: model(x), num_layers)
+
+
 def test_transformers4_style_names_are_found():
-    names = find_ffn_activations(OldStyleViT(), 3)
-    assert names == [f"encoder.layer.{i}.intermediate.intermediate_act_fn" for i in range(3)]
+    """The FFN hidden state is the input of the output projection, found by the order in which
+    the block's modules run (here ``output``, a sibling of ``intermediate``)."""
+    names = _sites(OldStyleViT(), num_layers=3)
+    assert names == [f"encoder.layer.{i}.output" for i in range(3)]
 
 
 def test_generic_adapter_runs_the_search():
     torch.manual_seed(0)
     model = OldStyleViT().double()
-    adapter = ModelAdapter(model, find_ffn_activations(model))
+    adapter = ModelAdapter(model, ffn_inputs=_sites(model), input_shape=(3, 2, 2))
     x = torch.randn(2, 3, 2, 2, dtype=torch.float64)
     result = find_paths(adapter, x, torch.tensor([0, 3]), config=AttributionConfig(steps=3))
     assert result.paths["jas"].shape == (2, 3)
     assert (result.paths["jas"] < 10).all()
+    # reading the input of the output projection is reading the activation's output
+    acts = ModelAdapter(model, [f"encoder.layer.{i}.intermediate.intermediate_act_fn"
+                                for i in range(3)], input_shape=(3, 2, 2))
+    with record_neurons(adapter) as a, record_neurons(acts) as b:
+        model(x)
+    assert all(torch.equal(a[l], b[l]) for l in range(3))
 
 
-def test_timm_style_names_are_found():
-    model = nn.Module()
-    model.blocks = nn.ModuleList()
-    for _ in range(2):
-        block = nn.Module()
-        block.mlp = nn.Module()
-        block.mlp.fc1, block.mlp.act, block.mlp.fc2 = nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4)
-        model.blocks.append(block)
-    assert find_ffn_activations(model, 2) == ["blocks.0.mlp.act", "blocks.1.mlp.act"]
+class TimmBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.Linear(4, 4)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.act, self.mlp.fc2 = nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4)
+        self.proj = nn.Linear(4, 4)  # registered after the MLP, runs before it (as in Hiera)
+
+    def forward(self, x):
+        x = x + self.attn(self.proj(x))
+        return x + self.mlp.fc2(self.mlp.act(self.mlp.fc1(x)))
 
 
-def test_shared_activation_module_is_refused():
+def test_timm_style_names_are_found_by_the_order_modules_run():
+    model = nn.Sequential()
+    model.blocks = nn.Sequential(TimmBlock(), TimmBlock())
+    assert _sites(model, (2, 5, 4), 2) == ["blocks.0.mlp.fc2", "blocks.1.mlp.fc2"]
+
+
+class GatedBlock(nn.Module):
+    """A SwiGLU FFN: down(silu(gate(x)) * up(x)), no activation module."""
+
+    def __init__(self, width=4, ffn=6):
+        super().__init__()
+        self.mlp = nn.Module()
+        self.mlp.gate_proj, self.mlp.up_proj = nn.Linear(width, ffn), nn.Linear(width, ffn)
+        self.mlp.down_proj = nn.Linear(ffn, width)
+
+    def forward(self, x):
+        m = self.mlp
+        return x + m.down_proj(nn.functional.silu(m.gate_proj(x)) * m.up_proj(x))
+
+
+def test_a_gated_ffn_is_read_at_the_input_of_its_down_projection():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.layers = nn.Sequential(GatedBlock(), GatedBlock())
+    assert _sites(model, (2, 5, 4)) == ["layers.0.mlp.down_proj", "layers.1.mlp.down_proj"]
+    adapter = ModelAdapter(model, ffn_inputs=_sites(model, (2, 5, 4)), token="all")
+    x = torch.randn(3, 5, 4)
+    with record_neurons(adapter) as got:
+        model(x)
+    m = model.layers[0].mlp
+    assert torch.allclose(got[0], nn.functional.silu(m.gate_proj(x)) * m.up_proj(x))
+
+
+def test_shared_modules_are_refused():
     model = OldStyleViT()
-    shared = nn.GELU()
+    shared = nn.Linear(10, 8)
     for block in model.encoder.layer:
-        block.intermediate.intermediate_act_fn = shared
-    with pytest.raises(ValueError, match="found 1"):
-        find_ffn_activations(model, 3)
-    names = ["encoder.layer.0.intermediate.intermediate_act_fn",
-             "encoder.layer.1.intermediate.intermediate_act_fn"]
+        block.output = shared
+    with pytest.raises(ValueError, match="output projection"):
+        _sites(model, num_layers=3)
+    names = ["encoder.layer.0.output", "encoder.layer.1.output"]
     with pytest.raises(ValueError, match="several layers"):
-        ModelAdapter(model, names)
+        ModelAdapter(model, ffn_inputs=names, token="cls")
 
 
 def test_missing_site_names_are_reported():
     with pytest.raises(ValueError, match="no module named"):
-        ModelAdapter(OldStyleViT(), ["encoder.layer.0.nope"])
+        ModelAdapter(OldStyleViT(), ["encoder.layer.0.nope"], token="cls")
+
+
+def test_a_hand_built_adapter_without_a_token_runs_the_probe():
+    """No token given: the gradient probe decides (a mean-pooled model reads its patches)."""
+    torch.manual_seed(0)
+    model = OldStyleViT().double()
+    pooled = nn.Module()
+    pooled.forward = lambda x: model.head(model.encoder.layer[-1](
+        model.encoder.layer[0](model.embed(x.flatten(1))[:, None, :].repeat(1, 3, 1)))[:, 1:]
+        .mean(1))
+    adapter = ModelAdapter(model, ffn_inputs=["encoder.layer.0.output", "encoder.layer.2.output"],
+                           forward=pooled.forward, input_shape=(3, 2, 2))
+    assert adapter.token.name == "patches:1" and "gradient probe" in adapter.readout.reason
+    with pytest.raises(ValueError, match="input_shape"):
+        ModelAdapter(model, ffn_inputs=["encoder.layer.0.output"])
 
 
 def _deit(cls):
@@ -110,7 +173,7 @@ def test_deit_with_teacher_reads_cls_and_distillation_tokens():
     model = _deit(DeiTForImageClassificationWithTeacher)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     both = from_hf_model(model)
-    assert both.token.spans == ((0, 2),) and "distillation" in both.readout
+    assert both.token.spans == ((0, 2),) and "distillation" in both.readout.reason
     cls_adapter = from_hf_model(model, token="cls")
     dist_adapter = from_hf_model(model, token="distillation")
     assert cls_adapter.token == TokenPolicy.cls() and dist_adapter.token.start == 1

@@ -18,7 +18,7 @@ PACKAGE = ROOT / "src" / "neuronpath"
 
 # layer -> the layers it may import (besides itself)
 ALLOWED = {
-    "base": set(),  # errors.py, version.py
+    "base": set(),  # errors.py, version.py, draws.py
     "engine": {"base"},
     "io": {"base"},
     "models": {"base", "engine", "io"},
@@ -29,7 +29,7 @@ ALLOWED = {
     "cli": {"base", "engine", "io", "models", "methods", "analysis", "report", "experiments"},
     "api": {"base", "engine", "io", "models", "methods", "analysis", "report", "experiments"},
 }
-BASE_MODULES = {"neuronpath.errors", "neuronpath.version"}
+BASE_MODULES = {"neuronpath.errors", "neuronpath.version", "neuronpath.draws"}
 
 
 def module_name(path: Path) -> str:

@@ -113,17 +113,22 @@ def test_a_run_whose_model_folder_now_preprocesses_otherwise_is_refused(
     assert "other image preprocessing" in err and "0.2" in err
 
 
+@pytest.mark.parametrize("error", [ZeroDivisionError, ValueError, KeyError])
 def test_an_unexpected_internal_error_keeps_its_traceback(monkeypatch, tiny_model_dir,
-                                                          image_folder, tmp_path):
+                                                          image_folder, tmp_path, capsys, error):
+    """Only the project's user-error type is one line; a library bug -- a ValueError included --
+    prints its traceback and says it is a bug."""
     import neuronpath.experiments.find as find
 
     def broken(*args, **kwargs):
-        raise ZeroDivisionError("an internal bug")
+        raise error("an internal bug")
 
     monkeypatch.setattr(find, "find_paths", broken)
-    with pytest.raises(ZeroDivisionError):
-        main(["-q", *FIND, "--model", str(tiny_model_dir), "--data", str(image_folder),
-              "--out", str(tmp_path / "run")])
+    assert main(["-q", *FIND, "--model", str(tiny_model_dir), "--data", str(image_folder),
+                 "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "an internal bug" in err
+    assert err.strip().splitlines()[-1].startswith("neuronpath: this is a bug in neuronpath")
 
 
 def _find_process(model, data, out, *extra):

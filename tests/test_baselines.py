@@ -1,5 +1,5 @@
 """Influence Pattern, knowledge attribution, TopK paths and global-pool (MAE-style) models
-against literal loops of the official computations (spec §3, §4, §5, §8)."""
+against literal loops of the official computations (docs/official-code.md#influence-pattern, docs/official-code.md#mae, docs/official-code.md#knowledge-attribution, docs/official-code.md#topk-and-pruning)."""
 
 import pytest
 import torch
@@ -10,7 +10,7 @@ from neuronpath.models.huggingface import from_hf_model
 from neuronpath.engine.attribution import AttributionConfig, clean_pass
 from neuronpath.analysis.records import layer_distribution
 from neuronpath.methods.knowledge import knowledge_attribution, top_neurons
-from neuronpath.methods import find_paths, jas_path
+from neuronpath.methods import JASOptions, find_paths, jas_path
 from neuronpath.engine.tokens import TokenPolicy
 
 STEPS = 5
@@ -59,7 +59,7 @@ def test_knowledge_top_neurons_and_layer_distribution():
     assert top[0] == [(2, 1, 5.0), (0, 3, 4.0)]
     assert top[1][0] == (1, 0, 9.0) and top[1][1][2] == 0.0
     records = [{"method": "knowledge", "top": t} for t in top] + [{"method": "jas"}]
-    assert layer_distribution(records, 3) == [2, 1, 1]
+    assert layer_distribution(records, 3, "knowledge") == [2, 1, 1]
 
 
 def test_knowledge_method_in_find_paths(setup):
@@ -74,7 +74,8 @@ def test_topk_with_k1_equals_the_plain_path(setup):
     config = AttributionConfig(steps=STEPS)
     plain = find_paths(adapter, x, y, ["jas", "activation"], config)
     for mode in ("all", "official"):
-        one = find_paths(adapter, x, y, ["jas", "activation"], config, k=1, topk_mode=mode)
+        one = find_paths(adapter, x, y, {"jas": JASOptions(topk_mode=mode), "activation": None},
+                         config, k=1)
         for method in plain.paths:
             assert torch.equal(one.paths[method], plain.paths[method])
             torch.testing.assert_close(one.scores[method], plain.scores[method], rtol=0, atol=0)
@@ -83,7 +84,8 @@ def test_topk_with_k1_equals_the_plain_path(setup):
 @pytest.mark.parametrize("mode", ["official", "all"])
 def test_topk_equals_literal_loop(setup, mode):
     model, adapter, x, y = setup
-    result = find_paths(adapter, x, y, ["jas"], AttributionConfig(steps=STEPS), k=3, topk_mode=mode)
+    result = find_paths(adapter, x, y, {"jas": JASOptions(topk_mode=mode)},
+                        AttributionConfig(steps=STEPS), k=3)
     assert result.paths["jas"].shape == (3, 4, 3)
     for b in range(3):
         expected = literal.topk_path(model, x[b:b + 1], int(y[b]), STEPS, 3, mode == "official")

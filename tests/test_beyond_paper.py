@@ -80,12 +80,12 @@ def test_find_records_rerank_in_the_manifest(tiny_model_dir, image_folder, tmp_p
     assert main(["-q", "find", "--model", str(tiny_model_dir), "--data", str(image_folder),
                  "--out", str(out), "--steps", "3", "--rerank", "4", "--limit", "3"]) == 0
     manifest = read_manifest(out)
-    assert manifest["settings"]["rerank"] == 4 and manifest["search"] == {"rerank": 4}
+    assert manifest["settings"]["options"]["jas"] == {"rerank": 4, "topk_mode": "all"}
     assert len(read_records(out)) == 6
-    with pytest.raises(SystemExit):
-        main(["find", "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
-              str(tmp_path / "x"), "--rerank", "some"])
-    assert "rerank" in capsys.readouterr().err
+    assert main(["find", "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
+                 str(tmp_path / "x"), "--rerank", "some"]) == 2
+    assert "--rerank: expected 0, a number of candidates or 'all'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_causal_checks_equal_literal_interventions(tiny_model_dir, image_folder, tmp_path):

@@ -80,7 +80,7 @@ def test_classes_command_end_to_end(tiny_model_dir, image_folder, tmp_path, caps
     names = tmp_path / "names.tsv"
     names.write_text("cat\tHouse cat\ndog\tDog\nfish\tFish\n")
     assert main(["classes", str(run), "--groups", str(groups), "--class-names", str(names),
-                 "--classes", "cat,fish", "--kde-mode", "--permutations", "200"]) == 0
+                 "--plot-classes", "cat,fish", "--kde-mode", "--permutations", "200"]) == 0
     out = run / "classes-jas"
     for name in ("figure4", "similarity", "figure5", "figure2"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
@@ -94,8 +94,13 @@ def test_classes_command_end_to_end(tiny_model_dir, image_folder, tmp_path, caps
     similar = json.loads((out / "similar.json").read_text())
     assert set(similar) == {"cat", "dog", "fish"} and len(similar["cat"]["top"]) == 1
     assert "group coherence" in capsys.readouterr().out
-    assert main(["classes", str(run), "--classes", "zebra"]) == 2
+    assert main(["classes", str(run), "--plot-classes", "zebra"]) == 2
+    assert "--plot-classes: ['zebra'] are not classes of the run" in capsys.readouterr().err
     assert main(["classes", str(run), "--method", "influence-pattern"]) == 2
+    assert "--method: the run has no records of 'influence-pattern'" in capsys.readouterr().err
+    # the old name still works, with a line saying it moved
+    assert main(["-q", "classes", str(run), "--classes", "dog", "--permutations", "10"]) == 0
+    assert "--classes is now --plot-classes" in capsys.readouterr().err
 
 
 def test_violin_figure_with_a_layer_where_every_image_agrees(tmp_path):

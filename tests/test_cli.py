@@ -87,8 +87,12 @@ def test_bad_arguments_get_clear_errors(tiny_model_dir, image_folder, tmp_path, 
     assert "not a folder" in capsys.readouterr().err
     assert find(tiny_model_dir, image_folder, tmp_path / "run", "--batch-size", "0") == 2
     assert "--batch-size: expected a positive integer" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        find(tiny_model_dir, image_folder, tmp_path / "run", "--methods", "jas,bogus")
+    assert find(tiny_model_dir, image_folder, tmp_path / "run", "--methods", "jas,bogus") == 2
+    assert "--methods: unknown ['bogus']" in capsys.readouterr().err
+    assert find(tiny_model_dir, image_folder, tmp_path / "run", "--methods", "activation",
+                "--rerank", "4") == 2  # an option of a method that is not run would do nothing
+    assert "--rerank: an option of method jas, which is not among --methods" in \
+        capsys.readouterr().err
     assert main(["summary", str(tmp_path / "nothing")]) == 2
     assert "not a neuronpath run" in capsys.readouterr().err
 
@@ -174,5 +178,5 @@ def test_all_methods_and_topk_records(tiny_model_dir, image_folder, tmp_path, ca
                 "--topk-mode", "official", "--limit", "2") == 0
     records = read_records(tmp_path / "topk")
     assert all(len(r["path"]) == 3 and len(r["path"][0]) == 2 for r in records)
-    assert read_manifest(tmp_path / "topk")["settings"]["topk_mode"] == "official"
+    assert read_manifest(tmp_path / "topk")["settings"]["options"]["jas"]["topk_mode"] == "official"
     assert find(tiny_model_dir, image_folder, tmp_path / "topk", "--topk", "3") == 2

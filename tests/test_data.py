@@ -45,7 +45,7 @@ def test_scan_sorts_and_interleave_balances(image_folder):
 
 
 def test_scan_errors_name_the_input(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a folder"):
+    with pytest.raises(ValueError, match="not a folder"):
         scan_image_folder(tmp_path / "missing", {})
     with pytest.raises(ValueError, match="no class sub-folders"):
         scan_image_folder(tmp_path, {})

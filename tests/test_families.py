@@ -18,7 +18,8 @@ from neuronpath.cli import main
 from neuronpath.engine.adapter import ModelAdapter
 from neuronpath.engine.attribution import AttributionConfig, clean_pass
 from neuronpath.engine.interventions import scale_neurons
-from neuronpath.engine.readout import probe, settle_token_policy
+from neuronpath.engine.tokens import TokenPolicy
+from neuronpath.engine.readout import probe
 from neuronpath.errors import ModelLoadError
 from neuronpath.io.store import read_manifest, read_records
 from neuronpath.methods import find_paths
@@ -45,15 +46,16 @@ def _pixels(family, n=4, seed=1):
 
 
 def _read_positions(adapter, x):
-    """Literal: positions of the last block's FFN output with a non-zero gradient to the logits."""
+    """Literal: positions of the last block's FFN hidden state (the input of its output
+    projection) with a non-zero gradient to the logits."""
     site = dict(adapter.model.named_modules())[adapter.site_names[-1]]
     kept = {}
 
-    def hook(module, inputs, output):
-        output.retain_grad()
-        kept["out"] = output
+    def hook(module, args):
+        args[0].retain_grad()
+        kept["out"] = args[0]
 
-    handle = site.register_forward_hook(hook)
+    handle = site.register_forward_pre_hook(hook)
     try:
         logits = adapter.logits(x)
         (logits * torch.randn(logits.shape, dtype=logits.dtype)).sum().backward()
@@ -67,9 +69,16 @@ def _read_positions(adapter, x):
 def test_policy_holds_exactly_the_positions_the_head_reads(folders, family):
     adapter = _load(folders, family)
     assert adapter.token.name == EXPECTED_READOUT[family]
-    assert adapter.readout and "gradient probe" not in adapter.readout  # recognised family
+    assert adapter.readout and "gradient probe" not in adapter.readout.reason  # recognised family
     read, count = _read_positions(adapter, _pixels(family).requires_grad_(True))
     assert read == adapter.token.positions(count)
+    found = probe(adapter)
+    for layer in range(adapter.num_layers):  # the last stage reads there; earlier stages all
+        policy = adapter.token_at(layer)
+        if found.tokens[layer] == found.tokens[-1]:
+            assert policy == adapter.token
+        else:
+            assert policy.positions(found.tokens[layer]) == list(range(found.tokens[layer]))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -99,6 +108,8 @@ def test_find_evaluate_classes_prune_end_to_end(folders, family, tmp_path):
     assert main(["-q", "evaluate", str(run), "--device", "cpu", "--bootstrap", "20"]) == 0
     assert main(["-q", "classes", str(run), "--permutations", "20"]) == 0
     assert (run / "classes-jas" / "utilisation.npz").is_file()
+    assert main(["-q", "report", str(run), "--device", "cpu", "--images", "3", "--cards", "2"]) == 0
+    assert (run / "report" / "index.html").is_file()
     assert main(["-q", "prune", *common, "--out", str(tmp_path / "prune"), "--keep", "1,2",
                  "--mask", "1.0", "--steps", str(STEPS), "--bootstrap", "20"]) == 0
     results = json.loads((tmp_path / "prune" / "results.json").read_text())
@@ -119,8 +130,7 @@ def test_swin_paths_and_final_jas_equal_the_literal_pooled_loop():
     names = [n for n, _ in model.named_modules() if n.endswith("mlp.activation_fn")]
     adapter = ModelAdapter(model, names, forward=lambda x: model(pixel_values=x),
                            input_shape=(3, 16, 16))
-    settle_token_policy(adapter)
-    assert adapter.token.name == "all" and "gradient probe" in adapter.readout
+    assert adapter.token.name == "all" and "gradient probe" in adapter.readout.reason
     x, y = _pixels("swin", 2, seed=5), torch.tensor([2, 0])
     result = find_paths(adapter, x, y, ["jas", "activation", "knowledge"],
                         AttributionConfig(steps=STEPS))
@@ -182,8 +192,10 @@ def test_a_classifier_head_missing_from_the_checkpoint_is_refused(tmp_path):
 def test_a_token_override_the_head_cannot_read_is_refused(folders, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"'cls' includes positions 0 .* reads the mean of the patch"):
         _load(folders, "beit", token="cls")
-    with pytest.raises(ValueError, match="only 'all' is defined"):
-        _load(folders, "swin", token="patches")
+    narrowed = _load(folders, "swin", token="0")  # the last stage narrowed; earlier stages all
+    assert narrowed.token.name == "index:0" and narrowed.token_at(0).name == "all"
+    with pytest.raises(ValueError, match="needs token positions up to 99"):
+        _load(folders, "swin", token="99")
     data = make_image_folder(tmp_path / "images", per_class=1)
     assert main(["find", "--model", str(folders["clip-classifier"]), "--data", str(data),
                  "--out", str(tmp_path / "run"), "--token", "cls"]) == 2
@@ -212,23 +224,53 @@ class PickyHead(nn.Module):
 def test_an_unrecognised_model_is_read_where_the_gradient_probe_says():
     model = PickyHead().double()
     adapter = ModelAdapter(model, ["blocks.0.1", "blocks.1.1"], input_shape=(3, 1, 5))
-    settle_token_policy(adapter)
-    assert adapter.token.name == "positions:1,3" and "gradient probe" in adapter.readout
+    assert adapter.token.name == "positions:1,3" and "gradient probe" in adapter.readout.reason
     x = torch.randn(2, 3, 1, 5, dtype=torch.float64)
     clean = clean_pass(adapter, x, torch.tensor([0, 1]))
     assert clean.acts[0].shape == (2, 2, 5)
     with pytest.raises(ValueError, match="positions 0, 2, 4 whose last-layer neurons"):
-        settle_token_policy(adapter, "all")
+        ModelAdapter(model, ["blocks.0.1", "blocks.1.1"], input_shape=(3, 1, 5), token="all")
 
 
-def test_a_gated_ffn_is_refused_naming_the_model_class(tmp_path):
-    torch.manual_seed(0)
-    config = transformers.Dinov2Config(image_size=8, patch_size=4, hidden_size=16,
-                                       num_hidden_layers=2, num_attention_heads=2,
-                                       use_swiglu_ffn=True, num_labels=3)
-    transformers.Dinov2ForImageClassification(config).save_pretrained(tmp_path / "swiglu")
-    with pytest.raises(ValueError, match="Dinov2ForImageClassification: its FFN is gated"):
-        load_model(str(tmp_path / "swiglu"))
+def test_a_family_table_that_disagrees_with_the_probe_is_logged_not_fatal(caplog):
+    """A wrong family entry (here: CLS for a model whose head reads tokens 1 and 3) is named in
+    a warning; the probe's positions are read."""
+    model = PickyHead().double()
+    adapter = ModelAdapter(model, ["blocks.0.1", "blocks.1.1"], input_shape=(3, 1, 5),
+                           family_readout=(TokenPolicy.cls(), "the CLS token"))
+    assert adapter.token.name == "positions:1,3"
+    assert "family table says the head reads the CLS token" in caplog.text
+
+
+def test_hiera_maps_equal_its_own_reordering_to_the_image(folders):
+    """Hiera keeps its tokens "unrolled"; the adapter's layout puts each back where the model's
+    own reroll (its reshaped hidden states, height x width) puts it, stage by stage."""
+    adapter = _load(folders, "hiera")
+    x = _pixels("hiera", 2)
+    with torch.no_grad():
+        out = adapter.model(pixel_values=x, output_hidden_states=True)
+    stages = transformers.HieraConfig.from_pretrained(folders["hiera"]).depths
+    first = [sum(stages[:s]) for s in range(len(stages))]  # the first block of each stage
+    for stage, layer in enumerate(first):
+        hidden, spatial = out.hidden_states[stage + 1], out.reshaped_hidden_states[stage + 1]
+        layout = adapter.layout(layer, hidden.shape[1])
+        for channel in (0, 3):
+            got = layout.image_map(hidden[1, :, channel])
+            assert torch.equal(got, spatial[1, :, :, channel]), (stage, channel)
+    assert adapter.layout(0).order != tuple(range(len(adapter.layout(0).order)))  # not raster
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "cvt", "pvt"])
+def test_raster_maps_put_each_patch_where_the_image_has_it(folders, family):
+    """A per-patch image (each patch's pixels hold its raster index) read through the layout
+    of the first block gives back the raster grid."""
+    adapter = _load(folders, family)
+    found = probe(adapter)
+    layout = adapter.layout(0)
+    assert layout.kind == "grid" and layout.order is None
+    assert layout.prefix + layout.height * layout.width == found.tokens[0]
+    tokens = torch.arange(found.tokens[0], dtype=torch.float64)
+    assert torch.equal(layout.image_map(tokens).flatten(), tokens[layout.prefix:])
 
 
 def test_zero_shot_prompt_and_tokenizer_errors(folders, tmp_path):

@@ -9,7 +9,8 @@ from neuronpath.engine.interventions import record_neurons, replace_neurons, sca
 
 
 def _hook_count(adapter):
-    return sum(len(adapter.site(l)._forward_hooks) for l in range(adapter.num_layers))
+    return sum(len(adapter.site(l)._forward_hooks) + len(adapter.site(l)._forward_pre_hooks)
+               for l in range(adapter.num_layers))
 
 
 @pytest.mark.parametrize("make", [

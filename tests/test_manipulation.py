@@ -13,7 +13,7 @@ from neuronpath.models.huggingface import from_hf_model
 from neuronpath.cli import main
 from neuronpath.report.figures import probability_deviation_figure
 from neuronpath.analysis.deviations import method_metrics
-from neuronpath.analysis.draws import random_path
+from neuronpath.methods.controls import random_path
 from neuronpath.engine.editing import manipulate
 from neuronpath.io.store import RECORDS, read_manifest, read_records
 

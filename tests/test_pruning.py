@@ -11,7 +11,8 @@ from conftest import assert_close_tree, tiny_vit
 from neuronpath.models.huggingface import from_hf_model
 from neuronpath.cli import main
 from neuronpath.analysis.pruning import (keep_by_frequency, keep_by_slot_mode, prune_multipliers,
-                                         random_keep, split_probe_test)
+                                         split_probe_test)
+from neuronpath.methods.controls import random_keep
 from neuronpath.engine.editing import pruned_predictions
 
 
@@ -103,6 +104,11 @@ def test_prune_command_end_to_end(tiny_model_dir, tmp_path, capsys):
     kept = report["kept"]["jas"]["cat"]["2"]
     assert len(kept) == 3 and all(len(layer) == 2 for layer in kept)
     assert set(report["split"].values()) == {"probe", "test"}
+    capsys.readouterr()
+    assert main(["-q", "prune", "--model", str(tiny_model_dir), "--data", str(data), "--out",
+                 str(tmp_path / "x"), "--methods", "jas,bogus"]) == 2  # registry, not strings
+    assert "--methods: unknown ['bogus']; expected some of jas, activation" in \
+        capsys.readouterr().err
 
 
 def test_a_reused_find_run_must_match_the_prune_runs_inputs(tiny_model_dir, tmp_path, capsys):
@@ -173,7 +179,12 @@ def test_an_interrupted_pruning_grid_resumes_without_redoing_finished_images(
     from neuronpath.io.store import read_records
 
     data = make_image_folder(tmp_path / "images", per_class=10)
-    common = dict(keep=[1, 3], mask=[0.5, 1.0], depth=[3], steps=3, device="cpu", progress=False)
+    from neuronpath.analysis.pruning import PruneSettings
+    from neuronpath.engine.attribution import AttributionConfig
+    from neuronpath.experiments.common import Execution
+
+    common = dict(settings=PruneSettings(keep=[1, 3], mask=[0.5, 1.0], depth=[3]),
+                  config=AttributionConfig(steps=3), execution=Execution("cpu", progress=False))
     reference = prune.run_prune(str(tiny_model_dir), data, tmp_path / "ref", **common)
     settings = 1 + 3 * 2 * 2  # unpruned + methods x keep x mask
     monkeypatch.setattr(prune, "GRID_BATCH", 2)

@@ -21,5 +21,6 @@ def test_readme_api_names_exist():
     import neuronpath
 
     for name in ("AttributionConfig", "find_paths", "joint_attribution_score", "load_model",
-                 "read_records", "ModelAdapter"):
+                 "read_records", "ModelAdapter", "ModelSpec", "JASOptions", "register",
+                 "PathMethod"):
         assert hasattr(neuronpath, name)

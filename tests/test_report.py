@@ -71,9 +71,9 @@ def test_path_details_and_cards_equal_a_literal_computation(full_run):
     records = {r["image"]: r for r in read_records(full_run, "jas")}
     sites = [dict(adapter.model.named_modules())[n] for n in adapter.site_names]
 
-    def activations(image):  # literal: every layer's post-GELU FFN output, one image
+    def activations(image):  # literal: every layer's FFN hidden state (input of fc2), one image
         found = {}
-        hooks = [s.register_forward_hook(lambda m, i, o, l=l: found.__setitem__(l, o[0].clone()))
+        hooks = [s.register_forward_pre_hook(lambda m, i, l=l: found.__setitem__(l, i[0][0].clone()))
                  for l, s in enumerate(sites)]
         try:
             with torch.no_grad():

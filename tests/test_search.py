@@ -1,4 +1,4 @@
-"""The searched JAS / Activation paths and their final JAS equal a literal loop of spec §2."""
+"""The searched JAS / Activation paths and their final JAS equal a literal loop of docs/official-code.md#jas-search."""
 
 import pytest
 import torch

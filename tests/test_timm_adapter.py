@@ -55,7 +55,7 @@ class TimmLikeViT(nn.Module):
 def test_timm_layout_cls_model():
     torch.manual_seed(0)
     adapter = from_timm_model(TimmLikeViT().double())
-    assert adapter.site_names == ["blocks.0.mlp.act", "blocks.1.mlp.act"]
+    assert adapter.site_names == ["blocks.0.mlp.fc2", "blocks.1.mlp.fc2"]
     assert adapter.token.name == "cls" and adapter.id2label[0] == "n01440764"
     assert adapter.preprocess.shortest_edge == 8 and adapter.preprocess.crop == (8, 8)
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
@@ -73,7 +73,7 @@ def test_timm_avg_pool_uses_all_patch_tokens():
 
 def test_timm_map_pool_reads_every_token():
     adapter = from_timm_model(TimmLikeViT(global_pool="map"))
-    assert adapter.token == TokenPolicy.all() and "attention pooling" in adapter.readout
+    assert adapter.token == TokenPolicy.all() and "attention pooling" in adapter.readout.reason
 
 
 def test_load_timm_without_timm_is_explained():

@@ -1,65 +1,109 @@
 """Command line: argparse only.  Each subcommand parses its options, calls one experiment
-function from :mod:`neuronpath.experiments` and prints what it wrote."""
+function from :mod:`neuronpath.experiments` and prints what it wrote.
+
+The flags of the model spec and of every path method's options are built from their
+dataclasses (:class:`~neuronpath.models.spec.ModelSpec`, each method's options class in
+:mod:`neuronpath.methods`), so a new option is written once, next to what it configures.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
-from .analysis.pruning import AGGREGATES
-from .engine.attribution import OBJECTIVES, TARGETS
+from .analysis.pruning import AGGREGATES, PruneSettings
+from .engine.attribution import OBJECTIVES, TARGETS, AttributionConfig
 from .engine.editing import OPS
 from .engine.grids import GRIDS
-from .errors import NeuronpathError, command_line_options
+from .errors import InputError, NeuronpathError, command_line_options
 from .experiments.causal import run_causal
-from .experiments.classes import run_classes
-from .experiments.common import DTYPES
+from .experiments.classes import ClassesOptions, run_classes
+from .experiments.common import Execution, parse_bytes
 from .experiments.evaluate import run_evaluate
 from .experiments.find import run_find
-from .experiments.prune import run_prune
+from .experiments.prune import DEFAULT_KEEP_RULES, run_prune
 from .experiments.ranks import leave_ranks
 from .experiments.report import run_report
 from .experiments.summary import summary_text
 from .experiments.table import run_table
-from .io.labels import LABEL_MAPPINGS
-from .methods import DEFAULT_METHODS, REGISTRY, TOPK_MODES
-from .methods.base import parse_rerank
+from .methods import CONTROLS, DEFAULT_METHODS, REGISTRY
 from .models.demo import demo_data_dir
-from .models.loading import DEMO, PREPROCESS_CHOICES
+from .models.spec import DEMO, ModelSpec
 from .report.text import format_class_report
 
 log = logging.getLogger("neuronpath")
 
-# Expected failures of a user's input: the library raises them with a message naming the input
-# (a parameter, a file, a folder); each becomes one line on stderr.  Anything else is a bug and
-# keeps its traceback.
-ERRORS = (ValueError, OSError, NeuronpathError)
+BUG = ("neuronpath: this is a bug in neuronpath, not a problem with your input; please report "
+       "it with the traceback above")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_fields(group, cls, skip: tuple[str, ...] = (), given_only: bool = False) -> None:
+    """One flag per field of the dataclass ``cls`` (its metadata: ``help``, ``choices``,
+    ``type``); ``given_only``: the default is None, meaning "not given"."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        meta = dict(f.metadata)
+        default = None if given_only else f.default
+        if isinstance(f.default, bool):
+            group.add_argument(_flag(f.name), action="store_true",
+                               default=None if given_only else False, help=meta.get("help"))
+            continue
+        kwargs = {"help": meta.get("help"), "default": default}
+        if "choices" in meta:
+            kwargs["choices"] = list(meta["choices"])
+        if "type" in meta:
+            kwargs["type"] = meta["type"]
+        group.add_argument(_flag(f.name), **kwargs)
+
+
+def _given(args, cls) -> dict:
+    """The fields of ``cls`` given on the command line (not None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}
 
 
 def _methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    if not methods or any(m not in REGISTRY for m in methods):
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of "
-                                         f"{', '.join(REGISTRY)}; got {text!r}")
+    if not methods:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of methods; got {text!r}")
     return methods
 
 
-def _add_find_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--methods", type=_methods, default=list(DEFAULT_METHODS),
-                   help="comma-separated path methods (default: jas,activation): "
-                        + "; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values()))
-    p.add_argument("--topk", type=int, default=1,
-                   help="neurons per layer (TopK path, App. E.1); default 1")
-    p.add_argument("--topk-mode", choices=TOPK_MODES, default="all",
-                   help="all: every earlier TopK neuron enters the score (Alg. 3); official: "
-                        "only the K-th does (the released code's bug, spec §8)")
-    p.add_argument("--rerank", type=_rerank, default=0,
-                   help="jas: re-score the search's best C candidates exactly, JAS(P + {w}) "
-                        "(Alg. 1 as written); 'all' scores every neuron; 0 (default) keeps the "
-                        "official whole-layer scoring")
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """Each registered method's options, one group per method."""
+    for method in REGISTRY.values():
+        if dataclasses.fields(method.options):
+            _add_fields(p.add_argument_group(f"{method.name} options"), method.options,
+                        given_only=True)
+
+
+def _method_options(args, methods: list[str]) -> dict:
+    """``{method: options}`` for the chosen methods (controls pass through as None), from
+    their flags; a flag of a method that is not chosen is refused (it would do nothing)."""
+    chosen = {}
+    for name in methods:
+        method = REGISTRY.get(name)
+        chosen[name] = None if method is None else method.options(**_given(args, method.options))
+    for method in REGISTRY.values():
+        if method.name not in methods:
+            for key in _given(args, method.options):
+                raise InputError(f"{_flag(key)}: an option of method {method.name}, which is not "
+                                 f"among {_flag('methods')} {','.join(methods)}")
+    return chosen
+
+
+def _add_search_options(p: argparse.ArgumentParser, methods_default, methods_help: str) -> None:
+    p.add_argument("--methods", type=_methods, default=list(methods_default), help=methods_help)
     p.add_argument("--steps", type=int, default=20, help="alpha steps m (default: 20)")
     p.add_argument("--alphas", choices=GRIDS, default="left",
                    help="alpha grid; 'left' = official code (k/m, k=0..m-1), 'right' = Eq. 3")
@@ -67,46 +111,33 @@ def _add_find_options(p: argparse.ArgumentParser) -> None:
                    help="class whose F is attributed: ground-truth label (official) or prediction")
     p.add_argument("--objective", choices=OBJECTIVES, default="prob",
                    help="F: softmax probability (official) or logit")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
-    p.add_argument("--limit", type=int, help="at most N images, taken round-robin over classes")
-    _add_model_options(p)
     p.add_argument("--memory-budget", default="2GiB",
                    help="saved activations per chunk of rows (default: 2GiB)")
-    _add_workers_option(p)
+    _add_method_options(p)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    """How the model is loaded and what it is shown: shared by find and prune."""
+    """How the model is loaded and what it is shown (the model spec, but for ``--model``)."""
+    _add_fields(p.add_argument_group("model options"), ModelSpec, skip=("model",))
+
+
+def _add_execution_options(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                   help="float32/float64 convert the model; tf32: float32 with TF32 matmuls "
-                        "(CUDA); bfloat16/float16 run it under autocast (see the README on "
-                        "when reduced precision is safe)")
-    p.add_argument("--preprocess", choices=PREPROCESS_CHOICES, default="model",
-                   help="the model's own processor config, or the official code's (spec §9)")
-    p.add_argument("--token", help="token policy (default: where the model's head reads, e.g. "
-                                   "cls for ViT, patches for mean-pooled heads, all for SigLIP and "
-                                   "Swin): cls, distillation, patches[:PREFIX], all, a token index, "
-                                   "or several joined by '+'")
-    _add_zero_shot_options(p)
-    p.add_argument("--labels", choices=LABEL_MAPPINGS, default="auto",
-                   help="how class folders map to label ids (default: auto)")
-    p.add_argument("--image-size", type=int,
-                   help="input size for .npz/.pth checkpoints (default 224, as the official "
-                        "code; position embeddings are resized when the grid differs)")
-    p.add_argument("--fc-norm-twice", action="store_true",
-                   help="MAE checkpoints: apply fc_norm twice, as the official code does (spec §4)")
-
-
-def _add_workers_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"images per batch (default: {batch_size})")
     p.add_argument("--workers", type=int, help="processes decoding images in the background "
                                                "(default: 0 on a CPU, up to 4 beside a GPU)")
 
 
-def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--classes", help="zero-shot CLIP / SigLIP: a file of lines 'label<TAB>class "
-                                     "name' (labels are the image folder names)")
-    p.add_argument("--prompt", help="zero-shot prompt template (default: 'a photo of a {}.')")
+def _add_find_options(p: argparse.ArgumentParser) -> None:
+    _add_search_options(p, DEFAULT_METHODS, "comma-separated path methods (default: "
+                        "jas,activation): " + "; ".join(f"{m.name}: {m.summary}"
+                                                        for m in REGISTRY.values()))
+    p.add_argument("--topk", type=int, default=1,
+                   help="neurons per layer (TopK path, App. E.1); default 1")
+    p.add_argument("--limit", type=int, help="at most N images, taken round-robin over classes")
+    _add_model_options(p)
+    _add_execution_options(p, 8)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,23 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="comma-separated operations (default: remove,enhance)")
     evaluate.add_argument("--model", help="the run's model, if it moved (its weights are checked)")
     evaluate.add_argument("--data", help="the run's image folder, if it moved")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the random-path control")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the controls")
     evaluate.add_argument("--no-random", action="store_true", help="skip the random-path control")
-    evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--bootstrap", type=int, default=1000,
                           help="bootstrap resamples for confidence intervals (default: 1000)")
     evaluate.add_argument("--causal", action="store_true",
                           help="also the causal checks: each path removed whole, each layer's "
                                "path neuron removed alone, only the path kept (RUN/causal/)")
-    _add_workers_option(evaluate)
+    _add_execution_options(evaluate, 16)
 
     classes = sub.add_parser("classes", help="class-level neuron statistics, utilisation "
                                              "matrices, class similarity, Figures 2, 4 and 5")
     classes.add_argument("run", help="run folder written by find")
     classes.add_argument("--method", default="jas", help="whose paths (default: jas)")
     classes.add_argument("--out", help="output folder (default: RUN/classes-METHOD)")
-    classes.add_argument("--classes", help="comma-separated classes for Figure 4 (default: first 4)")
+    classes.add_argument("--plot-classes",
+                         help="comma-separated classes for Figure 4 (default: the first 4)")
+    classes.add_argument("--classes", dest="old_plot_classes", help=argparse.SUPPRESS)
     classes.add_argument("--groups", help="file assigning classes to groups (class<TAB>group) "
                                           "for the coherence test")
     classes.add_argument("--class-names", help="file mapping class labels to readable names")
@@ -182,47 +213,36 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--seed", type=int, default=0)
     prune.add_argument("--aggregate", choices=AGGREGATES, default="frequency",
                        help="frequency over pooled probe selections (App. E.2) or the official "
-                            "per-rank-slot mode (spec §8)")
-    prune.add_argument("--methods", default="jas,activation,random",
-                       help="comma-separated from jas, activation, random")
+                            "per-rank-slot mode (docs/official-code.md#topk-and-pruning)")
     prune.add_argument("--find-run", help="reuse a find run with TopK paths (K >= max keep)")
-    prune.add_argument("--topk-mode", choices=TOPK_MODES, default="all")
-    prune.add_argument("--steps", type=int, default=20)
-    prune.add_argument("--batch-size", type=int, default=8)
     prune.add_argument("--table-keep", type=int, default=5)
     prune.add_argument("--table-mask", type=float, default=1.0)
     prune.add_argument("--bootstrap", type=int, default=1000,
                        help="bootstrap resamples over test images (default: 1000)")
+    _add_search_options(prune, DEFAULT_KEEP_RULES, "comma-separated keep rules: path methods ("
+                        + ", ".join(REGISTRY) + ") and controls (" + ", ".join(CONTROLS)
+                        + "); default: " + ",".join(DEFAULT_KEEP_RULES))
     _add_model_options(prune)
-    _add_workers_option(prune)
+    _add_execution_options(prune, 8)
 
     report = sub.add_parser("report", help="one self-contained web page for a run: overview, "
                                            "path explorer, neuron cards")
     report.add_argument("run", help="run folder written by find (or by prune)")
     report.add_argument("--out", help="the page (default: RUN/report/index.html)")
     report.add_argument("--images", type=int, default=200,
-                        help="images with thumbnails, activations and heatmaps (default: 200)")
+                        help="images with thumbnails, activations and maps (default: 200)")
     report.add_argument("--method", default="jas", help="whose paths make the neuron cards")
     report.add_argument("--cards", type=int, default=48, help="neuron cards (default: 48)")
-    report.add_argument("--batch-size", type=int, default=16)
-    report.add_argument("--device", default="auto")
     report.add_argument("--model", help="the run's model, if it moved (its weights are checked)")
     report.add_argument("--data", help="the run's image folder, if it moved")
     report.add_argument("--class-names", help="file mapping class labels to readable names")
-    _add_workers_option(report)
+    _add_execution_options(report, 16)
 
     table = sub.add_parser("table", help="merge evaluated runs (one per model) into one Table 1")
     table.add_argument("runs", nargs="+", help="evaluated run folders")
     table.add_argument("--out", required=True, help="output stem: writes STEM.md and STEM.csv")
     table.add_argument("--names", help="comma-separated column names (default: model ids)")
     return parser
-
-
-def _rerank(text: str) -> int | str:
-    try:
-        return parse_rerank(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).partition(": ")[2]) from None
 
 
 def _ints(text: str) -> list[int]:
@@ -246,21 +266,48 @@ def _ops(text: str) -> list[str]:
     return ops
 
 
+def _execution(args) -> Execution:
+    return Execution(args.device, args.batch_size, getattr(args, "workers", None))
+
+
+def _config(args) -> AttributionConfig:
+    return AttributionConfig(steps=args.steps, alphas=args.alphas, target=args.target,
+                             objective=args.objective,
+                             memory_budget=parse_bytes(args.memory_budget))
+
+
+def _spec(args, model: str) -> ModelSpec:
+    return ModelSpec(model, **{k: v for k, v in _given(args, ModelSpec).items() if k != "model"})
+
+
 def _find(args) -> Path:
     model, data, out = getattr(args, "model", None), getattr(args, "data", None), args.out
     if model is None and data is None:
         model, data, out = DEMO, demo_data_dir() / "test", out or "neuronpath-demo"
     if model is None or data is None or out is None:
-        raise ValueError("find: give --model, --data and --out (or none of --model/--data "
+        raise InputError("find: give --model, --data and --out (or none of --model/--data "
                          "for the built-in demo)")
-    return run_find(model, data, out, methods=args.methods, steps=args.steps,
-                    alphas=args.alphas, target=args.target, objective=args.objective,
-                    batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                    limit=args.limit, preprocess=args.preprocess, token=args.token,
-                    labels=args.labels, memory_budget=args.memory_budget, topk=args.topk,
-                    topk_mode=args.topk_mode, rerank=args.rerank, image_size=args.image_size,
-                    fc_norm_twice=args.fc_norm_twice, classes=args.classes,
-                    prompt=args.prompt, workers=args.workers, command=sys.argv)
+    spec, config = _spec(args, model), _config(args)
+    unknown = [m for m in args.methods if m not in REGISTRY]
+    if unknown:
+        raise InputError(f"--methods: unknown {unknown}; expected some of {', '.join(REGISTRY)}")
+    return run_find(spec, data, out, methods=_method_options(args, args.methods), config=config,
+                    topk=args.topk, limit=args.limit, execution=_execution(args),
+                    command=sys.argv)
+
+
+def _prune(args) -> dict | None:
+    unknown = [m for m in args.methods if m not in REGISTRY and m not in CONTROLS]
+    if unknown:
+        raise InputError(f"--methods: unknown {unknown}; expected some of "
+                         f"{', '.join([*REGISTRY, *CONTROLS])}")
+    settings = PruneSettings(keep=args.keep, mask=args.mask, depth=args.depth,
+                             probe_fraction=args.probe_fraction, seed=args.seed,
+                             aggregate=args.aggregate, table_keep=args.table_keep,
+                             table_mask=args.table_mask, bootstrap=args.bootstrap)
+    return run_prune(_spec(args, args.model), args.data, args.out, settings,
+                     methods=_method_options(args, args.methods), find_run=args.find_run,
+                     config=_config(args), execution=_execution(args), command=sys.argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,13 +317,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with command_line_options():
             _run(args, main_rank=int(os.environ.get("RANK", "0")) == 0)
-    except ERRORS as error:
+    except NeuronpathError as error:
         print(f"neuronpath: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the machine's, not the input's: permissions, a full disk
+        where = f": {error.filename}" if error.filename else ""
+        print(f"neuronpath: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("neuronpath: interrupted; finished images are saved, re-run the same command "
               "to resume", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - anything else is a bug: its traceback, and say so
+        traceback.print_exc()
+        print(BUG, file=sys.stderr)
+        return 1
     finally:
         leave_ranks()
     return 0
@@ -293,8 +348,8 @@ def _run(args, main_rank: bool = True) -> None:
             print(summary_text(run_dir))
     elif args.command == "evaluate":
         common = dict(model=args.model, data=args.data, seed=args.seed,
-                      random_control=not args.no_random, batch_size=args.batch_size,
-                      device=args.device, bootstrap=args.bootstrap, workers=args.workers)
+                      controls=() if args.no_random else tuple(CONTROLS),
+                      bootstrap=args.bootstrap, execution=_execution(args))
         metrics = run_evaluate(args.run, ops=args.ops, **common)
         causal = run_causal(args.run, **common) if args.causal else None
         if metrics is None:  # another rank of a torchrun job
@@ -309,36 +364,31 @@ def _run(args, main_rank: bool = True) -> None:
                   f"{folder / 'layers.png'}")
     elif args.command == "report":
         page = run_report(args.run, out=args.out, images=args.images, method=args.method,
-                          cards=args.cards, batch_size=args.batch_size, device=args.device,
-                          model=args.model, data=args.data, class_names=args.class_names,
-                          workers=args.workers)
+                          cards=args.cards, model=args.model, data=args.data,
+                          class_names=args.class_names, execution=_execution(args))
         if page is not None:
             print(f"wrote {page}")
     elif args.command == "table":
         for path in run_table(args.runs, args.out, args.names.split(",") if args.names else None):
             print(f"wrote {path}")
     elif args.command == "prune":
-        if run_prune(args.model, args.data, args.out, keep=args.keep, mask=args.mask,
-                     depth=args.depth, probe_fraction=args.probe_fraction,
-                     seed=args.seed, aggregate=args.aggregate,
-                     methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-                     find_run=args.find_run, topk_mode=args.topk_mode,
-                     steps=args.steps, batch_size=args.batch_size, device=args.device,
-                     table_keep=args.table_keep, table_mask=args.table_mask,
-                     bootstrap=args.bootstrap, dtype=args.dtype, preprocess=args.preprocess,
-                     token=args.token, labels=args.labels, image_size=args.image_size,
-                     fc_norm_twice=args.fc_norm_twice, classes=args.classes,
-                     prompt=args.prompt, workers=args.workers, command=sys.argv) is None:
+        if _prune(args) is None:
             return
         print((Path(args.out) / "table3.md").read_text())
         print(f"wrote {Path(args.out) / 'results.json'}, figure6.png, table3.md")
     elif args.command == "classes":
+        plot = args.plot_classes
+        if args.old_plot_classes is not None:
+            print("neuronpath: --classes is now --plot-classes (the old name will go)",
+                  file=sys.stderr)
+            plot = plot or args.old_plot_classes
         report = run_classes(args.run, method=args.method, out=args.out,
-                             plot_classes=args.classes.split(",") if args.classes else None,
-                             groups=args.groups, class_names=args.class_names,
-                             kde=args.kde_mode, fraction=args.fraction,
-                             permutations=args.permutations, panel_class=args.panel_class,
-                             data=args.data)
+                             plot_classes=plot.split(",") if plot else None,
+                             panel_class=args.panel_class, groups=args.groups,
+                             class_names=args.class_names, data=args.data,
+                             options=ClassesOptions(fraction=args.fraction,
+                                                    permutations=args.permutations,
+                                                    kde=args.kde_mode))
         print(format_class_report(report))
     else:
         print(summary_text(args.run))

@@ -1,7 +1,8 @@
 """Every failure a user can fix, as one family of exceptions, and how messages name options.
 
-The library raises these (and ``ValueError`` for a bad argument value) with a message that names
-the input and what was expected; the command line prints such an error as one line.  Messages
+The library raises these with a message that names the input and what was expected (a bad
+argument value is an :class:`InputError`, also a ``ValueError``); the command line prints such
+an error as one line and treats every other exception as a bug.  Messages
 name a parameter through :func:`option`, which reads ``labels='sorted-folders'`` from Python and
 ``--labels sorted-folders`` under :func:`command_line_options` (set by the CLI), so the library
 speaks its own language and the CLI speaks flags.
@@ -17,7 +18,16 @@ _CLI_STYLE = contextvars.ContextVar("neuronpath_cli_style", default=False)
 
 
 class NeuronpathError(Exception):
-    """A failure caused by the user's input (a model, a folder, a file), with what to do."""
+    """A failure caused by the user's input (a model, a folder, a file), with what to do.
+
+    The command line prints these (and only these) as one line; anything else is a bug and
+    keeps its traceback."""
+
+
+class InputError(NeuronpathError, ValueError):
+    """A bad argument value: an option out of range, an unknown name, a malformed file.
+
+    Also a ``ValueError``, so Python callers may catch it as one."""
 
 
 class ModelLoadError(NeuronpathError):

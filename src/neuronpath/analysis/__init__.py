@@ -1,2 +1,2 @@
 """Pure computations over records, paths and predictions: removal/enhancement statistics,
-class statistics, pruning rules, seeded draws and the bootstrap.  No model is run here."""
+class statistics, pruning rules and the bootstrap.  No model is run here."""

@@ -1,4 +1,4 @@
-"""Class-level analysis of neuron paths (§4.3, App. D; spec §7).
+"""Class-level analysis of neuron paths (§4.3, App. D; docs/official-code.md#class-statistics).
 
 * **utilisation matrix** M_c in R^{L x n} (App. D.2): M_c[l, j] = the share of the class's
   selections at layer l that picked neuron j (each row sums to 1);
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import option
+from ..errors import InputError, option
 
 
 @dataclass
@@ -56,7 +56,7 @@ def class_paths(records: Sequence[dict], method: str, width: int | Sequence[int]
             by_class.setdefault(r["label"], []).append(r)
             names[r["label"]] = r.get("label_name") or str(r["label"])
     if not by_class:
-        raise ValueError(f"{option('method')}: the run has no records of {method!r}")
+        raise InputError(f"{option('method')}: the run has no records of {method!r}")
     classes = sorted(by_class)
     paths = {}
     for c in classes:
@@ -137,9 +137,9 @@ def group_coherence(similarity: np.ndarray, groups: Sequence[str], permutations:
     groups = np.asarray(groups)
     n = len(groups)
     if n != similarity.shape[0]:
-        raise ValueError(f"groups: {n} labels for {similarity.shape[0]} classes")
+        raise InputError(f"groups: {n} labels for {similarity.shape[0]} classes")
     if len(set(groups.tolist())) < 2:
-        raise ValueError("groups: need at least two groups")
+        raise InputError("groups: need at least two groups")
     iu = np.triu_indices(n, k=1)
     values = similarity[iu]
 
@@ -194,5 +194,5 @@ def intra_class_clustering(cp: ClassPaths, shuffles: int = 20, seed: int = 0) ->
 def group_labels(names: Sequence[str], groups: Mapping[str, str]) -> list[str]:
     missing = [n for n in names if n not in groups]
     if missing:
-        raise ValueError(f"groups: no group for classes {missing[:5]}")
+        raise InputError(f"groups: no group for classes {missing[:5]}")
     return [groups[n] for n in names]

@@ -1,4 +1,4 @@
-"""Metrics of the removal / enhancement experiment (§4.2, Eq. 12-19; spec §6).
+"""Metrics of the removal / enhancement experiment (§4.2, Eq. 12-19; docs/official-code.md#removal-and-enhancement).
 
 Per method and operation (remove, enhance):
 
@@ -7,7 +7,7 @@ Per method and operation (remove, enhance):
 * **probability deviation** dP/P = P_edit / P - 1 of the ground-truth probability (Eq. 12),
   aggregated two ways: per image (mean and median over images, Eq. 13-14) and the official way
   (mean within each class, then mean and median over the class means -- what Fig. 3 and the
-  paper's "median" are, spec §6);
+  paper's "median" are, docs/official-code.md#removal-and-enhancement);
 * bootstrap 95 % confidence intervals over images for each of these.
 
 Images whose unmodified probability is exactly 0 have no dP/P; they are counted and left out of

@@ -1,11 +1,11 @@
-"""Class-specific pruning guided by neuron paths (§4.4, App. E; spec §8).
+"""Class-specific pruning guided by neuron paths (§4.4, App. E; docs/official-code.md#topk-and-pruning).
 
 Per class: split the images into probe and test sets (seeded, recorded); find TopK paths on
 the probe images; keep, per layer, the t neurons chosen most often over the pooled probe
 selections (``frequency``, App. E.2's text) or the official per-rank-slot mode (``slot-mode``,
-spec §8); on the test images, zero each *non-kept* neuron of the first ``depth`` layers with
+docs/official-code.md#topk-and-pruning); on the test images, zero each *non-kept* neuron of the first ``depth`` layers with
 probability p (at the adapter's token), and measure top-1 accuracy **and** the mean ground-
-truth probability (the released code's "accuracy" is the latter, spec §8).
+truth probability (the released code's "accuracy" is the latter, docs/official-code.md#topk-and-pruning).
 
 Masks are drawn per (seed, image, layer) from their own generator on the CPU, so they are the
 same whatever the batch size, device or order of processing.
@@ -15,14 +15,62 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..draws import per_layer, seeded_generator
+from ..errors import InputError, option
 from .bootstrap import mean_interval
-from .draws import per_layer, seeded_generator
 
 AGGREGATES = ("frequency", "slot-mode")
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """The pruning experiment's grid and statistics: kept neurons per layer ``keep`` (t), mask
+    shares ``mask`` (p), depths ``depth`` (prune the first d layers; None: all), the probe
+    share of each class, the seed of every draw, the keep rule, the Table 3 cell and the
+    bootstrap resamples."""
+
+    keep: tuple[int, ...] = (1, 5, 10, 30, 50)
+    mask: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)
+    depth: tuple[int, ...] | None = None
+    probe_fraction: float = 0.8
+    seed: int = 0
+    aggregate: str = "frequency"
+    table_keep: int = 5
+    table_mask: float = 1.0
+    bootstrap: int = 1000
+
+    def __post_init__(self):
+        for name in ("keep", "mask", "depth"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.keep or min(self.keep) < 1:
+            raise InputError(f"{option('keep')}: expected positive neuron counts, got "
+                             f"{list(self.keep)}")
+        if not self.mask or any(not 0 <= p <= 1 for p in self.mask):
+            raise InputError(f"{option('mask')}: expected shares in [0, 1], got {list(self.mask)}")
+        if self.depth is not None and (not self.depth or min(self.depth) < 1):
+            raise InputError(f"{option('depth')}: expected layer counts >= 1, got "
+                             f"{list(self.depth)}")
+        if not 0 < self.probe_fraction < 1:
+            raise InputError(f"{option('probe_fraction')}: expected a number in (0, 1), got "
+                             f"{self.probe_fraction}")
+        if self.aggregate not in AGGREGATES:
+            raise InputError(f"{option('aggregate')}: expected one of {AGGREGATES}, got "
+                             f"{self.aggregate!r}")
+        if self.bootstrap < 0:
+            raise InputError(f"{option('bootstrap')}: expected a number of resamples >= 0, got "
+                             f"{self.bootstrap}")
+
+    @property
+    def table_cell(self) -> tuple[int, float]:
+        """(t, p) of Table 3: the asked cell where the grid has it, else its first t, last p."""
+        return (self.table_keep if self.table_keep in self.keep else self.keep[0],
+                self.table_mask if self.table_mask in self.mask else self.mask[-1])
 
 
 def split_probe_test(images_by_class: Mapping[str, Sequence[str]], fraction: float = 0.8,
@@ -30,12 +78,12 @@ def split_probe_test(images_by_class: Mapping[str, Sequence[str]], fraction: flo
     """``{image: "probe" | "test"}``: per class, a seeded shuffle of the sorted image ids, the
     first round(fraction x n) (at least 1, at most n - 1) probing, the rest testing."""
     if not 0 < fraction < 1:
-        raise ValueError(f"probe fraction: expected a number in (0, 1), got {fraction}")
+        raise InputError(f"probe fraction: expected a number in (0, 1), got {fraction}")
     split = {}
     for name, images in images_by_class.items():
         images = sorted(images)
         if len(images) < 2:
-            raise ValueError(f"class {name}: needs at least 2 images to split, has {len(images)}")
+            raise InputError(f"class {name}: needs at least 2 images to split, has {len(images)}")
         generator = seeded_generator("split", seed, name)
         order = torch.randperm(len(images), generator=generator).tolist()
         n_probe = min(max(1, round(fraction * len(images))), len(images) - 1)
@@ -48,7 +96,7 @@ def keep_by_frequency(selections: np.ndarray, t: int) -> list[list[int]]:
     """Per layer, the t most frequent neurons among the probe images' first t rank slots
     (ties: lower index).  ``selections``: (images, layers, K) with K >= t."""
     if selections.shape[2] < t:
-        raise ValueError(f"keep {t}: the paths have only K = {selections.shape[2]} per layer")
+        raise InputError(f"keep {t}: the paths have only K = {selections.shape[2]} per layer")
     kept = []
     for l in range(selections.shape[1]):
         counts = Counter(selections[:, l, :t].ravel().tolist())
@@ -61,7 +109,7 @@ def keep_by_slot_mode(selections: np.ndarray, t: int) -> list[list[int]]:
     common neuron over the probe images (ties: lower index); duplicates collapse, so a layer
     can keep fewer than t distinct neurons."""
     if selections.shape[2] < t:
-        raise ValueError(f"keep {t}: the paths have only K = {selections.shape[2]} per layer")
+        raise InputError(f"keep {t}: the paths have only K = {selections.shape[2]} per layer")
     kept = []
     for l in range(selections.shape[1]):
         slot_modes = []
@@ -70,15 +118,6 @@ def keep_by_slot_mode(selections: np.ndarray, t: int) -> list[list[int]]:
             slot_modes.append(min(counts, key=lambda j: (-counts[j], j)))
         kept.append(sorted(set(slot_modes)))
     return kept
-
-
-def random_keep(class_name: str, seed: int, num_layers: int, width: int | Sequence[int],
-                t: int) -> list[list[int]]:
-    """Control: t random neurons per layer for a class (seeded; ``width`` one FFN width or one
-    per layer)."""
-    g = seeded_generator("keep", seed, class_name)
-    return [sorted(torch.randperm(n, generator=g)[:t].tolist())
-            for n in per_layer(width, num_layers)]
 
 
 def prune_multipliers(image: str, seed: int, kept: Sequence[Sequence[int]],
@@ -99,7 +138,7 @@ def probe_selections(records: Sequence[dict], method: str, images: Sequence[str]
     rows = {r["image"]: r["path"] for r in records if r["method"] == method}
     missing = [i for i in images if i not in rows]
     if missing:
-        raise ValueError(f"find run: no {method} path for probe images {missing[:3]}")
+        raise InputError(f"find run: no {method} path for probe images {missing[:3]}")
     array = np.array([rows[i] for i in images], dtype=np.int64)
     return array[:, :, None] if array.ndim == 2 else array
 

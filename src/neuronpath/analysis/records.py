@@ -14,8 +14,15 @@ def group_by(records: Iterable[dict], key: str = "method") -> dict:
     return groups
 
 
-def layer_distribution(records: Iterable[dict], num_layers: int) -> list[int]:
-    """How many of the per-image top knowledge neurons fall in each layer (Fig. 2's data)."""
-    counts = Counter(layer for r in records if r["method"] == "knowledge"
-                     for layer, _, _ in r["top"])
+def methods_with_top(records: Iterable[dict]) -> list[str]:
+    """The methods whose records keep each image's top neurons (a ``top`` list of (layer,
+    neuron, score); ``knowledge`` does)."""
+    return list(dict.fromkeys(r["method"] for r in records if "top" in r))
+
+
+def layer_distribution(records: Iterable[dict], num_layers: int, method: str) -> list[int]:
+    """How many of the per-image top neurons of ``method`` fall in each layer (Fig. 2's data,
+    for ``knowledge``)."""
+    counts = Counter(layer for r in records if r["method"] == method
+                     for layer, _, _ in r.get("top", ()))
     return [counts.get(l, 0) for l in range(num_layers)]

@@ -9,10 +9,9 @@ from .records import group_by
 
 
 def summarize(records: Iterable[dict]) -> dict[str, dict]:
-    """Per method: images, mean / median final JAS, top-1 accuracy and mean label probability.
-
-    When a run has both the JAS and the Activation path, also the share of images whose JAS
-    path scores higher than their Activation path.
+    """Per method: images, mean / median final JAS, top-1 accuracy and mean label probability;
+    for the run's first method, ``share_above[other]``: the share of images where its path's
+    final JAS is higher than each other method's.
     """
     by_method = group_by(records)
     out = {}
@@ -22,9 +21,11 @@ def summarize(records: Iterable[dict]) -> dict[str, dict]:
                        "median_jas": statistics.median(scores),
                        "accuracy": statistics.fmean(r["pred"] == r["label"] for r in rows),
                        "mean_label_prob": statistics.fmean(r["prob"] for r in rows)}
-    if "jas" in by_method and "activation" in by_method:
-        act = {r["image"]: r["jas"] for r in by_method["activation"]}
-        pairs = [(r["jas"], act[r["image"]]) for r in by_method["jas"] if r["image"] in act]
+    first, *others = by_method or [None]
+    for other in others:
+        theirs = {r["image"]: r["jas"] for r in by_method[other]}
+        pairs = [(r["jas"], theirs[r["image"]]) for r in by_method[first] if r["image"] in theirs]
         if pairs:
-            out["jas"]["share_above_activation"] = statistics.fmean(j > a for j, a in pairs)
+            out[first].setdefault("share_above", {})[other] = statistics.fmean(
+                a > b for a, b in pairs)
     return out

@@ -1,9 +1,10 @@
 """Model adapters: what the attribution engine needs to know about a model.
 
-An adapter holds the model, one *site* per layer (the module whose output is the FFN hidden
-state after the activation function, spec §1), the token policy, how to get logits from
-pixels, the model's own preprocessing and its label names.  The engine never touches a
-model family directly, so supporting a new family means writing an adapter.
+An adapter holds the model, one *site* per block (where its FFN hidden state can be read and
+edited, :mod:`neuronpath.engine.sites`), every block's token policy (checked by a gradient
+probe, :mod:`neuronpath.engine.readout`) and token layout (:mod:`neuronpath.engine.layout`), how
+to get logits from pixels, the model's own preprocessing and its label names.  The engine
+never touches a model family directly, so supporting a new family means writing an adapter.
 """
 
 from __future__ import annotations
@@ -15,63 +16,91 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
+from .layout import TokenLayout
+from .readout import Readout, probe, settle_readout
 from .tokens import TokenPolicy
 
 Preprocess = Callable[["PIL.Image.Image"], torch.Tensor]  # noqa: F821 - PIL image -> (3, H, W)
 
-FFN_NAME_PARTS = ("intermediate", "mlp", "ffn", "feed_forward", "feedforward")
-ACTIVATION_NAME_ENDINGS = ("act", "act_fn", "activation", "activation_fn", "intermediate_act_fn")
-
 
 class ModelAdapter:
-    """A model plus the names of its per-layer FFN activation modules.
+    """A model plus, for every block, the site of its FFN neurons and where they are read.
 
     Args:
         model: any ``nn.Module`` mapping a pixel batch to logits (or to an object with
             ``.logits``, or a tuple whose first item is the logits).
-        site_names: qualified module names, one per layer in depth order, whose *output*
-            is that layer's FFN hidden state after the activation, shape (batch, tokens, n).
-        token: the token policy (CLS token by default).
+        site_names: qualified module names, one per block in depth order, whose *output* is
+            that block's FFN hidden state, shape (batch, tokens, n) (the activation module of a
+            plain FFN).
+        ffn_inputs: or: names of modules whose *input* is the hidden state (each block's FFN
+            output projection, which also covers gated FFNs; what the family adapters use, see
+            :mod:`neuronpath.engine.sites`).
+        token: the token policy of the last stage (default: where the head reads, found by the
+            gradient probe of :mod:`neuronpath.engine.readout`; a given policy is checked
+            against the probe when the adapter can build a probe input).
+        family_readout: what a family table says the head reads, ``(policy, reason)``; it
+            names the probe's finding where they agree (a disagreement is logged).
         preprocess: the model's own image preprocessing.
         id2label: class index -> label name.
         name: the model's id for manifests.
         distillation_index: the token index of a distillation token, if the model has one.
         input_shape: (channels, height, width) of one input, for probe passes (default: read
             off the preprocessing of a blank image).
-        readout: why the token policy is what it is (for manifests).
+        layout: ``layout(block, tokens) -> TokenLayout``: where each block's tokens sit in the
+            image (default: not stated, so no maps).
     """
 
-    def __init__(self, model: nn.Module, site_names: Sequence[str], *,
-                 token: TokenPolicy | None = None, preprocess: Preprocess | None = None,
-                 id2label: dict[int, str] | None = None, name: str = "custom",
-                 forward: Callable[[torch.Tensor], object] | None = None,
+    def __init__(self, model: nn.Module, site_names: Sequence[str] | None = None, *,
+                 ffn_inputs: Sequence[str] | None = None, token: TokenPolicy | str | None = None,
+                 family_readout: tuple[TokenPolicy, str] | None = None,
+                 preprocess: Preprocess | None = None, id2label: dict[int, str] | None = None,
+                 name: str = "custom", forward: Callable[[torch.Tensor], object] | None = None,
                  distillation_index: int | None = None,
-                 input_shape: tuple[int, int, int] | None = None, readout: str = ""):
-        if not site_names:
-            raise ValueError("site_names: expected the names of at least one activation module")
+                 input_shape: tuple[int, int, int] | None = None,
+                 layout: Callable[[int, int], TokenLayout] | None = None):
+        if (site_names is None) == (ffn_inputs is None):
+            raise InputError("ModelAdapter: name the FFN sites either by the modules whose output "
+                             "is the hidden state (site_names) or by those whose input it is "
+                             "(ffn_inputs)")
+        names = list(site_names if site_names is not None else ffn_inputs)
+        if not names:
+            raise InputError("site_names: expected the names of at least one module per block")
         modules = dict(model.named_modules(remove_duplicate=False))
-        missing = [n for n in site_names if n not in modules]
+        missing = [n for n in names if n not in modules]
         if missing:
-            raise ValueError(f"site_names: no module named {missing[:3]} in the model; "
+            raise InputError(f"site_names: no module named {missing[:3]} in the model; "
                              f"expected names from model.named_modules()")
-        sites = [modules[n] for n in site_names]
+        sites = [modules[n] for n in names]
         if len({id(s) for s in sites}) != len(sites):
-            raise ValueError("site_names: one module object is used at several layers, so a hook "
+            raise InputError("site_names: one module object is used at several layers, so a hook "
                              "on it cannot tell the layers apart; name per-layer modules instead")
         model.eval()
         model.requires_grad_(False)  # attribution needs gradients w.r.t. neurons only
         self.model = model
-        self.site_names = list(site_names)
+        self.site_names = names
+        self.reads_input = ffn_inputs is not None
         self._sites = sites
-        self.token = token or TokenPolicy.cls()
         self.preprocess = preprocess
         self.id2label = dict(id2label or {})
         self.name = name
         self.distillation_index = distillation_index
         self.input_shape = input_shape
-        self.readout = readout
         self.details: dict = {}  # family-specific facts for manifests (e.g. zero-shot classes)
         self._forward = forward or model
+        self._layout = layout
+        self._readout: Readout | None = None
+        if isinstance(token, str):
+            token = TokenPolicy.parse(token, distillation_index=distillation_index)
+        if input_shape is None and preprocess is None:
+            if token is None:
+                raise InputError("ModelAdapter: pass input_shape=(channels, height, width) (or "
+                                 "preprocess) so the gradient probe can find where the head "
+                                 "reads, or token=...")
+            self._readout = Readout((token,) * len(sites), "requested (not checked: the adapter "
+                                    "has no input shape for a probe)")
+        else:
+            self._readout = settle_readout(self, token, family_readout)
 
     @property
     def num_layers(self) -> int:
@@ -81,6 +110,28 @@ class ModelAdapter:
         if not 0 <= layer < self.num_layers:
             raise IndexError(f"layer {layer} out of range for a model with {self.num_layers} layers")
         return self._sites[layer]
+
+    @property
+    def readout(self) -> Readout:
+        """Every block's token policy and why (:mod:`neuronpath.engine.readout`)."""
+        return self._readout
+
+    @property
+    def token(self) -> TokenPolicy:
+        """The last stage's token policy, where the head reads (by which runs name it)."""
+        return self._readout.head
+
+    def token_at(self, layer: int) -> TokenPolicy:
+        """The token policy of block ``layer``."""
+        return self._readout.policies[layer]
+
+    def layout(self, layer: int, tokens: int | None = None) -> TokenLayout:
+        """Where block ``layer``'s ``tokens`` tokens (default: as many as on a probe input)
+        sit in the image (:mod:`neuronpath.engine.layout`)."""
+        if self._layout is None:
+            return TokenLayout.none("its adapter states no token layout (pass layout= to "
+                                    "ModelAdapter)")
+        return self._layout(layer, probe(self).tokens[layer] if tokens is None else tokens)
 
     @property
     def device(self) -> torch.device:
@@ -104,13 +155,19 @@ class ModelAdapter:
 
     @contextlib.contextmanager
     def hooks(self, layer_fns: Mapping[int, Callable]) -> Iterator[None]:
-        """Register ``layer_fns[l]`` as a forward hook on layer l's site for the duration of the
-        context; hooks are always removed, also when the body raises.  Every intervention of
+        """Run ``layer_fns[l](value)`` on block l's FFN hidden state (rows, tokens, n) in every
+        forward inside the context; a function that returns a tensor replaces the value.  Hooks
+        are always removed, also when the body raises.  Every intervention of
         :mod:`neuronpath.engine.interventions` is built on this."""
         handles = []
         try:
             for layer, fn in layer_fns.items():
-                handles.append(self.site(layer).register_forward_hook(fn))
+                site = self.site(layer)
+                if self.reads_input:
+                    handles.append(site.register_forward_pre_hook(_on_input(fn),
+                                                                  with_kwargs=True))
+                else:
+                    handles.append(site.register_forward_hook(_on_output(fn)))
             yield
         finally:
             for handle in handles:
@@ -123,7 +180,7 @@ class ModelAdapter:
             from PIL import Image
 
             if self.preprocess is None:
-                raise ValueError("input_shape: the adapter has neither an input shape nor a "
+                raise InputError("input_shape: the adapter has neither an input shape nor a "
                                  "preprocessing to build a probe input")
             shape = tuple(self.preprocess(Image.new("RGB", (32, 32))).shape)
         generator = torch.Generator().manual_seed(0)
@@ -132,25 +189,13 @@ class ModelAdapter:
 
     def widths(self) -> list[int]:
         """FFN width of every layer (hierarchical models differ per stage)."""
-        cache = self.__dict__.setdefault("_widths", [])
-        if not cache:
-            found: dict[int, int] = {}
-
-            def make(layer):
-                def hook(module, inputs, output):
-                    found[layer] = int(output.shape[-1])
-                return hook
-
-            with torch.inference_mode(), self.hooks({l: make(l) for l in range(self.num_layers)}):
-                self.logits(self.probe_input(1))
-            cache.extend(found[l] for l in range(self.num_layers))
-        return list(cache)
+        return list(probe(self).widths)
 
     def width(self) -> int:
         """The FFN width n shared by all layers (an error for models whose widths differ)."""
         widths = self.widths()
         if len(set(widths)) > 1:
-            raise ValueError(f"width: the layers of {type(self.model).__name__} have different "
+            raise InputError(f"width: the layers of {type(self.model).__name__} have different "
                              f"FFN widths ({sorted(set(widths))}); use widths()")
         return widths[0]
 
@@ -164,54 +209,32 @@ class ModelAdapter:
         return digest.hexdigest()
 
     def describe(self) -> dict:
+        layouts = [self.layout(l).describe() for l in range(self.num_layers)]
         return {"id": self.name, "class": type(self.model).__name__,
                 "num_layers": self.num_layers, "sites": self.site_names,
-                "token": self.token.describe(), "readout": self.readout,
+                "site_reads": "input" if self.reads_input else "output",
+                "token": self.token.describe(), "readout": self._readout.reason,
+                "readout_per_block": self._readout.describe()["per_block"],
+                "layout": layouts[-1], "layout_per_block": layouts,
                 "num_labels": len(self.id2label), **self.details}
 
 
-def is_activation(name: str, module: nn.Module) -> bool:
-    """A parameter-free leaf module that looks like an activation function."""
-    if list(module.children()) or any(True for _ in module.parameters(recurse=False)):
-        return False
-    cls = type(module)
-    if cls.__module__ in ("torch.nn.modules.activation", "transformers.activations"):
-        return True
-    return name.rsplit(".", 1)[-1].lower() in ACTIVATION_NAME_ENDINGS
+def _on_input(fn: Callable) -> Callable:
+    """A forward pre-hook running ``fn`` on a module's input (positional or ``input=``)."""
+    def hook(module, args, kwargs):
+        if args:
+            new = fn(args[0])
+            return None if new is None else ((new, *args[1:]), kwargs)
+        key = next(iter(kwargs))
+        new = fn(kwargs[key])
+        return None if new is None else (args, {**kwargs, key: new})
+    return hook
 
 
-def find_ffn_activations(model: nn.Module, num_layers: int | None = None) -> list[str]:
-    """Names of the FFN activation modules, one per block, found by inspecting the module tree.
-
-    A site is an activation module inside an FFN-named module of a numbered block (an item of
-    a module list), so heads and poolers with an MLP of their own (SigLIP's attention-pooling
-    head, timm's ``attn_pool``) are not blocks.  Works across naming schemes (transformers
-    4.x ``encoder.layer[i].intermediate.intermediate_act_fn``, 5.x ``layers[i].mlp
-    .activation_fn``, Swin ``layers[s].blocks[j].mlp.activation_fn``, timm ``blocks[i].mlp.act``).
-    """
-    names = []
-    for name, module in model.named_modules():
-        parts = name.lower().split(".")
-        if (is_activation(name, module) and any(p in FFN_NAME_PARTS for p in parts[:-1])
-                and any(p.isdigit() for p in parts)):
-            names.append(name)
-    if not names or (num_layers is not None and len(names) != num_layers):
-        raise ValueError(
-            f"{type(model).__name__}: could not find one FFN activation module per block: found "
-            f"{len(names)} ({names[:4]}{'...' if len(names) > 4 else ''}) for {num_layers} "
-            "blocks. Build a ModelAdapter(model, site_names=[...]) naming them explicitly.")
-    modules = dict(model.named_modules())
-    gated = [n for n in names if any(_is_gate(child) for child, _ in
-                                     modules[n.rpartition(".")[0]].named_children())]
-    if gated:
-        raise ValueError(
-            f"{type(model).__name__}: its FFN is gated (SwiGLU-style, e.g. {gated[0]} beside a "
-            f"gate projection): the FFN hidden state is act(gate) * up, not the activation "
-            f"module's output, so no module holds the neurons; gated FFNs are not supported")
-    return names
+def _on_output(fn: Callable) -> Callable:
+    """A forward hook running ``fn`` on a module's output."""
+    def hook(module, inputs, output):
+        return fn(output)
+    return hook
 
 
-def _is_gate(name: str) -> bool:
-    """A child module that marks a gated FFN (gate_proj, w12 / weights_in of fused SwiGLU)."""
-    name = name.lower()
-    return "gate" in name or name in ("w12", "weights_in")

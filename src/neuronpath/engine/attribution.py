@@ -1,6 +1,6 @@
 """Integrated-gradient machinery and the Joint Attribution Score (JAS, Eq. 2-3).
 
-The engine follows the authors' code (spec §1-2, §11):
+The engine follows the authors' code (docs/official-code.md#the-neuron, #jas-search, #cost):
 
 * one clean forward per image batch gives every layer's neuron vector h_l (``clean_pass``);
 * an *intervened* pass replaces, for each edited layer l, the neuron vector at the token(s)
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import option
+from ..errors import InputError, option
 from .adapter import ModelAdapter
 from .grids import AlphaGrid, alpha_grid
 from .interventions import record_neurons, replace_neurons
@@ -49,11 +49,11 @@ class AttributionConfig:
     def __post_init__(self):
         alpha_grid(self.alphas, self.steps)  # validates both
         if self.target not in TARGETS:
-            raise ValueError(f"{option('target')}: expected one of {TARGETS}, got {self.target!r}")
+            raise InputError(f"{option('target')}: expected one of {TARGETS}, got {self.target!r}")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"{option('objective')}: expected one of {OBJECTIVES}, got {self.objective!r}")
+            raise InputError(f"{option('objective')}: expected one of {OBJECTIVES}, got {self.objective!r}")
         if self.memory_budget <= 0:
-            raise ValueError(f"{option('memory_budget')}: expected a positive number of bytes, "
+            raise InputError(f"{option('memory_budget')}: expected a positive number of bytes, "
                              f"got {self.memory_budget}")
 
     @property
@@ -84,7 +84,7 @@ class CleanPass:
     def token_terms(self, x: torch.Tensor) -> torch.Tensor:
         """(items, tokens_l, n_l) values or gradients -> the per-token terms that enter a
         product across layers: unchanged when layers share their tokens (the official
-        per-token form, spec §4), summed over each layer's tokens (items, 1, n_l) otherwise."""
+        per-token form, docs/official-code.md#mae), summed over each layer's tokens (items, 1, n_l) otherwise."""
         return x if self.aligned else x.sum(1, keepdim=True)
 
     @property
@@ -124,7 +124,7 @@ def clean_pass(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor
     acts = [store[l].to(adapter.dtype) for l in range(adapter.num_layers)]
     num_classes = logits.shape[-1]
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels: expected class ids in [0, {num_classes}), got "
+        raise InputError(f"labels: expected class ids in [0, {num_classes}), got "
                          f"{labels.min().item()}..{labels.max().item()}")
     targets = labels if config.target == "label" else logits.argmax(-1)
     return CleanPass(acts, logits.detach(), labels, targets)
@@ -221,7 +221,7 @@ def integrated_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: Cle
 def set_scores(clean: CleanPass, grads: Mapping[int, torch.Tensor],
                index: Mapping[int, torch.Tensor], item_image: torch.Tensor) -> torch.Tensor:
     """Eq. 2 as the official code forms it: (sum of clean values) x (sum of gradient
-    integrals) over the neurons ``index``, per token, summed over tokens (spec §2, §4).  In
+    integrals) over the neurons ``index``, per token, summed over tokens (docs/official-code.md#jas-search, docs/official-code.md#mae).  In
     hierarchical models (no shared tokens across layers) each layer's values and integrals are
     summed over its own tokens before the product (``CleanPass.token_terms``)."""
     values = sum(gather_neurons(clean.token_terms(clean.acts[l][item_image]), index[l])
@@ -238,11 +238,11 @@ def joint_attribution_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean:
     one batched gradient pass.
 
     Every layer holding a neuron of the set is edited: its set neurons scale with alpha, its
-    other units stay frozen at clean values (the official "final JAS", spec §2); layers
+    other units stay frozen at clean values (the official "final JAS", docs/official-code.md#jas-search); layers
     without a set neuron run normally.  The score is divided by the number of tokens of the
-    token policy (1 for CLS; spec §4 for global-pool models; 1 in hierarchical models, whose
+    token policy (1 for CLS; docs/official-code.md#mae for global-pool models; 1 in hierarchical models, whose
     token terms are already sums, see ``set_scores``).  Returns one (images,) tensor
-    per set.  ``last_only`` reproduces the released TopK code (spec §8): all neurons of a
+    per set.  ``last_only`` reproduces the released TopK code (docs/official-code.md#topk-and-pruning): all neurons of a
     layer scale, but only the last one listed enters the two sums.
     """
     n_images = clean.labels.shape[0]

@@ -4,7 +4,7 @@ One chunked loop, :func:`edited_predictions`, gives the ground-truth probability
 predicted class of every row under an edit; on it stand
 
 * :func:`manipulate` -- removal (x0) and enhancement (x2) of path neurons (§4.2,
-  App. C.4-C.5; spec §6): the path neurons of *every* layer are edited at the adapter's
+  App. C.4-C.5; docs/official-code.md#removal-and-enhancement): the path neurons of *every* layer are edited at the adapter's
   token(s) in one forward, everything downstream recomputed; the unmodified pass is shared by
   all paths of an image;
 * :func:`pruned_predictions` -- each row under its own per-layer 0/1 neuron multipliers
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from ..errors import option
+from ..errors import InputError, option
 from .adapter import ModelAdapter
 from .interventions import multiply_neurons, scale_neurons
 from .neurons import layer_width
@@ -55,7 +55,7 @@ def manipulate(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor
     """
     unknown = [op for op in ops if op not in OPS]
     if unknown:
-        raise ValueError(f"{option('ops')}: unknown {unknown}; expected some of {list(OPS)}")
+        raise InputError(f"{option('ops')}: unknown {unknown}; expected some of {list(OPS)}")
     device = adapter.device
     pixels = pixels.to(device, adapter.dtype)
     labels = torch.as_tensor(labels, device=device).long()
@@ -73,7 +73,7 @@ def manipulate(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor
         factors.append(torch.full((n,), factor, dtype=adapter.dtype, device=device))
     widths = {v.shape[1] for parts in index.values() for v in parts}
     if len(widths) != 1:
-        raise ValueError("paths: every method must have the same number of neurons per layer")
+        raise InputError("paths: every method must have the same number of neurons per layer")
     index = {l: torch.cat(parts) for l, parts in index.items()}
     factors = torch.cat(factors)
     images = torch.arange(n, device=device).repeat(len(blocks))

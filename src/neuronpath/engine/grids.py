@@ -3,7 +3,7 @@
 Every grid is a set of points alpha_k with weights w_k summing to 1, so that
     integral_0^1 f(alpha) d alpha  ~=  sum_k w_k f(alpha_k).
 
-``left`` is what the authors' code uses (alpha_k = k/m, k = 0..m-1; spec §2) and is the
+``left`` is what the authors' code uses (alpha_k = k/m, k = 0..m-1; docs/official-code.md#jas-search) and is the
 default.  ``right`` is the paper's Eq. 3 (k = 1..m).  The others are better quadratures
 offered for users who do not need numbers comparable with the paper.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import option
+from ..errors import InputError, option
 
 GRIDS = ("left", "right", "midpoint", "trapezoid", "gauss-legendre")
 
@@ -39,9 +39,9 @@ class AlphaGrid:
 def alpha_grid(name: str = "left", steps: int = 20) -> AlphaGrid:
     """Build the named grid with ``steps`` points (m in the paper)."""
     if name not in GRIDS:
-        raise ValueError(f"{option('alphas')}: unknown grid {name!r}; expected one of {', '.join(GRIDS)}")
+        raise InputError(f"{option('alphas')}: unknown grid {name!r}; expected one of {', '.join(GRIDS)}")
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{option('steps')}: expected a positive integer, got {steps!r}")
+        raise InputError(f"{option('steps')}: expected a positive integer, got {steps!r}")
     m = steps
     k = np.arange(m, dtype=np.float64)
     if name == "left":
@@ -52,7 +52,7 @@ def alpha_grid(name: str = "left", steps: int = 20) -> AlphaGrid:
         points, weights = (k + 0.5) / m, np.full(m, 1.0 / m)
     elif name == "trapezoid":
         if m < 2:
-            raise ValueError(f"{option('steps')}: the trapezoid grid needs at least 2 points")
+            raise InputError(f"{option('steps')}: the trapezoid grid needs at least 2 points")
         points = k / (m - 1)
         weights = np.full(m, 1.0 / (m - 1))
         weights[[0, -1]] /= 2

@@ -1,8 +1,8 @@
-"""Forward-hook interventions on the FFN neurons of a model (spec §1).
+"""Forward-hook interventions on the FFN neurons of a model (``docs/official-code.md#the-neuron``).
 
 Each intervention is a context manager over a :class:`~neuronpath.engine.adapter.ModelAdapter`
-that hooks the per-layer activation modules (``adapter.hooks``) and always removes its hooks,
-also when the body raises.  Every read and edit happens at the adapter's token policy.
+that hooks every block's FFN hidden state (``adapter.hooks``) and always removes its hooks,
+also when the body raises.  Every read and edit happens at the token policy of its block (``adapter.token_at``).
 
 * :func:`record_neurons` -- read every layer's neuron vector in a pass;
 * :func:`replace_neurons` -- replace a layer's neuron vector by a given tensor, so that
@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 
 from .adapter import ModelAdapter
+from ..errors import InputError
 
 
 @contextlib.contextmanager
@@ -34,8 +35,8 @@ def record_neurons(adapter: ModelAdapter, layers=None,
     store: dict[int, torch.Tensor] = {}
 
     def make(layer):
-        def hook(module, inputs, output):
-            store[layer] = (output if all_tokens else adapter.token.select(output)).detach()
+        def hook(value):
+            store[layer] = (value if all_tokens else adapter.token_at(layer).select(value)).detach()
         return hook
 
     with adapter.hooks({layer: make(layer) for layer in layers}):
@@ -50,11 +51,11 @@ def replace_neurons(adapter: ModelAdapter, values: Mapping[int, torch.Tensor]) -
     def make(layer):
         value = values[layer]
 
-        def hook(module, inputs, output):
-            if value.shape[0] != output.shape[0]:
-                raise ValueError(f"replace_neurons: layer {layer} got {value.shape[0]} rows of "
-                                 f"values for a batch of {output.shape[0]}")
-            return adapter.token.insert(output, value)
+        def hook(hidden):
+            if value.shape[0] != hidden.shape[0]:
+                raise InputError(f"replace_neurons: layer {layer} got {value.shape[0]} rows of "
+                                 f"values for a batch of {hidden.shape[0]}")
+            return adapter.token_at(layer).insert(hidden, value)
         return hook
 
     with adapter.hooks({layer: make(layer) for layer in values}):
@@ -66,10 +67,10 @@ def add_to_neurons(adapter: ModelAdapter, deltas: Mapping[int, torch.Tensor]) ->
     """Add ``deltas[l]`` (shape (rows, tokens, n)) to layer l's neurons at the adapter's token(s)."""
 
     def make(layer):
-        delta = deltas[layer]
+        delta, token = deltas[layer], adapter.token_at(layer)
 
-        def hook(module, inputs, output):
-            return adapter.token.insert(output, adapter.token.select(output) + delta)
+        def hook(hidden):
+            return token.insert(hidden, token.select(hidden) + delta)
         return hook
 
     with adapter.hooks({layer: make(layer) for layer in deltas}):
@@ -80,13 +81,15 @@ def _multiplying(adapter: ModelAdapter, layer_factors: Mapping[int, Callable]) -
     """Hooks that multiply layer l's selected neurons by ``layer_factors[l](selected)``, a
     (rows, n) factor per row, downstream recomputed."""
 
-    def make(factor_of):
-        def hook(module, inputs, output):
-            selected = adapter.token.select(output)
-            return adapter.token.insert(output, selected * factor_of(selected)[:, None, :])
+    def make(layer, factor_of):
+        token = adapter.token_at(layer)
+
+        def hook(hidden):
+            selected = token.select(hidden)
+            return token.insert(hidden, selected * factor_of(selected)[:, None, :])
         return hook
 
-    return adapter.hooks({layer: make(f) for layer, f in layer_factors.items()})
+    return adapter.hooks({layer: make(layer, f) for layer, f in layer_factors.items()})
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from ..errors import InputError
 
 NeuronSet = Mapping[int, "torch.Tensor | Sequence[int] | int"]
 
@@ -36,17 +37,17 @@ def neuron_index(neurons: NeuronSet, n_items: int, device, width: int | Sequence
             index = torch.as_tensor(index, device=device).long()
             index = index[:, None] if index.dim() == 1 else index
         if index.dim() != 2 or index.shape[0] != n_items or index.shape[1] == 0:
-            raise ValueError(f"neurons[{layer}]: expected an int, a list of ints, or a tensor of "
+            raise InputError(f"neurons[{layer}]: expected an int, a list of ints, or a tensor of "
                              f"shape ({n_items},) or ({n_items}, K); got shape {tuple(index.shape)}")
         if not 0 <= int(layer) < num_layers:
             raise IndexError(f"neurons: layer {layer} out of range for a model with "
                              f"{num_layers} layers")
         n = layer_width(width, int(layer))
         if index.min() < 0 or index.max() >= n:
-            raise ValueError(f"neurons[{layer}]: indices must lie in [0, {n}) for FFN "
+            raise InputError(f"neurons[{layer}]: indices must lie in [0, {n}) for FFN "
                              f"width {n}; got {index.min().item()}..{index.max().item()}")
         if index.shape[1] > 1 and (index.sort(1).values.diff(dim=1) == 0).any():
-            raise ValueError(f"neurons[{layer}]: a neuron is listed twice")
+            raise InputError(f"neurons[{layer}]: a neuron is listed twice")
         result[int(layer)] = index
     return result
 

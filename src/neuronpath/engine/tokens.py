@@ -1,6 +1,6 @@
 """Token policies: at which token positions of a block's FFN hidden state a neuron lives.
 
-The neuron is read and edited where the classifier head reads (spec §4): at the CLS token for
+The neuron is read and edited where the classifier head reads (docs/official-code.md#mae): at the CLS token for
 CLS-token classifiers (ViT, DeiT); at all patch tokens jointly for mean-pooled heads (MAE, BEiT,
 CLIP's classifier); at every token for heads that pool all of them (SigLIP, Swin); at CLS and
 the patch tokens for DINOv2, at CLS and the distillation token for DeiT with teacher.  With
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import option
+from ..errors import InputError, option
 
 Span = tuple[int, "int | None"]
 
@@ -44,7 +44,7 @@ class TokenPolicy:
 
     def __post_init__(self):
         if not self.spans or any(a < 0 or (b is not None and b <= a) for a, b in self.spans):
-            raise ValueError(f"{option('token')}: {self.name!r} is not a set of token positions "
+            raise InputError(f"{option('token')}: {self.name!r} is not a set of token positions "
                              f"(spans {self.spans})")
         object.__setattr__(self, "spans", _merge(self.spans))
 
@@ -55,7 +55,7 @@ class TokenPolicy:
     @classmethod
     def index(cls, i: int, name: str | None = None) -> "TokenPolicy":
         if i < 0:
-            raise ValueError(f"{option('token')}: expected a non-negative token index, got {i}")
+            raise InputError(f"{option('token')}: expected a non-negative token index, got {i}")
         return cls(name or f"index:{i}", ((i, i + 1),))
 
     @classmethod
@@ -74,7 +74,7 @@ class TokenPolicy:
         token is left open), named after its shape unless ``name`` is given."""
         positions = sorted(set(int(p) for p in positions))
         if not positions:
-            raise ValueError(f"{option('token')}: no positions")
+            raise InputError(f"{option('token')}: no positions")
         spans = _merge((p, p + 1) for p in positions)
         spans = tuple((a, None if b == count else b) for a, b in spans)
         if name is None:
@@ -98,14 +98,14 @@ class TokenPolicy:
             return cls.all()
         if text == "distillation":
             if distillation_index is None:
-                raise ValueError(f"{option('token')}: this model has no distillation token")
+                raise InputError(f"{option('token')}: this model has no distillation token")
             return cls.index(distillation_index, "distillation")
         if text.startswith("patches"):
             _, _, prefix = text.partition(":")
             try:
                 return cls.patches(int(prefix) if prefix else 1)
             except ValueError:
-                raise ValueError(f"{option('token')}: expected patches or patches:N, got {text!r}") from None
+                raise InputError(f"{option('token')}: expected patches or patches:N, got {text!r}") from None
         if text.startswith("positions:"):
             try:
                 spans = [(int(a), int(b) + 1 if b else None) if sep else (int(a), int(a) + 1)
@@ -113,14 +113,14 @@ class TokenPolicy:
                                            for item in text[len("positions:"):].split(","))]
                 return cls(text, tuple(spans))
             except ValueError:
-                raise ValueError(f"{option('token')}: expected positions:A,B-C,D- (token indices and "
+                raise InputError(f"{option('token')}: expected positions:A,B-C,D- (token indices and "
                                  f"ranges), got {text!r}") from None
         if text.startswith("index:"):
             text = text[len("index:"):]
         try:
             return cls.index(int(text))
         except ValueError:
-            raise ValueError(f"{option('token')}: expected cls, distillation, patches[:N], all, a token "
+            raise InputError(f"{option('token')}: expected cls, distillation, patches[:N], all, a token "
                              f"index, or several joined by '+'; got {text!r}") from None
 
     @property
@@ -142,7 +142,7 @@ class TokenPolicy:
         out = []
         for a, b in self.spans:
             if a >= count or (b is not None and b > count):
-                raise ValueError(f"{option('token')}: {self.name!r} needs token positions up to "
+                raise InputError(f"{option('token')}: {self.name!r} needs token positions up to "
                                  f"{(b or a + 1) - 1}, but this model has {count} tokens "
                                  f"(positions 0..{count - 1})")
             out.extend(range(a, count if b is None else b))

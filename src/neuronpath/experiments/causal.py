@@ -1,6 +1,6 @@
 """``neuronpath evaluate --causal``: which path is most influential by intervention.
 
-For every stored path (and the seeded random control) of a finished find run, on every image:
+For every stored path (and the seeded controls) of a finished find run, on every image:
 P(label) with the whole path removed, with each layer's path neuron(s) removed alone, and with
 every other neuron of the path's layers removed (only the path kept), all in batched
 ``inference_mode`` forwards.  Writes ``RUN_DIR/causal/``: ``records.jsonl`` (resumable like
@@ -10,6 +10,7 @@ find), ``metrics.json``, ``causal.md``/``.csv``, ``layers.png``/``.svg``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,8 +18,10 @@ import torch
 from ..analysis.causal import causal_metrics
 from ..engine.editing import pruned_predictions
 from ..io.store import read_records, write_json_atomic
+from ..methods import CONTROLS
 from ..report.figures import causal_layer_figure
 from ..report.tables import write_causal_table
+from .common import Execution
 from .evaluate import StoredPaths
 from .ranks import open_store, work_through
 
@@ -37,12 +40,11 @@ def _edits(path: torch.Tensor, widths: list[int]) -> list[dict[int, torch.Tensor
 
 
 def run_causal(run_dir: str | Path, *, model: str | None = None, data: str | Path | None = None,
-               seed: int = 0, random_control: bool = True, batch_size: int = 16,
-               device: str = "auto", bootstrap: int = 1000, progress: bool | None = None,
-               workers: int | None = None) -> dict | None:
-    """Causal checks of a find run's paths (resumable); returns the metrics (None on the other
-    ranks of a ``torchrun`` job)."""
-    run = StoredPaths.open(run_dir, model, data, device, seed, random_control)
+               seed: int = 0, controls: Sequence[str] = tuple(CONTROLS), bootstrap: int = 1000,
+               execution: Execution = Execution(batch_size=16)) -> dict | None:
+    """Causal checks of a find run's paths and of the ``controls`` (resumable); returns the
+    metrics (None on the other ranks of a ``torchrun`` job)."""
+    run = StoredPaths.open(run_dir, model, data, execution.device, seed, controls)
     methods, layers = run.methods, run.adapter.num_layers
     widths = run.adapter.widths()
     store = open_store(run.ranks, run.run_dir / "causal", run.manifest_for(
@@ -80,8 +82,8 @@ def run_causal(run_dir: str | Path, *, model: str | None = None, data: str | Pat
                 r += layers + 2
         store.append(records)
 
-    work_through(run.ranks, store, pending, run.adapter.preprocess, batch_size, workers, handle,
-                 list(run.by_image), "causal checks", progress)
+    work_through(run.ranks, store, pending, run.adapter.preprocess, execution, handle,
+                 list(run.by_image), "causal checks")
     if not run.ranks.main:
         return None
     metrics = causal_metrics(read_records(store.dir), bootstrap, seed)

@@ -9,7 +9,7 @@ Writes into ``RUN_DIR/classes-METHOD/`` (or ``out``):
 * ``report.json`` -- every number (coherence test, intra-class clustering, ...);
 * ``figure4.png/.svg`` (violins), ``similarity.png/.svg`` (clustered heatmap), ``figure5.png/.svg``
   (a class, its most and least similar classes, with thumbnails), ``figure2.png/.svg``
-  (knowledge neurons per layer, when the run has ``knowledge`` records).
+  (top neurons per layer, for a method whose records keep them: ``knowledge``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import csv
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,12 @@ import numpy as np
 from ..analysis.classes import (class_paths, cosine_similarity, group_coherence, group_labels,
                                 intra_class_clustering, kde_mode, modal_neurons,
                                 most_and_least_similar, neuron_counts, utilisation)
-from ..analysis.records import layer_distribution
-from ..errors import ImageReadError, option
+from ..analysis.records import layer_distribution, methods_with_top
+from ..errors import ImageReadError, InputError, option
 from ..io.images import load_image
 from ..io.labels import read_class_names, read_groups
 from ..io.store import read_manifest, read_records, write_json_atomic
+from ..methods import REGISTRY
 from ..report.figures import (layer_distribution_figure, neuron_violins, similarity_heatmap,
                               similarity_panel)
 from .common import run_widths
@@ -52,14 +54,48 @@ def _thumbnails(root: Path, images: Sequence[str], count: int, size: int = 96) -
     return out
 
 
+@dataclass(frozen=True)
+class ClassesOptions:
+    """The statistics' settings: the share of most / least similar classes listed, the
+    permutations of the coherence test, Figure 4's line at the official KDE mode (``kde``)
+    instead of the exact most used neuron, Figure 5's thumbnails per class, and the seed."""
+
+    fraction: float = 0.05
+    permutations: int = 10000
+    kde: bool = False
+    thumbnails: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise InputError(f"{option('fraction')}: expected a share in (0, 1], got "
+                             f"{self.fraction}")
+        if self.permutations < 0:
+            raise InputError(f"{option('permutations')}: expected a count >= 0, got "
+                             f"{self.permutations}")
+        if self.thumbnails < 1:
+            raise InputError(f"{option('thumbnails')}: expected a count >= 1, got "
+                             f"{self.thumbnails}")
+
+
 def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | None = None,
-                plot_classes: Sequence[str] | None = None, groups: str | Path | None = None,
-                class_names: str | Path | None = None, kde: bool = False,
-                fraction: float = 0.05, permutations: int = 10000, panel_class: str | None = None,
-                data: str | Path | None = None, thumbnails: int = 4, seed: int = 0) -> dict:
+                plot_classes: Sequence[str] | None = None, panel_class: str | None = None,
+                groups: str | Path | None = None, class_names: str | Path | None = None,
+                data: str | Path | None = None, options: ClassesOptions = ClassesOptions()
+                ) -> dict:
+    """Class-level statistics of ``method``'s paths in a find run, written to ``out`` (default
+    ``RUN_DIR/classes-METHOD``): Figure 4 for ``plot_classes``, Figure 5 around
+    ``panel_class``, the coherence test of a ``groups`` file, readable ``class_names``;
+    ``data``: the run's image folder, if it moved (for thumbnails)."""
+    fraction, permutations, kde = options.fraction, options.permutations, options.kde
+    thumbnails, seed = options.thumbnails, options.seed
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     records = read_records(run_dir)
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    if method not in methods:
+        raise InputError(f"{option('method')}: the run has no records of {method!r}; it has "
+                         f"{', '.join(methods) or 'none yet'}")
     widths = run_widths(manifest) or 1 + max(
         int(np.max(r["path"])) for r in records if r["method"] == method)
     cp = class_paths(records, method, widths)
@@ -110,7 +146,8 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
     chosen = list(plot_classes) if plot_classes else names[:4]
     unknown = [c for c in chosen if c not in names]
     if unknown:
-        raise ValueError(f"{option('classes')}: {unknown} are not classes of the run (e.g. {names[:3]})")
+        raise InputError(f"{option('plot_classes')}: {unknown} are not classes of the run (e.g. "
+                         f"{names[:3]})")
     first = {n: cp.paths[cp.classes[names.index(n)]][:, :, 0] for n in chosen}
     line = {n: (np.array([kde_mode(first[n][:, l]) for l in range(cp.num_layers)]) if kde
                 else modes[names.index(n)]) for n in chosen}
@@ -122,7 +159,7 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
     root = Path(data or manifest["settings"]["data"]).expanduser()
     anchor = panel_class or names[0]
     if anchor not in names:
-        raise ValueError(f"{option('panel_class')}: {anchor!r} is not a class of the run")
+        raise InputError(f"{option('panel_class')}: {anchor!r} is not a class of the run")
     i = names.index(anchor)
     rows = [(display[i], None, _thumbnails(root, cp.images[cp.classes[i]], thumbnails))]
     for kind in ("top", "bottom"):
@@ -135,10 +172,13 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
         log.warning("figure 5 skipped: images not found under %s (pass %s)", root,
                     option("data", "DIR"))
 
-    if any(r["method"] == "knowledge" for r in records):
-        distribution = layer_distribution(records, cp.num_layers)
-        report["knowledge_layer_distribution"] = distribution
-        layer_distribution_figure(distribution, out / "figure2",
-                                  title="top-5 knowledge neurons per layer")
+    for number, with_top in enumerate(methods_with_top(records)):
+        what = (REGISTRY[with_top].top_neurons if with_top in REGISTRY else "") \
+            or f"top {with_top} neurons"
+        distribution = layer_distribution(records, cp.num_layers, with_top)
+        report[f"{with_top}_layer_distribution"] = distribution
+        layer_distribution_figure(distribution,
+                                  out / ("figure2" if number == 0 else f"figure2-{with_top}"),
+                                  title=f"{what} per layer", what=what)
     write_json_atomic(out / "report.json", report)
     return report

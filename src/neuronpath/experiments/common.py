@@ -1,49 +1,52 @@
-"""What every experiment shares: devices and dtypes, sizes, package versions, the run log, and
-re-loading a run's model (checked against its weights hash)."""
+"""What every experiment shares: how a command runs (:class:`Execution`), devices, sizes,
+package versions and the run log."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import platform
 import re
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from ..errors import RunFormatError, option
-from ..models.loading import load_model
+from ..errors import InputError, option
 from ..version import __version__
 
 log = logging.getLogger("neuronpath")
 
-# name -> (model weights dtype, autocast dtype or None); "tf32" is float32 with TF32 matmuls on CUDA
-DTYPES = {"float32": (torch.float32, None), "float64": (torch.float64, None),
-          "tf32": (torch.float32, None),
-          "bfloat16": (torch.float32, torch.bfloat16), "float16": (torch.float32, torch.float16)}
 
+@dataclass(frozen=True)
+class Execution:
+    """How a command runs, apart from what it computes: the device, images per batch, image
+    decoding processes (default: 0 on a CPU, up to 4 beside a GPU) and the progress bar
+    (default: on a terminal)."""
 
-def precision(dtype: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
-    """(model dtype, autocast dtype) of a ``dtype`` name; ``tf32`` switches this process's CUDA
-    matmuls and convolutions to TF32 (only on CUDA), every other name switches them off."""
-    if dtype not in DTYPES:
-        raise ValueError(f"{option('dtype')}: expected one of {list(DTYPES)}, got {dtype!r}")
-    if dtype == "tf32" and device.type != "cuda":
-        raise ValueError(f"{option('dtype')}: tf32 needs a CUDA device, got {device}")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype == "tf32"
-    return DTYPES[dtype]
+    device: str = "auto"
+    batch_size: int = 8
+    workers: int | None = None
+    progress: bool | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError(f"{option('batch_size')}: expected a positive integer, got "
+                             f"{self.batch_size!r}")
+        if self.workers is not None and self.workers < 0:
+            raise InputError(f"{option('workers')}: expected a number of processes >= 0, got "
+                             f"{self.workers}")
 
 
 def parse_bytes(text: str | int) -> int:
     """'2GiB', '512MiB', '1.5GB' or a plain number of bytes."""
     if isinstance(text, int):
         return text
-    match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?)B?\s*", str(text),
+                         re.IGNORECASE)
     if not match:
-        raise ValueError(f"{option('memory_budget')}: expected a size such as 2GiB or 512MiB, got {text!r}")
+        raise InputError(f"{option('memory_budget')}: expected a size such as 2GiB or 512MiB, got {text!r}")
     number, unit, binary = match.groups()
     base = 1024 if binary or not unit else 1000
     return int(float(number) * base ** " KMGT".index(unit.upper() or " "))
@@ -62,17 +65,17 @@ def resolve_device(device: str) -> torch.device:
     except (RuntimeError, TypeError, ValueError):
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"{option('device')}: expected auto, cpu, cuda, cuda:N or mps; "
+        raise InputError(f"{option('device')}: expected auto, cpu, cuda, cuda:N or mps; "
                          f"got {device!r}")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{option('device')}: {device} requested but CUDA is not available")
+            raise InputError(f"{option('device')}: {device} requested but CUDA is not available")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"{option('device')}: {device} requested but this machine has "
+            raise InputError(f"{option('device')}: {device} requested but this machine has "
                              f"{torch.cuda.device_count()} CUDA devices")
     if parsed.type == "mps" and not (getattr(torch.backends, "mps", None)
                                      and torch.backends.mps.is_available()):
-        raise ValueError(f"{option('device')}: mps requested but not available")
+        raise InputError(f"{option('device')}: mps requested but not available")
     return parsed
 
 
@@ -98,42 +101,6 @@ def log_to(path: Path):
     finally:
         log.removeHandler(handler)
         handler.close()
-
-
-def load_run_model(run_dir: Path, manifest: dict, model: str | None, device: torch.device):
-    """The model of a find run (or ``model``, if it moved), checked against the weights hash
-    stored by find."""
-    settings = manifest["settings"]
-    spec = model or settings["model"]
-    model_dtype, _ = precision(settings["dtype"], device)
-    try:
-        adapter = load_model(spec, device=device, dtype=model_dtype, token=settings["token"],
-                             preprocess="official" if settings["preprocess"]["name"] == "official"
-                             else "model",
-                             image_size=settings.get("image_size"),
-                             fc_norm_twice=settings.get("fc_norm_twice", False),
-                             classes=settings.get("classes"), prompt=settings.get("prompt"))
-    except Exception as error:
-        raise RunFormatError(f"{run_dir}: cannot load its model {spec!r} ({error}); pass "
-                             f"{option('model', 'DIR')} with the model the run was made "
-                             f"with") from error
-    if adapter.weights_hash() != settings["weights_sha256"]:
-        raise RunFormatError(f"{run_dir} was made by a different model than {spec!r} (weights "
-                             f"SHA-256 {settings['weights_sha256'][:12]}... in the run, "
-                             f"{adapter.weights_hash()[:12]}... now)")
-    stored = settings["preprocess"]
-    current = json.loads(json.dumps(adapter.preprocess.to_dict()))
-    if stored != current:
-        if "class" not in stored and stored.get("name") == "model":
-            # a run made when ``--preprocess model`` was a copy of the processor, not the processor
-            log.warning("%s was made with neuronpath's earlier copy of the image processor "
-                        "(%s); this run now uses the model's own (%s)", run_dir, stored, current)
-        else:
-            raise RunFormatError(f"{run_dir} was made with other image preprocessing than "
-                                 f"{spec!r} gives now ({stored} in the run, {current} now); "
-                                 f"pass {option('model', 'DIR')} with the model folder the run "
-                                 f"was made with")
-    return adapter
 
 
 def model_widths(adapter) -> dict:

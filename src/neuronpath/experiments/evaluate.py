@@ -1,8 +1,9 @@
 """``neuronpath evaluate``: removal / enhancement of every stored path, metrics, Table 1, Fig. 3.
 
 Reads a ``find`` run, re-runs its model on its images with each method's path neurons
-removed (x0) and enhanced (x2) at every layer at once, plus a random-path control (one random
-neuron per layer per image, seeded), and writes into ``RUN_DIR/evaluation/``:
+removed (x0) and enhanced (x2) at every layer at once, plus the registered controls (the
+random path: one random neuron per layer per image, seeded), and writes into
+``RUN_DIR/evaluation/``:
 
 * ``manifest.json`` + ``records.jsonl`` -- one record per image and method (resumable like find);
 * ``metrics.json`` -- every number (see :mod:`neuronpath.analysis.deviations`);
@@ -23,20 +24,19 @@ from pathlib import Path
 import torch
 
 from ..analysis.deviations import all_metrics, class_mean_deviations
-from ..analysis.draws import random_path
 from ..analysis.records import group_by
 from ..engine.editing import OPS, manipulate
-from ..errors import RunFormatError, option
+from ..errors import InputError, RunFormatError, option
 from ..io.images import ImageItem
 from ..io.store import read_manifest, read_records, write_json_atomic
+from ..methods import CONTROLS
+from ..models.loading import load_run_model
 from ..report.figures import probability_deviation_figure
 from ..report.tables import write_table
-from .common import load_run_model, resolve_device, run_widths, versions
+from .common import Execution, resolve_device, run_widths, versions
 from .ranks import join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
-
-RANDOM = "random"
 
 
 def _check_complete(run_dir: Path, manifest: dict, by_image: dict[str, dict]) -> None:
@@ -50,10 +50,20 @@ def _check_complete(run_dir: Path, manifest: dict, by_image: dict[str, dict]) ->
                              f"find command, then evaluate")
 
 
+def check_controls(controls: Sequence[str]) -> list[str]:
+    """The controls, duplicates dropped, each checked against the registry."""
+    controls = list(dict.fromkeys(controls))
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise InputError(f"{option('controls')}: unknown {unknown}; expected some of "
+                         f"{', '.join(CONTROLS)}")
+    return controls
+
+
 @dataclass
 class StoredPaths:
     """A finished find run ready for edited forwards: its model (checked by weights hash), its
-    images, and per batch every method's stored paths plus a seeded random-path control."""
+    images, and per batch every method's stored paths plus the controls' seeded paths."""
 
     run_dir: Path
     manifest: dict
@@ -62,27 +72,28 @@ class StoredPaths:
     ranks: object
     root: Path
     seed: int
-    random_control: bool
+    controls: list[str]
 
     @classmethod
     def open(cls, run_dir: str | Path, model: str | None, data: str | Path | None, device: str,
-             seed: int, random_control: bool) -> "StoredPaths":
+             seed: int, controls: Sequence[str]) -> "StoredPaths":
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise RunFormatError(f"{run_dir}: no such run folder")
+        controls = check_controls(controls)
         manifest = read_manifest(run_dir)
         by_image = {image: {r["method"]: r for r in rows}
                     for image, rows in group_by(read_records(run_dir), "image").items()}
         _check_complete(run_dir, manifest, by_image)
         ranks = join_ranks(resolve_device(device))
-        adapter = load_run_model(run_dir, manifest, model, ranks.device)
+        adapter = load_run_model(run_dir, manifest["settings"], model, ranks.device)
         root = Path(data or manifest["settings"]["data"]).expanduser()
-        return cls(run_dir, manifest, by_image, adapter, ranks, root, seed, random_control)
+        return cls(run_dir, manifest, by_image, adapter, ranks, root, seed, controls)
 
     @property
     def methods(self) -> list[str]:
-        """The run's methods, then the random control."""
-        return list(self.manifest["settings"]["methods"]) + ([RANDOM] if self.random_control else [])
+        """The run's methods, then the controls."""
+        return list(self.manifest["settings"]["methods"]) + self.controls
 
     @property
     def find_sha(self) -> str:
@@ -102,16 +113,16 @@ class StoredPaths:
         return pending
 
     def paths(self, images: list[str]) -> dict[str, torch.Tensor]:
-        """{method: stored paths as recorded, (images, layers) or (images, layers, K)}, and the
-        random control's (images, layers, K)."""
+        """{method: stored paths as recorded, (images, layers) or (images, layers, K)}, and each
+        control's (images, layers, K)."""
         layers = self.adapter.num_layers
         paths = {m: torch.tensor([self.by_image[i][m]["path"] for i in images])
                  for m in self.manifest["settings"]["methods"]}
-        if self.random_control:
-            k = next(iter(paths.values())).reshape(len(images), layers, -1).shape[-1]
-            widths = run_widths(self.manifest) or self.adapter.widths()
-            paths[RANDOM] = torch.stack([random_path(i, self.seed, layers, widths, k)
-                                         for i in images])
+        k = next(iter(paths.values())).reshape(len(images), layers, -1).shape[-1]
+        widths = run_widths(self.manifest) or self.adapter.widths()
+        for name in self.controls:
+            paths[name] = torch.stack([CONTROLS[name].path(i, self.seed, layers, widths, k)
+                                       for i in images])
         return paths
 
     def inputs(self, batch) -> tuple[torch.Tensor, list[str], torch.Tensor]:
@@ -130,16 +141,18 @@ class StoredPaths:
 
 
 def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model: str | None = None,
-                 data: str | Path | None = None, seed: int = 0, random_control: bool = True,
-                 batch_size: int = 16, device: str = "auto", bootstrap: int = 1000,
-                 progress: bool | None = None, workers: int | None = None) -> dict | None:
-    """Evaluate a find run (resumable); returns the metrics (None on the other ranks of a
-    ``torchrun`` job, which share the images)."""
+                 data: str | Path | None = None, seed: int = 0,
+                 controls: Sequence[str] = tuple(CONTROLS), bootstrap: int = 1000,
+                 execution: Execution = Execution(batch_size=16)) -> dict | None:
+    """Evaluate a find run (resumable): every stored path and every control (``controls``,
+    names from :data:`~neuronpath.methods.CONTROLS`, seeded by ``seed``).  ``model`` and
+    ``data``: where the run's model and images are now, if they moved.  Returns the metrics
+    (None on the other ranks of a ``torchrun`` job, which share the images)."""
     ops = list(dict.fromkeys(ops))
     unknown = [op for op in ops if op not in OPS]
     if unknown:
-        raise ValueError(f"{option('ops')}: unknown {unknown}; expected some of {list(OPS)}")
-    run = StoredPaths.open(run_dir, model, data, device, seed, random_control)
+        raise InputError(f"{option('ops')}: unknown {unknown}; expected some of {list(OPS)}")
+    run = StoredPaths.open(run_dir, model, data, execution.device, seed, controls)
     methods = run.methods
     store = open_store(run.ranks, run.run_dir / "evaluation", run.manifest_for(
         "neuronpath evaluate", {"ops": ops, "seed": seed, "methods": methods,
@@ -165,8 +178,8 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
                 records.append(record)
         store.append(records)
 
-    work_through(run.ranks, store, pending, run.adapter.preprocess, batch_size, workers, handle,
-                 list(run.by_image), "remove/enhance", progress)
+    work_through(run.ranks, store, pending, run.adapter.preprocess, execution, handle,
+                 list(run.by_image), "remove/enhance")
     return write_outputs(run.run_dir, ops, bootstrap, seed) if run.ranks.main else None
 
 

@@ -5,38 +5,29 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..engine.attribution import AttributionConfig
-from ..errors import option
+from ..errors import InputError, option
 from ..io.images import interleave_classes, scan_image_folder
-from ..methods import DEFAULT_METHODS, PathOptions, check_methods, find_paths
+from ..methods import DEFAULT_METHODS, MethodOptions, find_paths, method_options
 from ..models.loading import load_model
-from .common import log_to, model_widths, parse_bytes, precision, resolve_device, versions
+from ..models.spec import ModelSpec
+from .common import Execution, log_to, model_widths, resolve_device, versions
 from .ranks import join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
 
-
-def input_settings(adapter, labels: str, image_size: int | None, fc_norm_twice: bool,
-                   classes: str | Path | None) -> dict:
-    """What a run's neurons were read on besides the weights, as its manifest records it: the
-    image processor, the token policy, the label mapping, the checkpoint options and, for a
-    zero-shot model, the label set and prompt."""
-    settings = {"preprocess": adapter.preprocess.to_dict(), "token": adapter.token.name,
-                "labels": labels, "image_size": image_size, "fc_norm_twice": fc_norm_twice}
-    if classes is not None:  # zero-shot: the label set is part of the run's identity
-        settings.update(classes=str(Path(classes).expanduser().resolve()),
-                        prompt=adapter.details["zero_shot"]["prompt"])
-    return settings
+SEARCH_KEYS = ("steps", "alphas", "target", "objective", "topk", "options")
 
 
 def image_records(items, result, methods, id2label: dict) -> list[dict]:
-    """One record per image and method: labels, clean prediction, path and final JAS (and,
-    for ``knowledge``, the top-5 (layer, neuron, score) triples)."""
+    """One record per image and method: labels, clean prediction, path and final JAS (and the
+    method's per-image extras, e.g. ``knowledge``'s top-5 (layer, neuron, score) triples)."""
     clean = result.clean
     records = []
     for row, item in enumerate(items):
@@ -54,87 +45,78 @@ def image_records(items, result, methods, id2label: dict) -> list[dict]:
     return records
 
 
-def run_find(model: str, data: str | Path, out: str | Path, *,
-             methods: Sequence[str] = DEFAULT_METHODS, steps: int = 20, alphas: str = "left",
-             target: str = "label", objective: str = "prob", batch_size: int = 8,
-             device: str = "auto", dtype: str = "float32", limit: int | None = None,
-             preprocess: str = "model", token: str | None = None, labels: str = "auto",
-             memory_budget: str | int = "2GiB", topk: int = 1, topk_mode: str = "all",
-             rerank: int | str = 0,
-             image_size: int | None = None, fc_norm_twice: bool = False,
-             classes: str | Path | None = None, prompt: str | None = None,
-             only: set[str] | None = None, progress: bool | None = None,
-             workers: int | None = None, command: Sequence[str] | None = None) -> Path:
+def search_settings(settings: dict) -> dict:
+    """How a run's paths were searched (alpha grid, target, objective, K, each method's
+    options), as its manifest records them."""
+    return {key: settings.get(key) for key in SEARCH_KEYS}
+
+
+def run_find(spec: ModelSpec | str, data: str | Path, out: str | Path, *,
+             methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_METHODS,
+             config: AttributionConfig = AttributionConfig(), topk: int = 1,
+             limit: int | None = None, only: set[str] | None = None,
+             execution: Execution = Execution(), command: Sequence[str] | None = None) -> Path:
     """Find paths for every image of an ImageFolder and write them to ``out`` (resumable).
 
-    Re-running the same call skips finished images; a call with other settings into the
-    same ``out`` raises :class:`~neuronpath.errors.RunConflictError`.  ``only`` restricts the
-    run to these image ids (its hash is part of the run's identity); ``command`` is the
-    command line recorded in the manifest.  ``classes`` and ``prompt`` make a CLIP or SigLIP
-    model a zero-shot classifier (see :func:`~neuronpath.models.loading.load_model`).
-    ``workers`` processes decode the images (default: 0 on a CPU, up to 4 beside a GPU).
-    Under ``torchrun`` every rank takes its share of the images (:mod:`.ranks`).
+    ``spec``: the model (a :class:`ModelSpec`, or a model id with every other field at its
+    default); ``methods``: names, or names with their options; ``config``: the attribution
+    settings (its autocast follows the spec's dtype).  Re-running the same call skips finished
+    images; a call with other settings into the same ``out`` raises
+    :class:`~neuronpath.errors.RunConflictError`.  ``only`` restricts the run to these image
+    ids (its hash is part of the run's identity); ``command`` is the command line recorded in
+    the manifest.  Under ``torchrun`` every rank takes its share of the images (:mod:`.ranks`).
     """
-    methods = check_methods(methods)
-    if batch_size < 1:
-        raise ValueError(f"{option('batch_size')}: expected a positive integer, got {batch_size}")
-    if topk < 1:
-        raise ValueError(f"{option('topk')}: expected a positive integer, got {topk}")
-    rerank = PathOptions(topk_mode, rerank).rerank  # validates both
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec)
+    options = method_options(methods)
+    if not isinstance(topk, int) or topk < 1:
+        raise InputError(f"{option('topk')}: expected a positive integer, got {topk!r}")
+    for opts in options.values():
+        opts.check(topk)
     if limit is not None and limit < 1:
-        raise ValueError(f"{option('limit')}: expected a positive integer, got {limit}")
-    ranks = join_ranks(resolve_device(device))
-    torch_device = ranks.device
-    model_dtype, autocast = precision(dtype, torch_device)
-    config = AttributionConfig(steps=steps, alphas=alphas, target=target, objective=objective,
-                               memory_budget=parse_bytes(memory_budget), autocast=autocast)
-    adapter = load_model(model, device=torch_device, dtype=model_dtype, token=token,
-                         preprocess=preprocess, image_size=image_size,
-                         fc_norm_twice=fc_norm_twice, classes=classes, prompt=prompt)
-    log.info("find: each neuron is read at token %s: %s", adapter.token.name, adapter.readout)
+        raise InputError(f"{option('limit')}: expected a positive integer, got {limit}")
+    ranks = join_ranks(resolve_device(execution.device))
+    device = ranks.device
+    config = replace(config, autocast=spec.precision(device)[1])
+    adapter = load_model(spec, device=device)
+    log.info("find: each neuron is read at token %s: %s", adapter.token.name,
+             adapter.readout.reason)
     if topk > min(adapter.widths()):
-        raise ValueError(f"{option('topk')}: expected 1 <= K <= {min(adapter.widths())} (the FFN width of "
-                         f"{adapter.describe()['class']}), got {topk}")
-    if rerank != "all" and 0 < rerank < topk:
-        raise ValueError(f"{option('rerank')}: expected at least K = {topk} candidates, got {rerank}")
-    folder = scan_image_folder(data, adapter.id2label, labels)
+        raise InputError(f"{option('topk')}: expected 1 <= K <= {min(adapter.widths())} (the FFN "
+                         f"width of {type(adapter.model).__name__}), got {topk}")
+    folder = scan_image_folder(data, adapter.id2label, spec.labels)
     items = [it for it in folder.items if only is None or it.id in only]
     items = interleave_classes(items)[:limit]
     manifest = {
         "tool": "neuronpath find",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"model": str(model), "weights_sha256": adapter.weights_hash(),
-                     "data": str(Path(data).expanduser().resolve()), "methods": methods,
-                     "steps": steps, "alphas": alphas, "target": target, "objective": objective,
-                     "dtype": dtype, "topk": topk, "topk_mode": topk_mode,
-                     **input_settings(adapter, folder.mapping, image_size, fc_norm_twice, classes),
+        "settings": {**spec.settings(adapter, folder.mapping),
+                     "data": str(Path(data).expanduser().resolve()), "methods": list(options),
+                     "options": {m: o.to_dict() for m, o in options.items()},
+                     "steps": config.steps, "alphas": config.alphas, "target": config.target,
+                     "objective": config.objective, "topk": topk,
                      "subset_sha256": None if only is None else hashlib.sha256(
                          "\n".join(sorted(only)).encode()).hexdigest()},
         "model": {**adapter.describe(), **model_widths(adapter),
                   "preprocessor": getattr(adapter.preprocess, "describe", lambda: None)()},
         "alpha_grid": config.grid.to_dict(),
         "data": folder.describe(),
-        "run": {"batch_size": batch_size, "device": str(torch_device), "limit": limit,
-                "planned_images": len(items),
-                "memory_budget": config.memory_budget,
+        "run": {"batch_size": execution.batch_size, "device": str(device), "limit": limit,
+                "planned_images": len(items), "memory_budget": config.memory_budget,
                 "command": None if command is None else list(command)},
         "versions": versions(),
     }
-    if rerank:  # Alg. 1 as written: exact re-scoring of the search's candidates
-        manifest["settings"]["rerank"] = rerank
-    manifest["search"] = {"rerank": rerank}
     store = open_store(ranks, out, manifest)
-    pending = [it for it in items if not set(methods) <= store.done.get(it.id, set())]
+    pending = [it for it in items if not set(options) <= store.done.get(it.id, set())]
     log.info("find: %d images, %d already done, %d to do -> %s", len(items),
              len(items) - len(pending), len(pending), store.dir)
 
     def handle(batch):
-        labels_t = torch.tensor([it.label for it in batch.items])
-        result = find_paths(adapter, batch.pixels.to(torch_device, non_blocking=True),
-                            labels_t, methods, config, topk, topk_mode, rerank)
-        store.append(image_records(batch.items, result, methods, adapter.id2label))
+        labels = torch.tensor([it.label for it in batch.items])
+        result = find_paths(adapter, batch.pixels.to(device, non_blocking=True), labels,
+                            options, config, topk)
+        store.append(image_records(batch.items, result, options, adapter.id2label))
 
     with log_to(store.dir / "find.log"):
-        work_through(ranks, store, pending, adapter.preprocess, batch_size, workers, handle,
-                     [it.id for it in items], "neuron paths", progress)
+        work_through(ranks, store, pending, adapter.preprocess, execution, handle,
+                     [it.id for it in items], "neuron paths")
     return store.dir

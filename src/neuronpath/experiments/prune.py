@@ -11,134 +11,123 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..analysis.bootstrap import bootstrap_draws
-from ..analysis.pruning import (AGGREGATES, keep_by_frequency, keep_by_slot_mode,
+from ..analysis.pruning import (PruneSettings, keep_by_frequency, keep_by_slot_mode,
                                 paired_difference, probe_selections, prune_multipliers,
-                                pruning_metrics, random_keep, split_probe_test)
+                                pruning_metrics, split_probe_test)
+from ..engine.attribution import AttributionConfig
 from ..engine.editing import pruned_predictions
-from ..errors import RunConflictError, option
+from ..errors import InputError, RunConflictError, option
 from ..io.images import scan_image_folder
 from ..io.store import read_manifest, read_records, write_json_atomic
+from ..methods import CONTROLS, MethodOptions, method_options
 from ..models.loading import load_model
+from ..models.spec import MODEL_KEYS, ModelSpec, model_differences
 from ..report.figures import pruning_figure
 from ..report.tables import write_depth_table
-from .common import model_widths, precision, resolve_device
+from .common import Execution, model_widths, resolve_device
+from .find import run_find, search_settings
 from .ranks import join_ranks, open_store, work_through
-from .find import input_settings, run_find
 
 log = logging.getLogger("neuronpath")
 
-PATH_METHODS = ("jas", "activation")
 GRID_BATCH = 64  # test images per batch of the pruning grid
-PRUNE_METHODS = PATH_METHODS + ("random",)  # keep rules: two path methods and a random control
+DEFAULT_KEEP_RULES = ("jas", "activation", "random")  # two path methods and a control
 
 
-def run_prune(model: str, data: str | Path, out: str | Path, *,
-              keep: Sequence[int] = (1, 5, 10, 30, 50), mask: Sequence[float] = (0.1, 0.3, 0.5, 1.0),
-              depth: Sequence[int] | None = None, probe_fraction: float = 0.8, seed: int = 0,
-              aggregate: str = "frequency", methods: Sequence[str] = PRUNE_METHODS,
-              find_run: str | Path | None = None, steps: int = 20, alphas: str = "left",
-              topk_mode: str = "all", batch_size: int = 8, device: str = "auto",
-              dtype: str = "float32", preprocess: str = "model", token: str | None = None,
-              labels: str = "auto", memory_budget: str | int = "2GiB",
-              image_size: int | None = None, fc_norm_twice: bool = False,
-              table_keep: int = 5, table_mask: float = 1.0, bootstrap: int = 1000,
-              classes: str | Path | None = None, prompt: str | None = None,
-              workers: int | None = None, command: Sequence[str] | None = None,
-              progress: bool | None = None) -> dict | None:
-    """Run the pruning experiment into ``out`` (probe paths in ``out/find``, the test images'
-    outcomes under every setting in ``out/grid``, both resumable) and return every number;
-    ``command`` is recorded in the probe find run's manifest, ``classes`` and ``prompt`` make a
-    CLIP or SigLIP model a zero-shot classifier.  A reused ``find_run`` must have been made with
-    the same model, inputs, token and labels.  Under ``torchrun`` the ranks share the probe
-    paths and the grid; the main rank writes the results (the others return None)."""
-    if aggregate not in AGGREGATES:
-        raise ValueError(f"{option('aggregate')}: expected one of {AGGREGATES}, got {aggregate!r}")
-    if not keep or min(keep) < 1:
-        raise ValueError(f"{option('keep')}: expected positive neuron counts, got {list(keep)}")
-    if not mask or any(not 0 <= p <= 1 for p in mask):
-        raise ValueError(f"{option('mask')}: expected shares in [0, 1], got {list(mask)}")
-    unknown = [m for m in methods if m not in PRUNE_METHODS]
-    if unknown:
-        raise ValueError(f"{option('methods')}: unknown {unknown}; expected some of {PRUNE_METHODS}")
+def run_prune(spec: ModelSpec | str, data: str | Path, out: str | Path,
+              settings: PruneSettings = PruneSettings(), *,
+              methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_KEEP_RULES,
+              find_run: str | Path | None = None, config: AttributionConfig = AttributionConfig(),
+              execution: Execution = Execution(), command: Sequence[str] | None = None
+              ) -> dict | None:
+    """Run the pruning experiment into ``out`` and return every number.
+
+    ``methods``: the keep rules -- registered path methods (their TopK paths of the probe
+    images, found in ``out/find`` with ``config``, or taken from ``find_run``, which must have
+    read the same neurons) and controls (``random``).  The test images' outcomes under every
+    setting go to ``out/grid``; both folders are resumable, and under ``torchrun`` the ranks
+    share them (the main rank writes the results, the others return None).  ``command`` is
+    recorded in the probe find run's manifest.
+    """
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec)
+    names = list(methods)
+    controls = [m for m in names if m in CONTROLS]
+    options = method_options({m: (methods[m] if isinstance(methods, Mapping) else None)
+                              for m in names if m not in CONTROLS}) if len(controls) < len(names) \
+        else {}
+    keep, mask = settings.keep, settings.mask
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ranks = join_ranks(resolve_device(device))
-    adapter = load_model(model, device=ranks.device, dtype=precision(dtype, ranks.device)[0],
-                         token=token, preprocess=preprocess, image_size=image_size,
-                         fc_norm_twice=fc_norm_twice, classes=classes, prompt=prompt)
+    ranks = join_ranks(resolve_device(execution.device))
+    adapter = load_model(spec, device=ranks.device)
     widths, num_layers = adapter.widths(), adapter.num_layers
-    depths = sorted(set(depth or [num_layers]))
-    if depths[0] < 1 or depths[-1] > num_layers:
-        raise ValueError(f"{option('depth')}: expected layers in 1..{num_layers}, got {depths}")
+    depths = sorted(set(settings.depth or [num_layers]))
+    if depths[-1] > num_layers:
+        raise InputError(f"{option('depth')}: expected layers in 1..{num_layers}, got {depths}")
     if max(keep) > min(widths):
-        raise ValueError(f"{option('keep')}: at most the FFN width {min(widths)}, got {max(keep)}")
-    folder = scan_image_folder(data, adapter.id2label, labels)
-    weights = adapter.weights_hash()
-    inputs = input_settings(adapter, folder.mapping, image_size, fc_norm_twice, classes)
+        raise InputError(f"{option('keep')}: at most the FFN width {min(widths)}, got {max(keep)}")
+    folder = scan_image_folder(data, adapter.id2label, spec.labels)
+    model_settings = spec.settings(adapter, folder.mapping)
     by_class: dict[str, list[str]] = {}
     for item in folder.items:
         by_class.setdefault(item.folder, []).append(item.id)
-    split = split_probe_test(by_class, probe_fraction, seed)
+    split = split_probe_test(by_class, settings.probe_fraction, settings.seed)
     probe = {i for i, s in split.items() if s == "probe"}
-    path_methods = [m for m in methods if m in PATH_METHODS]
 
     k = max(keep)
+    run_dir = None
     if find_run is not None:
-        manifest = read_manifest(find_run)
-        check_same_inputs(find_run, manifest["settings"], weights, inputs)
-        if manifest["settings"]["topk"] < k:
-            raise ValueError(f"find run {find_run} has K = {manifest['settings']['topk']} < "
-                             f"max keep {k}")
+        found = read_manifest(find_run)
+        check_same_model(find_run, found["settings"], model_settings)
+        if found["settings"]["topk"] < k:
+            raise InputError(f"{option('find_run')}: {find_run} has K = "
+                             f"{found['settings']['topk']} < max keep {k}")
+        missing = [m for m in options if m not in found["settings"]["methods"]]
+        if missing:
+            raise InputError(f"{option('find_run')}: {find_run} has no paths of {missing}; it "
+                             f"has {found['settings']['methods']}")
         run_dir = Path(find_run)
-    elif path_methods:
-        run_dir = run_find(model, data, out / "find", methods=path_methods, steps=steps,
-                           alphas=alphas, batch_size=batch_size, device=device, dtype=dtype,
-                           preprocess=preprocess, token=token, labels=labels,
-                           memory_budget=memory_budget, topk=k, topk_mode=topk_mode, only=probe,
-                           image_size=image_size, fc_norm_twice=fc_norm_twice, classes=classes,
-                           prompt=prompt, workers=workers, command=command)
+    elif options:
+        run_dir = run_find(spec, data, out / "find", methods=options, config=config, topk=k,
+                           only=probe, execution=execution, command=command)
     ranks.barrier()  # the probe paths are merged before any rank reads them
-    records = read_records(run_dir) if path_methods else []
-    # how the probe paths were searched: the find run's own settings, reused or made here
-    found = read_manifest(run_dir) if path_methods else {}
-    found_with = found.get("settings", {})
+    records = read_records(run_dir) if options else []
+    found = read_manifest(run_dir) if options else {}
     unreadable = set(found.get("skipped", {}))  # probe images find reported and skipped
-    search = {key: found_with.get(key) for key in ("steps", "alphas", "target", "objective",
-                                                   "topk", "topk_mode")}
-    search["rerank"] = found_with.get("rerank", 0)
 
-    # kept neurons per (method, class, t)
-    kept: dict[str, dict[str, dict[int, list[list[int]]]]] = {m: {} for m in methods}
-    rule = keep_by_frequency if aggregate == "frequency" else keep_by_slot_mode
+    # kept neurons per (keep rule, class, t)
+    kept: dict[str, dict[str, dict[int, list[list[int]]]]] = {m: {} for m in names}
+    rule = keep_by_frequency if settings.aggregate == "frequency" else keep_by_slot_mode
     for name, images in by_class.items():
         probe_images = sorted(i for i in images if split[i] == "probe" and i not in unreadable)
-        for m in methods:
-            if m == "random":
-                kept[m][name] = {t: random_keep(name, seed, num_layers, widths, t) for t in keep}
+        for m in names:
+            if m in CONTROLS:
+                kept[m][name] = {t: CONTROLS[m].keep(name, settings.seed, num_layers, widths, t)
+                                 for t in keep}
             else:
                 sel = probe_selections(records, m, probe_images)[:, :, :k]
                 kept[m][name] = {t: rule(sel, t) for t in keep}
 
-    # the grid: every test image under the unpruned model and every (method, t, p, depth)
+    # the grid: every test image under the unpruned model and every (rule, t, p, depth)
     tests = [it for it in folder.items if split[it.id] == "test"]
-    configs = {"unpruned": None} | {f"{m}|{t}|{p}|{d}": (m, t, p, d) for m in methods
+    configs = {"unpruned": None} | {f"{m}|{t}|{p}|{d}": (m, t, p, d) for m in names
                                      for t in keep for p in mask for d in depths}
-    grid = _prune_grid(ranks, adapter, out / "grid", tests, configs, kept, widths, seed,
-                       {"weights_sha256": weights, **inputs}, workers, progress)
+    grid = _prune_grid(ranks, adapter, out / "grid", tests, configs, kept, widths, settings.seed,
+                       model_settings, execution)
     if not ranks.main:  # the other ranks of a torchrun job help with paths and grid only
         return None
     good = [it for it in tests if it.id in grid]
     if not good:
-        raise ValueError(f"{option('data')}: no readable test image in {data}")
+        raise InputError(f"{option('data')}: no readable test image in {data}")
     labels_all = np.array([it.label for it in good])
-    resamples = bootstrap_draws(len(good), bootstrap, seed)
+    resamples = bootstrap_draws(len(good), settings.bootstrap, settings.seed)
     per_image = {}
     for c, key in enumerate(configs):
         probs = np.array([grid[it.id]["prob"][c] for it in good], dtype=np.float64)
@@ -146,65 +135,53 @@ def run_prune(model: str, data: str | Path, out: str | Path, *,
         per_image[key] = ((preds == labels_all).astype(np.float64), probs)
     folders = [it.folder for it in good]
     results = {key: pruning_metrics(*values, folders, resamples) for key, values in per_image.items()}
-    t_table = table_keep if table_keep in keep else keep[0]
-    p_table = table_mask if table_mask in mask else mask[-1]
+    t_table, p_table = settings.table_cell
     comparisons = {}
+    first = names[0]
     for d in depths:
-        ours = f"jas|{t_table}|{p_table}|{d}"
-        if ours not in per_image:
-            break
-        for other in [f"{m}|{t_table}|{p_table}|{d}" for m in methods if m != "jas"] + ["unpruned"]:
-            comparisons[f"{ours} - {other}"] = paired_difference(per_image[ours], per_image[other], resamples)
+        ours = f"{first}|{t_table}|{p_table}|{d}"
+        for other in [f"{m}|{t_table}|{p_table}|{d}" for m in names[1:]] + ["unpruned"]:
+            comparisons[f"{ours} - {other}"] = paired_difference(per_image[ours], per_image[other],
+                                                                 resamples)
 
-    report = {"model": model, "data": str(Path(data).expanduser().resolve()),
-              "weights_sha256": weights, "keep": list(keep), "mask": list(mask),
-              "depth": depths, "probe_fraction": probe_fraction, "seed": seed,
-              "aggregate": aggregate, "methods": list(methods), "topk_mode": search["topk_mode"],
-              "find_run": str(run_dir) if path_methods else None, "search": search,
-              "layers": num_layers,
+    report = {"model": spec.model, "data": str(Path(data).expanduser().resolve()),
+              "weights_sha256": model_settings["weights_sha256"], "keep": list(keep),
+              "mask": list(mask), "depth": depths, "probe_fraction": settings.probe_fraction,
+              "seed": settings.seed, "aggregate": settings.aggregate, "methods": names,
+              "find_run": str(run_dir) if options else None,
+              "search": search_settings(found.get("settings", {})), "layers": num_layers,
               **model_widths(adapter), "test_images": len(good), "split": split, "kept": kept,
-              "bootstrap": bootstrap, "results": results, "comparisons": comparisons}
+              "bootstrap": settings.bootstrap, "results": results, "comparisons": comparisons}
     write_json_atomic(out / "results.json", report)
     pruning_figure(report, out / "figure6", depth=depths[-1])
     write_depth_table(report, out / "table3", t_table, p_table)
     return report
 
 
-def check_same_inputs(find_run, settings: dict, weights_sha256: str, inputs: dict) -> None:
-    """Refuse a reused find run whose paths were found on another model or other
-    :func:`~.find.input_settings` (image processor, token, labels, checkpoint options,
-    zero-shot label set) than this prune run evaluates: its kept neurons would then belong to
-    a different computation."""
-    if settings["weights_sha256"] != weights_sha256:
-        raise RunConflictError(f"find run {find_run} was made by a different model")
-    ours = json.loads(json.dumps(inputs))  # as the manifest stores them (tuples become lists)
-    keys = list(dict.fromkeys([*ours, "classes", "prompt"]))
-    ours = {key: ours.get(key) for key in keys}
-    theirs = {key: settings.get(key, False if key == "fc_norm_twice" else None) for key in keys}
-    changed = [key for key in keys if ours[key] != theirs[key]]
+def check_same_model(find_run, theirs: dict, ours: dict) -> None:
+    """Refuse a reused find run whose paths were found on another model or with other model
+    settings (:func:`~neuronpath.models.spec.model_differences`: weights, image processor, token,
+    labels, checkpoint options, zero-shot label set) than this prune run evaluates: its kept
+    neurons would then belong to a different computation."""
+    changed = model_differences(theirs, ours)
     if changed:
-        def show(key, value):
-            if key == "preprocess" and isinstance(value, dict):
-                return f"{value.get('name')} ({value.get('class', 'written out')})"
-            return repr(value)
-        details = "; ".join(f"{key}: {show(key, theirs[key])} there, {show(key, ours[key])} here"
-                            for key in changed)
         raise RunConflictError(f"find run {find_run} was made with other inputs than this prune "
-                               f"run ({details}); pass the options the find run was made with")
+                               f"run ({'; '.join(changed)}); pass the options the find run was "
+                               f"made with")
 
 
 def _prune_grid(ranks, adapter, folder: Path, tests: list, configs: dict, kept: dict, widths,
-                seed: int, model_identity: dict, workers: int | None,
-                progress: bool | None) -> dict:
+                seed: int, model_identity: dict, execution: Execution) -> dict:
     """The test images' label probability and prediction under every setting of the grid, as
     a resumable run folder (one record per image, ``prob``/``pred`` in ``configs`` order) that
     the ranks of a ``torchrun`` job share out.  The masks are seeded per image, so the numbers
-    do not depend on batches, ranks or interruptions; ``model_identity`` (weights hash and
-    :func:`~.find.input_settings`) is part of the folder's identity.  Returns the records by
-    image (main rank; empty on the others)."""
-    identity = {**model_identity, "configs": list(configs), "seed": seed,
-                "tests_sha256": hashlib.sha256("\n".join(it.id for it in tests).encode()).hexdigest(),
-                "kept_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()}
+    do not depend on batches, ranks or interruptions; ``model_identity`` (the model's settings)
+    is part of the folder's identity.  Returns the records by image (main rank; empty on the
+    others)."""
+    identity = {**{key: model_identity[key] for key in MODEL_KEYS if key in model_identity},
+                "configs": list(configs), "seed": seed,
+        "tests_sha256": hashlib.sha256("\n".join(it.id for it in tests).encode()).hexdigest(),
+        "kept_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()}
     store = open_store(ranks, folder, {"tool": "neuronpath prune", "settings": identity})
     pending = [it for it in tests if "grid" not in store.done.get(it.id, set())]
     log.info("prune: %d test images x %d settings, %d images to do -> %s", len(tests),
@@ -227,6 +204,8 @@ def _prune_grid(ranks, adapter, folder: Path, tests: list, configs: dict, kept: 
         store.append([{"image": item.id, "method": "grid", "label": item.label,
                        "prob": probs[b], "pred": preds[b]} for b, item in enumerate(batch.items)])
 
-    work_through(ranks, store, pending, adapter.preprocess, GRID_BATCH, workers, handle,
-                 [it.id for it in tests], "pruning", progress)
+    grid_execution = Execution(execution.device, GRID_BATCH, execution.workers,
+                               execution.progress)
+    work_through(ranks, store, pending, adapter.preprocess, grid_execution, handle,
+                 [it.id for it in tests], "pruning")
     return {r["image"]: r for r in read_records(folder)} if ranks.main else {}

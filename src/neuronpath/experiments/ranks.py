@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..errors import option
+from ..errors import InputError, option
 from ..io.images import Batch, ImageItem, image_batches
 from ..io.store import RunStore, write_json_atomic
 
@@ -130,7 +130,7 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
     cores from the computation) and up to 4 beside a GPU."""
     if workers is not None:
         if workers < 0:
-            raise ValueError(f"{option('workers')}: expected a number of processes >= 0, got {workers}")
+            raise InputError(f"{option('workers')}: expected a number of processes >= 0, got {workers}")
         return workers
     if device.type != "cuda":
         return 0
@@ -139,18 +139,19 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
 
 
 def work_through(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], preprocess,
-                 batch_size: int, workers: int | None, handle, order: Sequence[str],
-                 desc: str, progress: bool | None = None, skip_unreadable: bool = True) -> None:
-    """Run ``handle(batch)`` over this rank's share of ``pending`` in decoded batches, with a
-    progress bar of the whole run on the main rank; then wait for every rank and (main rank)
+                 execution, handle, order: Sequence[str], desc: str,
+                 skip_unreadable: bool = True) -> None:
+    """Run ``handle(batch)`` over this rank's share of ``pending`` in decoded batches of
+    ``execution.batch_size`` (:class:`~.common.Execution`), with a progress bar of the whole run
+    on the main rank; then wait for every rank and (main rank)
     merge the shards, records ordered as ``order`` (image ids) lists them.  With
     ``skip_unreadable`` an unreadable image is reported, listed as skipped in ``store`` and
     left out of ``batch.errors`` (``handle`` sees only batches with readable images); without,
     ``handle`` gets the errors.  The run folder's lock is released at the end, also when the
     work fails."""
     try:
-        _work(ranks, store, pending, preprocess, batch_size, workers, handle, desc, progress,
-              skip_unreadable)
+        _work(ranks, store, pending, preprocess, execution.batch_size, execution.workers, handle,
+              desc, execution.progress, skip_unreadable)
         if ranks.main and ranks.world > 1:
             store.consolidate({image: i for i, image in enumerate(order)})
     finally:

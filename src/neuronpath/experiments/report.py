@@ -5,22 +5,19 @@ Reads a find run (or a prune run, whose paths are in ``find/``) and whatever ``e
 pass** over the run's images that records every layer's FFN activations (batched,
 ``inference_mode``, resumable: a checkpoint after every batch in ``report/activations/``).  The
 pass gives, for the explorer's images, each path neuron's clean activation and its map over the
-patch grid, and, for the neuron cards (the most chosen path neurons), their top-activating
+image (where the adapter states its tokens' layout), and, for the neuron cards (the most chosen path neurons), their top-activating
 images; a second, small pass maps each card neuron on its top images.  No attribution is re-run.
-The page is written by :mod:`neuronpath.report.page`.
+The page's data is built by :mod:`neuronpath.report.data` and written by
+:mod:`neuronpath.report.page`.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import hashlib
-import io
 import json
 import logging
-import math
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,93 +25,24 @@ import torch
 
 from ..analysis.summary import summarize
 from ..engine.interventions import record_neurons
-from ..errors import RunFormatError, option
+from ..errors import InputError, RunFormatError
 from ..io.images import ImageItem, image_batches
 from ..io.labels import read_class_names
 from ..io.store import iter_records, read_manifest, write_json_atomic
+from ..models.loading import load_run_model
+from ..report.data import RunIndex, page_data, png, quantised, text, thumbnail
 from ..report.page import write_page
-from .common import load_run_model, resolve_device
+from .common import Execution, resolve_device
 from .ranks import Ranks, join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
 
-THUMB = 112  # thumbnail size, pixels
 
-
-def _grid(tokens: int) -> tuple[int, int] | None:
-    """(prefix tokens, side) of a square patch grid among ``tokens``, None if there is none."""
-    side = math.isqrt(tokens)
-    prefix = tokens - side * side
-    return (prefix, side) if side > 1 and prefix <= 8 else None
-
-
-def _quantised(values: torch.Tensor) -> dict:
-    """A map as bytes 0..255 between its min and max (what the page colours)."""
-    values = values.double().flatten()
-    lo, hi = float(values.min()), float(values.max())
-    scaled = (values - lo) / (hi - lo) * 255 if hi > lo else torch.zeros_like(values)
-    return {"q": scaled.round().to(torch.uint8).tolist(), "lo": lo, "hi": hi}
-
-
-def _thumbnail(pixels: torch.Tensor, preprocess) -> str:
-    """The model's own view of an image (its preprocessed pixels, de-normalised) as a JPEG."""
-    from PIL import Image
-
-    x = pixels.double().cpu()
-    mean, std = getattr(preprocess, "mean", None), getattr(preprocess, "std", None)
-    if mean is not None and std is not None:
-        x = x * torch.tensor(std, dtype=x.dtype)[:, None, None] + torch.tensor(mean, dtype=x.dtype)[:, None, None]
-    else:
-        x = (x - x.amin()) / (x.amax() - x.amin() + 1e-12)
-    array = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    image = Image.fromarray(array).resize((THUMB, THUMB), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _png(path: Path) -> str | None:
-    return ("data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-            if path.is_file() else None)
-
-
-class RunIndex:
-    """What the page needs from the records, gathered in one streaming read."""
-
-    def __init__(self, find_dir: Path, method: str, detail_count: int, cards: int):
-        self.methods: list[str] = []
-        self.order: list[str] = []
-        rows: dict[str, dict] = {}
-        counts: Counter = Counter()
-        by_class: dict[tuple[int, int], Counter] = {}
-        summary_rows = []
-        for r in iter_records(find_dir):
-            if r["method"] not in self.methods:
-                self.methods.append(r["method"])
-            row = rows.get(r["image"])
-            if row is None:
-                self.order.append(r["image"])
-                row = rows[r["image"]] = {"label": r["label"], "label_name": r.get("label_name"),
-                                          "pred": r["pred"], "pred_name": r.get("pred_name"),
-                                          "prob": r["prob"], "jas": {}, "paths": {}}
-            row["jas"][r["method"]] = r["jas"]
-            first = [p[0] if isinstance(p, list) else p for p in r["path"]]
-            row["paths"][r["method"]] = first
-            if r["method"] == method:
-                for layer, neuron in enumerate(first):
-                    counts[(layer, neuron)] += 1
-                    by_class.setdefault((layer, neuron), Counter())[r["label"]] += 1
-            summary_rows.append({k: r[k] for k in ("image", "method", "jas", "pred", "label", "prob")})
-        if not rows:
-            raise RunFormatError(f"{find_dir}: the run has no records yet")
-        if method not in self.methods:
-            raise ValueError(f"{option('method')}: the run has no records of {method!r}; it has "
-                             f"{', '.join(self.methods)}")
-        self.rows, self.counts, self.by_class = rows, counts, by_class
-        self.summary = summarize(summary_rows)
-        self.details = self.order[:detail_count]
-        self.cards = [key for key, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:cards]]
-        self.images_with_method = sum(1 for row in rows.values() if method in row["paths"])
+def _map(adapter, layer: int, values: torch.Tensor) -> dict | None:
+    """A neuron's values over block ``layer``'s tokens, (tokens,), drawn where its adapter says
+    the tokens sit in the image (None where it states no layout)."""
+    image_map = adapter.layout(layer, values.shape[0]).image_map(values)
+    return None if image_map is None else quantised(image_map)
 
 
 def _evaluation(find_dir: Path) -> dict[str, dict[str, dict]]:
@@ -130,8 +58,7 @@ def _evaluation(find_dir: Path) -> dict[str, dict[str, dict]]:
 
 
 def _activation_pass(ranks: Ranks, adapter, index: RunIndex, root: Path, out: Path, top: int,
-                     batch_size: int, workers: int | None, identity: dict,
-                     progress: bool | None) -> tuple[dict, np.ndarray, np.ndarray]:
+                     execution: Execution, identity: dict) -> tuple[dict, np.ndarray, np.ndarray]:
     """Pass 1 (resumable): details of the explorer's images, top-activating images of the cards.
 
     Returns (details by image, top values (cards, top), top image positions (cards, top))."""
@@ -166,7 +93,7 @@ def _activation_pass(ranks: Ranks, adapter, index: RunIndex, root: Path, out: Pa
                                             if detail_set & {it.id for it in batch.items} else set()))
         with torch.inference_mode(), record_neurons(adapter, layers, all_tokens=True) as acts:
             adapter.logits(pixels)
-        pooled = {l: adapter.token.select(acts[l]).double() for l in layers}  # (B, positions, n)
+        pooled = {l: adapter.token_at(l).select(acts[l]).double() for l in layers}  # (B, pos, n)
         if cards:
             batch_values = torch.stack([pooled[l][:, :, j].mean(1) for l, j in index.cards]).cpu()
             positions = torch.tensor([position[it.id] for it in batch.items]).expand(cards, -1)
@@ -179,17 +106,13 @@ def _activation_pass(ranks: Ranks, adapter, index: RunIndex, root: Path, out: Pa
         for b, item in enumerate(batch.items):
             record = {"image": item.id, "method": "pass"}
             if item.id in detail_set:
-                record["thumb"] = _thumbnail(batch.pixels[b], adapter.preprocess)
+                record["thumb"] = thumbnail(batch.pixels[b], adapter.preprocess)
                 record["paths"] = {}
                 for method, path in index.rows[item.id]["paths"].items():
                     act = [float(pooled[l][b, :, j].mean()) for l, j in enumerate(path)]
                     total = [float(pooled[l][b, :, j].sum()) for l, j in enumerate(path)]
                     whole = sum(total)
-                    maps = []
-                    for l, j in enumerate(path):
-                        grid = _grid(acts[l].shape[1])
-                        maps.append(None if grid is None else _quantised(
-                            acts[l][b, grid[0]:, j].reshape(grid[1], grid[1])))
+                    maps = [_map(adapter, l, acts[l][b, :, j]) for l, j in enumerate(path)]
                     record["paths"][method] = {
                         "neurons": path, "act": act, "maps": maps,
                         "share": [t / whole if whole else None for t in total]}
@@ -198,8 +121,8 @@ def _activation_pass(ranks: Ranks, adapter, index: RunIndex, root: Path, out: Pa
         Path(str(state_path) + ".tmp.npz").replace(state_path)
         store.append(records)
 
-    work_through(ranks, store, pending, adapter.preprocess, batch_size, workers, handle,
-                 index.order, "neuron activations", progress, skip_unreadable=False)
+    work_through(ranks, store, pending, adapter.preprocess, execution, handle,
+                 index.order, "neuron activations", skip_unreadable=False)
     details = {r["image"]: r for r in iter_records(store.dir) if "paths" in r}
     return details, *_merged_top(store.dir, cards, top)
 
@@ -241,11 +164,9 @@ def _card_maps(adapter, index: RunIndex, root: Path, images: np.ndarray,
         with torch.inference_mode(), record_neurons(adapter, all_tokens=True) as acts:
             adapter.logits(pixels)
         for b, item in enumerate(batch.items):
-            thumbs[item.id] = _thumbnail(batch.pixels[b], adapter.preprocess)
+            thumbs[item.id] = thumbnail(batch.pixels[b], adapter.preprocess)
             for c, layer, neuron in wanted[item.id]:
-                grid = _grid(acts[layer].shape[1])
-                maps[(c, item.id)] = None if grid is None else _quantised(
-                    acts[layer][b, grid[0]:, neuron].reshape(grid[1], grid[1]))
+                maps[(c, item.id)] = _map(adapter, layer, acts[layer][b, :, neuron])
     return maps, thumbs
 
 
@@ -263,13 +184,14 @@ def _prune_paths(run_dir: Path, prune: dict) -> Path:
 
 
 def run_report(run_dir: str | Path, *, out: str | Path | None = None, images: int = 200,
-               method: str = "jas", cards: int = 48, top: int = 6, batch_size: int = 16,
-               device: str = "auto", model: str | None = None, data: str | Path | None = None,
-               class_names: str | Path | None = None, workers: int | None = None,
-               progress: bool | None = None) -> Path | None:
+               method: str = "jas", cards: int = 48, top: int = 6, model: str | None = None,
+               data: str | Path | None = None, class_names: str | Path | None = None,
+               execution: Execution = Execution(batch_size=16)) -> Path | None:
     """Write ``RUN_DIR/report/index.html`` (or ``out``) for a find or prune run; returns its
-    path (None on the other ranks of a ``torchrun`` job).  ``class_names``: a file of lines
-    ``label<TAB>readable name`` for the page."""
+    path (None on the other ranks of a ``torchrun`` job).  ``images``: images with details;
+    ``cards``: neuron cards of ``method``'s most chosen neurons, each with its ``top`` images;
+    ``model`` and ``data``: where the run's model and images are now, if they moved;
+    ``class_names``: a file of lines ``label<TAB>readable name`` for the page."""
     run_dir = Path(run_dir)
     prune, find_dir = None, run_dir
     if (run_dir / "results.json").is_file() and not (run_dir / "manifest.json").is_file():
@@ -277,12 +199,12 @@ def run_report(run_dir: str | Path, *, out: str | Path | None = None, images: in
         find_dir = _prune_paths(run_dir, prune)
     manifest = read_manifest(find_dir)
     if images < 0 or cards < 0 or top < 1:
-        raise ValueError(f"images, cards: expected counts >= 0 and top >= 1, got {images}, "
+        raise InputError(f"images, cards: expected counts >= 0 and top >= 1, got {images}, "
                          f"{cards}, {top}")
-    index = RunIndex(find_dir, method, images, cards)
+    index = RunIndex(iter_records(find_dir), find_dir, method, images, cards)
     evaluation = _evaluation(find_dir)
-    ranks = join_ranks(resolve_device(device))
-    adapter = load_run_model(find_dir, manifest, model, ranks.device)
+    ranks = join_ranks(resolve_device(execution.device))
+    adapter = load_run_model(find_dir, manifest["settings"], model, ranks.device)
     root = Path(data or manifest["settings"]["data"]).expanduser()
     folder = run_dir / "report"
     identity = {"find_settings_sha256": hashlib.sha256(json.dumps(
@@ -290,23 +212,25 @@ def run_report(run_dir: str | Path, *, out: str | Path | None = None, images: in
         "cards": [list(c) for c in index.cards], "top": top,
         "details_sha256": hashlib.sha256("\n".join(index.details).encode()).hexdigest()}
     details, values, positions = _activation_pass(ranks, adapter, index, root, folder, top,
-                                                  batch_size, workers, identity, progress)
+                                                  execution, identity)
     if not ranks.main:
         return None
-    maps, thumbs = _card_maps(adapter, index, root, positions, batch_size)
+    maps, thumbs = _card_maps(adapter, index, root, positions, execution.batch_size)
     readable = read_class_names(class_names) if class_names else {}
-    data_json = _page_data(index, manifest, evaluation, details, values, positions, maps, thumbs,
-                           method, readable)
-    overview = {"manifest": manifest, "summary": index.summary, "run": str(run_dir),
+    layouts = [adapter.layout(l).describe() for l in range(adapter.num_layers)]
+    data_json = page_data(index, manifest, evaluation, details, values, positions, maps, thumbs,
+                          method, readable, layouts)
+    overview = {"manifest": manifest, "summary": summarize(index.summary_rows),
+                "run": str(run_dir),
                 "paths_run": str(find_dir),
-                "evaluation": {"table": _text(find_dir / "evaluation" / "table.md"),
-                               "figure3": _png(find_dir / "evaluation" / "figure3.png")}
+                "evaluation": {"table": text(find_dir / "evaluation" / "table.md"),
+                               "figure3": png(find_dir / "evaluation" / "figure3.png")}
                 if (find_dir / "evaluation" / "metrics.json").is_file() else None,
-                "classes": {name: _png(find_dir / f"classes-{method}" / f"{name}.png")
+                "classes": {name: png(find_dir / f"classes-{method}" / f"{name}.png")
                             for name in ("figure4", "similarity", "figure5", "figure2")}
                 if (find_dir / f"classes-{method}" / "report.json").is_file() else None,
-                "prune": {"table": _text(run_dir / "table3.md"),
-                          "figure6": _png(run_dir / "figure6.png")} if prune else None,
+                "prune": {"table": text(run_dir / "table3.md"),
+                          "figure6": png(run_dir / "figure6.png")} if prune else None,
                 "method": method}
     target = Path(out) if out else folder / "index.html"
     write_page(target, overview, data_json)
@@ -315,57 +239,3 @@ def run_report(run_dir: str | Path, *, out: str | Path | None = None, images: in
     return target
 
 
-def _text(path: Path) -> str | None:
-    return path.read_text() if path.is_file() else None
-
-
-def _page_data(index: RunIndex, manifest: dict, evaluation: dict, details: dict,
-               values: np.ndarray, positions: np.ndarray, maps: dict, thumbs: dict,
-               method: str, readable: dict[str, str]) -> dict:
-    """The JSON the page's script renders: every image as columns, the explorer's details,
-    the neuron cards."""
-    classes = sorted({row["label"] for row in index.rows.values()})
-    names = {row["label"]: readable.get(row["label_name"], row["label_name"] or str(row["label"]))
-             for row in index.rows.values()}
-    order = index.order
-    rows = {"id": order,
-            "label": [classes.index(index.rows[i]["label"]) for i in order],
-            "pred": [index.rows[i]["pred"] for i in order],
-            "predName": [readable.get(index.rows[i]["pred_name"], index.rows[i]["pred_name"]
-                                      or str(index.rows[i]["pred"])) for i in order],
-            "prob": [round(index.rows[i]["prob"], 5) for i in order],
-            "jas": {m: [index.rows[i]["jas"].get(m) for i in order] for m in index.methods},
-            "removed": {m: [_removal(evaluation.get(i, {}).get(m)) for i in order]
-                        for m in index.methods} if evaluation else None}
-    detail = {}
-    for image, record in details.items():
-        detail[image] = {"thumb": record["thumb"], "paths": record["paths"],
-                         "eval": evaluation.get(image)}
-    cards = []
-    total = index.images_with_method
-    class_sizes = Counter(row["label"] for row in index.rows.values())
-    for c, (layer, neuron) in enumerate(index.cards):
-        count = index.counts[(layer, neuron)]
-        classes_top = index.by_class[(layer, neuron)].most_common(5)
-        tops = []
-        for value, position in zip(values[c], positions[c]):
-            if position < 0:
-                continue
-            image = order[position]
-            tops.append({"image": image, "value": float(value), "map": maps.get((c, image)),
-                         "label": names[index.rows[image]["label"]]})
-        cards.append({"layer": layer, "neuron": neuron, "count": count, "share": count / total,
-                      "classes": [[names[k], v, v / class_sizes[k]] for k, v in classes_top],
-                      "top": tops})
-    return {"method": method, "methods": index.methods, "classes": [names[k] for k in classes],
-            "layers": manifest["model"]["num_layers"], "rows": rows, "details": detail,
-            "cards": cards, "thumbs": thumbs,
-            "capped": {"images": len(order), "details": len(detail),
-                       "neurons": len(index.counts), "cards": len(cards)}}
-
-
-def _removal(entry: dict | None) -> float | None:
-    """Removing the whole path: P_remove / P - 1 of the ground-truth probability."""
-    if not entry or entry.get("remove") is None or not entry["base"]:
-        return None
-    return round(entry["remove"] / entry["base"] - 1, 5)

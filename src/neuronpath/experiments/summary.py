@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..analysis.records import layer_distribution
+from ..analysis.records import layer_distribution, methods_with_top
 from ..analysis.summary import summarize
 from ..io.store import read_manifest, read_records
+from ..methods import REGISTRY, method_title
 from ..report.text import format_summary
 
 
 def summary_text(run_dir: str | Path) -> str:
-    """The summary table of a run, and Fig. 2's per-layer counts when it has ``knowledge``."""
+    """The summary table of a run, and the per-layer counts of the top neurons of methods that
+    keep them (Fig. 2's data for ``knowledge``)."""
     records = read_records(run_dir)
-    lines = [format_summary(summarize(records))]
-    if any(r["method"] == "knowledge" for r in records):
+    summary = summarize(records)
+    lines = [format_summary(summary, {m: method_title(m) for m in summary})]
+    for method in methods_with_top(records):
         layers = read_manifest(run_dir)["model"]["num_layers"]
-        lines.append("top-5 knowledge neurons per layer (Fig. 2): "
-                     + " ".join(str(c) for c in layer_distribution(records, layers)))
+        what = REGISTRY[method].top_neurons if method in REGISTRY else f"top {method} neurons"
+        lines.append(f"{what or f'top {method} neurons'} per layer (Fig. 2): "
+                     + " ".join(str(c) for c in layer_distribution(records, layers, method)))
     return "\n".join(lines)

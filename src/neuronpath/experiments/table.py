@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import RunFormatError, option
+from ..errors import InputError, RunFormatError, option
 from ..report.tables import write_table
 
 
@@ -16,7 +16,7 @@ def run_table(runs: Sequence[str | Path], out: str | Path,
     ``names`` (default: the model ids).  Returns the written paths."""
     names = list(names) if names else [None] * len(runs)
     if len(names) != len(runs):
-        raise ValueError(f"table: {option('names')} needs one name per run")
+        raise InputError(f"table: {option('names')} needs one name per run")
     merged = {}
     for run, name in zip(runs, names):
         path = Path(run) / "evaluation" / "metrics.json"

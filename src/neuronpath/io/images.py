@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ..errors import ImageReadError, option
+from ..errors import ImageReadError, InputError, option
 from .labels import map_labels
 
 log = logging.getLogger("neuronpath")
@@ -46,11 +46,11 @@ def scan_image_folder(root: str | Path, id2label: dict[int, str], how: str = "au
     """List the images of an ImageFolder-layout directory, sorted by class then file name."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"{option('data')}: {root} is not a folder; expected one sub-folder of "
-                                f"images per class")
+        raise InputError(f"{option('data')}: {root} is not a folder; expected one sub-folder of "
+                         f"images per class")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise ValueError(f"{option('data')}: {root} has no class sub-folders; expected the ImageFolder "
+        raise InputError(f"{option('data')}: {root} has no class sub-folders; expected the ImageFolder "
                          f"layout DIR/<class>/<image>")
     mapping, decided = map_labels(folders, id2label, how)
     log.info("data: class folders mapped to label ids by %s", decided)
@@ -64,7 +64,7 @@ def scan_image_folder(root: str | Path, id2label: dict[int, str], how: str = "au
                 items.append(ImageItem(path.relative_to(root).as_posix(), path,
                                        mapping[folder], folder))
     if not items:
-        raise ValueError(f"{option('data')}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+        raise InputError(f"{option('data')}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
     return ImageFolder(root, items, mapping, decided)
 
 

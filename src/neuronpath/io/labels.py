@@ -16,7 +16,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from ..errors import option
+from ..errors import InputError, option
 
 LABEL_MAPPINGS = ("auto", "label2id", "imagenet-synsets", "sorted-folders")
 SYNSET = re.compile(r"^n\d{8}$")
@@ -31,31 +31,31 @@ def imagenet_synsets() -> list[str]:
 def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") -> tuple[dict, str]:
     """Map class folder names to label ids; returns (mapping, how it was decided)."""
     if how not in LABEL_MAPPINGS:
-        raise ValueError(f"{option('labels')}: expected one of {LABEL_MAPPINGS}, got {how!r}")
+        raise InputError(f"{option('labels')}: expected one of {LABEL_MAPPINGS}, got {how!r}")
     label2id = {name: i for i, name in id2label.items()}
     matched = [f for f in folders if f in label2id]
     if how in ("auto", "label2id") and matched and len(matched) == len(folders):
         return {f: label2id[f] for f in folders}, "label2id"
     if how == "label2id":
         missing = sorted(set(folders) - set(matched))
-        raise ValueError(f"{option('data')}: folders {missing[:5]} are not label names of the model")
+        raise InputError(f"{option('data')}: folders {missing[:5]} are not label names of the model")
     all_synsets = all(SYNSET.match(f) for f in folders)
     if how in ("auto", "imagenet-synsets") and all_synsets and len(id2label) == 1000:
         index = {s: i for i, s in enumerate(imagenet_synsets())}
         unknown = [f for f in folders if f not in index]
         if unknown:
-            raise ValueError(f"{option('data')}: folders {unknown[:5]} are not ImageNet-1k synsets")
+            raise InputError(f"{option('data')}: folders {unknown[:5]} are not ImageNet-1k synsets")
         return {f: index[f] for f in folders}, "imagenet-synsets"
     if how == "imagenet-synsets":
-        raise ValueError(f"{option('data')}: labels 'imagenet-synsets' needs synset folders (n01440764 ...) "
+        raise InputError(f"{option('data')}: labels 'imagenet-synsets' needs synset folders (n01440764 ...) "
                          "and a model with 1000 classes")
     if how == "auto" and matched:
         missing = sorted(set(folders) - set(matched))
-        raise ValueError(f"{option('data')}: some class folders are label names of the model but "
+        raise InputError(f"{option('data')}: some class folders are label names of the model but "
                          f"{missing[:5]} are not; rename them, or pass "
                          f"{option('labels', 'sorted-folders')} to use sorted folder order")
     if id2label and len(folders) > len(id2label):
-        raise ValueError(f"{option('data')}: {len(folders)} class folders but the model has only "
+        raise InputError(f"{option('data')}: {len(folders)} class folders but the model has only "
                          f"{len(id2label)} classes")
     return {f: i for i, f in enumerate(folders)}, "sorted-folders"
 
@@ -79,7 +79,7 @@ def read_groups(path) -> dict[str, str]:
     groups = read_two_columns(path)
     empty = [name for name, group in groups.items() if not group]
     if empty:
-        raise ValueError(f"groups: {path} has no group for {empty[:3]}; expected lines "
+        raise InputError(f"groups: {path} has no group for {empty[:3]}; expected lines "
                          f"'class<TAB>group'")
     return groups
 

@@ -1,6 +1,6 @@
 """Image pipelines that are ours to define, written out so a run's manifest records them exactly.
 
-``Preprocess.official`` is the authors' pipeline (spec §9): a square resize to the model's image
+``Preprocess.official`` is the authors' pipeline (docs/official-code.md#preprocessing): a square resize to the model's image
 size (bilinear, antialiased) and ImageNet mean/std, no crop.  The paper's checkpoint files
 (Google ``.npz``, MAE ``.pth``), which ship no processor, get their documented pipelines here
 too.  A Hugging Face model's own pipeline is its image processor, run by transformers itself

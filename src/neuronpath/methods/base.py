@@ -1,56 +1,48 @@
-"""The one interface every path method implements.
+"""The one interface every path method implements, and how a method owns its options.
 
-A path method maps (adapter, pixels, clean pass, attribution config, K, options) to a path:
+A path method maps (adapter, pixels, clean pass, attribution config, K, its options) to a path:
 a LongTensor (images, layers, K) of neuron indices, K per layer, plus optional per-image extras
-that go into the records.  Each method lives in its own file and is listed once in
-:mod:`neuronpath.methods.registry`.
+that go into the records.  Each method lives in its own file with its options -- a frozen
+dataclass derived from :class:`MethodOptions`, whose fields carry their defaults, validation
+(``__post_init__``) and help text (``metadata={"help": ...}``) -- and is listed once in
+:mod:`neuronpath.methods.registry`.  The command line builds each method's flags from its
+options class, a run's manifest records them under the method's name, and the Python API takes
+them per method (``find_paths(..., methods={"jas": JASOptions(...), "activation": None})``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 from ..engine.adapter import ModelAdapter
 from ..engine.attribution import AttributionConfig, CleanPass
-from ..errors import option
-
-TOPK_MODES = ("all", "official")
 
 
 @dataclass(frozen=True)
-class PathOptions:
-    """Method options beyond the attribution config.
+class MethodOptions:
+    """The options of a method; this base class has none.  Subclass it as a frozen dataclass
+    next to the method; give each field a default and ``metadata={"help": ...}`` (and
+    ``"type"`` for a number, ``"choices"`` for a fixed set)."""
 
-    ``topk_mode``: with K > 1, ``all`` lets every earlier chosen neuron enter the score
-    (Alg. 3); ``official`` only the K-th (the released code, spec §8).
-    ``rerank``: 0 keeps the official whole-layer candidate scoring of the JAS search; C > 0
-    re-scores its best C candidates exactly, JAS(P ∪ {w}) (Alg. 1 as written); ``"all"``
-    scores every neuron exactly.
-    """
+    def check(self, k: int) -> None:
+        """Refuse options that cannot go with K neurons per layer (before any work)."""
 
-    topk_mode: str = "all"
-    rerank: int | str = 0
+    @property
+    def final_terms_last_only(self) -> bool:
+        """Whether the run's final JAS counts only the last of each layer's K neurons (the
+        released TopK code's rule, ``docs/official-code.md#topk-and-pruning``)."""
+        return False
 
-    def __post_init__(self):
-        if self.topk_mode not in TOPK_MODES:
-            raise ValueError(f"{option('topk_mode')}: expected one of {TOPK_MODES}, got {self.topk_mode!r}")
-        object.__setattr__(self, "rerank", parse_rerank(self.rerank))
+    def to_dict(self) -> dict:
+        return asdict(self)
 
-
-def parse_rerank(value: int | str) -> int | str:
-    """0, a positive number of candidates, or 'all'."""
-    if value == "all":
-        return value
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        count = -1
-    if count < 0 or (isinstance(value, float) and value != count):
-        raise ValueError(f"{option('rerank')}: expected 0, a number of candidates or 'all', got {value!r}")
-    return count
+    @classmethod
+    def option_fields(cls) -> tuple:
+        """The fields the command line turns into flags."""
+        return fields(cls)
 
 
 @dataclass
@@ -61,14 +53,37 @@ class MethodOutput:
 
 @dataclass(frozen=True)
 class PathMethod:
-    """A named path method: ``method(adapter, pixels, clean, config, k, options)``."""
+    """A named path method: ``method(adapter, pixels, clean, config, k, options)``.
+
+    ``title`` names its path in summaries ("JAS path"); ``top_neurons`` says what a record's
+    ``top`` extra holds, for methods that keep each image's top neurons (Fig. 2's data)."""
 
     name: str
     summary: str  # one line for --help and the docs, citing the paper
-    run: Callable[[ModelAdapter, torch.Tensor, CleanPass, AttributionConfig, int, PathOptions],
-                  MethodOutput]
+    run: Callable[[ModelAdapter, torch.Tensor, CleanPass, AttributionConfig, int,
+                   MethodOptions], MethodOutput]
+    options: type[MethodOptions] = MethodOptions
+    title: str = ""
+    top_neurons: str = ""
 
     def __call__(self, adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
                  config: AttributionConfig = AttributionConfig(), k: int = 1,
-                 options: PathOptions = PathOptions()) -> MethodOutput:
-        return self.run(adapter, pixels, clean, config, k, options)
+                 options: MethodOptions | None = None) -> MethodOutput:
+        return self.run(adapter, pixels, clean, config, k, options or self.options())
+
+    @property
+    def path_title(self) -> str:
+        return self.title or f"{self.name} path"
+
+
+@dataclass(frozen=True)
+class Control:
+    """A registered control: paths or kept neurons drawn at random, seeded, to compare the
+    methods' against.  ``path(image, seed, layers, widths, k)`` is one image's (layers, k)
+    path for ``evaluate``; ``keep(name, seed, layers, widths, t)`` a class's kept neurons per
+    layer for ``prune``."""
+
+    name: str
+    summary: str
+    path: Callable[..., torch.Tensor]
+    keep: Callable[..., list[list[int]]]

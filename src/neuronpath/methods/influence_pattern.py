@@ -1,4 +1,4 @@
-"""Influence Pattern baseline (App. C.3) as the authors' code computes it (spec §3).
+"""Influence Pattern baseline (App. C.3) as the authors' code computes it (docs/official-code.md#influence-pattern).
 
 The input is interpolated from the zero baseline in *normalised* space (x_k = alpha_k x, so
 the baseline is the mean-colour image, not black); at every layer the neuron score is the
@@ -8,7 +8,7 @@ layer-to-layer Jacobians (Lu et al.'s pattern influence, the paper's Eq. 9) and 
 choice does not depend on earlier choices.
 
 All L layers' derivatives come from one forward and one backward over the m interpolated
-inputs (spec §11, item 5): a zero tensor is added to every layer's neuron vector, which
+inputs (docs/official-code.md#cost, item 5): a zero tensor is added to every layer's neuron vector, which
 changes nothing, and the gradient w.r.t. that tensor is dF/dh_l.  Scores are per image,
 never shared across a batch.
 """
@@ -50,4 +50,5 @@ METHOD = PathMethod(
     "influence-pattern", "Influence Pattern path (App. C.3) as the official code computes it: "
                          "per-layer argmax of the alpha-averaged total derivative",
     lambda adapter, pixels, clean, config, k, options: MethodOutput(
-        influence_pattern_path(adapter, pixels, clean, config, k)))
+        influence_pattern_path(adapter, pixels, clean, config, k)),
+    title="Influence Pattern path")

@@ -1,6 +1,6 @@
 """The JAS path: layer-progressive search (Alg. 1) and its TopK variant (Alg. 3).
 
-``jas_path`` follows the authors' code (spec §2): at layer t the earlier path neurons scale
+``jas_path`` follows the authors' code (docs/official-code.md#jas-search): at layer t the earlier path neurons scale
 with alpha (the rest of their layers frozen at clean values), the *whole* layer t scales with
 alpha, later layers run normally, and candidate i scores
 
@@ -9,12 +9,14 @@ alpha, later layers run normally, and candidate i scores
 (per token, summed over tokens; in hierarchical models each layer's terms are first summed
 over its own tokens); p_t = argmax_i S_t[i] (signed, first index on ties).
 With K > 1 the K best candidates are kept per layer (App. E.1); by default all K of every
-earlier layer enter both sums, ``topk_mode='official'`` lets only the K-th enter (spec §8,
+earlier layer enter both sums, ``topk_mode='official'`` lets only the K-th enter (docs/official-code.md#topk-and-pruning,
 a reproduction of the released code's bug).  Each layer costs one forward and one backward
 over images x steps rows.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,8 +24,54 @@ from ..engine.adapter import ModelAdapter
 from ..engine.attribution import (AttributionConfig, CleanPass, extension_scores,
                                  integrated_gradients)
 from ..engine.neurons import gather_neurons, masks_for, top_k
-from ..errors import option
-from .base import MethodOutput, PathMethod, PathOptions
+from ..errors import InputError, option
+from .base import MethodOptions, MethodOutput, PathMethod
+
+TOPK_MODES = ("all", "official")
+
+
+def parse_rerank(value: int | str) -> int | str:
+    """0, a positive number of candidates, or 'all'."""
+    if value == "all":
+        return value
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0 or (isinstance(value, float) and value != count):
+        raise InputError(f"{option('rerank')}: expected 0, a number of candidates or 'all', "
+                         f"got {value!r}")
+    return count
+
+
+@dataclass(frozen=True)
+class JASOptions(MethodOptions):
+    """Options of the JAS search (see the module docstring)."""
+
+    topk_mode: str = field(default="all", metadata={
+        "choices": TOPK_MODES,
+        "help": "with --topk K > 1, all: every earlier chosen neuron enters the score (Alg. 3); "
+                "official: only the K-th does, in the search and in the final JAS of every path "
+                "of the run (the released code's bug, docs/official-code.md#topk-and-pruning)"})
+    rerank: int | str = field(default=0, metadata={
+        "help": "re-score the search's best C candidates exactly, JAS(P + {w}) (Alg. 1 as "
+                "written); 'all' scores every neuron; 0 (default) keeps the official "
+                "whole-layer scoring"})
+
+    def __post_init__(self):
+        if self.topk_mode not in TOPK_MODES:
+            raise InputError(f"{option('topk_mode')}: expected one of {TOPK_MODES}, got "
+                             f"{self.topk_mode!r}")
+        object.__setattr__(self, "rerank", parse_rerank(self.rerank))
+
+    def check(self, k: int) -> None:
+        if self.rerank != "all" and 0 < self.rerank < k:
+            raise InputError(f"{option('rerank')}: expected at least K = {k} candidates, got "
+                             f"{self.rerank}")
+
+    @property
+    def final_terms_last_only(self) -> bool:
+        return self.topk_mode == "official"
 
 
 def jas_path(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
@@ -37,14 +85,13 @@ def jas_path(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
     the better official rank (``"all"``: to the lower index).  Returns the path, a LongTensor
     (images, layers, k).
     """
-    rerank = PathOptions(topk_mode, rerank).rerank  # validates both
+    rerank = JASOptions(topk_mode, rerank).rerank  # validates both
     n_images = clean.labels.shape[0]
     device, dtype = adapter.device, adapter.dtype
     widths = clean.widths
     if not 1 <= k <= min(widths):
-        raise ValueError(f"{option('topk')}: expected 1 <= K <= {min(widths)} (the FFN width), got {k}")
-    if rerank != "all" and 0 < rerank < k:
-        raise ValueError(f"{option('rerank')}: expected at least K = {k} candidates, got {rerank}")
+        raise InputError(f"{option('topk')}: expected 1 <= K <= {min(widths)} (the FFN width), got {k}")
+    JASOptions(topk_mode, rerank).check(k)
     path = torch.zeros(n_images, adapter.num_layers, k, dtype=torch.long, device=device)
     zero = torch.zeros((), dtype=dtype, device=device)
     terms = clean.token_terms
@@ -77,4 +124,5 @@ METHOD = PathMethod(
     "jas", "JAS path: layer-progressive search maximising the Joint Attribution Score "
            "(Alg. 1; TopK: Alg. 3)",
     lambda adapter, pixels, clean, config, k, options: MethodOutput(
-        jas_path(adapter, pixels, clean, config, k, options.topk_mode, options.rerank)))
+        jas_path(adapter, pixels, clean, config, k, options.topk_mode, options.rerank)),
+    options=JASOptions, title="JAS path")

@@ -1,7 +1,7 @@
 """Knowledge-neuron attribution (§3.1, App. B, Eq. 5-6): the integrated gradient of every FFN
 neuron of every layer.
 
-The authors' repository has no code for it (spec §5); neuronpath follows Dai et al.'s
+The authors' repository has no code for it (docs/official-code.md#knowledge-attribution); neuronpath follows Dai et al.'s
 convention, which the repository's leftovers point to: for each layer l separately, the
 **whole layer's** neuron vector is scaled, u_l = alpha h_l (other layers run normally), and
 
@@ -52,4 +52,4 @@ def _knowledge(adapter, pixels, clean, config, k, options) -> MethodOutput:
 METHOD = PathMethod(
     "knowledge", "knowledge-neuron path (App. B): per-layer argmax of per-neuron integrated "
                  "gradients; records also hold the image's top-5 (layer, neuron, score)",
-    _knowledge)
+    _knowledge, title="knowledge path", top_neurons="top-5 knowledge neurons")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..engine.adapter import ModelAdapter
 from ..engine.attribution import AttributionConfig, CleanPass, clean_pass, joint_attribution_scores
-from .base import PathOptions
-from .registry import DEFAULT_METHODS, REGISTRY, check_methods
+from .base import MethodOptions
+from .registry import DEFAULT_METHODS, REGISTRY, method_options
 
 
 def path_to_set(path: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -29,28 +29,32 @@ class PathResult:
 
 
 def find_paths(adapter: ModelAdapter, pixels: torch.Tensor, labels,
-               methods: Sequence[str] = DEFAULT_METHODS,
-               config: AttributionConfig = AttributionConfig(), k: int = 1,
-               topk_mode: str = "all", rerank: int | str = 0) -> PathResult:
-    """Find each method's path for a batch of images and its final JAS (spec §2, "Final JAS").
+               methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_METHODS,
+               config: AttributionConfig = AttributionConfig(), k: int = 1) -> PathResult:
+    """Find each method's path for a batch of images and its final JAS
+    (``docs/official-code.md#final-jas``).
 
-    ``methods`` are names from :data:`~neuronpath.methods.registry.REGISTRY` (``jas``,
-    ``activation``, ``influence-pattern``, ``knowledge``).  One clean forward is shared by every
-    method; the final JAS of all paths comes from one batched pass.  ``rerank`` re-scores the
-    JAS search's candidates exactly (see :func:`~neuronpath.methods.jas.jas_path`).
+    ``methods``: names from :data:`~neuronpath.methods.registry.REGISTRY` (``jas``,
+    ``activation``, ``influence-pattern``, ``knowledge``), each with its default options, or a
+    mapping from names to options (``{"jas": JASOptions(...), "activation": None}``; None:
+    the defaults).
+    One clean forward is shared by every method; the final JAS of all paths comes from one
+    batched pass.
     """
-    methods = check_methods(methods)
-    options = PathOptions(topk_mode, rerank)
+    options = method_options(methods)
+    for name, opts in options.items():
+        opts.check(k)
     clean = clean_pass(adapter, pixels, labels, config)
     paths, extras = {}, {}
-    for method in methods:
-        output = REGISTRY[method](adapter, pixels, clean, config, k, options)
+    for method, opts in options.items():
+        output = REGISTRY[method](adapter, pixels, clean, config, k, opts)
         paths[method] = output.path
         if output.extras:
             extras[method] = output.extras
+    last_only = any(opts.final_terms_last_only for opts in options.values())
     finals = joint_attribution_scores(adapter, pixels, clean,
-                                      [path_to_set(paths[m]) for m in methods], config,
-                                      last_only=topk_mode == "official")
+                                      [path_to_set(paths[m]) for m in options], config,
+                                      last_only=last_only)
     if k == 1:
         paths = {m: p[..., 0] for m, p in paths.items()}
-    return PathResult(clean, paths, dict(zip(methods, finals)), extras)
+    return PathResult(clean, paths, dict(zip(options, finals)), extras)

@@ -3,11 +3,11 @@
 * Google's ViT ``.npz`` files (``ViT-B_16-224.npz``, ``ViT-B_32.npz``, ``ViT-L_32.npz``,
   ImageNet-21k -> 1k) become a ``ViTForImageClassification`` (CLS-token classifier).  When the
   checkpoint's position grid differs from the requested image size (B/32 and L/32 are 384-px
-  fine-tunes that the official code runs at 224, spec §9), the grid is resized bilinearly with
+  fine-tunes that the official code runs at 224, docs/official-code.md#preprocessing), the grid is resized bilinearly with
   corner alignment, which equals the official ``scipy.ndimage.zoom(..., order=1)``.
 * MAE's ``mae_finetuned_vit_base.pth`` (timm layout) becomes a :class:`GlobalPoolViT`: a
   ``ViTModel`` without final norm, mean of the patch tokens, ``fc_norm``, head.  The official
-  code applies ``fc_norm`` twice (spec §4); ``fc_norm_twice=True`` reproduces that.
+  code applies ``fc_norm`` twice (docs/official-code.md#mae); ``fc_norm_twice=True`` reproduces that.
 
 Weights are written in the transformers 4.x checkpoint key layout (the hub's) and loaded
 with ``from_pretrained``, which transformers 5.x converts to its own names, so one converter
@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ModelLoadError, option
 from ..io.labels import imagenet_synsets
+from ..io.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .spec import ModelSpec
 
 
 def resize_position_grid(pos: torch.Tensor, prefix: int, new_grid: int) -> torch.Tensor:
@@ -200,3 +202,25 @@ def load_mae_pth(path: str | Path, image_size: int = 224, fc_norm_twice: bool = 
         model.head.weight.copy_(t["head.weight"])
         model.head.bias.copy_(t["head.bias"])
     return model.eval()
+
+
+def load_checkpoint(path: Path, spec: ModelSpec):
+    """A paper checkpoint file -> (model, its correct preprocessing), run at the spec's
+    ``image_size`` (default 224, as the official code) and with its ``fc_norm_twice``."""
+    from PIL import Image
+
+    image_size = spec.image_size or 224
+    try:
+        if path.suffix == ".npz":  # Google ViT: inputs in [-1, 1]
+            prep = Preprocess("model", (image_size, image_size), None, None,
+                              int(Image.Resampling.BILINEAR), 1 / 255, (0.5,) * 3, (0.5,) * 3)
+            return load_google_npz(path, image_size), prep
+        if path.suffix in (".pth", ".pt"):  # MAE: resize 256, centre crop 224, ImageNet stats
+            prep = Preprocess("model", None, round(image_size / 0.875), (image_size, image_size),
+                              int(Image.Resampling.BICUBIC), 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
+            return load_mae_pth(path, image_size, spec.fc_norm_twice), prep
+    except CheckpointError as error:
+        raise ModelLoadError(f"{option('model')}: {error}") from error
+    raise ModelLoadError(f"{option('model')}: {path} is a file but not a .npz (Google ViT) or "
+                         f".pth (MAE) checkpoint; pass a Hugging Face model folder, hub id or "
+                         f"checkpoint")

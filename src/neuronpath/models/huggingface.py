@@ -1,19 +1,23 @@
 """Hugging Face image classifiers: load one (local folder or hub) with its processor config,
-and wrap it in an adapter (ViT, DeiT, DeiT-with-teacher, ...)."""
+and wrap it in an adapter -- the family table that names what each family's head reads and
+states where its tokens sit in the image (ViT, DeiT, BEiT, CLIP, SigLIP, DINOv2, Swin, CvT,
+PVT, Hiera, ...)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..engine.adapter import ModelAdapter, find_ffn_activations
-from ..engine.readout import settle_token_policy
+from ..engine.adapter import ModelAdapter
+from ..engine.layout import TokenLayout
+from ..engine.sites import find_ffn_sites
 from ..engine.tokens import TokenPolicy
-from ..errors import ModelLoadError, option
+from ..errors import InputError, ModelLoadError, option
 from ..io.preprocessing import Preprocess
 
 log = logging.getLogger("neuronpath")
@@ -23,12 +27,19 @@ def _vision_config(config):
     return getattr(config, "vision_config", None) or config
 
 
-def num_blocks(config) -> int | None:
-    """Transformer blocks of the image tower: sum of the stage depths for hierarchical
-    (Swin-style) models, else ``num_hidden_layers``."""
+def stage_depths(config) -> list[int] | None:
+    """Blocks per stage of a hierarchical image tower (Swin, Hiera, PVT: ``depths``; CvT:
+    ``depth``), else None."""
     config = _vision_config(config)
-    depths = getattr(config, "depths", None)
-    return sum(depths) if depths else getattr(config, "num_hidden_layers", None)
+    depths = getattr(config, "depths", None) or getattr(config, "depth", None)
+    return list(depths) if isinstance(depths, (list, tuple)) else None
+
+
+def num_blocks(config) -> int | None:
+    """Transformer blocks of the image tower: the sum of the stage depths for hierarchical
+    models, else ``num_hidden_layers``."""
+    depths = stage_depths(config)
+    return sum(depths) if depths else getattr(_vision_config(config), "num_hidden_layers", None)
 
 
 def input_shape(config) -> tuple[int, int, int] | None:
@@ -42,11 +53,14 @@ def input_shape(config) -> tuple[int, int, int] | None:
 
 
 def hf_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
-    """The tokens a Hugging Face classifier's head reads, by inspecting its class and config;
-    None for a model this function does not recognise (the gradient probe then decides)."""
+    """What a Hugging Face classifier's head reads, by its class and config: the name and the
+    reason the adapter gives the gradient probe's finding (the probe decides; None: a model this
+    table does not know)."""
     name, config = type(model).__name__, model.config
     kind = getattr(config, "model_type", "")
-    if hasattr(_vision_config(config), "depths"):
+    if kind in ("cvt", "pvt"):
+        return TokenPolicy.cls(), "the CLS token of the last stage"
+    if stage_depths(config):
         return TokenPolicy.all(), "the average of all tokens of the last stage (hierarchical)"
     if name == "DeiTForImageClassificationWithTeacher":
         return (TokenPolicy.parse("cls+distillation", distillation_index=1),
@@ -74,24 +88,97 @@ def hf_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
     return None
 
 
+def hf_layout(model: nn.Module, shape: tuple[int, int, int]) -> Callable[[int, int], TokenLayout]:
+    """Where each block's tokens sit in an image of ``shape``, by family: special tokens then
+    the patch grid in raster order (single-stage towers); per stage, a raster grid (Swin), after
+    a CLS token in the stages that have one (CvT, PVT), or Hiera's unrolled order."""
+    config = _vision_config(model.config)
+    kind = getattr(config, "model_type", "")
+    depths = stage_depths(config)
+    image = shape[1:]
+    if depths is None:
+        patch = getattr(config, "patch_size", None)
+        if patch is None:
+            return _no_layout(f"{type(model).__name__}'s config gives no patch size")
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        height, width = image[0] // ph, image[1] // pw
+        return lambda layer, tokens: (TokenLayout.grid(tokens - height * width, height, width)
+                                      if tokens >= height * width else TokenLayout.none(
+                                          f"{tokens} tokens, fewer than its {height}x{width} patches"))
+    stage = [s for s, depth in enumerate(depths) for _ in range(depth)]
+    if kind == "hiera":
+        return lambda layer, tokens: hiera_layout(config, stage[layer])
+    if kind in ("swin", "swinv2", "donut-swin", "cvt", "pvt"):
+        cls_stages = list(getattr(config, "cls_token", [])) if kind == "cvt" else \
+            ([False] * (len(depths) - 1) + [True] if kind == "pvt" else [False] * len(depths))
+        return lambda layer, tokens: TokenLayout.raster(tokens, int(cls_stages[stage[layer]]),
+                                                        image)
+    return _no_layout(f"no token layout is stated for {type(model).__name__}")
+
+
+def _no_layout(why: str) -> Callable[[int, int], TokenLayout]:
+    return lambda layer, tokens: TokenLayout.none(why)
+
+
+def hiera_layout(config, stage: int) -> TokenLayout:
+    """Hiera's tokens at ``stage``: the patch grid, pooled ``stage`` times (at most
+    ``num_query_pool``), in the "unrolled" order its model puts them in -- each pooling
+    window's tokens strided apart so that a pooling step is a max over contiguous chunks."""
+    size = [i // s for i, s in zip(config.image_size, config.patch_stride)]
+    strides = [tuple(config.query_stride)] * (len(config.depths) - 1)
+    pooled = min(stage, config.num_query_pool)
+    for _ in range(pooled):
+        size = [i // s for i, s in zip(size, config.query_stride)]
+    return TokenLayout.grid(0, size[0], size[1], unrolled_order(size, strides[pooled:]))
+
+
+def unrolled_order(size: Sequence[int], schedule: Sequence[Sequence[int]]) -> list[int]:
+    """The raster cell of each token of a ``size`` grid after Hiera's unroll with ``schedule``:
+    for each stride (sh, sw) in turn, the (i, j) offsets within every sh x sw window move in
+    front of the window positions, so the tokens at one offset of all windows are contiguous."""
+    height, width = size
+    cells = torch.arange(height * width).reshape(1, height, width)
+    for sh, sw in schedule:
+        height, width = height // sh, width // sw
+        cells = (cells.reshape(-1, height, sh, width, sw).permute(0, 2, 4, 1, 3)
+                 .reshape(-1, height, width))
+    return cells.reshape(-1).tolist()
+
+
 def from_hf_model(model: nn.Module, *, preprocess: Preprocess | None = None,
                   token: TokenPolicy | str | None = None, name: str = "custom",
                   forward=None, id2label: dict[int, str] | None = None,
                   readout: tuple[TokenPolicy, str] | None = None,
                   details: dict | None = None) -> ModelAdapter:
-    """Adapter for a Hugging Face image classifier: one site per block of the image tower, and
-    the token policy where its head reads (``hf_readout``, checked by a gradient probe;
-    ``token`` overrides it within the positions the head reads)."""
+    """Adapter for a Hugging Face image classifier: one site per block of the image tower (the
+    input of its FFN output projection, :mod:`neuronpath.engine.sites`), every block's token
+    policy where the gradient probe finds the head reads (``hf_readout`` names it; ``token``
+    narrows it within those positions), and the family's token layout."""
     config = model.config
-    sites = find_ffn_activations(model, num_blocks(config))
+    forward = forward or (lambda x: model(pixel_values=x))
+    shape = input_shape(config)
+    if preprocess is not None:  # what the model will be shown (CvT's config gives no size)
+        from PIL import Image
+
+        shape = tuple(preprocess(Image.new("RGB", (32, 32))).shape)
+    if shape is None:
+        raise InputError(f"{type(model).__name__}: neither its config nor its preprocessing gives "
+                         f"an image size, so no probe input can be built; build a ModelAdapter "
+                         f"with input_shape=...")
+    param = next(iter(model.parameters()))
+    pixels = torch.randn((2,) + shape, generator=torch.Generator().manual_seed(0),
+                         dtype=torch.float64).to(param.device, param.dtype)
+    sites = find_ffn_sites(model, lambda: forward(pixels), num_blocks(config))
     distillation = 1 if "deit" in getattr(config, "model_type", "") else None
     if id2label is None:
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
-    adapter = ModelAdapter(model, sites, preprocess=preprocess, id2label=id2label, name=name,
-                           forward=forward or (lambda x: model(pixel_values=x)),
-                           distillation_index=distillation, input_shape=input_shape(config))
+    adapter = ModelAdapter(model, ffn_inputs=sites, token=token,
+                           family_readout=readout or hf_readout(model), preprocess=preprocess,
+                           id2label=id2label, name=name, forward=forward,
+                           distillation_index=distillation, input_shape=shape,
+                           layout=hf_layout(model, shape))
     adapter.details = dict(details or {})
-    return settle_token_policy(adapter, token, readout or hf_readout(model), distillation)
+    return adapter
 
 
 class HFProcessor:

@@ -1,22 +1,26 @@
-"""Load a model by name: the built-in demo, a local Hugging Face folder, or a hub id."""
+"""Load a model by its :class:`~neuronpath.models.spec.ModelSpec`: the built-in demo, a local
+Hugging Face folder, a hub id, a paper checkpoint file or ``timm:NAME``; and re-load a run's
+model, checked against what the run recorded."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from PIL import Image
 
 from ..engine.adapter import ModelAdapter
-from ..errors import CheckpointError, ModelLoadError, option
-from ..io.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..errors import ModelLoadError, RunFormatError, option
+from ..io.preprocessing import Preprocess
 from .huggingface import from_hf_model, load_hf
+from .spec import DEMO, ModelSpec
 
-DEMO = "demo"
-PREPROCESS_CHOICES = ("model", "official")
+log = logging.getLogger("neuronpath")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -35,73 +39,54 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
 
 
-def load_model(spec: str = DEMO, *, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32, token: str | None = None,
-               preprocess: str = "model", image_size: int | None = None,
-               fc_norm_twice: bool = False, classes: str | None = None,
-               prompt: str | None = None) -> ModelAdapter:
+def load_model(spec: ModelSpec | str = DEMO, *, device: str | torch.device = "cpu",
+               **options) -> ModelAdapter:
     """Load a model and wrap it in an adapter.
 
-    ``spec`` is ``"demo"`` (a small ViT trained on scikit-learn's digits on first use), a
-    local Hugging Face model folder, a Hugging Face hub id (needs network the first time),
-    a Google ViT ``.npz`` or MAE ``.pth`` checkpoint file (run at ``image_size``, default 224
-    as in the official code; ``fc_norm_twice`` reproduces the official MAE quirk), or
-    ``timm:NAME`` (needs timm).  The token policy is where the model's head reads (checked by
-    a gradient probe); ``token`` overrides it within those positions (``cls``,
-    ``distillation``, ``patches``, ``all``, an index, or several joined by ``+``).  ``classes``
-    (a file of lines ``label<TAB>class name``) turns a CLIP or SigLIP model into a zero-shot
+    ``spec`` is a :class:`ModelSpec`, or its ``model`` with the other fields as keyword
+    arguments (``load_model("x.pth", image_size=224)``).  ``model`` is ``"demo"`` (a small ViT
+    trained on scikit-learn's digits on first use), a local Hugging Face model folder, a Hugging
+    Face hub id (needs network the first time), a Google ViT ``.npz`` or MAE ``.pth`` checkpoint
+    file, or ``timm:NAME`` (needs timm).  The token policy is where the model's head reads
+    (found by a gradient probe); ``token`` narrows it within those positions.  ``classes`` (a
+    file of lines ``label<TAB>class name``) turns a CLIP or SigLIP model into a zero-shot
     classifier over those classes, with ``prompt`` (default ``"a photo of a {}."``).
-    ``preprocess='official'`` uses the authors' preprocessing (spec §9).
     """
-    if preprocess not in PREPROCESS_CHOICES:
-        raise ValueError(f"{option('preprocess')}: expected one of {PREPROCESS_CHOICES}, got {preprocess!r}")
-    spec = str(spec)
+    spec = replace(spec, **options) if isinstance(spec, ModelSpec) else ModelSpec(spec, **options)
+    device = torch.device(device)
+    model_dtype, _ = spec.precision(device)
+    name = spec.model
     kwargs: dict = {}
-    if spec == DEMO:
+    if name == DEMO:
         from .demo import demo_model_dir  # trains the demo model on first use
 
         model, prep, kwargs = load_hf(str(demo_model_dir()), True)
-    elif Path(spec).expanduser().is_dir():
-        model, prep, kwargs = load_hf(str(Path(spec).expanduser()), True, classes, prompt)
-    elif spec.startswith("timm:"):
+    elif Path(name).expanduser().is_dir():
+        model, prep, kwargs = load_hf(str(Path(name).expanduser()), True, spec.classes,
+                                      spec.prompt)
+    elif name.startswith("timm:"):
         from .timm_models import load_timm
 
-        adapter = load_timm(spec[len("timm:"):], token=token)
-        if preprocess == "official":
-            adapter.preprocess = Preprocess.official(image_size or 224)
-        return adapter.to(device=device, dtype=dtype)
-    elif Path(spec).expanduser().is_file():
-        model, prep = _load_checkpoint(Path(spec).expanduser(), image_size or 224, fc_norm_twice)
-    elif _looks_like_path(spec):
-        raise ModelLoadError(f"{option('model')}: no such folder {spec}")
+        adapter = load_timm(name[len("timm:"):], token=spec.token)
+        if spec.preprocess == "official":
+            adapter.preprocess = Preprocess.official(spec.image_size or 224)
+        return adapter.to(device=device, dtype=model_dtype)
+    elif Path(name).expanduser().is_file():
+        from .checkpoints import load_checkpoint
+
+        model, prep = load_checkpoint(Path(name).expanduser(), spec)
+    elif _looks_like_path(name):
+        raise ModelLoadError(f"{option('model')}: no such folder {name}")
     else:
-        model, prep, kwargs = _load_from_hub(spec, classes, prompt)
-    if classes is not None and not kwargs.get("details"):
+        model, prep, kwargs = _load_from_hub(name, spec.classes, spec.prompt)
+    if spec.classes is not None and not kwargs.get("details"):
         raise ModelLoadError(f"{option('classes')}: zero-shot classification needs a CLIP or "
-                             f"SigLIP model folder or hub id, not {spec}")
-    if preprocess == "official":
+                             f"SigLIP model folder or hub id, not {name}")
+    if spec.preprocess == "official":
         prep = Preprocess.official(getattr(model.config, "image_size", 224))
-    adapter = from_hf_model(model, preprocess=prep, token=token, name=spec, **kwargs)
-    return adapter.to(device=device, dtype=dtype)
-
-
-def _load_checkpoint(path: Path, image_size: int, fc_norm_twice: bool):
-    """A paper checkpoint file -> (model, its correct preprocessing)."""
-    from .checkpoints import load_google_npz, load_mae_pth
-
-    try:
-        if path.suffix == ".npz":  # Google ViT: inputs in [-1, 1]
-            prep = Preprocess("model", (image_size, image_size), None, None,
-                              int(Image.Resampling.BILINEAR), 1 / 255, (0.5,) * 3, (0.5,) * 3)
-            return load_google_npz(path, image_size), prep
-        if path.suffix in (".pth", ".pt"):  # MAE: resize 256, centre crop 224, ImageNet stats
-            prep = Preprocess("model", None, round(image_size / 0.875), (image_size, image_size),
-                              int(Image.Resampling.BICUBIC), 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
-            return load_mae_pth(path, image_size, fc_norm_twice), prep
-    except CheckpointError as error:
-        raise ModelLoadError(f"{option('model')}: {error}") from error
-    raise ModelLoadError(f"{option('model')}: {path} is a file but not a .npz (Google ViT) or .pth (MAE) "
-                         f"checkpoint; pass a Hugging Face model folder, hub id or checkpoint")
+    adapter = from_hf_model(model.to(model_dtype), preprocess=prep, token=spec.token, name=name,
+                            **kwargs)
+    return adapter.to(device=device, dtype=model_dtype)
 
 
 def _load_from_hub(spec: str, classes: str | None, prompt: str | None):
@@ -119,5 +104,36 @@ def _load_from_hub(spec: str, classes: str | None, prompt: str | None):
     try:
         return load_hf(spec, False, classes, prompt)
     except OSError as error:
-        raise ModelLoadError(f"{option('model')}: could not load {spec!r} from the Hugging Face Hub: {error}. "
-                             f"Pass a local model folder: {option('model', 'DIR')}.") from error
+        raise ModelLoadError(f"{option('model')}: could not load {spec!r} from the Hugging Face "
+                             f"Hub: {error}. Pass a local model folder: "
+                             f"{option('model', 'DIR')}.") from error
+
+
+def load_run_model(run_dir: Path, settings: dict, model: str | None,
+                   device: torch.device) -> ModelAdapter:
+    """The model a run recorded in its ``settings`` (or ``model``, if it moved), checked: the
+    same weights, image preprocessing and token policy, or :class:`RunFormatError`."""
+    spec = ModelSpec.from_settings(settings, model)
+    try:
+        adapter = load_model(spec, device=device)
+    except Exception as error:
+        raise RunFormatError(f"{run_dir}: cannot load its model {spec.model!r} ({error}); pass "
+                             f"{option('model', 'DIR')} with the model the run was made "
+                             f"with") from error
+    if adapter.weights_hash() != settings["weights_sha256"]:
+        raise RunFormatError(f"{run_dir} was made by a different model than {spec.model!r} "
+                             f"(weights SHA-256 {settings['weights_sha256'][:12]}... in the run, "
+                             f"{adapter.weights_hash()[:12]}... now)")
+    stored = settings["preprocess"]
+    current = json.loads(json.dumps(adapter.preprocess.to_dict()))
+    if stored != current:
+        if "class" not in stored and stored.get("name") == "model":
+            # a run made when ``--preprocess model`` was a copy of the processor, not the processor
+            log.warning("%s was made with neuronpath's earlier copy of the image processor "
+                        "(%s); this run now uses the model's own (%s)", run_dir, stored, current)
+        else:
+            raise RunFormatError(f"{run_dir} was made with other image preprocessing than "
+                                 f"{spec.model!r} gives now ({stored} in the run, {current} now); "
+                                 f"pass {option('model', 'DIR')} with the model folder the run "
+                                 f"was made with")
+    return adapter

@@ -1,16 +1,18 @@
 """timm Vision Transformers, for users who have timm (an optional extra: ``pip install timm``,
 which needs torchvision).  timm is imported only when a ``timm:NAME`` model is loaded; the
-adapter itself works on any module with timm's layout (``blocks[i].mlp.act``)."""
+adapter itself works on any module with timm's layout (``blocks[i].mlp.fc2``)."""
 
 from __future__ import annotations
 
 import math
 
+import torch
 from PIL import Image
 from torch import nn
 
-from ..engine.adapter import ModelAdapter, find_ffn_activations
-from ..engine.readout import settle_token_policy
+from ..engine.adapter import ModelAdapter
+from ..engine.layout import TokenLayout
+from ..engine.sites import find_ffn_sites
 from ..engine.tokens import TokenPolicy
 from ..errors import ModelLoadError, option
 from ..io.labels import imagenet_synsets
@@ -32,9 +34,9 @@ def preprocess_from_timm(cfg: dict) -> Preprocess:
 
 
 def timm_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
-    """The tokens a timm VisionTransformer's head reads, from ``global_pool``: ``token`` -> CLS,
-    ``avg``/``avgmax``/``max`` -> the patch tokens (after the prefix tokens), ``map`` -> every
-    token (attention pooling); None (the gradient probe decides) for anything else."""
+    """What a timm VisionTransformer's head reads, from ``global_pool`` (names the gradient
+    probe's finding): ``token`` -> CLS, ``avg``/``avgmax``/``max`` -> the patch tokens (after
+    the prefix tokens), ``map`` -> every token (attention pooling); None for anything else."""
     pool = getattr(model, "global_pool", "token")
     prefix = int(getattr(model, "num_prefix_tokens", 1))
     if pool == "token":
@@ -48,16 +50,23 @@ def timm_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
 
 
 def from_timm_model(model: nn.Module, *, token: str | None = None, name: str = "timm") -> ModelAdapter:
-    """Adapter for a timm VisionTransformer, reading the neuron where its head reads."""
+    """Adapter for a timm VisionTransformer: each block's FFN read at the input of ``mlp.fc2``
+    (:mod:`neuronpath.engine.sites`), where its head reads (``timm_readout`` names the gradient
+    probe's finding), its tokens laid out as ``num_prefix_tokens`` then the patch grid."""
     prefix = int(getattr(model, "num_prefix_tokens", 1))
     num_classes = int(getattr(model, "num_classes", 0))
     names = imagenet_synsets() if num_classes == 1000 else [str(i) for i in range(num_classes)]
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    adapter = ModelAdapter(model, find_ffn_activations(model, len(model.blocks)),
-                           preprocess=preprocess_from_timm(cfg), id2label=dict(enumerate(names)),
-                           name=name, input_shape=tuple(cfg.get("input_size", (3, 224, 224))))
-    distillation = 1 if prefix >= 2 else None
-    return settle_token_policy(adapter, token, timm_readout(model), distillation)
+    shape = tuple(cfg.get("input_size", (3, 224, 224)))
+    param = next(iter(model.parameters()))
+    pixels = torch.randn((2,) + shape, generator=torch.Generator().manual_seed(0),
+                         dtype=torch.float64).to(param.device, param.dtype)
+    sites = find_ffn_sites(model, lambda: model(pixels), len(model.blocks))
+    return ModelAdapter(model, ffn_inputs=sites, token=token, family_readout=timm_readout(model),
+                        preprocess=preprocess_from_timm(cfg), id2label=dict(enumerate(names)),
+                        name=name, input_shape=shape,
+                        distillation_index=1 if prefix >= 2 else None,
+                        layout=lambda layer, tokens: TokenLayout.raster(tokens, prefix, shape[1:]))
 
 
 def load_timm(name: str, *, token: str | None = None) -> ModelAdapter:

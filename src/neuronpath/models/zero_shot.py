@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..engine.tokens import TokenPolicy
-from ..errors import ModelLoadError, option
+from ..errors import InputError, ModelLoadError, option
 from ..io.labels import read_class_names
 
 DEFAULT_PROMPT = "a photo of a {}."
@@ -69,10 +69,10 @@ def build_zero_shot(folder: str | Path, classes: str | Path, prompt: str = DEFAU
     hf_logging.disable_progress_bar()
     names = read_class_names(classes)
     if not names:
-        raise ValueError(f"{option('classes')}: {classes} lists no classes; expected lines "
+        raise InputError(f"{option('classes')}: {classes} lists no classes; expected lines "
                          f"'label<TAB>class name'")
     if "{}" not in prompt:
-        raise ValueError(f"{option('prompt')}: expected a template with {{}} for the class name, got {prompt!r}")
+        raise InputError(f"{option('prompt')}: expected a template with {{}} for the class name, got {prompt!r}")
     model = AutoModel.from_pretrained(str(folder), local_files_only=local_only).eval()
     family = contrastive_family(model.config)
     if family is None:
@@ -93,7 +93,7 @@ def build_zero_shot(folder: str | Path, classes: str | Path, prompt: str = DEFAU
                if set(tokenizer(name, add_special_tokens=False)["input_ids"])
                <= {tokenizer.unk_token_id}]
     if unknown:
-        raise ValueError(f"{option('classes')}: the tokenizer knows no word of the class names "
+        raise InputError(f"{option('classes')}: the tokenizer knows no word of the class names "
                          f"{unknown[:3]}; expected names in the model's language")
     texts = [prompt.format(name) for name in names.values()]
     padding = {"padding": "max_length", "truncation": True,

@@ -136,8 +136,9 @@ def similarity_panel(rows: Sequence[tuple[str, float | None, Sequence]], out_ste
     return _save(figure, out_stem)
 
 
-def layer_distribution_figure(counts: Sequence[int], out_stem: str | Path, title: str = "") -> list[Path]:
-    """Fig. 2: how many of the per-image top-5 knowledge neurons fall in each layer."""
+def layer_distribution_figure(counts: Sequence[int], out_stem: str | Path, title: str = "",
+                              what: str = "top-5 knowledge neurons") -> list[Path]:
+    """Fig. 2: how many of the per-image top neurons (``what``) fall in each layer."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(5.5, 3.2), layout="constrained")
@@ -145,7 +146,7 @@ def layer_distribution_figure(counts: Sequence[int], out_stem: str | Path, title
     total = max(sum(counts), 1)
     ax.bar(range(len(counts)), [100 * c / total for c in counts], color="C2")
     ax.set_xlabel("layer")
-    ax.set_ylabel("share of top-5 knowledge neurons (%)")
+    ax.set_ylabel(f"share of {what} (%)")
     ax.set_xticks(range(len(counts)))
     if title:
         ax.set_title(title)

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 SETTINGS = ("model", "data", "methods", "steps", "alphas", "target", "objective", "token",
-            "dtype", "topk", "topk_mode", "labels", "classes", "prompt")
+            "dtype", "topk", "labels", "classes", "prompt")
 
 
 def _asset(name: str) -> str:
@@ -65,6 +65,8 @@ def overview_html(overview: dict) -> str:
              ("images", manifest.get("run", {}).get("planned_images")),
              ("skipped", len(manifest.get("skipped", {})))]
     facts += [(key, settings[key]) for key in SETTINGS[1:] if settings.get(key) is not None]
+    facts += [(f"{method} options", ", ".join(f"{k} {v}" for k, v in values.items()))
+              for method, values in (settings.get("options") or {}).items() if values]
     facts += [("versions", ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items()))]
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in facts if v is not None)

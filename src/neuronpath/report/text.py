@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 
-def format_summary(summary: dict[str, dict]) -> str:
+def format_summary(summary: dict[str, dict], titles: dict[str, str]) -> str:
+    """The summary table; ``titles`` names each method's path ("JAS path")."""
     lines = [f"{'method':<12}{'images':>8}{'mean JAS':>12}{'median JAS':>12}"
              f"{'accuracy':>10}{'P(label)':>10}"]
     for method, s in summary.items():
         lines.append(f"{method:<12}{s['images']:>8}{s['mean_jas']:>12.4g}{s['median_jas']:>12.4g}"
                      f"{s['accuracy']:>10.1%}{s['mean_label_prob']:>10.3f}")
-    if "share_above_activation" in summary.get("jas", {}):
-        lines.append(f"JAS path scores above the Activation path on "
-                     f"{summary['jas']['share_above_activation']:.1%} of images")
+    for method, s in summary.items():
+        for other, share in s.get("share_above", {}).items():
+            lines.append(f"{titles[method]} scores above the {titles[other]} on {share:.1%} "
+                         f"of images")
     return "\n".join(lines)
 
 

@@ -18,8 +18,8 @@ function colour(t, alpha) {
   return `rgba(${c[0]},${c[1]},${c[2]},${alpha})`;
 }
 
-// The image with a neuron's activation over the patch grid laid over it.
-function heatmap(thumb, map, size) {
+// The image with a neuron's activation laid over it where its tokens sit (no map: the reason).
+function heatmap(thumb, map, size, layer) {
   const canvas = document.createElement("canvas");
   canvas.width = canvas.height = size;
   canvas.className = "heatmap";
@@ -28,14 +28,16 @@ function heatmap(thumb, map, size) {
   picture.onload = () => {
     context.drawImage(picture, 0, 0, size, size);
     if (!map) return;
-    const side = Math.round(Math.sqrt(map.q.length)), cell = size / side;
+    const cellW = size / map.w, cellH = size / map.h;
     map.q.forEach((q, k) => {
       context.fillStyle = colour(q / 255, 0.55);
-      context.fillRect((k % side) * cell, Math.floor(k / side) * cell, cell + 0.5, cell + 0.5);
+      context.fillRect((k % map.w) * cellW, Math.floor(k / map.w) * cellH, cellW + 0.5, cellH + 0.5);
     });
   };
   picture.src = thumb;
-  if (map) canvas.title = `activation ${fmt(map.lo)} .. ${fmt(map.hi)} over the patch grid`;
+  const layout = DATA.layouts && DATA.layouts[layer];
+  canvas.title = map ? `activation ${fmt(map.lo)} .. ${fmt(map.hi)} over the image`
+    : `no map: ${layout && layout.why ? layout.why : "no token layout"}`;
   return canvas;
 }
 
@@ -149,7 +151,7 @@ function select(id) {
     path.neurons.forEach((neuron, layer) => {
       const box = document.createElement("div");
       box.className = "layer";
-      box.appendChild(heatmap(detail.thumb, path.maps[layer], 90));
+      box.appendChild(heatmap(detail.thumb, path.maps[layer], 90, layer));
       const label = document.createElement("div");
       const share = path.share[layer];
       label.textContent = `L${layer} · #${neuron} · a ${fmt(path.act[layer], 2)}` + (share === null ? "" : ` · ${fmt(share * 100, 0)} %`);
@@ -181,7 +183,7 @@ function renderCards() {
     tops.className = "tops";
     card.top.forEach(t => {
       const figure = document.createElement("figure");
-      figure.appendChild(heatmap(DATA.thumbs[t.image], t.map, 96));
+      figure.appendChild(heatmap(DATA.thumbs[t.image], t.map, 96, card.layer));
       const caption = document.createElement("figcaption");
       caption.textContent = `${t.label} · ${fmt(t.value, 2)}`;
       caption.title = t.image;

@@ -1,5 +1,6 @@
 """Seeded random draws that depend only on what they are for (a seed and names), never on the
-batch, the device or the order of processing: random-path controls and pruning draws."""
+batch, the device or the order of processing: the controls' random paths and kept neurons, the
+pruning split and masks.  A base module: every layer may use it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import hashlib
 from collections.abc import Sequence
 
 import torch
+
+from .errors import InputError
 
 
 def seeded_generator(*parts) -> torch.Generator:
@@ -19,15 +22,5 @@ def per_layer(width: int | Sequence[int], num_layers: int) -> list[int]:
     """One FFN width per layer, from one width for all layers or a per-layer list."""
     widths = [width] * num_layers if isinstance(width, int) else [int(w) for w in width]
     if len(widths) != num_layers:
-        raise ValueError(f"widths: expected {num_layers} per-layer widths, got {len(widths)}")
+        raise InputError(f"widths: expected {num_layers} per-layer widths, got {len(widths)}")
     return widths
-
-
-def random_path(image_id: str, seed: int, num_layers: int, width: int | Sequence[int],
-                k: int = 1) -> torch.Tensor:
-    """A reproducible random path for one image (k distinct neurons per layer, ``width`` one
-    FFN width or one per layer): the same for a given (seed, image id) whatever the batch,
-    device or order of processing."""
-    generator = seeded_generator(seed, image_id)
-    return torch.stack([torch.randperm(n, generator=generator)[:k]
-                        for n in per_layer(width, num_layers)])
