@@ -19,13 +19,13 @@ import time
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from neuronpath.methods.controls import random_path
 from neuronpath.engine.attribution import AttributionConfig, objective
 from neuronpath.engine.editing import manipulate
 from neuronpath.experiments.common import parse_bytes
-from neuronpath.models.spec import ModelSpec
 from neuronpath.methods import find_paths
+from neuronpath.methods.controls import random_path
 from neuronpath.models.huggingface import from_hf_model
+from neuronpath.models.spec import ModelSpec
 
 
 def timed(fn, device, repeats):
@@ -60,17 +60,26 @@ def main():
     device = torch.device(args.device)
     model_dtype, autocast = ModelSpec(dtype=args.dtype).precision(device)
     torch.manual_seed(0)
-    config = ViTConfig(hidden_size=args.hidden, num_hidden_layers=args.layers,
-                       num_attention_heads=args.heads, intermediate_size=4 * args.hidden,
-                       image_size=args.image_size, patch_size=args.patch, num_labels=1000)
+    config = ViTConfig(
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+        image_size=args.image_size,
+        patch_size=args.patch,
+        num_labels=1000,
+    )
     adapter = from_hf_model(ViTForImageClassification(config).eval(), name="vit-b16-shaped")
     adapter.to(device=device, dtype=model_dtype)
-    attribution = AttributionConfig(steps=args.steps, autocast=autocast,
-                                    memory_budget=parse_bytes(args.memory_budget))
+    attribution = AttributionConfig(
+        steps=args.steps, autocast=autocast, memory_budget=parse_bytes(args.memory_budget)
+    )
     width = adapter.width()
-    print(f"ViT: {args.layers} layers, width {args.hidden}, FFN {width}, {args.image_size} px, "
-          f"patch {args.patch}; m = {args.steps}; dtype {args.dtype}; device "
-          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else device}")
+    print(
+        f"ViT: {args.layers} layers, width {args.hidden}, FFN {width}, {args.image_size} px, "
+        f"patch {args.patch}; m = {args.steps}; dtype {args.dtype}; device "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else device}"
+    )
     print(f"{'batch':>6}{'unit img/s':>12}{'find img/s':>12}{'evaluate img/s':>16}{'R find':>8}")
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         pixels = torch.randn(batch, 3, args.image_size, args.image_size, device=device)
@@ -86,8 +95,12 @@ def main():
             return find_paths(adapter, pixels, labels, ["jas", "activation"], attribution)
 
         result = find()
-        paths = {**result.paths, "random": torch.stack(
-            [random_path(str(i), 0, adapter.num_layers, width) for i in range(batch)])[..., 0]}
+        paths = {
+            **result.paths,
+            "random": torch.stack(
+                [random_path(str(i), 0, adapter.num_layers, width) for i in range(batch)]
+            )[..., 0],
+        }
 
         def evaluate():
             manipulate(adapter, pixels, labels, paths)
@@ -95,8 +108,10 @@ def main():
         unit_s = timed(unit, device, args.repeats)
         find_s = timed(find, device, args.repeats)
         evaluate_s = timed(evaluate, device, args.repeats)
-        print(f"{batch:>6}{1 / unit_s:>12.2f}{batch / find_s:>12.2f}{batch / evaluate_s:>16.1f}"
-              f"{find_s / batch / unit_s:>8.2f}")
+        print(
+            f"{batch:>6}{1 / unit_s:>12.2f}{batch / find_s:>12.2f}{batch / evaluate_s:>16.1f}"
+            f"{find_s / batch / unit_s:>8.2f}"
+        )
 
 
 if __name__ == "__main__":

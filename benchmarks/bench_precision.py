@@ -19,13 +19,12 @@ import time
 
 import torch
 
+from bench_search import unit_seconds  # the same unit R is measured in
 from neuronpath.engine.attribution import AttributionConfig
-from neuronpath.models.spec import ModelSpec
 from neuronpath.io.images import image_batches, interleave_classes, scan_image_folder
 from neuronpath.methods import find_paths
 from neuronpath.models.loading import load_model
-
-from bench_search import unit_seconds  # the same unit R is measured in
+from neuronpath.models.spec import ModelSpec
 
 
 def run_paths(adapter, pixels, labels, config, batch_size):
@@ -34,8 +33,13 @@ def run_paths(adapter, pixels, labels, config, batch_size):
         torch.cuda.synchronize()
     start = time.perf_counter()
     for s in range(0, len(labels), batch_size):
-        result = find_paths(adapter, pixels[s:s + batch_size], labels[s:s + batch_size],
-                            ["jas", "activation"], config)
+        result = find_paths(
+            adapter,
+            pixels[s : s + batch_size],
+            labels[s : s + batch_size],
+            ["jas", "activation"],
+            config,
+        )
         paths.append(result.paths["jas"])
         scores.append(result.scores["jas"])
     if pixels.is_cuda:
@@ -56,7 +60,7 @@ def main():
     device = torch.device(args.device)
 
     adapter = load_model(args.model, device=device)
-    items = interleave_classes(scan_image_folder(args.data, adapter.id2label).items)[:args.images]
+    items = interleave_classes(scan_image_folder(args.data, adapter.id2label).items)[: args.images]
     batch = next(image_batches(items, adapter.preprocess, len(items)))
     pixels = batch.pixels.to(device)
     labels = torch.tensor([i.label for i in batch.items], device=device)
@@ -76,22 +80,31 @@ def main():
         units.append(unit_seconds(adapter, pixels, labels, args.steps, 10))
     unit = statistics.mean(units)
 
-    print(f"model {args.model}: {adapter.num_layers} layers, m = {args.steps}, "
-          f"{len(labels)} images, batch {args.batch_size}, device {device}, "
-          f"{torch.get_num_threads()} threads; find = jas+activation")
-    print(f"unit (float32 forward + input-gradient backward, {args.steps} rows): "
-          f"{unit * 1e3:.1f} ms (min {min(units) * 1e3:.1f}, max {max(units) * 1e3:.1f})")
+    print(
+        f"model {args.model}: {adapter.num_layers} layers, m = {args.steps}, "
+        f"{len(labels)} images, batch {args.batch_size}, device {device}, "
+        f"{torch.get_num_threads()} threads; find = jas+activation"
+    )
+    print(
+        f"unit (float32 forward + input-gradient backward, {args.steps} rows): "
+        f"{unit * 1e3:.1f} ms (min {min(units) * 1e3:.1f}, max {max(units) * 1e3:.1f})"
+    )
     reference = next(iter(results))
     _, ref_paths, ref_scores = results[reference]
-    print(f"{'dtype':<10}{'s / image':>10}{'R':>7}{'speed vs ' + reference:>18}"
-          f"{'neurons same':>14}{'paths same':>12}{'|dJAS| mean':>13}{'rel':>8}")
+    print(
+        f"{'dtype':<10}{'s / image':>10}{'R':>7}{'speed vs ' + reference:>18}"
+        f"{'neurons same':>14}{'paths same':>12}{'|dJAS| mean':>13}{'rel':>8}"
+    )
     for name, (seconds, paths, scores) in results.items():
         same = (paths == ref_paths).double()
         diff = (scores - ref_scores).abs()
-        print(f"{name:<10}{seconds:>10.3f}{seconds / unit:>7.2f}"
-              f"{results[reference][0] / seconds:>17.2f}x"
-              f"{same.mean().item():>13.1%}{same.all(dim=1).double().mean().item():>12.1%}"
-              f"{diff.mean().item():>13.2e}{diff.mean().item() / ref_scores.abs().mean().item():>8.1%}")
+        print(
+            f"{name:<10}{seconds:>10.3f}{seconds / unit:>7.2f}"
+            f"{results[reference][0] / seconds:>17.2f}x"
+            f"{same.mean().item():>13.1%}{same.all(dim=1).double().mean().item():>12.1%}"
+            f"{diff.mean().item():>13.2e}"
+            f"{diff.mean().item() / ref_scores.abs().mean().item():>8.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,21 +39,24 @@ def main():
     parser.add_argument("--find-images", type=int, default=4)
     args = parser.parse_args()
     adapter = load_model(args.model)
-    items = interleave_classes(scan_image_folder(args.data, adapter.id2label).items)[:args.images]
+    items = interleave_classes(scan_image_folder(args.data, adapter.id2label).items)[: args.images]
     size = tuple(adapter.preprocess(load_image(items[0].path)).shape[1:])
     official = Preprocess.official(size[0])
     decode = per_image(lambda it: load_image(it.path), items)
     model = per_image(lambda it: adapter.preprocess(load_image(it.path)), items)
     written = per_image(lambda it: official(load_image(it.path)), items)
-    sample = items[:args.find_images]
+    sample = items[: args.find_images]
     pixels = torch.stack([adapter.preprocess(load_image(it.path)) for it in sample])
     labels = torch.tensor([it.label for it in sample])
     find_paths(adapter, pixels[:1], labels[:1], config=AttributionConfig())  # warm-up
     start = time.perf_counter()
     find_paths(adapter, pixels, labels, config=AttributionConfig())
     find = (time.perf_counter() - start) / len(sample)
-    print(f"{len(items)} images of {args.data}; processor {type(getattr(adapter.preprocess, 'processor', adapter.preprocess)).__name__}, "
-          f"output {size}; {torch.get_num_threads()} threads")
+    print(
+        f"{len(items)} images of {args.data}; processor "
+        f"{type(getattr(adapter.preprocess, 'processor', adapter.preprocess)).__name__}, "
+        f"output {size}; {torch.get_num_threads()} threads"
+    )
     print(f"{'step':<52}{'ms / image':>12}")
     print(f"{'decode (PIL, to RGB)':<52}{decode * 1e3:>12.2f}")
     print(f"{'decode + the model processor (--preprocess model)':<52}{model * 1e3:>12.2f}")

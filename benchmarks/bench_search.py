@@ -4,10 +4,11 @@ backward of the same model on m rows, both measured in this run; plus each path'
     python benchmarks/bench_search.py --model ../shared/models/vit-s12-imagenet20 \
         --data ../shared/data/imagenet20-dev --images 20
 
-R counts everything ``find`` does per image: the clean forward, the search, and the final JAS.
-The headline row is ``jas+activation`` (``find``'s default: JAS path search plus the final JAS of
-both paths); the official code costs about 44 such units per image for a 12-layer model with
-m = 20 (docs/official-code.md#cost).  Each other row is one method run alone (its clean pass, search, final JAS).
+R counts everything ``find`` does per image: the clean forward, the search, and the final JAS. The
+headline row is ``jas+activation`` (``find``'s default: JAS path search plus the final JAS of both
+paths); the official code costs about 44 such units per image for a 12-layer model with m = 20
+(docs/official-code.md#cost).  Each other row is one method run alone (its clean pass, search,
+final JAS).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import torch
 
 from neuronpath.engine.attribution import AttributionConfig, objective
 from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
-from neuronpath.models.loading import load_model
 from neuronpath.methods import JASOptions, find_paths
+from neuronpath.models.loading import load_model
 
 
 def unit_seconds(adapter, pixels, labels, steps, repeats):
@@ -30,7 +31,7 @@ def unit_seconds(adapter, pixels, labels, steps, repeats):
     times = []
     for i in range(repeats):
         x = pixels[i % len(pixels)][None].repeat(steps, 1, 1, 1)
-        x = (x * torch.linspace(0, 1, steps, device=x.device)[:, None, None, None])
+        x = x * torch.linspace(0, 1, steps, device=x.device)[:, None, None, None]
         x = x.requires_grad_(True)
         y = labels[i % len(labels)].repeat(steps)
         if x.is_cuda:
@@ -52,18 +53,24 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    parser.add_argument("--methods", default="jas+activation,influence-pattern,activation,knowledge",
-                        help="comma-separated runs; '+' joins methods run together")
+    parser.add_argument(
+        "--methods",
+        default="jas+activation,influence-pattern,activation,knowledge",
+        help="comma-separated runs; '+' joins methods run together",
+    )
     parser.add_argument("--topk", type=int, default=1)
-    parser.add_argument("--rerank", default="0",
-                        help="jas search: re-score the best C candidates exactly ('all': every neuron)")
+    parser.add_argument(
+        "--rerank",
+        default="0",
+        help="jas search: re-score the best C candidates exactly ('all': every neuron)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     adapter = load_model(args.model, device=args.device)
     folder = scan_image_folder(args.data, adapter.id2label)
-    items = interleave_classes(folder.items)[:args.images]
+    items = interleave_classes(folder.items)[: args.images]
     pixels = torch.stack([adapter.preprocess(load_image(i.path)) for i in items]).to(args.device)
     labels = torch.tensor([i.label for i in items], device=args.device)
     config = AttributionConfig(steps=args.steps)
@@ -78,8 +85,14 @@ def main():
         start = time.perf_counter()
         for s in range(0, len(items), args.batch_size):
             chosen = {m: JASOptions(rerank=rerank) if m == "jas" else None for m in methods}
-            result = find_paths(adapter, pixels[s:s + args.batch_size],
-                                labels[s:s + args.batch_size], chosen, config, k=args.topk)
+            result = find_paths(
+                adapter,
+                pixels[s : s + args.batch_size],
+                labels[s : s + args.batch_size],
+                chosen,
+                config,
+                k=args.topk,
+            )
             for m in methods:
                 scores[m] += result.scores[m].tolist()
         timings[run] = (time.perf_counter() - start) / len(items)
@@ -88,12 +101,16 @@ def main():
         units.append(unit_seconds(adapter, pixels, labels, args.steps, 10))
     unit = statistics.mean(units)
 
-    print(f"model {args.model}: {adapter.num_layers} layers, m = {args.steps}, K = {args.topk}, "
-          f"rerank {rerank}, "
-          f"{len(items)} images, batch {args.batch_size}, device {args.device}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"unit (forward + input-gradient backward, {args.steps} rows): {unit * 1e3:.1f} ms "
-          f"(min {min(units) * 1e3:.1f}, max {max(units) * 1e3:.1f} over {len(units)} checks)")
+    print(
+        f"model {args.model}: {adapter.num_layers} layers, m = {args.steps}, K = {args.topk}, "
+        f"rerank {rerank}, "
+        f"{len(items)} images, batch {args.batch_size}, device {args.device}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"unit (forward + input-gradient backward, {args.steps} rows): {unit * 1e3:.1f} ms "
+        f"(min {min(units) * 1e3:.1f}, max {max(units) * 1e3:.1f} over {len(units)} checks)"
+    )
     print(f"{'run':<24}{'s / image':>10}{'R':>8}")
     for run, seconds in timings.items():
         print(f"{run:<24}{seconds:>10.3f}{seconds / unit:>8.2f}")

@@ -31,8 +31,11 @@ def main():
         scores.setdefault(record["method"], {})[record["image"]] = record["jas"]
     images = sorted(set.intersection(*(set(s) for s in scores.values())))
     rng = np.random.default_rng(args.seed)
-    print(f"run {args.run}: model {manifest['settings']['model']}, {len(images)} images with "
-          f"every method, m = {manifest['settings']['steps']}, alphas {manifest['settings']['alphas']}")
+    print(
+        f"run {args.run}: model {manifest['settings']['model']}, {len(images)} images with "
+        f"every method, m = {manifest['settings']['steps']}, "
+        f"alphas {manifest['settings']['alphas']}"
+    )
     print(f"{'method':<20}{'mean final JAS':>16}{'95% CI':>22}")
     means = {}
     for method, by_image in scores.items():
@@ -45,8 +48,10 @@ def main():
     for a, b in itertools.combinations(ordered, 2):
         diff = np.array([scores[a][i] - scores[b][i] for i in images])
         low, high = bootstrap_ci(diff, rng, args.bootstrap)
-        print(f"{a + ' - ' + b:<36}{diff.mean():>10.4f}   [{low:.4f}, {high:.4f}]"
-              f"{(diff > 0).mean():>11.1%}")
+        print(
+            f"{a + ' - ' + b:<36}{diff.mean():>10.4f}   [{low:.4f}, {high:.4f}]"
+            f"{(diff > 0).mean():>11.1%}"
+        )
 
 
 if __name__ == "__main__":

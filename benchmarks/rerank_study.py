@@ -24,7 +24,8 @@ def by_image(folder, method):
 
 def cell(values: np.ndarray, draws: np.ndarray, scale: float = 1.0, digits: int = 3) -> str:
     low, high = mean_interval(values, draws)
-    return f"{scale * values.mean():+.{digits}f} [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
+    mean, lo, hi = scale * values.mean(), scale * low, scale * high
+    return f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def main():
@@ -33,22 +34,36 @@ def main():
     parser.add_argument("reranked", nargs="+", help="find runs made with --rerank C")
     parser.add_argument("--bootstrap", type=int, default=2000)
     args = parser.parse_args()
-    ref = {m: (by_image(args.reference, m), by_image(f"{args.reference}/evaluation", m),
-               by_image(f"{args.reference}/causal", m)) for m in ("jas", "knowledge")}
-    print("| images | path | final JAS | removal ΔP/P (%) | enhancement ΔP/P (%) | keep only "
-          "the path ΔP/P (%) | neurons as official | paths as official |")
+    ref = {
+        m: (
+            by_image(args.reference, m),
+            by_image(f"{args.reference}/evaluation", m),
+            by_image(f"{args.reference}/causal", m),
+        )
+        for m in ("jas", "knowledge")
+    }
+    print(
+        "| images | path | final JAS | removal ΔP/P (%) | enhancement ΔP/P (%) | keep only "
+        "the path ΔP/P (%) | neurons as official | paths as official |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for run in args.reranked:
         settings = read_manifest(run)["settings"]
-        rerank = (settings.get("options") or {}).get("jas", {}).get("rerank",
-                                                                   settings.get("rerank", 0))
-        found, evaluated, causal = (by_image(run, "jas"), by_image(f"{run}/evaluation", "jas"),
-                                    by_image(f"{run}/causal", "jas"))
+        rerank = (
+            (settings.get("options") or {}).get("jas", {}).get("rerank", settings.get("rerank", 0))
+        )
+        found, evaluated, causal = (
+            by_image(run, "jas"),
+            by_image(f"{run}/evaluation", "jas"),
+            by_image(f"{run}/causal", "jas"),
+        )
         images = sorted(found)
         draws = bootstrap_draws(len(images), args.bootstrap, 0)
-        rows = [("official (`--rerank 0`)", *ref["jas"]), (f"`--rerank {rerank}`", found,
-                                                            evaluated, causal),
-                ("knowledge", *ref["knowledge"])]
+        rows = [
+            ("official (`--rerank 0`)", *ref["jas"]),
+            (f"`--rerank {rerank}`", found, evaluated, causal),
+            ("knowledge", *ref["knowledge"]),
+        ]
         official = np.array([ref["jas"][0][i]["path"] for i in images])
         for name, paths, ev, ca in rows:
             jas = np.array([paths[i]["jas"] for i in images])
@@ -56,24 +71,34 @@ def main():
             enhance = np.array([ev[i]["enhance_prob"] / ev[i]["base_prob"] - 1 for i in images])
             only = np.array([ca[i]["only_path_prob"] / ca[i]["base_prob"] - 1 for i in images])
             same = np.array([paths[i]["path"] for i in images]) == official
-            print(f"| {len(images)} | {name} | {cell(jas, draws, digits=4)} | "
-                  f"{cell(remove, draws, 100, 1)} | {cell(enhance, draws, 100, 1)} | "
-                  f"{cell(only, draws, 100, 1)} | {same.mean():.1%} | "
-                  f"{same.all(axis=1).mean():.1%} |")
+            print(
+                f"| {len(images)} | {name} | {cell(jas, draws, digits=4)} | "
+                f"{cell(remove, draws, 100, 1)} | {cell(enhance, draws, 100, 1)} | "
+                f"{cell(only, draws, 100, 1)} | {same.mean():.1%} | "
+                f"{same.all(axis=1).mean():.1%} |"
+            )
+
         def dp(records, i, op):
             return records[i][f"{op}_prob"] / records[i]["base_prob"] - 1
 
         jas_diff = np.array([found[i]["jas"] - ref["jas"][0][i]["jas"] for i in images])
-        remove_diff = np.array([dp(evaluated, i, "remove") - dp(ref["jas"][1], i, "remove")
-                                for i in images])
-        enhance_diff = np.array([dp(evaluated, i, "enhance") - dp(ref["jas"][1], i, "enhance")
-                                 for i in images])
-        print(f"|  | `--rerank {rerank}` minus official, paired | {cell(jas_diff, draws, digits=4)} "
-              f"| {cell(remove_diff, draws, 100, 1)} | {cell(enhance_diff, draws, 100, 1)} "
-              f"| | | |")
+        remove_diff = np.array(
+            [dp(evaluated, i, "remove") - dp(ref["jas"][1], i, "remove") for i in images]
+        )
+        enhance_diff = np.array(
+            [dp(evaluated, i, "enhance") - dp(ref["jas"][1], i, "enhance") for i in images]
+        )
+        print(
+            f"|  | `--rerank {rerank}` minus official, paired | {cell(jas_diff, draws, digits=4)} "
+            f"| {cell(remove_diff, draws, 100, 1)} | {cell(enhance_diff, draws, 100, 1)} "
+            f"| | | |"
+        )
         ahead = (jas_diff > 1e-6).mean(), (jas_diff < -1e-6).mean()
-        print(f"|  | `--rerank {rerank}`: final JAS higher than official on {ahead[0]:.1%} of images, "
-              f"lower on {ahead[1]:.1%}, equal on {1 - sum(ahead):.1%} | | | | | | |")
+        print(
+            f"|  | `--rerank {rerank}`: final JAS higher than official on {ahead[0]:.1%} "
+            f"of images, "
+            f"lower on {ahead[1]:.1%}, equal on {1 - sum(ahead):.1%} | | | | | | |"
+        )
 
 
 if __name__ == "__main__":

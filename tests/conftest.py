@@ -14,21 +14,46 @@ from transformers import ViTConfig, ViTForImageClassification
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 TINY_LABELS = {0: "cat", 1: "dog", 2: "fish"}
-TINY_PREPROCESSOR = {"do_resize": True, "size": {"height": 8, "width": 8}, "resample": 2,
-                     "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-                     "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+TINY_PREPROCESSOR = {
+    "do_resize": True,
+    "size": {"height": 8, "width": 8},
+    "resample": 2,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
 
 
-def tiny_vit(layers: int = 3, hidden: int = 16, ffn: int = 12, labels: int = 5, seed: int = 0,
-             image: int = 8, patch: int = 4, dtype=torch.float64, cls=ViTForImageClassification,
-             id2label: dict | None = None):
+def tiny_vit(
+    layers: int = 3,
+    hidden: int = 16,
+    ffn: int = 12,
+    labels: int = 5,
+    seed: int = 0,
+    image: int = 8,
+    patch: int = 4,
+    dtype=torch.float64,
+    cls=ViTForImageClassification,
+    id2label: dict | None = None,
+):
     """A randomly initialised ViT small enough for literal float64 loops."""
     torch.manual_seed(seed)
     id2label = id2label or {i: f"class{i}" for i in range(labels)}
-    config = ViTConfig(image_size=image, patch_size=patch, num_channels=3, hidden_size=hidden,
-                       num_hidden_layers=layers, num_attention_heads=2, intermediate_size=ffn,
-                       num_labels=len(id2label), id2label=id2label,
-                       label2id={v: k for k, v in id2label.items()}, initializer_range=0.3)
+    config = ViTConfig(
+        image_size=image,
+        patch_size=patch,
+        num_channels=3,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=ffn,
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        initializer_range=0.3,
+    )
     return cls(config).to(dtype).eval()
 
 
@@ -44,10 +69,12 @@ def batch64():
     return x, torch.tensor([0, 3, 4])
 
 
-def save_tiny_model(folder: Path, layers: int = 3, hidden: int = 16, ffn: int = 12,
-                    seed: int = 0) -> Path:
-    model = tiny_vit(layers=layers, hidden=hidden, ffn=ffn, seed=seed, dtype=torch.float32,
-                     id2label=TINY_LABELS)
+def save_tiny_model(
+    folder: Path, layers: int = 3, hidden: int = 16, ffn: int = 12, seed: int = 0
+) -> Path:
+    model = tiny_vit(
+        layers=layers, hidden=hidden, ffn=ffn, seed=seed, dtype=torch.float32, id2label=TINY_LABELS
+    )
     model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(TINY_PREPROCESSOR))
     return folder
@@ -78,17 +105,31 @@ def image_folder(tmp_path):
     return make_image_folder(tmp_path / "images")
 
 
-def tiny_global_pool(layers: int = 3, seed: int = 0, fc_norm_twice: bool = False,
-                     dtype=torch.float64, labels: int = 5):
+def tiny_global_pool(
+    layers: int = 3,
+    seed: int = 0,
+    fc_norm_twice: bool = False,
+    dtype=torch.float64,
+    labels: int = 5,
+):
     """A tiny MAE-style classifier (mean of patch tokens -> fc_norm -> head)."""
     from transformers import ViTModel
 
     from neuronpath.models.checkpoints import GlobalPoolViT
 
     torch.manual_seed(seed)
-    config = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16,
-                       num_hidden_layers=layers, num_attention_heads=2, intermediate_size=12,
-                       initializer_range=0.3, layer_norm_eps=1e-6, num_labels=labels)
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=12,
+        initializer_range=0.3,
+        layer_norm_eps=1e-6,
+        num_labels=labels,
+    )
     model = GlobalPoolViT(ViTModel(config, add_pooling_layer=False), labels, fc_norm_twice)
     with torch.no_grad():
         model.fc_norm.weight.normal_(1, 0.2)

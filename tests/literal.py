@@ -12,16 +12,22 @@ import torch
 
 def sites(model):
     """The FFN activation modules of a Hugging Face ViT, in depth order."""
-    return [m for n, m in model.named_modules()
-            if n.endswith(("mlp.activation_fn", "intermediate.intermediate_act_fn"))]
+    return [
+        m
+        for n, m in model.named_modules()
+        if n.endswith(("mlp.activation_fn", "intermediate.intermediate_act_fn"))
+    ]
 
 
 def clean_cls(model, x1):
     """Clean forward of one image (1, C, H, W): CLS post-GELU vector per layer, probabilities."""
     found = {}
-    hooks = [site.register_forward_hook(
-        lambda module, inputs, output, l=l: found.__setitem__(l, output[0, 0].detach().clone()))
-        for l, site in enumerate(sites(model))]
+    hooks = [
+        site.register_forward_hook(
+            lambda module, inputs, output, l=l: found.__setitem__(l, output[0, 0].detach().clone())
+        )
+        for l, site in enumerate(sites(model))
+    ]
     try:
         with torch.no_grad():
             probs = model(pixel_values=x1).logits.softmax(-1)[0]
@@ -39,6 +45,7 @@ def logits_with_cls_replaced(model, x1, replacements):
             output = output.clone()
             output[0, 0] = vector
             return output
+
         return hook
 
     all_sites = sites(model)
@@ -51,8 +58,9 @@ def logits_with_cls_replaced(model, x1, replacements):
 
 
 def official_layer_scores(model, x1, label, steps, path):
-    """Spec §2 candidate scores of layer t = len(path) given the path so far: left grid,
-    per-tensor grad calls, the clean forward repeated as the official code does."""
+    """Official (docs/official-code.md#jas-search) candidate scores of layer t = len(path) given the
+    path so far: left grid, per-tensor grad calls, the clean forward repeated as the official code
+    does."""
     t = len(path)
     h, _ = clean_cls(model, x1)
     grad_sum = [torch.zeros_like(h[l]) for l in range(t + 1)]
@@ -74,7 +82,8 @@ def official_layer_scores(model, x1, label, steps, path):
 
 
 def jas_path(model, x1, label, steps):
-    """Spec §2 search loop for one image: signed argmax of the official scores per layer."""
+    """Official (docs/official-code.md#jas-search) search loop for one image: signed argmax of the
+    official scores per layer."""
     path = []
     for _ in range(len(sites(model))):
         path.append(int(torch.argmax(official_layer_scores(model, x1, label, steps, path))))
@@ -94,8 +103,12 @@ def reranked_jas_path(model, x1, label, steps, candidates=None):
         else:
             scores = official_layer_scores(model, x1, label, steps, path)
             pool = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))[:candidates]
-        exact = [set_jas(model, x1, label, {**{l: [p] for l, p in enumerate(path)}, t: [w]},
-                         points, weights) for w in pool]
+        exact = [
+            set_jas(
+                model, x1, label, {**{l: [p] for l, p in enumerate(path)}, t: [w]}, points, weights
+            )
+            for w in pool
+        ]
         path.append(pool[max(range(len(pool)), key=lambda i: (exact[i], -i))])
     return path
 
@@ -106,7 +119,8 @@ def activation_path(model, x1):
 
 
 def final_jas(model, x1, label, path, steps):
-    """Spec §2 'Final JAS': every layer frozen but its path unit, scaled; one grad call per layer."""
+    """Official final JAS (docs/official-code.md#final-jas): every layer frozen but its path unit,
+    scaled; one grad call per layer."""
     h, _ = clean_cls(model, x1)
     total_grad = 0.0
     for k in range(steps):
@@ -143,9 +157,9 @@ def set_jas(model, x1, label, neurons, points, weights, logit=False):
 
 
 def influence_pattern_path(model, x1, label, steps):
-    """Spec §3 for one image: input alpha_k * x (zero baseline in normalised space); for each
-    layer t a separate forward that replaces layers <= t by their own collected values and
-    takes dP/d(layer t); argmax of the mean over the steps."""
+    """Official (docs/official-code.md#influence-pattern) for one image: input alpha_k * x (zero
+    baseline in normalised space); for each layer t a separate forward that replaces layers <= t by
+    their own collected values and takes dP/d(layer t); argmax of the mean over the steps."""
     num_layers = len(sites(model))
     grad_sum = None
     for k in range(steps):
@@ -179,8 +193,9 @@ def knowledge_attribution(model, x1, label, steps):
 
 
 def topk_path(model, x1, label, steps, K, last_only):
-    """Spec §8 TopK loop for one image: all K chosen units of earlier layers scale with alpha;
-    with last_only (the released code) only the K-th enters the two sums."""
+    """Official (docs/official-code.md#topk-and-pruning) TopK loop for one image: all K chosen units
+    of earlier layers scale with alpha; with last_only (the released code) only the K-th enters the
+    two sums."""
     num_layers = len(sites(model))
     path = []
     for t in range(num_layers):
@@ -227,13 +242,18 @@ def topk_final_jas(model, x1, label, path, steps, last_only):
     return float((1 / steps) * value * total_grad)
 
 
-# --- global-pool (MAE-style) models: the neuron spans all patch tokens (rows 1..T), docs/official-code.md#mae ---
+# --- global-pool (MAE-style) models: the neuron spans all patch tokens (rows 1..T),
+# docs/official-code.md#mae ---
+
 
 def clean_patches(model, x1):
     found = {}
-    hooks = [site.register_forward_hook(
-        lambda module, inputs, output, l=l: found.__setitem__(l, output[0, 1:].detach().clone()))
-        for l, site in enumerate(sites(model))]
+    hooks = [
+        site.register_forward_hook(
+            lambda module, inputs, output, l=l: found.__setitem__(l, output[0, 1:].detach().clone())
+        )
+        for l, site in enumerate(sites(model))
+    ]
     try:
         with torch.no_grad():
             model(pixel_values=x1)
@@ -249,6 +269,7 @@ def prob_with_patches_replaced(model, x1, replacements, label):
             output = output.clone()
             output[0, 1:] = block
             return output
+
         return hook
 
     all_sites = sites(model)
@@ -261,7 +282,8 @@ def prob_with_patches_replaced(model, x1, replacements, label):
 
 
 def mae_jas_path(model, x1, label, steps):
-    """Spec §4 search: per-token product of the two sums, summed over tokens."""
+    """Official (docs/official-code.md#mae) search: per-token product of the two sums, summed over
+    tokens."""
     num_layers = len(sites(model))
     path = []
     for t in range(num_layers):
@@ -289,7 +311,8 @@ def mae_jas_path(model, x1, label, steps):
 
 
 def mae_final_jas(model, x1, label, path, steps):
-    """Spec §4 final JAS: per-token product, summed over tokens, divided by the token count."""
+    """Official (docs/official-code.md#mae) final JAS: per-token product, summed over tokens,
+    divided by the token count."""
     h = clean_patches(model, x1)
     tokens = h[0].shape[0]
     grad_sum = [torch.zeros(tokens, dtype=h[0].dtype) for _ in path]
@@ -319,12 +342,16 @@ def mae_activation_path(model, x1):
 # --- hierarchical (Swin-style) models: a neuron spans all of its block's tokens, and each
 # layer's values and gradients are summed over its own tokens before the product ---
 
+
 def clean_blocks(model, x1):
     """Every block's whole post-GELU FFN hidden state (T_l, n_l) for one image."""
     found = {}
-    hooks = [site.register_forward_hook(
-        lambda module, inputs, output, l=l: found.__setitem__(l, output[0].detach().clone()))
-        for l, site in enumerate(sites(model))]
+    hooks = [
+        site.register_forward_hook(
+            lambda module, inputs, output, l=l: found.__setitem__(l, output[0].detach().clone())
+        )
+        for l, site in enumerate(sites(model))
+    ]
     try:
         with torch.no_grad():
             model(pixel_values=x1)
@@ -338,6 +365,7 @@ def prob_with_blocks_replaced(model, x1, replacements, label):
     def make(block):
         def hook(module, inputs, output):
             return block[None]
+
         return hook
 
     all_sites = sites(model)
@@ -401,11 +429,13 @@ def pooled_activation_path(model, x1):
 def probs_with_cls_multiplied(model, x1, multipliers):
     """Class probabilities of one image with layer l's CLS post-GELU row multiplied by
     multipliers[l] during the forward (downstream recomputed)."""
+
     def make(vector):
         def hook(module, inputs, output):
             output = output.clone()
             output[0, 0] = output[0, 0] * vector
             return output
+
         return hook
 
     all_sites = sites(model)

@@ -3,16 +3,19 @@
 import pytest
 import torch
 from torch import nn
-from transformers import (DeiTConfig, DeiTForImageClassification,
-                          DeiTForImageClassificationWithTeacher)
+from transformers import (
+    DeiTConfig,
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+)
 
 from neuronpath.engine.adapter import ModelAdapter
-from neuronpath.engine.sites import find_ffn_sites
-from neuronpath.models.huggingface import from_hf_model
-from neuronpath.engine.interventions import record_neurons
-from neuronpath.methods import find_paths
 from neuronpath.engine.attribution import AttributionConfig
+from neuronpath.engine.interventions import record_neurons
+from neuronpath.engine.sites import find_ffn_sites
 from neuronpath.engine.tokens import TokenPolicy
+from neuronpath.methods import find_paths
+from neuronpath.models.huggingface import from_hf_model
 
 
 class Block(nn.Module):
@@ -65,8 +68,11 @@ def test_generic_adapter_runs_the_search():
     assert result.paths["jas"].shape == (2, 3)
     assert (result.paths["jas"] < 10).all()
     # reading the input of the output projection is reading the activation's output
-    acts = ModelAdapter(model, [f"encoder.layer.{i}.intermediate.intermediate_act_fn"
-                                for i in range(3)], input_shape=(3, 2, 2))
+    acts = ModelAdapter(
+        model,
+        [f"encoder.layer.{i}.intermediate.intermediate_act_fn" for i in range(3)],
+        input_shape=(3, 2, 2),
+    )
     with record_neurons(adapter) as a, record_neurons(acts) as b:
         model(x)
     assert all(torch.equal(a[l], b[l]) for l in range(3))
@@ -140,11 +146,17 @@ def test_a_hand_built_adapter_without_a_token_runs_the_probe():
     torch.manual_seed(0)
     model = OldStyleViT().double()
     pooled = nn.Module()
-    pooled.forward = lambda x: model.head(model.encoder.layer[-1](
-        model.encoder.layer[0](model.embed(x.flatten(1))[:, None, :].repeat(1, 3, 1)))[:, 1:]
-        .mean(1))
-    adapter = ModelAdapter(model, ffn_inputs=["encoder.layer.0.output", "encoder.layer.2.output"],
-                           forward=pooled.forward, input_shape=(3, 2, 2))
+    pooled.forward = lambda x: model.head(
+        model.encoder.layer[-1](
+            model.encoder.layer[0](model.embed(x.flatten(1))[:, None, :].repeat(1, 3, 1))
+        )[:, 1:].mean(1)
+    )
+    adapter = ModelAdapter(
+        model,
+        ffn_inputs=["encoder.layer.0.output", "encoder.layer.2.output"],
+        forward=pooled.forward,
+        input_shape=(3, 2, 2),
+    )
     assert adapter.token.name == "patches:1" and "gradient probe" in adapter.readout.reason
     with pytest.raises(ValueError, match="input_shape"):
         ModelAdapter(model, ffn_inputs=["encoder.layer.0.output"])
@@ -152,9 +164,16 @@ def test_a_hand_built_adapter_without_a_token_runs_the_probe():
 
 def _deit(cls):
     torch.manual_seed(0)
-    config = DeiTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16,
-                        num_hidden_layers=2, num_attention_heads=2, intermediate_size=12,
-                        num_labels=3)
+    config = DeiTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=12,
+        num_labels=3,
+    )
     model = cls(config).double().eval()
     with torch.no_grad():  # random CLS and distillation tokens (they start as zeros)
         model.deit.embeddings.cls_token.normal_()

@@ -70,7 +70,7 @@ def imports_of(path: Path) -> list[tuple[str, list[str]]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -105,7 +105,7 @@ def find_cycle(graph: dict[str, object]) -> list[str] | None:
         stack.append(node)
         for nxt in graph.get(node, ()):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -145,10 +145,13 @@ def test_no_import_from_a_higher_layer():
 
 
 def test_no_private_names_cross_modules():
-    wrong = [f"{module} imports {name} from {target}"
-             for module, edges in import_graph().items() for target, names in edges.items()
-             for name in names
-             if name.startswith("_") and not (name.startswith("__") and name.endswith("__"))]
+    wrong = [
+        f"{module} imports {name} from {target}"
+        for module, edges in import_graph().items()
+        for target, names in edges.items()
+        for name in names
+        if name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -158,10 +161,13 @@ def test_a_new_path_method_is_one_registry_entry(monkeypatch, vit64, batch64):
     from neuronpath.methods.base import MethodOutput, PathMethod
     from neuronpath.models.huggingface import from_hf_model
 
-    last = PathMethod("last-neuron", "the last neuron of every layer (a test method)",
-                      lambda adapter, pixels, clean, config, k, options: MethodOutput(
-                          torch.full((clean.labels.shape[0], adapter.num_layers, k),
-                                     clean.acts[0].shape[-1] - 1)))
+    last = PathMethod(
+        "last-neuron",
+        "the last neuron of every layer (a test method)",
+        lambda adapter, pixels, clean, config, k, options: MethodOutput(
+            torch.full((clean.labels.shape[0], adapter.num_layers, k), clean.acts[0].shape[-1] - 1)
+        ),
+    )
     monkeypatch.setitem(registry.REGISTRY, last.name, last)
     x, y = batch64
     result = find_paths(from_hf_model(vit64), x, y, methods=["jas", "last-neuron"])
@@ -172,8 +178,12 @@ def test_a_new_path_method_is_one_registry_entry(monkeypatch, vit64, batch64):
 def test_find_help_lists_every_registered_method():
     from neuronpath.methods import REGISTRY
 
-    text = subprocess.run([sys.executable, "-m", "neuronpath.cli", "find", "--help"],
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "neuronpath.cli", "find", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     text = " ".join(text.split())
     for name, method in REGISTRY.items():
         assert f"{name}: {' '.join(method.summary.split())}" in text
@@ -182,7 +192,7 @@ def test_find_help_lists_every_registered_method():
 def _layout_block(path: Path, heading: str) -> list[str]:
     text = path.read_text()
     start = text.index("```", text.index(heading)) + 3
-    return text[start:text.index("```", start)].strip("\n").splitlines()
+    return text[start : text.index("```", start)].strip("\n").splitlines()
 
 
 def test_docs_architecture_lists_every_module_of_the_tree():
@@ -193,13 +203,20 @@ def test_docs_architecture_lists_every_module_of_the_tree():
             folder = name
         elif name.endswith(".py"):
             listed.add((folder if indent > 2 else "") + name)
-    tree = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
-            if p.name != "__init__.py" or p.parent == PACKAGE}
+    tree = {
+        p.relative_to(PACKAGE).as_posix()
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "__init__.py" or p.parent == PACKAGE
+    }
     assert listed == tree
 
 
 def test_readme_layout_names_every_folder_of_the_package():
     lines = _layout_block(ROOT / "README.md", "## Project layout")
-    listed = {line.split()[0] for line in lines[1:] if line.startswith("  ") and line.split()[0].endswith("/")}
+    listed = {
+        line.split()[0]
+        for line in lines[1:]
+        if line.startswith("  ") and line.split()[0].endswith("/")
+    }
     folders = {f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert listed == folders

@@ -26,36 +26,88 @@ def one_line_error(capsys) -> str:
     return err
 
 
-def test_a_token_index_beyond_the_models_tokens_is_refused(tiny_model_dir, image_folder, tmp_path,
-                                                           capsys):
-    assert main([*FIND, "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
-                 str(tmp_path / "run"), "--token", "99"]) == 2
+def test_a_token_index_beyond_the_models_tokens_is_refused(
+    tiny_model_dir, image_folder, tmp_path, capsys
+):
+    assert (
+        main(
+            [
+                *FIND,
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(image_folder),
+                "--out",
+                str(tmp_path / "run"),
+                "--token",
+                "99",
+            ]
+        )
+        == 2
+    )
     err = one_line_error(capsys)
     assert "99" in err and "5 tokens" in err
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
-def test_an_unknown_device_is_refused_naming_the_option(tiny_model_dir, image_folder, tmp_path,
-                                                         capsys):
-    assert main([*FIND[:-2], "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
-                 str(tmp_path / "run"), "--device", "bogus"]) == 2
+def test_an_unknown_device_is_refused_naming_the_option(
+    tiny_model_dir, image_folder, tmp_path, capsys
+):
+    assert (
+        main(
+            [
+                *FIND[:-2],
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(image_folder),
+                "--out",
+                str(tmp_path / "run"),
+                "--device",
+                "bogus",
+            ]
+        )
+        == 2
+    )
     err = one_line_error(capsys)
     assert "--device" in err and "bogus" in err and "cuda:N" in err
 
 
 def test_a_config_that_is_not_json_is_named(tiny_model_dir, image_folder, tmp_path, capsys):
     (tiny_model_dir / "config.json").write_text("{ this is not json")
-    assert main([*FIND, "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
-                 str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            [
+                *FIND,
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(image_folder),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     err = one_line_error(capsys)
     assert "config.json" in err and "not valid JSON" in err
 
 
-def test_a_damaged_manifest_is_named_with_what_to_do(tiny_model_dir, image_folder, tmp_path,
-                                                     capsys):
+def test_a_damaged_manifest_is_named_with_what_to_do(
+    tiny_model_dir, image_folder, tmp_path, capsys
+):
     out = tmp_path / "run"
-    args = [*FIND, "--model", str(tiny_model_dir), "--data", str(image_folder), "--out", str(out),
-            "--limit", "2"]
+    args = [
+        *FIND,
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(image_folder),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+    ]
     assert main(["-q", *args]) == 0
     (out / "manifest.json").write_text("")
     capsys.readouterr()
@@ -67,26 +119,61 @@ def test_a_damaged_manifest_is_named_with_what_to_do(tiny_model_dir, image_folde
 def test_a_dangling_symbolic_link_is_reported_and_skipped(tiny_model_dir, image_folder, tmp_path):
     (image_folder / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     out = tmp_path / "run"
-    assert main(["-q", *FIND, "--model", str(tiny_model_dir), "--data", str(image_folder),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                *FIND,
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(image_folder),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "cat/gone.png" in read_manifest(out)["skipped"]
     assert "cat/gone.png" not in {r["image"] for r in read_records(out)}
 
 
-def test_options_are_checked_against_the_model_before_any_work(tiny_model_dir, image_folder,
-                                                               tmp_path, capsys):
-    assert main([*FIND, "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
-                 str(tmp_path / "run"), "--topk", "13"]) == 2
+def test_options_are_checked_against_the_model_before_any_work(
+    tiny_model_dir, image_folder, tmp_path, capsys
+):
+    assert (
+        main(
+            [
+                *FIND,
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(image_folder),
+                "--out",
+                str(tmp_path / "run"),
+                "--topk",
+                "13",
+            ]
+        )
+        == 2
+    )
     assert "FFN width" in one_line_error(capsys)
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("flag, value, named", [
-    ("--topk", "13", "--topk"), ("--limit", "0", "--limit"), ("--steps", "0", "--steps"),
-    ("--workers", "-1", "--workers"), ("--labels", "label2id", "--data")])
-def test_a_library_message_names_the_flag_on_the_command_line(tiny_model_dir, image_folder,
-                                                              tmp_path, capsys, flag, value,
-                                                              named):
+@pytest.mark.parametrize(
+    "flag, value, named",
+    [
+        ("--topk", "13", "--topk"),
+        ("--limit", "0", "--limit"),
+        ("--steps", "0", "--steps"),
+        ("--workers", "-1", "--workers"),
+        ("--labels", "label2id", "--data"),
+    ],
+)
+def test_a_library_message_names_the_flag_on_the_command_line(
+    tiny_model_dir, image_folder, tmp_path, capsys, flag, value, named
+):
     """The library names its parameters (``topk``); the command line names the flag."""
     run = tmp_path / "run"
     args = ["--model", str(tiny_model_dir), "--data", str(image_folder), "--out", str(run)]
@@ -97,12 +184,27 @@ def test_a_library_message_names_the_flag_on_the_command_line(tiny_model_dir, im
 
 
 def test_a_run_whose_model_folder_now_preprocesses_otherwise_is_refused(
-        tiny_model_dir, image_folder, tmp_path, capsys):
+    tiny_model_dir, image_folder, tmp_path, capsys
+):
     """Same weights, edited preprocessor_config.json: evaluate would read the paths on inputs
     the run never saw, so it refuses, naming both pipelines."""
     run = tmp_path / "run"
-    assert main([*FIND, "--model", str(tiny_model_dir), "--data", str(image_folder), "--out",
-                 str(run), "--limit", "3"]) == 0
+    assert (
+        main(
+            [
+                *FIND,
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(image_folder),
+                "--out",
+                str(run),
+                "--limit",
+                "3",
+            ]
+        )
+        == 0
+    )
     config_file = tiny_model_dir / "preprocessor_config.json"
     config = json.loads(config_file.read_text())
     config["image_mean"] = [0.2, 0.3, 0.4]
@@ -114,8 +216,9 @@ def test_a_run_whose_model_folder_now_preprocesses_otherwise_is_refused(
 
 
 @pytest.mark.parametrize("error", [ZeroDivisionError, ValueError, KeyError])
-def test_an_unexpected_internal_error_keeps_its_traceback(monkeypatch, tiny_model_dir,
-                                                          image_folder, tmp_path, capsys, error):
+def test_an_unexpected_internal_error_keeps_its_traceback(
+    monkeypatch, tiny_model_dir, image_folder, tmp_path, capsys, error
+):
     """Only the project's user-error type is one line; a library bug -- a ValueError included --
     prints its traceback and says it is a bug."""
     import neuronpath.experiments.find as find
@@ -124,25 +227,55 @@ def test_an_unexpected_internal_error_keeps_its_traceback(monkeypatch, tiny_mode
         raise error("an internal bug")
 
     monkeypatch.setattr(find, "find_paths", broken)
-    assert main(["-q", *FIND, "--model", str(tiny_model_dir), "--data", str(image_folder),
-                 "--out", str(tmp_path / "run")]) == 1
+    assert (
+        main(
+            [
+                "-q",
+                *FIND,
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(image_folder),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "an internal bug" in err
     assert err.strip().splitlines()[-1].startswith("neuronpath: this is a bug in neuronpath")
 
 
 def _find_process(model, data, out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "neuronpath.cli", "-q", *FIND, "--model",
-                             str(model), "--data", str(data), "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "neuronpath.cli",
+            "-q",
+            *FIND,
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_finds_started_at_once_on_one_folder(tmp_path):
     model = save_tiny_model(tmp_path / "model")
     data = make_image_folder(tmp_path / "images", per_class=40)  # a run of several seconds
     out = tmp_path / "run"
-    first, second = (_find_process(model, data, out, "--batch-size", "1", "--steps", "12")
-                     for _ in range(2))
+    first, second = (
+        _find_process(model, data, out, "--batch-size", "1", "--steps", "12") for _ in range(2)
+    )
     results = [(p.wait(timeout=120), p.communicate()[1]) for p in (first, second)]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
@@ -161,14 +294,29 @@ def test_a_lock_left_by_a_killed_process_does_not_block_the_next_run(tmp_path):
     out = tmp_path / "run"
     process = _find_process(model, data, out, "--batch-size", "1")
     deadline = time.time() + 120
-    while time.time() < deadline and not ((out / RECORDS).is_file()
-                                          and (out / RECORDS).read_text().count("\n") >= 4):
+    while time.time() < deadline and not (
+        (out / RECORDS).is_file() and (out / RECORDS).read_text().count("\n") >= 4
+    ):
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert len(read_records(out)) < 2 * 120
-    assert main(["-q", *FIND, "--model", str(model), "--data", str(data), "--out", str(out),
-                 "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                *FIND,
+                "--model",
+                str(model),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert len(read_records(out)) == 2 * 120
     json.loads((out / "manifest.json").read_text())
-

@@ -1,17 +1,19 @@
-"""Influence Pattern, knowledge attribution, TopK paths and global-pool (MAE-style) models
-against literal loops of the official computations (docs/official-code.md#influence-pattern, docs/official-code.md#mae, docs/official-code.md#knowledge-attribution, docs/official-code.md#topk-and-pruning)."""
+"""Influence Pattern, knowledge attribution, TopK paths and global-pool (MAE-style) models against
+literal loops of the official computations (docs/official-code.md#influence-pattern,
+docs/official-code.md#mae, docs/official-code.md#knowledge-attribution,
+docs/official-code.md#topk-and-pruning)."""
 
 import pytest
 import torch
 
 import literal
 from conftest import tiny_global_pool, tiny_vit
-from neuronpath.models.huggingface import from_hf_model
-from neuronpath.engine.attribution import AttributionConfig, clean_pass
 from neuronpath.analysis.records import layer_distribution
-from neuronpath.methods.knowledge import knowledge_attribution, top_neurons
-from neuronpath.methods import JASOptions, find_paths, jas_path
+from neuronpath.engine.attribution import AttributionConfig, clean_pass
 from neuronpath.engine.tokens import TokenPolicy
+from neuronpath.methods import JASOptions, find_paths, jas_path
+from neuronpath.methods.knowledge import knowledge_attribution, top_neurons
+from neuronpath.models.huggingface import from_hf_model
 
 STEPS = 5
 
@@ -27,19 +29,27 @@ def test_influence_pattern_equals_literal_loop(setup):
     model, adapter, x, y = setup
     result = find_paths(adapter, x, y, ["influence-pattern"], AttributionConfig(steps=STEPS))
     for b in range(3):
-        expected = literal.influence_pattern_path(model, x[b:b + 1], int(y[b]), STEPS)
+        expected = literal.influence_pattern_path(model, x[b : b + 1], int(y[b]), STEPS)
         assert result.paths["influence-pattern"][b].tolist() == expected
         assert result.scores["influence-pattern"][b].item() == pytest.approx(
-            literal.final_jas(model, x[b:b + 1], int(y[b]), expected, STEPS), rel=1e-9)
+            literal.final_jas(model, x[b : b + 1], int(y[b]), expected, STEPS), rel=1e-9
+        )
 
 
 def test_influence_pattern_is_per_image(setup):
     model, adapter, x, y = setup
     together = find_paths(adapter, x, y, ["influence-pattern"], AttributionConfig(steps=STEPS))
     for b in range(3):
-        alone = find_paths(adapter, x[b:b + 1], y[b:b + 1], ["influence-pattern"],
-                           AttributionConfig(steps=STEPS))
-        assert torch.equal(alone.paths["influence-pattern"][0], together.paths["influence-pattern"][b])
+        alone = find_paths(
+            adapter,
+            x[b : b + 1],
+            y[b : b + 1],
+            ["influence-pattern"],
+            AttributionConfig(steps=STEPS),
+        )
+        assert torch.equal(
+            alone.paths["influence-pattern"][0], together.paths["influence-pattern"][b]
+        )
 
 
 def test_knowledge_attribution_equals_literal_per_neuron_ig(setup):
@@ -48,7 +58,7 @@ def test_knowledge_attribution_equals_literal_per_neuron_ig(setup):
     attribution = knowledge_attribution(adapter, x, clean_pass(adapter, x, y, config), config)
     assert attribution.shape == (3, 4, 12)
     for b in range(3):
-        expected = literal.knowledge_attribution(model, x[b:b + 1], int(y[b]), STEPS)
+        expected = literal.knowledge_attribution(model, x[b : b + 1], int(y[b]), STEPS)
         torch.testing.assert_close(attribution[b], expected, rtol=1e-9, atol=1e-15)
 
 
@@ -74,8 +84,9 @@ def test_topk_with_k1_equals_the_plain_path(setup):
     config = AttributionConfig(steps=STEPS)
     plain = find_paths(adapter, x, y, ["jas", "activation"], config)
     for mode in ("all", "official"):
-        one = find_paths(adapter, x, y, {"jas": JASOptions(topk_mode=mode), "activation": None},
-                         config, k=1)
+        one = find_paths(
+            adapter, x, y, {"jas": JASOptions(topk_mode=mode), "activation": None}, config, k=1
+        )
         for method in plain.paths:
             assert torch.equal(one.paths[method], plain.paths[method])
             torch.testing.assert_close(one.scores[method], plain.scores[method], rtol=0, atol=0)
@@ -84,14 +95,19 @@ def test_topk_with_k1_equals_the_plain_path(setup):
 @pytest.mark.parametrize("mode", ["official", "all"])
 def test_topk_equals_literal_loop(setup, mode):
     model, adapter, x, y = setup
-    result = find_paths(adapter, x, y, {"jas": JASOptions(topk_mode=mode)},
-                        AttributionConfig(steps=STEPS), k=3)
+    result = find_paths(
+        adapter, x, y, {"jas": JASOptions(topk_mode=mode)}, AttributionConfig(steps=STEPS), k=3
+    )
     assert result.paths["jas"].shape == (3, 4, 3)
     for b in range(3):
-        expected = literal.topk_path(model, x[b:b + 1], int(y[b]), STEPS, 3, mode == "official")
+        expected = literal.topk_path(model, x[b : b + 1], int(y[b]), STEPS, 3, mode == "official")
         assert result.paths["jas"][b].tolist() == expected
-        assert result.scores["jas"][b].item() == pytest.approx(literal.topk_final_jas(
-            model, x[b:b + 1], int(y[b]), expected, STEPS, mode == "official"), rel=1e-9)
+        assert result.scores["jas"][b].item() == pytest.approx(
+            literal.topk_final_jas(
+                model, x[b : b + 1], int(y[b]), expected, STEPS, mode == "official"
+            ),
+            rel=1e-9,
+        )
 
 
 def test_topk_modes_differ_and_bad_k_is_rejected(setup):
@@ -112,12 +128,14 @@ def test_global_pool_per_token_scores_equal_literal_loop():
     y = torch.tensor([3, 0])
     result = find_paths(adapter, x, y, ["jas", "activation"], AttributionConfig(steps=STEPS))
     for b in range(2):
-        x1, label = x[b:b + 1], int(y[b])
+        x1, label = x[b : b + 1], int(y[b])
         jas = literal.mae_jas_path(model, x1, label, STEPS)
         act = literal.mae_activation_path(model, x1)
         assert result.paths["jas"][b].tolist() == jas
         assert result.paths["activation"][b].tolist() == act
         assert result.scores["jas"][b].item() == pytest.approx(
-            literal.mae_final_jas(model, x1, label, jas, STEPS), rel=1e-9)
+            literal.mae_final_jas(model, x1, label, jas, STEPS), rel=1e-9
+        )
         assert result.scores["activation"][b].item() == pytest.approx(
-            literal.mae_final_jas(model, x1, label, act, STEPS), rel=1e-9)
+            literal.mae_final_jas(model, x1, label, act, STEPS), rel=1e-9
+        )

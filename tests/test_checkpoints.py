@@ -17,13 +17,18 @@ def write_google_npz(model, path):
     sd = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
     hidden = model.config.hidden_size
     heads = model.config.num_attention_heads
-    w = {"cls": sd["vit.embeddings.cls_token"],
-         "Transformer/posembed_input/pos_embedding": sd["vit.embeddings.position_embeddings"],
-         "embedding/kernel": sd["vit.embeddings.patch_embeddings.projection.weight"].transpose(2, 3, 1, 0),
-         "embedding/bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
-         "Transformer/encoder_norm/scale": sd["vit.layernorm.weight"],
-         "Transformer/encoder_norm/bias": sd["vit.layernorm.bias"],
-         "head/kernel": sd["classifier.weight"].T, "head/bias": sd["classifier.bias"]}
+    w = {
+        "cls": sd["vit.embeddings.cls_token"],
+        "Transformer/posembed_input/pos_embedding": sd["vit.embeddings.position_embeddings"],
+        "embedding/kernel": sd["vit.embeddings.patch_embeddings.projection.weight"].transpose(
+            2, 3, 1, 0
+        ),
+        "embedding/bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
+        "Transformer/encoder_norm/scale": sd["vit.layernorm.weight"],
+        "Transformer/encoder_norm/bias": sd["vit.layernorm.bias"],
+        "head/kernel": sd["classifier.weight"].T,
+        "head/bias": sd["classifier.bias"],
+    }
     for i in range(model.config.num_hidden_layers):
         src, dst = f"vit.layers.{i}", f"Transformer/encoderblock_{i}"
         att = f"{dst}/MultiHeadDotProductAttention_1"
@@ -45,18 +50,29 @@ def write_google_npz(model, path):
 def write_mae_pth(model, path):
     """Write a GlobalPoolViT in MAE's timm key layout, under 'model' (test-side inverse)."""
     sd = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
-    t = {"cls_token": sd["vit.embeddings.cls_token"],
-         "pos_embed": sd["vit.embeddings.position_embeddings"],
-         "patch_embed.proj.weight": sd["vit.embeddings.patch_embeddings.projection.weight"],
-         "patch_embed.proj.bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
-         "fc_norm.weight": sd["fc_norm.weight"], "fc_norm.bias": sd["fc_norm.bias"],
-         "head.weight": sd["head.weight"], "head.bias": sd["head.bias"]}
+    t = {
+        "cls_token": sd["vit.embeddings.cls_token"],
+        "pos_embed": sd["vit.embeddings.position_embeddings"],
+        "patch_embed.proj.weight": sd["vit.embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
+        "fc_norm.weight": sd["fc_norm.weight"],
+        "fc_norm.bias": sd["fc_norm.bias"],
+        "head.weight": sd["head.weight"],
+        "head.bias": sd["head.bias"],
+    }
     for i in range(model.config.num_hidden_layers):
         src, dst = f"vit.layers.{i}", f"blocks.{i}"
-        t[f"{dst}.attn.qkv.weight"] = torch.cat([sd[f"{src}.attention.{p}_proj.weight"] for p in "qkv"])
+        t[f"{dst}.attn.qkv.weight"] = torch.cat(
+            [sd[f"{src}.attention.{p}_proj.weight"] for p in "qkv"]
+        )
         t[f"{dst}.attn.qkv.bias"] = torch.cat([sd[f"{src}.attention.{p}_proj.bias"] for p in "qkv"])
-        for a, b in (("attn.proj", "attention.o_proj"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2"),
-                     ("norm1", "layernorm_before"), ("norm2", "layernorm_after")):
+        for a, b in (
+            ("attn.proj", "attention.o_proj"),
+            ("mlp.fc1", "mlp.fc1"),
+            ("mlp.fc2", "mlp.fc2"),
+            ("norm1", "layernorm_before"),
+            ("norm2", "layernorm_after"),
+        ):
             t[f"{dst}.{a}.weight"] = sd[f"{src}.{b}.weight"]
             t[f"{dst}.{a}.bias"] = sd[f"{src}.{b}.bias"]
     torch.save({"model": t, "epoch": 99}, path)
@@ -77,8 +93,9 @@ def test_google_npz_round_trip_gives_identical_logits(tmp_path):
     loaded = load_google_npz(tmp_path / "ViT-T.npz", image_size=8)
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(pixel_values=x).logits, model(pixel_values=x).logits,
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            loaded(pixel_values=x).logits, model(pixel_values=x).logits, rtol=1e-5, atol=1e-6
+        )
     assert loaded.config.num_attention_heads == 2 and loaded.config.intermediate_size == 24
 
 
@@ -90,8 +107,12 @@ def test_google_npz_with_resized_grid_matches_scipy_zoom(tmp_path):
     grid = pos[0, 1:].reshape(4, 4, -1)
     zoomed = ndimage.zoom(grid, (2 / 4, 2 / 4, 1), order=1).reshape(1, 4, -1)  # the official code
     expected_pos = np.concatenate([pos[:, :1], zoomed], axis=1)
-    torch.testing.assert_close(loaded.vit.embeddings.position_embeddings.detach().double(),
-                               torch.from_numpy(expected_pos), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        loaded.vit.embeddings.position_embeddings.detach().double(),
+        torch.from_numpy(expected_pos),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     # a reference model at 8 px carrying the zoomed grid gives the same logits
     reference = _google_like_vit(image=8)
     state = {k: v for k, v in model.state_dict().items() if "position_embeddings" not in k}
@@ -100,8 +121,9 @@ def test_google_npz_with_resized_grid_matches_scipy_zoom(tmp_path):
         reference.vit.embeddings.position_embeddings.copy_(torch.from_numpy(expected_pos).float())
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(pixel_values=x).logits,
-                                   reference(pixel_values=x).logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            loaded(pixel_values=x).logits, reference(pixel_values=x).logits, rtol=1e-5, atol=1e-6
+        )
 
 
 def test_resize_is_bilinear_upsampling_too():
@@ -119,8 +141,12 @@ def test_mae_pth_round_trip_gives_identical_logits(tmp_path, twice):
     loaded = load_mae_pth(tmp_path / "mae.pth", image_size=8, fc_norm_twice=twice, num_heads=2)
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(pixel_values=x), model(pixel_values=x), rtol=1e-5, atol=1e-6)
-        other = load_mae_pth(tmp_path / "mae.pth", image_size=8, fc_norm_twice=not twice, num_heads=2)
+        torch.testing.assert_close(
+            loaded(pixel_values=x), model(pixel_values=x), rtol=1e-5, atol=1e-6
+        )
+        other = load_mae_pth(
+            tmp_path / "mae.pth", image_size=8, fc_norm_twice=not twice, num_heads=2
+        )
         assert not torch.allclose(other(pixel_values=x), model(pixel_values=x))
 
 

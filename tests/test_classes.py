@@ -5,9 +5,17 @@ import json
 import numpy as np
 import pytest
 
-from neuronpath.analysis.classes import (class_paths, cosine_similarity, group_coherence,
-                                intra_class_clustering, kde_mode, modal_neurons,
-                                most_and_least_similar, neuron_counts, utilisation)
+from neuronpath.analysis.classes import (
+    class_paths,
+    cosine_similarity,
+    group_coherence,
+    intra_class_clustering,
+    kde_mode,
+    modal_neurons,
+    most_and_least_similar,
+    neuron_counts,
+    utilisation,
+)
 from neuronpath.cli import main
 
 
@@ -16,10 +24,24 @@ def records():
     out = []
     for label, (name, paths) in enumerate(rows.items()):
         for i, path in enumerate(paths):
-            out.append({"image": f"{name}/{i}.png", "label": label, "label_name": name,
-                        "method": "jas", "path": path})
-            out.append({"image": f"{name}/{i}.png", "label": label, "label_name": name,
-                        "method": "activation", "path": [0, 0]})
+            out.append(
+                {
+                    "image": f"{name}/{i}.png",
+                    "label": label,
+                    "label_name": name,
+                    "method": "jas",
+                    "path": path,
+                }
+            )
+            out.append(
+                {
+                    "image": f"{name}/{i}.png",
+                    "label": label,
+                    "label_name": name,
+                    "method": "activation",
+                    "path": [0, 0],
+                }
+            )
     return out
 
 
@@ -33,8 +55,9 @@ def test_utilisation_modal_similarity_and_lists_equal_hand_values():
     np.testing.assert_allclose(m.sum(axis=2), 1)
     assert modal_neurons(neuron_counts(cp)).tolist() == [[0, 2], [3, 3], [0, 1]]
     s = cosine_similarity(m)
-    np.testing.assert_allclose(s, [[1, 0, 3 / np.sqrt(20)], [0, 1, 0], [3 / np.sqrt(20), 0, 1]],
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        s, [[1, 0, 3 / np.sqrt(20)], [0, 1, 0], [3 / np.sqrt(20), 0, 1]], atol=1e-12
+    )
     lists = most_and_least_similar(s, fraction=0.5)
     assert lists[0] == {"top": [(2, pytest.approx(3 / np.sqrt(20)))], "bottom": [(1, 0.0)]}
     assert lists[1] == {"top": [(0, 0.0)], "bottom": [(0, 0.0)]}  # tie -> lower index, no self
@@ -50,10 +73,9 @@ def test_intra_class_clustering_equals_hand_count():
 
 
 def test_group_coherence_and_permutation_p_value():
-    s = np.array([[1.0, 0.9, 0.1, 0.2],
-                  [0.9, 1.0, 0.3, 0.1],
-                  [0.1, 0.3, 1.0, 0.8],
-                  [0.2, 0.1, 0.8, 1.0]])
+    s = np.array(
+        [[1.0, 0.9, 0.1, 0.2], [0.9, 1.0, 0.3, 0.1], [0.1, 0.3, 1.0, 0.8], [0.2, 0.1, 0.8, 1.0]]
+    )
     result = group_coherence(s, ["x", "x", "y", "y"], permutations=20000, seed=1)
     assert result["within_mean"] == pytest.approx(0.85)
     assert result["between_mean"] == pytest.approx(0.175)
@@ -72,15 +94,49 @@ def test_kde_mode_and_its_degenerate_case():
 
 def test_classes_command_end_to_end(tiny_model_dir, image_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["-q", "find", "--model", str(tiny_model_dir), "--data", str(image_folder),
-                 "--out", str(run), "--steps", "3", "--device", "cpu",
-                 "--methods", "jas,knowledge"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "find",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(image_folder),
+                "--out",
+                str(run),
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "--methods",
+                "jas,knowledge",
+            ]
+        )
+        == 0
+    )
     groups = tmp_path / "groups.tsv"
     groups.write_text("cat\tpet\ndog\tpet\nfish\tother\n")
     names = tmp_path / "names.tsv"
     names.write_text("cat\tHouse cat\ndog\tDog\nfish\tFish\n")
-    assert main(["classes", str(run), "--groups", str(groups), "--class-names", str(names),
-                 "--plot-classes", "cat,fish", "--kde-mode", "--permutations", "200"]) == 0
+    assert (
+        main(
+            [
+                "classes",
+                str(run),
+                "--groups",
+                str(groups),
+                "--class-names",
+                str(names),
+                "--plot-classes",
+                "cat,fish",
+                "--kde-mode",
+                "--permutations",
+                "200",
+            ]
+        )
+        == 0
+    )
     out = run / "classes-jas"
     for name in ("figure4", "similarity", "figure5", "figure2"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
@@ -106,7 +162,10 @@ def test_classes_command_end_to_end(tiny_model_dir, image_folder, tmp_path, caps
 def test_violin_figure_with_a_layer_where_every_image_agrees(tmp_path):
     from neuronpath.report.figures import neuron_violins
 
-    paths = {"one image": np.array([[3, 5, 7]]), "agree": np.array([[1, 4, 9], [1, 6, 9], [1, 2, 9]])}
+    paths = {
+        "one image": np.array([[3, 5, 7]]),
+        "agree": np.array([[1, 4, 9], [1, 6, 9], [1, 2, 9]]),
+    }
     modes = {"one image": np.array([3, 5, 7]), "agree": np.array([1, 2, 9])}
     png, _ = neuron_violins(paths, modes, 12, tmp_path / "violins")
     assert png.read_bytes()[:4] == b"\x89PNG"

@@ -1,12 +1,10 @@
 """``neuronpath find`` end to end on generated images: records, resume, kills, bad input."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +14,25 @@ from neuronpath.io.store import RECORDS, read_manifest, read_records
 
 
 def find(model, data, out, *extra):
-    return main(["-q", "find", "--model", str(model), "--data", str(data), "--out", str(out),
-                 "--steps", "4", "--batch-size", "2", "--device", "cpu", *extra])
+    return main(
+        [
+            "-q",
+            "find",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
 
 
 def by_key(records):
@@ -89,16 +104,28 @@ def test_bad_arguments_get_clear_errors(tiny_model_dir, image_folder, tmp_path, 
     assert "--batch-size: expected a positive integer" in capsys.readouterr().err
     assert find(tiny_model_dir, image_folder, tmp_path / "run", "--methods", "jas,bogus") == 2
     assert "--methods: unknown ['bogus']" in capsys.readouterr().err
-    assert find(tiny_model_dir, image_folder, tmp_path / "run", "--methods", "activation",
-                "--rerank", "4") == 2  # an option of a method that is not run would do nothing
-    assert "--rerank: an option of method jas, which is not among --methods" in \
-        capsys.readouterr().err
+    assert (
+        find(
+            tiny_model_dir,
+            image_folder,
+            tmp_path / "run",
+            "--methods",
+            "activation",
+            "--rerank",
+            "4",
+        )
+        == 2
+    )  # an option of a method that is not run would do nothing
+    assert (
+        "--rerank: an option of method jas, which is not among --methods" in capsys.readouterr().err
+    )
     assert main(["summary", str(tmp_path / "nothing")]) == 2
     assert "not a neuronpath run" in capsys.readouterr().err
 
 
-def test_find_logs_and_stores_where_the_neuron_is_read(tiny_model_dir, image_folder, tmp_path,
-                                                       caplog):
+def test_find_logs_and_stores_where_the_neuron_is_read(
+    tiny_model_dir, image_folder, tmp_path, caplog
+):
     caplog.set_level("INFO", logger="neuronpath")
     assert find(tiny_model_dir, image_folder, tmp_path / "run") == 0
     assert any("each neuron is read at token cls: " in r.getMessage() for r in caplog.records)
@@ -117,11 +144,27 @@ def test_killed_process_resumes_to_the_same_records(tmp_path):
     """SIGKILL a real ``neuronpath find`` mid-run, re-run it, compare with an uninterrupted run."""
     model = save_tiny_model(tmp_path / "model", layers=6, hidden=32, ffn=48)
     data = make_image_folder(tmp_path / "images", per_class=40)
-    args = [sys.executable, "-m", "neuronpath.cli", "-q", "find", "--model", str(model),
-            "--data", str(data), "--steps", "20", "--batch-size", "1", "--device", "cpu"]
+    args = [
+        sys.executable,
+        "-m",
+        "neuronpath.cli",
+        "-q",
+        "find",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--steps",
+        "20",
+        "--batch-size",
+        "1",
+        "--device",
+        "cpu",
+    ]
     run = tmp_path / "run"
-    process = subprocess.Popen(args + ["--out", str(run)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        args + ["--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         path = run / RECORDS
@@ -133,10 +176,15 @@ def test_killed_process_resumes_to_the_same_records(tmp_path):
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     partial = by_key(read_records(run))
     assert 4 <= len(partial) < 240
-    subprocess.run(args + ["--out", str(run)], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    subprocess.run(args + ["--out", str(tmp_path / "reference")], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        args + ["--out", str(run)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    subprocess.run(
+        args + ["--out", str(tmp_path / "reference")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     resumed = read_records(run)
     reference = by_key(read_records(tmp_path / "reference"))
     assert len(resumed) == len(by_key(resumed)) == len(reference) == 240
@@ -164,8 +212,10 @@ def test_demo_command_uses_the_cached_builtin_model(tmp_path, monkeypatch, capsy
 
 def test_all_methods_and_topk_records(tiny_model_dir, image_folder, tmp_path, capsys):
     methods = "jas,activation,influence-pattern,knowledge"
-    assert find(tiny_model_dir, image_folder, tmp_path / "run", "--methods", methods,
-                "--limit", "3") == 0
+    assert (
+        find(tiny_model_dir, image_folder, tmp_path / "run", "--methods", methods, "--limit", "3")
+        == 0
+    )
     records = read_records(tmp_path / "run")
     assert sorted({r["method"] for r in records}) == sorted(methods.split(","))
     knowledge = [r for r in records if r["method"] == "knowledge"]
@@ -174,8 +224,20 @@ def test_all_methods_and_topk_records(tiny_model_dir, image_folder, tmp_path, ca
     assert main(["summary", str(tmp_path / "run")]) == 0
     assert "knowledge neurons per layer" in capsys.readouterr().out
 
-    assert find(tiny_model_dir, image_folder, tmp_path / "topk", "--topk", "2",
-                "--topk-mode", "official", "--limit", "2") == 0
+    assert (
+        find(
+            tiny_model_dir,
+            image_folder,
+            tmp_path / "topk",
+            "--topk",
+            "2",
+            "--topk-mode",
+            "official",
+            "--limit",
+            "2",
+        )
+        == 0
+    )
     records = read_records(tmp_path / "topk")
     assert all(len(r["path"]) == 3 and len(r["path"][0]) == 2 for r in records)
     assert read_manifest(tmp_path / "topk")["settings"]["options"]["jas"]["topk_mode"] == "official"

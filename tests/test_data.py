@@ -90,7 +90,8 @@ def test_preprocess_matches_hand_computation():
 def test_official_preprocess_and_shortest_edge_crop():
     official = Preprocess.official(224)
     assert official.resize == (224, 224) and official.mean == (0.485, 0.456, 0.406)
-    prep = Preprocess("model", None, 8, (8, 8), 2, 1 / 255, (0.485, 0.456, 0.406),
-                      (0.229, 0.224, 0.225))
+    prep = Preprocess(
+        "model", None, 8, (8, 8), 2, 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    )
     out = prep(Image.new("RGB", (30, 15)))
     assert out.shape == (3, 8, 8)

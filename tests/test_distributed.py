@@ -22,11 +22,20 @@ FIND = ["find", "--steps", "3", "--device", "cpu", "--methods", "jas,activation"
 
 
 def torchrun(ranks: int, args: list[str], **kwargs) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={ranks}", "-m", "neuronpath.cli", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        "-m",
+        "neuronpath.cli",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, **kwargs)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
@@ -69,22 +78,47 @@ def test_find_and_evaluate_under_two_ranks_equal_one_process(setup, tmp_path):
 
     two, one = tmp_path / "two", tmp_path / "one"
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    assert [(r["image"], r["method"]) for r in read_records(two)] == \
-        [(r["image"], r["method"]) for r in read_records(one)]  # the same order too
+    assert [(r["image"], r["method"]) for r in read_records(two)] == [
+        (r["image"], r["method"]) for r in read_records(one)
+    ]  # the same order too
     assert_same_records(two, one)
-    assert read_manifest(two)["skipped"].keys() == read_manifest(one)["skipped"].keys() == \
-        {"cat/zz-broken.png"}
+    assert (
+        read_manifest(two)["skipped"].keys()
+        == read_manifest(one)["skipped"].keys()
+        == {"cat/zz-broken.png"}
+    )
 
-    code, out, err = finish(torchrun(2, ["-q", "evaluate", str(two), "--device", "cpu",
-                                         "--bootstrap", "20", "--batch-size", "3", "--causal"]))
+    code, out, err = finish(
+        torchrun(
+            2,
+            [
+                "-q",
+                "evaluate",
+                str(two),
+                "--device",
+                "cpu",
+                "--bootstrap",
+                "20",
+                "--batch-size",
+                "3",
+                "--causal",
+            ],
+        )
+    )
     assert code == 0, err
-    assert main(["-q", "evaluate", str(one), "--device", "cpu", "--bootstrap", "20",
-                 "--causal"]) == 0
-    assert_same_records(two / "evaluation", one / "evaluation",
-                        keys=("path", "base_pred", "remove_pred", "enhance_pred"))
+    assert (
+        main(["-q", "evaluate", str(one), "--device", "cpu", "--bootstrap", "20", "--causal"]) == 0
+    )
+    assert_same_records(
+        two / "evaluation",
+        one / "evaluation",
+        keys=("path", "base_pred", "remove_pred", "enhance_pred"),
+    )
     assert_same_records(two / "causal", one / "causal", keys=("path",))
-    assert_close_tree(json.loads((two / "causal" / "metrics.json").read_text()),
-                      json.loads((one / "causal" / "metrics.json").read_text()))
+    assert_close_tree(
+        json.loads((two / "causal" / "metrics.json").read_text()),
+        json.loads((one / "causal" / "metrics.json").read_text()),
+    )
     assert (two / "evaluation" / "metrics.json").is_file()
     assert not list(two.glob("**/*.rank*"))  # shards and progress files merged and removed
 
@@ -141,15 +175,16 @@ def test_background_decoding_workers_give_the_same_records_and_skip_bad_images(s
     common = [*FIND, "--model", str(model), "--data", str(data), "--batch-size", "3"]
     assert main(["-q", *common, "--out", str(tmp_path / "w0"), "--workers", "0"]) == 0
     assert main(["-q", *common, "--out", str(tmp_path / "w2"), "--workers", "2"]) == 0
-    assert [(r["image"], r["method"], r["path"]) for r in read_records(tmp_path / "w2")] == \
-        [(r["image"], r["method"], r["path"]) for r in read_records(tmp_path / "w0")]
+    assert [(r["image"], r["method"], r["path"]) for r in read_records(tmp_path / "w2")] == [
+        (r["image"], r["method"], r["path"]) for r in read_records(tmp_path / "w0")
+    ]
     assert read_manifest(tmp_path / "w2")["skipped"].keys() == {"cat/zz-broken.png"}
 
 
 def _page_data(page: Path) -> dict:
     text = page.read_text()
     start = text.index('id="data">') + len('id="data">')
-    return json.loads(text[start:text.index("</script>", start)])
+    return json.loads(text[start : text.index("</script>", start)])
 
 
 def test_report_under_two_ranks_equals_one_process(setup, tmp_path):
@@ -176,15 +211,31 @@ def test_prune_under_two_ranks_equals_one_process(setup, tmp_path):
     """The ranks share the probe paths and the pruning grid; the main rank's results equal a
     single process's, and the corrupt image is reported once."""
     model, data = setup
-    args = ["prune", "--model", str(model), "--data", str(data), "--keep", "1,2",
-            "--mask", "0.5,1", "--steps", "3", "--device", "cpu", "--bootstrap", "50"]
+    args = [
+        "prune",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--keep",
+        "1,2",
+        "--mask",
+        "0.5,1",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--bootstrap",
+        "50",
+    ]
     code, out, err = finish(torchrun(2, ["-q", *args, "--out", str(tmp_path / "two")]))
     assert code == 0, err
     assert err.count("zz-broken.png: cannot read image") == 1
     assert out.count("results.json") == 1  # only the main rank prints the table
     assert main(["-q", *args, "--out", str(tmp_path / "one")]) == 0
-    two, one = (json.loads((tmp_path / name / "results.json").read_text())
-                for name in ("two", "one"))
+    two, one = (
+        json.loads((tmp_path / name / "results.json").read_text()) for name in ("two", "one")
+    )
     for key in ("split", "kept", "test_images"):
         assert two[key] == one[key], key
     for key in ("results", "comparisons"):  # float32 sums over other batches: equal to 1e-6

@@ -12,14 +12,21 @@ from torch import nn
 
 import literal
 from conftest import make_image_folder
-from families import (EXPECTED_READOUT, FAMILIES, ZERO_SHOT, build, image_size, save_family,
-                      save_tokenizer)
+from families import (
+    EXPECTED_READOUT,
+    FAMILIES,
+    ZERO_SHOT,
+    build,
+    image_size,
+    save_family,
+    save_tokenizer,
+)
 from neuronpath.cli import main
 from neuronpath.engine.adapter import ModelAdapter
 from neuronpath.engine.attribution import AttributionConfig, clean_pass
 from neuronpath.engine.interventions import scale_neurons
-from neuronpath.engine.tokens import TokenPolicy
 from neuronpath.engine.readout import probe
+from neuronpath.engine.tokens import TokenPolicy
 from neuronpath.errors import ModelLoadError
 from neuronpath.io.store import read_manifest, read_records
 from neuronpath.methods import find_paths
@@ -41,8 +48,9 @@ def _load(folders, family, **kwargs):
 
 def _pixels(family, n=4, seed=1):
     size = image_size(family)
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed),
-                       dtype=torch.float64)
+    return torch.randn(
+        n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
 
 
 def _read_positions(adapter, x):
@@ -110,8 +118,26 @@ def test_find_evaluate_classes_prune_end_to_end(folders, family, tmp_path):
     assert (run / "classes-jas" / "utilisation.npz").is_file()
     assert main(["-q", "report", str(run), "--device", "cpu", "--images", "3", "--cards", "2"]) == 0
     assert (run / "report" / "index.html").is_file()
-    assert main(["-q", "prune", *common, "--out", str(tmp_path / "prune"), "--keep", "1,2",
-                 "--mask", "1.0", "--steps", str(STEPS), "--bootstrap", "20"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "prune",
+                *common,
+                "--out",
+                str(tmp_path / "prune"),
+                "--keep",
+                "1,2",
+                "--mask",
+                "1.0",
+                "--steps",
+                str(STEPS),
+                "--bootstrap",
+                "20",
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "prune" / "results.json").read_text())
     assert results["widths"] == manifest["model"]["widths"]
 
@@ -128,18 +154,21 @@ def test_swin_blocks_have_their_own_widths_and_token_counts(folders):
 def test_swin_paths_and_final_jas_equal_the_literal_pooled_loop():
     model = build("swin", seed=3)
     names = [n for n, _ in model.named_modules() if n.endswith("mlp.activation_fn")]
-    adapter = ModelAdapter(model, names, forward=lambda x: model(pixel_values=x),
-                           input_shape=(3, 16, 16))
+    adapter = ModelAdapter(
+        model, names, forward=lambda x: model(pixel_values=x), input_shape=(3, 16, 16)
+    )
     assert adapter.token.name == "all" and "gradient probe" in adapter.readout.reason
     x, y = _pixels("swin", 2, seed=5), torch.tensor([2, 0])
-    result = find_paths(adapter, x, y, ["jas", "activation", "knowledge"],
-                        AttributionConfig(steps=STEPS))
+    result = find_paths(
+        adapter, x, y, ["jas", "activation", "knowledge"], AttributionConfig(steps=STEPS)
+    )
     for b in range(2):
-        x1, label = x[b:b + 1], int(y[b])
+        x1, label = x[b : b + 1], int(y[b])
         jas = literal.pooled_jas_path(model, x1, label, STEPS)
         assert result.paths["jas"][b].tolist() == jas
         assert result.scores["jas"][b].item() == pytest.approx(
-            literal.pooled_final_jas(model, x1, label, jas, STEPS), rel=1e-9)
+            literal.pooled_final_jas(model, x1, label, jas, STEPS), rel=1e-9
+        )
         assert result.paths["activation"][b].tolist() == literal.pooled_activation_path(model, x1)
     # knowledge: per-layer argmax within each layer's own width; top-5 never names a missing neuron
     widths = adapter.widths()
@@ -156,8 +185,9 @@ def test_zero_shot_logits_are_the_models_own(folders, family):
     model = transformers.AutoModel.from_pretrained(str(folders[family])).double().eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folders[family]))
     texts = [f"a photo of a {n}." for n in ("cat", "dog", "fish")]
-    padding = {"padding": "max_length", "max_length": 16} if "siglip" in family \
-        else {"padding": True}
+    padding = (
+        {"padding": "max_length", "max_length": 16} if "siglip" in family else {"padding": True}
+    )
     tokens = tokenizer(texts, return_tensors="pt", **padding)
     if "siglip" in family:
         tokens.pop("attention_mask")
@@ -169,8 +199,20 @@ def test_zero_shot_logits_are_the_models_own(folders, family):
 
 def test_a_contrastive_model_without_classes_is_refused_in_one_line(folders, tmp_path, capsys):
     data = make_image_folder(tmp_path / "images", per_class=1)
-    assert main(["find", "--model", str(folders["clip-zero-shot"]), "--data", str(data),
-                 "--out", str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            [
+                "find",
+                "--model",
+                str(folders["clip-zero-shot"]),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "CLIPModel" in err and "--classes FILE" in err
 
@@ -190,15 +232,31 @@ def test_a_classifier_head_missing_from_the_checkpoint_is_refused(tmp_path):
 
 
 def test_a_token_override_the_head_cannot_read_is_refused(folders, tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"'cls' includes positions 0 .* reads the mean of the patch"):
+    with pytest.raises(
+        ValueError, match=r"'cls' includes positions 0 .* reads the mean of the patch"
+    ):
         _load(folders, "beit", token="cls")
     narrowed = _load(folders, "swin", token="0")  # the last stage narrowed; earlier stages all
     assert narrowed.token.name == "index:0" and narrowed.token_at(0).name == "all"
     with pytest.raises(ValueError, match="needs token positions up to 99"):
         _load(folders, "swin", token="99")
     data = make_image_folder(tmp_path / "images", per_class=1)
-    assert main(["find", "--model", str(folders["clip-classifier"]), "--data", str(data),
-                 "--out", str(tmp_path / "run"), "--token", "cls"]) == 2
+    assert (
+        main(
+            [
+                "find",
+                "--model",
+                str(folders["clip-classifier"]),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "run"),
+                "--token",
+                "cls",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "CLIPForImageClassification" in err
     assert _load(folders, "dinov2-registers", token="cls").token.name == "cls"  # a subset is fine
@@ -210,8 +268,9 @@ class PickyHead(nn.Module):
     def __init__(self):
         super().__init__()
         self.embed = nn.Linear(3, 6)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 6))
-                                    for _ in range(2))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 6)) for _ in range(2)
+        )
         self.head = nn.Linear(12, 3)
 
     def forward(self, x):  # x: (B, 3, 1, 5) -> 5 tokens
@@ -236,8 +295,12 @@ def test_a_family_table_that_disagrees_with_the_probe_is_logged_not_fatal(caplog
     """A wrong family entry (here: CLS for a model whose head reads tokens 1 and 3) is named in
     a warning; the probe's positions are read."""
     model = PickyHead().double()
-    adapter = ModelAdapter(model, ["blocks.0.1", "blocks.1.1"], input_shape=(3, 1, 5),
-                           family_readout=(TokenPolicy.cls(), "the CLS token"))
+    adapter = ModelAdapter(
+        model,
+        ["blocks.0.1", "blocks.1.1"],
+        input_shape=(3, 1, 5),
+        family_readout=(TokenPolicy.cls(), "the CLS token"),
+    )
     assert adapter.token.name == "positions:1,3"
     assert "family table says the head reads the CLS token" in caplog.text
 
@@ -270,7 +333,7 @@ def test_raster_maps_put_each_patch_where_the_image_has_it(folders, family):
     assert layout.kind == "grid" and layout.order is None
     assert layout.prefix + layout.height * layout.width == found.tokens[0]
     tokens = torch.arange(found.tokens[0], dtype=torch.float64)
-    assert torch.equal(layout.image_map(tokens).flatten(), tokens[layout.prefix:])
+    assert torch.equal(layout.image_map(tokens).flatten(), tokens[layout.prefix :])
 
 
 def test_zero_shot_prompt_and_tokenizer_errors(folders, tmp_path):

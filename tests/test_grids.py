@@ -23,10 +23,13 @@ def test_weights_sum_to_one_and_points_in_unit_interval(name):
 
 
 def test_quadrature_orders():
-    f = lambda a: 5 * np.asarray(a) ** 4  # integral over [0, 1] is 1
+    def f(a):
+        return 5 * np.asarray(a) ** 4  # integral over [0, 1] is 1
+
     def integrate(name, m):
         g = alpha_grid(name, m)
         return float(np.dot(g.weights, f(g.points)))
+
     assert integrate("gauss-legendre", 3) == pytest.approx(1.0, abs=1e-12)  # exact to degree 5
     assert abs(integrate("midpoint", 50) - 1) < abs(integrate("left", 50) - 1)
     assert abs(integrate("trapezoid", 50) - 1) < abs(integrate("right", 50) - 1)

@@ -19,7 +19,10 @@ def test_local_folder_loads_with_its_preprocessing_and_labels(tiny_model_dir):
     assert tuple(adapter.preprocess.mean) == (0.5, 0.5, 0.5)
     assert adapter.preprocess(Image.new("RGB", (13, 7))).shape == (3, 8, 8)
     official = load_model(str(tiny_model_dir), preprocess="official")
-    assert official.preprocess.mean == (0.485, 0.456, 0.406) and official.preprocess.resize == (8, 8)
+    assert official.preprocess.mean == (0.485, 0.456, 0.406) and official.preprocess.resize == (
+        8,
+        8,
+    )
 
 
 def test_folder_without_processor_config_falls_back_to_official(tiny_model_dir, caplog):

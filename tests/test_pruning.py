@@ -8,12 +8,16 @@ import torch
 
 import literal
 from conftest import assert_close_tree, tiny_vit
-from neuronpath.models.huggingface import from_hf_model
+from neuronpath.analysis.pruning import (
+    keep_by_frequency,
+    keep_by_slot_mode,
+    prune_multipliers,
+    split_probe_test,
+)
 from neuronpath.cli import main
-from neuronpath.analysis.pruning import (keep_by_frequency, keep_by_slot_mode, prune_multipliers,
-                                         split_probe_test)
-from neuronpath.methods.controls import random_keep
 from neuronpath.engine.editing import pruned_predictions
+from neuronpath.methods.controls import random_keep
+from neuronpath.models.huggingface import from_hf_model
 
 
 def test_split_is_deterministic_disjoint_and_per_class():
@@ -66,13 +70,15 @@ def test_engine_equals_literal_masked_forward_and_batch_size_does_not_matter():
     torch.testing.assert_close(probs, probs1, rtol=1e-12, atol=1e-15)
     assert torch.equal(preds, preds1)
     for b in range(3):
-        p = literal.probs_with_cls_multiplied(model, x[b:b + 1], rows[b])
+        p = literal.probs_with_cls_multiplied(model, x[b : b + 1], rows[b])
         assert probs[b].item() == pytest.approx(p[y[b]].item(), rel=1e-10)
         assert preds[b].item() == int(p.argmax())
     # p = 0, or p = 1 keeping every neuron, is the unpruned model
     base, _ = pruned_predictions(adapter, x, y, [{}] * 3, 12)
     none = [prune_multipliers(f"img{b}", 0, [[1]] * 3, 12, 0.0, 3) for b in range(3)]
-    keep_all = [prune_multipliers(f"img{b}", 0, [list(range(12))] * 3, 12, 1.0, 3) for b in range(3)]
+    keep_all = [
+        prune_multipliers(f"img{b}", 0, [list(range(12))] * 3, 12, 1.0, 3) for b in range(3)
+    ]
     torch.testing.assert_close(pruned_predictions(adapter, x, y, none, 12)[0], base)
     torch.testing.assert_close(pruned_predictions(adapter, x, y, keep_all, 12)[0], base)
     assert not torch.allclose(probs, base)
@@ -83,9 +89,33 @@ def test_prune_command_end_to_end(tiny_model_dir, tmp_path, capsys):
 
     data = make_image_folder(tmp_path / "images", per_class=5)
     out = tmp_path / "prune"
-    assert main(["-q", "prune", "--model", str(tiny_model_dir), "--data", str(data),
-                 "--out", str(out), "--keep", "1,2,12", "--mask", "0,0.5,1", "--depth", "1,3",
-                 "--steps", "3", "--device", "cpu", "--table-keep", "2"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "prune",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--keep",
+                "1,2,12",
+                "--mask",
+                "0,0.5,1",
+                "--depth",
+                "1,3",
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "--table-keep",
+                "2",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "results.json").read_text())
     results, base = report["results"], report["results"]["unpruned"]
     assert report["test_images"] == 3  # one of five per class
@@ -96,8 +126,25 @@ def test_prune_command_end_to_end(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["summary", str(out)]) == 2  # a prune folder points at its find run
     assert f"its probe paths are the find run {out / 'find'}" in capsys.readouterr().err
-    assert main(["-q", "find", "--model", str(tiny_model_dir), "--data", str(data), "--out",
-                 str(out), "--steps", "3", "--device", "cpu"]) == 2  # no find run inside it
+    assert (
+        main(
+            [
+                "-q",
+                "find",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )  # no find run inside it
     assert "is a prune run folder" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
     assert "| depth d |" in (out / "table3.md").read_text()
@@ -105,10 +152,26 @@ def test_prune_command_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert len(kept) == 3 and all(len(layer) == 2 for layer in kept)
     assert set(report["split"].values()) == {"probe", "test"}
     capsys.readouterr()
-    assert main(["-q", "prune", "--model", str(tiny_model_dir), "--data", str(data), "--out",
-                 str(tmp_path / "x"), "--methods", "jas,bogus"]) == 2  # registry, not strings
-    assert "--methods: unknown ['bogus']; expected some of jas, activation" in \
-        capsys.readouterr().err
+    assert (
+        main(
+            [
+                "-q",
+                "prune",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "x"),
+                "--methods",
+                "jas,bogus",
+            ]
+        )
+        == 2
+    )  # registry, not strings
+    assert (
+        "--methods: unknown ['bogus']; expected some of jas, activation" in capsys.readouterr().err
+    )
 
 
 def test_a_reused_find_run_must_match_the_prune_runs_inputs(tiny_model_dir, tmp_path, capsys):
@@ -119,21 +182,70 @@ def test_a_reused_find_run_must_match_the_prune_runs_inputs(tiny_model_dir, tmp_
 
     data = make_image_folder(tmp_path / "images", per_class=5)
     found = tmp_path / "found"
-    assert main(["-q", "find", "--model", str(tiny_model_dir), "--data", str(data),
-                 "--out", str(found), "--methods", "jas,activation", "--topk", "2",
-                 "--steps", "3", "--device", "cpu", "--preprocess", "official",
-                 "--labels", "sorted-folders"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "find",
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(data),
+                "--out",
+                str(found),
+                "--methods",
+                "jas,activation",
+                "--topk",
+                "2",
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "--preprocess",
+                "official",
+                "--labels",
+                "sorted-folders",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    prune = ["-q", "prune", "--model", str(tiny_model_dir), "--data", str(data),
-             "--keep", "1,2", "--mask", "1", "--device", "cpu", "--find-run", str(found)]
+    prune = [
+        "-q",
+        "prune",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(data),
+        "--keep",
+        "1,2",
+        "--mask",
+        "1",
+        "--device",
+        "cpu",
+        "--find-run",
+        str(found),
+    ]
     assert main(prune + ["--out", str(tmp_path / "p1")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "other inputs" in err
     assert "preprocess: official" in err
     assert "labels: 'sorted-folders' there, 'label2id' here" in err
     assert not (tmp_path / "p1" / "results.json").exists()
-    assert main(prune + ["--out", str(tmp_path / "p2"), "--preprocess", "official",
-                         "--labels", "sorted-folders"]) == 0
+    assert (
+        main(
+            prune
+            + [
+                "--out",
+                str(tmp_path / "p2"),
+                "--preprocess",
+                "official",
+                "--labels",
+                "sorted-folders",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "p2" / "results.json").read_text())
     assert report["find_run"] == str(found)
     # the search settings recorded are the find run's, not prune's own defaults
@@ -150,28 +262,52 @@ def test_a_reused_find_run_must_match_the_prune_runs_inputs(tiny_model_dir, tmp_
 
 
 def test_prune_streams_the_test_images_in_chunks_without_changing_a_number(
-        tiny_model_dir, tmp_path, monkeypatch):
+    tiny_model_dir, tmp_path, monkeypatch
+):
     """The test images are evaluated a batch at a time (ImageNet-scale test sets do not fit in
     memory at once); batches of 2 give exactly the numbers of one batch."""
     import neuronpath.experiments.prune as prune
     from conftest import make_image_folder
 
     data = make_image_folder(tmp_path / "images", per_class=10)
-    args = ["-q", "prune", "--model", str(tiny_model_dir), "--data", str(data), "--keep", "1,3",
-            "--mask", "0.5,1", "--depth", "2,3", "--steps", "3", "--device", "cpu"]
+    args = [
+        "-q",
+        "prune",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(data),
+        "--keep",
+        "1,3",
+        "--mask",
+        "0.5,1",
+        "--depth",
+        "2,3",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+    ]
     assert main(args + ["--out", str(tmp_path / "whole")]) == 0
     monkeypatch.setattr(prune, "GRID_BATCH", 2)
-    assert main(args + ["--out", str(tmp_path / "chunked"),
-                        "--find-run", str(tmp_path / "whole" / "find")]) == 0
-    whole, chunked = (json.loads((tmp_path / name / "results.json").read_text())
-                      for name in ("whole", "chunked"))
+    assert (
+        main(
+            args
+            + ["--out", str(tmp_path / "chunked"), "--find-run", str(tmp_path / "whole" / "find")]
+        )
+        == 0
+    )
+    whole, chunked = (
+        json.loads((tmp_path / name / "results.json").read_text()) for name in ("whole", "chunked")
+    )
     assert whole["test_images"] == chunked["test_images"] == 6
     assert_close_tree(chunked["results"], whole["results"])
     assert_close_tree(chunked["comparisons"], whole["comparisons"])
 
 
 def test_an_interrupted_pruning_grid_resumes_without_redoing_finished_images(
-        tiny_model_dir, tmp_path, monkeypatch):
+    tiny_model_dir, tmp_path, monkeypatch
+):
     """The grid is a run folder (OUT/grid): an interrupted prune keeps the test images it had
     finished, and the re-run computes only the others, to the same numbers."""
     import neuronpath.experiments.prune as prune
@@ -183,8 +319,11 @@ def test_an_interrupted_pruning_grid_resumes_without_redoing_finished_images(
     from neuronpath.engine.attribution import AttributionConfig
     from neuronpath.experiments.common import Execution
 
-    common = dict(settings=PruneSettings(keep=[1, 3], mask=[0.5, 1.0], depth=[3]),
-                  config=AttributionConfig(steps=3), execution=Execution("cpu", progress=False))
+    common = dict(
+        settings=PruneSettings(keep=[1, 3], mask=[0.5, 1.0], depth=[3]),
+        config=AttributionConfig(steps=3),
+        execution=Execution("cpu", progress=False),
+    )
     reference = prune.run_prune(str(tiny_model_dir), data, tmp_path / "ref", **common)
     settings = 1 + 3 * 2 * 2  # unpruned + methods x keep x mask
     monkeypatch.setattr(prune, "GRID_BATCH", 2)
@@ -204,8 +343,9 @@ def test_an_interrupted_pruning_grid_resumes_without_redoing_finished_images(
     assert len(read_records(tmp_path / "run" / "grid")) == 2  # the first batch was kept
 
     calls.clear()
-    monkeypatch.setattr(prune, "pruned_predictions",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        prune, "pruned_predictions", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     resumed = prune.run_prune(str(tiny_model_dir), data, tmp_path / "run", **run)
     assert len(calls) == settings * 2  # the other 4 of 6 test images, in batches of 2
     assert resumed["test_images"] == reference["test_images"] == 6

@@ -20,7 +20,16 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_api_names_exist():
     import neuronpath
 
-    for name in ("AttributionConfig", "find_paths", "joint_attribution_score", "load_model",
-                 "read_records", "ModelAdapter", "ModelSpec", "JASOptions", "register",
-                 "PathMethod"):
+    for name in (
+        "AttributionConfig",
+        "find_paths",
+        "joint_attribution_score",
+        "load_model",
+        "read_records",
+        "ModelAdapter",
+        "ModelSpec",
+        "JASOptions",
+        "register",
+        "PathMethod",
+    ):
         assert hasattr(neuronpath, name)

@@ -32,8 +32,25 @@ def run(tmp_path_factory):
     model = save_tiny_model(root / "model", layers=3, ffn=12)
     data = make_image_folder(root / "images", per_class=4)
     out = root / "run"
-    assert main(["-q", "find", "--model", str(model), "--data", str(data), "--out", str(out),
-                 "--steps", "3", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "find",
+                "--model",
+                str(model),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -44,7 +61,9 @@ def full_run(run, tmp_path_factory):
     shutil.copytree(run, full)
     assert main(["-q", "evaluate", str(full), "--device", "cpu", "--bootstrap", "20"]) == 0
     assert main(["-q", "classes", str(full), "--permutations", "20"]) == 0
-    assert main(["-q", "report", str(full), "--images", "8", "--cards", "5", "--device", "cpu"]) == 0
+    assert (
+        main(["-q", "report", str(full), "--images", "8", "--cards", "5", "--device", "cpu"]) == 0
+    )
     return full
 
 
@@ -73,8 +92,10 @@ def test_path_details_and_cards_equal_a_literal_computation(full_run):
 
     def activations(image):  # literal: every layer's FFN hidden state (input of fc2), one image
         found = {}
-        hooks = [s.register_forward_pre_hook(lambda m, i, l=l: found.__setitem__(l, i[0][0].clone()))
-                 for l, s in enumerate(sites)]
+        hooks = [
+            s.register_forward_pre_hook(lambda m, i, l=l: found.__setitem__(l, i[0][0].clone()))
+            for l, s in enumerate(sites)
+        ]
         try:
             with torch.no_grad():
                 adapter.logits(adapter.preprocess(load_image(root / image))[None])
@@ -92,21 +113,38 @@ def test_path_details_and_cards_equal_a_literal_computation(full_run):
         for l, j in enumerate(path["neurons"]):  # the unit over the 2x2 patch grid
             grid = acts[l][1:, j]
             lo, hi = path["maps"][l]["lo"], path["maps"][l]["hi"]
-            assert (lo, hi) == pytest.approx((float(grid.min()), float(grid.max())), rel=1e-5,
-                                             abs=1e-6)
+            assert (lo, hi) == pytest.approx(
+                (float(grid.min()), float(grid.max())), rel=1e-5, abs=1e-6
+            )
     all_acts = {image: activations(image) for image in data["rows"]["id"]}
     for card in data["cards"]:  # the top images are the run's most activating ones
         l, j = card["layer"], card["neuron"]
         ranked = sorted(all_acts, key=lambda i: -float(all_acts[i][l][0, j]))
-        assert [t["image"] for t in card["top"]] == ranked[:len(card["top"])]
+        assert [t["image"] for t in card["top"]] == ranked[: len(card["top"])]
         chosen = sum(1 for r in records.values() if r["path"][l] == j)
         assert card["count"] == chosen
 
 
 def test_missing_parts_are_named_with_the_command_that_makes_them(run, tmp_path):
     out = tmp_path / "page.html"
-    assert main(["-q", "report", str(run), "--out", str(out), "--images", "2", "--cards", "2",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "report",
+                str(run),
+                "--out",
+                str(out),
+                "--images",
+                "2",
+                "--cards",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert f"neuronpath evaluate {run}" in text and f"neuronpath classes {run}" in text
     assert page_data(out)["rows"]["removed"] is None
@@ -116,8 +154,23 @@ def test_the_activation_pass_resumes_and_restarts_for_another_page(run, tmp_path
     def report(images):
         caplog.clear()
         with caplog.at_level("INFO", logger="neuronpath"):
-            assert main(["report", str(run), "--out", str(tmp_path / "a.html"), "--images",
-                         str(images), "--cards", "2", "--device", "cpu"]) == 0
+            assert (
+                main(
+                    [
+                        "report",
+                        str(run),
+                        "--out",
+                        str(tmp_path / "a.html"),
+                        "--images",
+                        str(images),
+                        "--cards",
+                        "2",
+                        "--device",
+                        "cpu",
+                    ]
+                )
+                == 0
+            )
         return re.search(r"(\d+) to do in the activation pass", caplog.text).group(1)
 
     assert report(3) == "12"
@@ -155,9 +208,17 @@ def _browser():
         pytest.skip("selenium is not installed (pip install -e '.[test]')")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(driver), options=options)
@@ -172,8 +233,12 @@ def test_the_live_page_in_headless_chromium(full_run):
         rows = browser.find_elements(By.CSS_SELECTOR, "#images tbody tr")
         images = {r["image"] for r in read_records(full_run)}
         assert {row.get_attribute("data-image") for row in rows} == images
-        first = next(r for r in rows if r.get_attribute("data-image") in
-                     page_data(full_run / "report" / "index.html")["details"])
+        first = next(
+            r
+            for r in rows
+            if r.get_attribute("data-image")
+            in page_data(full_run / "report" / "index.html")["details"]
+        )
         first.click()
         strips = browser.find_elements(By.CSS_SELECTOR, "#detail .path")
         assert [s.get_attribute("data-method") for s in strips] == ["jas", "activation"]
@@ -205,26 +270,51 @@ def test_a_50000_image_page_renders_one_page_of_rows_at_a_time(tmp_path):
     n = 50_000
     generator = torch.Generator().manual_seed(0)
     jas = torch.rand(n, generator=generator).tolist()
-    data = {"method": "jas", "methods": ["jas"], "classes": [f"class{i}" for i in range(1000)],
-            "layers": 12, "details": {}, "cards": [], "thumbs": {},
-            "rows": {"id": [f"c{i % 1000}/img{i}.JPEG" for i in range(n)],
-                     "label": [i % 1000 for i in range(n)], "pred": [0] * n,
-                     "predName": ["class0"] * n, "prob": [0.5] * n, "jas": {"jas": jas},
-                     "removed": None},
-            "capped": {"images": n, "details": 0, "neurons": 0, "cards": 0}}
-    overview = {"manifest": {"settings": {"model": "synthetic"}}, "summary": {}, "run": "RUN",
-                "evaluation": None, "classes": None, "prune": None, "method": "jas"}
+    data = {
+        "method": "jas",
+        "methods": ["jas"],
+        "classes": [f"class{i}" for i in range(1000)],
+        "layers": 12,
+        "details": {},
+        "cards": [],
+        "thumbs": {},
+        "rows": {
+            "id": [f"c{i % 1000}/img{i}.JPEG" for i in range(n)],
+            "label": [i % 1000 for i in range(n)],
+            "pred": [0] * n,
+            "predName": ["class0"] * n,
+            "prob": [0.5] * n,
+            "jas": {"jas": jas},
+            "removed": None,
+        },
+        "capped": {"images": n, "details": 0, "neurons": 0, "cards": 0},
+    }
+    overview = {
+        "manifest": {"settings": {"model": "synthetic"}},
+        "summary": {},
+        "run": "RUN",
+        "evaluation": None,
+        "classes": None,
+        "prune": None,
+        "method": "jas",
+    }
     page = write_page(tmp_path / "big.html", overview, data)
     browser = _browser()
     try:
         browser.get(page.as_uri() + "#explorer")
         assert len(browser.find_elements(By.CSS_SELECTOR, "#images tbody tr")) == 50
         assert "50000 images — page 1 of 1000" in browser.find_element(By.ID, "page-info").text
-        header = next(th for th in browser.find_elements(By.CSS_SELECTOR, "#images th")
-                      if th.text.startswith("JAS jas"))
+        header = next(
+            th
+            for th in browser.find_elements(By.CSS_SELECTOR, "#images th")
+            if th.text.startswith("JAS jas")
+        )
         header.click()
         first = browser.find_element(By.CSS_SELECTOR, "#images tbody tr")
-        assert first.get_attribute("data-image") == data["rows"]["id"][max(range(n), key=jas.__getitem__)]
+        assert (
+            first.get_attribute("data-image")
+            == data["rows"]["id"][max(range(n), key=jas.__getitem__)]
+        )
         assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         browser.quit()

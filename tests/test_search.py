@@ -1,13 +1,14 @@
-"""The searched JAS / Activation paths and their final JAS equal a literal loop of docs/official-code.md#jas-search."""
+"""The searched JAS / Activation paths and their final JAS equal a literal loop of
+docs/official-code.md#jas-search."""
 
 import pytest
 import torch
 
 import literal
 from conftest import tiny_vit
-from neuronpath.models.huggingface import from_hf_model
 from neuronpath.engine.attribution import AttributionConfig
 from neuronpath.methods import find_paths
+from neuronpath.models.huggingface import from_hf_model
 
 
 @pytest.mark.parametrize("steps, batch_size", [(5, 3), (20, 2)])
@@ -22,22 +23,26 @@ def test_paths_and_final_jas_equal_literal_loop(steps, batch_size):
         part = slice(start, start + batch_size)
         result = find_paths(adapter, x[part], y[part], ["jas", "activation"], config)
         for row, b in enumerate(range(len(y))[part]):
-            x1, label = x[b:b + 1], int(y[b])
+            x1, label = x[b : b + 1], int(y[b])
             jas = literal.jas_path(model, x1, label, steps)
             act = literal.activation_path(model, x1)
             assert result.paths["jas"][row].tolist() == jas
             assert result.paths["activation"][row].tolist() == act
             assert result.scores["jas"][row].item() == pytest.approx(
-                literal.final_jas(model, x1, label, jas, steps), rel=1e-9, abs=1e-14)
+                literal.final_jas(model, x1, label, jas, steps), rel=1e-9, abs=1e-14
+            )
             assert result.scores["activation"][row].item() == pytest.approx(
-                literal.final_jas(model, x1, label, act, steps), rel=1e-9, abs=1e-14)
+                literal.final_jas(model, x1, label, act, steps), rel=1e-9, abs=1e-14
+            )
 
 
 def test_jas_path_differs_from_activation_path_somewhere():
     # guards against a search that silently returns the activation argmax
     model = tiny_vit(layers=4, seed=2)
     x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    result = find_paths(from_hf_model(model), x, torch.arange(6) % 5, config=AttributionConfig(steps=4))
+    result = find_paths(
+        from_hf_model(model), x, torch.arange(6) % 5, config=AttributionConfig(steps=4)
+    )
     assert not torch.equal(result.paths["jas"], result.paths["activation"])
 
 
@@ -66,5 +71,6 @@ def test_bfloat16_autocast_runs_and_stays_close():
     assert fast.paths["jas"].shape == (3, 3) and torch.isfinite(fast.scores["jas"]).all()
     # the activation path comes from the clean pass, which bf16 barely perturbs
     assert (fast.paths["activation"] == exact.paths["activation"]).float().mean() >= 2 / 3
-    torch.testing.assert_close(fast.scores["activation"], exact.scores["activation"],
-                               rtol=0.3, atol=0.02)  # bf16 keeps ~3 significant digits
+    torch.testing.assert_close(
+        fast.scores["activation"], exact.scores["activation"], rtol=0.3, atol=0.02
+    )  # bf16 keeps ~3 significant digits

@@ -9,14 +9,16 @@ import torch
 from conftest import SHARED
 from neuronpath.cli import main
 from neuronpath.io.images import load_image, scan_image_folder
-from neuronpath.models.loading import load_model
 from neuronpath.io.store import read_manifest, read_records
+from neuronpath.models.loading import load_model
 
 MODEL = SHARED / "models" / "vit-s12-imagenet20"
 DATA = SHARED / "data" / "imagenet20-dev"
 
-pytestmark = pytest.mark.skipif(not (MODEL.is_dir() and DATA.is_dir()),
-                                reason="../shared (reference model and dev images) is absent")
+pytestmark = pytest.mark.skipif(
+    not (MODEL.is_dir() and DATA.is_dir()),
+    reason="../shared (reference model and dev images) is absent",
+)
 
 
 def test_preprocessing_reproduces_the_documented_dev_accuracy():
@@ -25,7 +27,7 @@ def test_preprocessing_reproduces_the_documented_dev_accuracy():
     assert folder.mapping == "label2id" and len(folder.items) == 800
     correct = 0
     for start in range(0, 800, 200):
-        items = folder.items[start:start + 200]
+        items = folder.items[start : start + 200]
         x = torch.stack([adapter.preprocess(load_image(i.path)) for i in items])
         with torch.inference_mode():
             predicted = adapter.logits(x).argmax(-1)
@@ -36,8 +38,25 @@ def test_preprocessing_reproduces_the_documented_dev_accuracy():
 @pytest.fixture(scope="module")
 def run20(tmp_path_factory):
     out = tmp_path_factory.mktemp("shared") / "run"
-    assert main(["-q", "find", "--model", str(MODEL), "--data", str(DATA), "--out", str(out),
-                 "--limit", "20", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "find",
+                "--model",
+                str(MODEL),
+                "--data",
+                str(DATA),
+                "--out",
+                str(out),
+                "--limit",
+                "20",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -60,5 +79,7 @@ def test_evaluate_and_classes_on_the_20_image_run(run20):
     assert metrics["jas"]["remove"]["dp_mean"] < -0.02
     assert abs(metrics["random"]["remove"]["dp_mean"]) < abs(metrics["jas"]["remove"]["dp_mean"])
     groups = DATA / "groups.tsv"
-    assert main(["-q", "classes", str(run20), "--groups", str(groups), "--permutations", "200"]) == 0
+    assert (
+        main(["-q", "classes", str(run20), "--groups", str(groups), "--permutations", "200"]) == 0
+    )
     assert (run20 / "classes-jas" / "figure5.png").exists()

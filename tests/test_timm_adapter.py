@@ -22,8 +22,12 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     def __init__(self, d, n):
         super().__init__()
-        self.norm1, self.attn, self.norm2, self.mlp = (nn.LayerNorm(d), nn.Linear(d, d),
-                                                       nn.LayerNorm(d), Mlp(d, n))
+        self.norm1, self.attn, self.norm2, self.mlp = (
+            nn.LayerNorm(d),
+            nn.Linear(d, d),
+            nn.LayerNorm(d),
+            Mlp(d, n),
+        )
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x)).mean(1, keepdim=True)  # mixes tokens
@@ -36,15 +40,22 @@ class TimmLikeViT(nn.Module):
     def __init__(self, global_pool="token", d=8, n=10, classes=1000):
         super().__init__()
         self.global_pool, self.num_prefix_tokens, self.num_classes = global_pool, 1, classes
-        self.pretrained_cfg = {"input_size": (3, 8, 8), "crop_pct": 0.9, "interpolation": "bilinear",
-                               "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+        self.pretrained_cfg = {
+            "input_size": (3, 8, 8),
+            "crop_pct": 0.9,
+            "interpolation": "bilinear",
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+        }
         self.patch = nn.Linear(48, d)
         self.cls_token = nn.Parameter(torch.randn(1, 1, d))
         self.blocks = nn.Sequential(Block(d, n), Block(d, n))
         self.head = nn.Linear(d, classes)
 
     def forward(self, x):
-        patches = x.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
+        patches = (
+            x.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 1, 4, 5).flatten(3).flatten(1, 2)
+        )
         h = torch.cat([self.cls_token.expand(len(x), -1, -1), self.patch(patches)], dim=1)
         h = self.blocks(h)
         if self.global_pool == "map":  # attention pooling over every token, in miniature
@@ -79,6 +90,7 @@ def test_timm_map_pool_reads_every_token():
 def test_load_timm_without_timm_is_explained():
     try:
         import timm  # noqa: F401
+
         pytest.skip("timm is installed here")
     except ImportError:
         pass

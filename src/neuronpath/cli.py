@@ -38,8 +38,10 @@ from .report.text import format_class_report
 
 log = logging.getLogger("neuronpath")
 
-BUG = ("neuronpath: this is a bug in neuronpath, not a problem with your input; please report "
-       "it with the traceback above")
+BUG = (
+    "neuronpath: this is a bug in neuronpath, not a problem with your input; please report "
+    "it with the traceback above"
+)
 
 
 def _flag(name: str) -> str:
@@ -55,8 +57,12 @@ def _add_fields(group, cls, skip: tuple[str, ...] = (), given_only: bool = False
         meta = dict(f.metadata)
         default = None if given_only else f.default
         if isinstance(f.default, bool):
-            group.add_argument(_flag(f.name), action="store_true",
-                               default=None if given_only else False, help=meta.get("help"))
+            group.add_argument(
+                _flag(f.name),
+                action="store_true",
+                default=None if given_only else False,
+                help=meta.get("help"),
+            )
             continue
         kwargs = {"help": meta.get("help"), "default": default}
         if "choices" in meta:
@@ -68,14 +74,19 @@ def _add_fields(group, cls, skip: tuple[str, ...] = (), given_only: bool = False
 
 def _given(args, cls) -> dict:
     """The fields of ``cls`` given on the command line (not None)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if getattr(args, f.name, None) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
 
 
 def _methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of methods; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of methods; got {text!r}"
+        )
     return methods
 
 
@@ -83,8 +94,9 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     """Each registered method's options, one group per method."""
     for method in REGISTRY.values():
         if dataclasses.fields(method.options):
-            _add_fields(p.add_argument_group(f"{method.name} options"), method.options,
-                        given_only=True)
+            _add_fields(
+                p.add_argument_group(f"{method.name} options"), method.options, given_only=True
+            )
 
 
 def _method_options(args, methods: list[str]) -> dict:
@@ -97,22 +109,39 @@ def _method_options(args, methods: list[str]) -> dict:
     for method in REGISTRY.values():
         if method.name not in methods:
             for key in _given(args, method.options):
-                raise InputError(f"{_flag(key)}: an option of method {method.name}, which is not "
-                                 f"among {_flag('methods')} {','.join(methods)}")
+                raise InputError(
+                    f"{_flag(key)}: an option of method {method.name}, which is not "
+                    f"among {_flag('methods')} {','.join(methods)}"
+                )
     return chosen
 
 
 def _add_search_options(p: argparse.ArgumentParser, methods_default, methods_help: str) -> None:
     p.add_argument("--methods", type=_methods, default=list(methods_default), help=methods_help)
     p.add_argument("--steps", type=int, default=20, help="alpha steps m (default: 20)")
-    p.add_argument("--alphas", choices=GRIDS, default="left",
-                   help="alpha grid; 'left' = official code (k/m, k=0..m-1), 'right' = Eq. 3")
-    p.add_argument("--target", choices=TARGETS, default="label",
-                   help="class whose F is attributed: ground-truth label (official) or prediction")
-    p.add_argument("--objective", choices=OBJECTIVES, default="prob",
-                   help="F: softmax probability (official) or logit")
-    p.add_argument("--memory-budget", default="2GiB",
-                   help="saved activations per chunk of rows (default: 2GiB)")
+    p.add_argument(
+        "--alphas",
+        choices=GRIDS,
+        default="left",
+        help="alpha grid; 'left' = official code (k/m, k=0..m-1), 'right' = Eq. 3",
+    )
+    p.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="label",
+        help="class whose F is attributed: ground-truth label (official) or prediction",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="prob",
+        help="F: softmax probability (official) or logit",
+    )
+    p.add_argument(
+        "--memory-budget",
+        default="2GiB",
+        help="saved activations per chunk of rows (default: 2GiB)",
+    )
     _add_method_options(p)
 
 
@@ -123,114 +152,196 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_execution_options(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
-    p.add_argument("--batch-size", type=int, default=batch_size,
-                   help=f"images per batch (default: {batch_size})")
-    p.add_argument("--workers", type=int, help="processes decoding images in the background "
-                                               "(default: 0 on a CPU, up to 4 beside a GPU)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=batch_size,
+        help=f"images per batch (default: {batch_size})",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes decoding images in the background "
+        "(default: 0 on a CPU, up to 4 beside a GPU)",
+    )
 
 
 def _add_find_options(p: argparse.ArgumentParser) -> None:
-    _add_search_options(p, DEFAULT_METHODS, "comma-separated path methods (default: "
-                        "jas,activation): " + "; ".join(f"{m.name}: {m.summary}"
-                                                        for m in REGISTRY.values()))
-    p.add_argument("--topk", type=int, default=1,
-                   help="neurons per layer (TopK path, App. E.1); default 1")
+    _add_search_options(
+        p,
+        DEFAULT_METHODS,
+        "comma-separated path methods (default: "
+        "jas,activation): " + "; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values()),
+    )
+    p.add_argument(
+        "--topk", type=int, default=1, help="neurons per layer (TopK path, App. E.1); default 1"
+    )
     p.add_argument("--limit", type=int, help="at most N images, taken round-robin over classes")
     _add_model_options(p)
     _add_execution_options(p, 8)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neuronpath", description=(
-        "Influential neuron paths in vision Transformers (Wang et al., ICLR 2025)."))
+    parser = argparse.ArgumentParser(
+        prog="neuronpath",
+        description=("Influential neuron paths in vision Transformers (Wang et al., ICLR 2025)."),
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     find = sub.add_parser("find", help="find neuron paths for every image of a folder")
-    find.add_argument("--model", help="HF model folder, hub id, Google .npz, MAE .pth or "
-                                      f"timm:NAME (default: the built-in {DEMO})")
-    find.add_argument("--data", help="ImageFolder: one sub-folder of images per class "
-                                     "(default: the built-in digits test set)")
+    find.add_argument(
+        "--model",
+        help="HF model folder, hub id, Google .npz, MAE .pth or "
+        f"timm:NAME (default: the built-in {DEMO})",
+    )
+    find.add_argument(
+        "--data",
+        help="ImageFolder: one sub-folder of images per class "
+        "(default: the built-in digits test set)",
+    )
     find.add_argument("--out", help="run folder (resumable); default: neuronpath-demo for the demo")
     _add_find_options(find)
 
-    demo = sub.add_parser("demo", help="run find on the built-in digits ViT (no network) "
-                                       "and print a summary")
+    demo = sub.add_parser(
+        "demo", help="run find on the built-in digits ViT (no network) and print a summary"
+    )
     demo.add_argument("--out", default="neuronpath-demo", help="run folder (default: %(default)s)")
     _add_find_options(demo)
 
     summary = sub.add_parser("summary", help="print per-method statistics of a run")
     summary.add_argument("run", help="run folder written by find")
 
-    evaluate = sub.add_parser("evaluate", help="remove (x0) / enhance (x2) every stored path's "
-                                               "neurons: Table 1 and Fig. 3 for one run")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="remove (x0) / enhance (x2) every stored path's "
+        "neurons: Table 1 and Fig. 3 for one run",
+    )
     evaluate.add_argument("run", help="run folder written by find")
-    evaluate.add_argument("--ops", type=_ops, default=list(OPS),
-                          help="comma-separated operations (default: remove,enhance)")
+    evaluate.add_argument(
+        "--ops",
+        type=_ops,
+        default=list(OPS),
+        help="comma-separated operations (default: remove,enhance)",
+    )
     evaluate.add_argument("--model", help="the run's model, if it moved (its weights are checked)")
     evaluate.add_argument("--data", help="the run's image folder, if it moved")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the controls")
     evaluate.add_argument("--no-random", action="store_true", help="skip the random-path control")
-    evaluate.add_argument("--bootstrap", type=int, default=1000,
-                          help="bootstrap resamples for confidence intervals (default: 1000)")
-    evaluate.add_argument("--causal", action="store_true",
-                          help="also the causal checks: each path removed whole, each layer's "
-                               "path neuron removed alone, only the path kept (RUN/causal/)")
+    evaluate.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for confidence intervals (default: 1000)",
+    )
+    evaluate.add_argument(
+        "--causal",
+        action="store_true",
+        help="also the causal checks: each path removed whole, each layer's "
+        "path neuron removed alone, only the path kept (RUN/causal/)",
+    )
     _add_execution_options(evaluate, 16)
 
-    classes = sub.add_parser("classes", help="class-level neuron statistics, utilisation "
-                                             "matrices, class similarity, Figures 2, 4 and 5")
+    classes = sub.add_parser(
+        "classes",
+        help="class-level neuron statistics, utilisation "
+        "matrices, class similarity, Figures 2, 4 and 5",
+    )
     classes.add_argument("run", help="run folder written by find")
     classes.add_argument("--method", default="jas", help="whose paths (default: jas)")
     classes.add_argument("--out", help="output folder (default: RUN/classes-METHOD)")
-    classes.add_argument("--plot-classes",
-                         help="comma-separated classes for Figure 4 (default: the first 4)")
+    classes.add_argument(
+        "--plot-classes", help="comma-separated classes for Figure 4 (default: the first 4)"
+    )
     classes.add_argument("--classes", dest="old_plot_classes", help=argparse.SUPPRESS)
-    classes.add_argument("--groups", help="file assigning classes to groups (class<TAB>group) "
-                                          "for the coherence test")
+    classes.add_argument(
+        "--groups", help="file assigning classes to groups (class<TAB>group) for the coherence test"
+    )
     classes.add_argument("--class-names", help="file mapping class labels to readable names")
-    classes.add_argument("--kde-mode", action="store_true",
-                         help="Figure 4 line at the Gaussian-KDE mode (official) instead of the "
-                              "exact most used neuron")
-    classes.add_argument("--fraction", type=float, default=0.05,
-                         help="share of most / least similar classes listed (default: 0.05)")
+    classes.add_argument(
+        "--kde-mode",
+        action="store_true",
+        help="Figure 4 line at the Gaussian-KDE mode (official) instead of the "
+        "exact most used neuron",
+    )
+    classes.add_argument(
+        "--fraction",
+        type=float,
+        default=0.05,
+        help="share of most / least similar classes listed (default: 0.05)",
+    )
     classes.add_argument("--permutations", type=int, default=10000)
     classes.add_argument("--panel-class", help="class shown in Figure 5 (default: the first)")
     classes.add_argument("--data", help="the run's image folder, if it moved (for thumbnails)")
 
-    prune = sub.add_parser("prune", help="class-specific pruning guided by TopK paths: "
-                                         "Figure 6 and the Table 3 depth ablation")
+    prune = sub.add_parser(
+        "prune",
+        help="class-specific pruning guided by TopK paths: Figure 6 and the Table 3 depth ablation",
+    )
     prune.add_argument("--model", required=True)
     prune.add_argument("--data", required=True)
     prune.add_argument("--out", required=True)
-    prune.add_argument("--keep", type=_ints, default=[1, 5, 10, 30, 50],
-                       help="kept neurons per layer (default: 1,5,10,30,50)")
-    prune.add_argument("--mask", type=_floats, default=[0.1, 0.3, 0.5, 1.0],
-                       help="share of the other neurons zeroed (default: 0.1,0.3,0.5,1.0)")
-    prune.add_argument("--depth", type=_ints, help="prune only the first d layers; several values "
-                                                   "give the Table 3 ablation (default: all)")
+    prune.add_argument(
+        "--keep",
+        type=_ints,
+        default=[1, 5, 10, 30, 50],
+        help="kept neurons per layer (default: 1,5,10,30,50)",
+    )
+    prune.add_argument(
+        "--mask",
+        type=_floats,
+        default=[0.1, 0.3, 0.5, 1.0],
+        help="share of the other neurons zeroed (default: 0.1,0.3,0.5,1.0)",
+    )
+    prune.add_argument(
+        "--depth",
+        type=_ints,
+        help="prune only the first d layers; several values "
+        "give the Table 3 ablation (default: all)",
+    )
     prune.add_argument("--probe-fraction", type=float, default=0.8)
     prune.add_argument("--seed", type=int, default=0)
-    prune.add_argument("--aggregate", choices=AGGREGATES, default="frequency",
-                       help="frequency over pooled probe selections (App. E.2) or the official "
-                            "per-rank-slot mode (docs/official-code.md#topk-and-pruning)")
+    prune.add_argument(
+        "--aggregate",
+        choices=AGGREGATES,
+        default="frequency",
+        help="frequency over pooled probe selections (App. E.2) or the official "
+        "per-rank-slot mode (docs/official-code.md#topk-and-pruning)",
+    )
     prune.add_argument("--find-run", help="reuse a find run with TopK paths (K >= max keep)")
     prune.add_argument("--table-keep", type=int, default=5)
     prune.add_argument("--table-mask", type=float, default=1.0)
-    prune.add_argument("--bootstrap", type=int, default=1000,
-                       help="bootstrap resamples over test images (default: 1000)")
-    _add_search_options(prune, DEFAULT_KEEP_RULES, "comma-separated keep rules: path methods ("
-                        + ", ".join(REGISTRY) + ") and controls (" + ", ".join(CONTROLS)
-                        + "); default: " + ",".join(DEFAULT_KEEP_RULES))
+    prune.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples over test images (default: 1000)",
+    )
+    _add_search_options(
+        prune,
+        DEFAULT_KEEP_RULES,
+        "comma-separated keep rules: path methods ("
+        + ", ".join(REGISTRY)
+        + ") and controls ("
+        + ", ".join(CONTROLS)
+        + "); default: "
+        + ",".join(DEFAULT_KEEP_RULES),
+    )
     _add_model_options(prune)
     _add_execution_options(prune, 8)
 
-    report = sub.add_parser("report", help="one self-contained web page for a run: overview, "
-                                           "path explorer, neuron cards")
+    report = sub.add_parser(
+        "report",
+        help="one self-contained web page for a run: overview, path explorer, neuron cards",
+    )
     report.add_argument("run", help="run folder written by find (or by prune)")
     report.add_argument("--out", help="the page (default: RUN/report/index.html)")
-    report.add_argument("--images", type=int, default=200,
-                        help="images with thumbnails, activations and maps (default: 200)")
+    report.add_argument(
+        "--images",
+        type=int,
+        default=200,
+        help="images with thumbnails, activations and maps (default: 200)",
+    )
     report.add_argument("--method", default="jas", help="whose paths make the neuron cards")
     report.add_argument("--cards", type=int, default=48, help="neuron cards (default: 48)")
     report.add_argument("--model", help="the run's model, if it moved (its weights are checked)")
@@ -249,14 +360,18 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def _ops(text: str) -> list[str]:
@@ -271,9 +386,13 @@ def _execution(args) -> Execution:
 
 
 def _config(args) -> AttributionConfig:
-    return AttributionConfig(steps=args.steps, alphas=args.alphas, target=args.target,
-                             objective=args.objective,
-                             memory_budget=parse_bytes(args.memory_budget))
+    return AttributionConfig(
+        steps=args.steps,
+        alphas=args.alphas,
+        target=args.target,
+        objective=args.objective,
+        memory_budget=parse_bytes(args.memory_budget),
+    )
 
 
 def _spec(args, model: str) -> ModelSpec:
@@ -285,35 +404,61 @@ def _find(args) -> Path:
     if model is None and data is None:
         model, data, out = DEMO, demo_data_dir() / "test", out or "neuronpath-demo"
     if model is None or data is None or out is None:
-        raise InputError("find: give --model, --data and --out (or none of --model/--data "
-                         "for the built-in demo)")
+        raise InputError(
+            "find: give --model, --data and --out (or none of --model/--data for the built-in demo)"
+        )
     spec, config = _spec(args, model), _config(args)
     unknown = [m for m in args.methods if m not in REGISTRY]
     if unknown:
         raise InputError(f"--methods: unknown {unknown}; expected some of {', '.join(REGISTRY)}")
-    return run_find(spec, data, out, methods=_method_options(args, args.methods), config=config,
-                    topk=args.topk, limit=args.limit, execution=_execution(args),
-                    command=sys.argv)
+    return run_find(
+        spec,
+        data,
+        out,
+        methods=_method_options(args, args.methods),
+        config=config,
+        topk=args.topk,
+        limit=args.limit,
+        execution=_execution(args),
+        command=sys.argv,
+    )
 
 
 def _prune(args) -> dict | None:
     unknown = [m for m in args.methods if m not in REGISTRY and m not in CONTROLS]
     if unknown:
-        raise InputError(f"--methods: unknown {unknown}; expected some of "
-                         f"{', '.join([*REGISTRY, *CONTROLS])}")
-    settings = PruneSettings(keep=args.keep, mask=args.mask, depth=args.depth,
-                             probe_fraction=args.probe_fraction, seed=args.seed,
-                             aggregate=args.aggregate, table_keep=args.table_keep,
-                             table_mask=args.table_mask, bootstrap=args.bootstrap)
-    return run_prune(_spec(args, args.model), args.data, args.out, settings,
-                     methods=_method_options(args, args.methods), find_run=args.find_run,
-                     config=_config(args), execution=_execution(args), command=sys.argv)
+        raise InputError(
+            f"--methods: unknown {unknown}; expected some of {', '.join([*REGISTRY, *CONTROLS])}"
+        )
+    settings = PruneSettings(
+        keep=args.keep,
+        mask=args.mask,
+        depth=args.depth,
+        probe_fraction=args.probe_fraction,
+        seed=args.seed,
+        aggregate=args.aggregate,
+        table_keep=args.table_keep,
+        table_mask=args.table_mask,
+        bootstrap=args.bootstrap,
+    )
+    return run_prune(
+        _spec(args, args.model),
+        args.data,
+        args.out,
+        settings,
+        methods=_method_options(args, args.methods),
+        find_run=args.find_run,
+        config=_config(args),
+        execution=_execution(args),
+        command=sys.argv,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(format="neuronpath: %(message)s",
-                        level=logging.WARNING if args.quiet else logging.INFO)
+    logging.basicConfig(
+        format="neuronpath: %(message)s", level=logging.WARNING if args.quiet else logging.INFO
+    )
     try:
         with command_line_options():
             _run(args, main_rank=int(os.environ.get("RANK", "0")) == 0)
@@ -325,8 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neuronpath: error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("neuronpath: interrupted; finished images are saved, re-run the same command "
-              "to resume", file=sys.stderr)
+        print(
+            "neuronpath: interrupted; finished images are saved, re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except Exception:  # noqa: BLE001 - anything else is a bug: its traceback, and say so
         traceback.print_exc()
@@ -347,9 +494,14 @@ def _run(args, main_rank: bool = True) -> None:
         if args.command == "demo":
             print(summary_text(run_dir))
     elif args.command == "evaluate":
-        common = dict(model=args.model, data=args.data, seed=args.seed,
-                      controls=() if args.no_random else tuple(CONTROLS),
-                      bootstrap=args.bootstrap, execution=_execution(args))
+        common = dict(
+            model=args.model,
+            data=args.data,
+            seed=args.seed,
+            controls=() if args.no_random else tuple(CONTROLS),
+            bootstrap=args.bootstrap,
+            execution=_execution(args),
+        )
         metrics = run_evaluate(args.run, ops=args.ops, **common)
         causal = run_causal(args.run, **common) if args.causal else None
         if metrics is None:  # another rank of a torchrun job
@@ -360,12 +512,21 @@ def _run(args, main_rank: bool = True) -> None:
         if causal is not None:
             folder = Path(args.run) / "causal"
             print((folder / "causal.md").read_text())
-            print(f"wrote {folder / 'metrics.json'}, {folder / 'causal.md'}, "
-                  f"{folder / 'layers.png'}")
+            print(
+                f"wrote {folder / 'metrics.json'}, {folder / 'causal.md'}, {folder / 'layers.png'}"
+            )
     elif args.command == "report":
-        page = run_report(args.run, out=args.out, images=args.images, method=args.method,
-                          cards=args.cards, model=args.model, data=args.data,
-                          class_names=args.class_names, execution=_execution(args))
+        page = run_report(
+            args.run,
+            out=args.out,
+            images=args.images,
+            method=args.method,
+            cards=args.cards,
+            model=args.model,
+            data=args.data,
+            class_names=args.class_names,
+            execution=_execution(args),
+        )
         if page is not None:
             print(f"wrote {page}")
     elif args.command == "table":
@@ -379,16 +540,24 @@ def _run(args, main_rank: bool = True) -> None:
     elif args.command == "classes":
         plot = args.plot_classes
         if args.old_plot_classes is not None:
-            print("neuronpath: --classes is now --plot-classes (the old name will go)",
-                  file=sys.stderr)
+            print(
+                "neuronpath: --classes is now --plot-classes (the old name will go)",
+                file=sys.stderr,
+            )
             plot = plot or args.old_plot_classes
-        report = run_classes(args.run, method=args.method, out=args.out,
-                             plot_classes=plot.split(",") if plot else None,
-                             panel_class=args.panel_class, groups=args.groups,
-                             class_names=args.class_names, data=args.data,
-                             options=ClassesOptions(fraction=args.fraction,
-                                                    permutations=args.permutations,
-                                                    kde=args.kde_mode))
+        report = run_classes(
+            args.run,
+            method=args.method,
+            out=args.out,
+            plot_classes=plot.split(",") if plot else None,
+            panel_class=args.panel_class,
+            groups=args.groups,
+            class_names=args.class_names,
+            data=args.data,
+            options=ClassesOptions(
+                fraction=args.fraction, permutations=args.permutations, kde=args.kde_mode
+            ),
+        )
         print(format_class_report(report))
     else:
         print(summary_text(args.run))

@@ -63,9 +63,14 @@ def class_paths(records: Sequence[dict], method: str, width: int | Sequence[int]
         array = np.array([r["path"] for r in by_class[c]], dtype=np.int64)
         paths[c] = array.reshape(array.shape[0], array.shape[1], -1)
     widths = None if isinstance(width, int) else [int(w) for w in width]
-    return ClassPaths(classes, [names[c] for c in classes], paths,
-                      {c: [r["image"] for r in by_class[c]] for c in classes},
-                      width if widths is None else max(widths), widths)
+    return ClassPaths(
+        classes,
+        [names[c] for c in classes],
+        paths,
+        {c: [r["image"] for r in by_class[c]] for c in classes},
+        width if widths is None else max(widths),
+        widths,
+    )
 
 
 def neuron_counts(cp: ClassPaths) -> np.ndarray:
@@ -125,13 +130,18 @@ def most_and_least_similar(similarity: np.ndarray, fraction: float = 0.05) -> li
         others = [j for j in range(n) if j != i]
         top = sorted(others, key=lambda j: (-similarity[i, j], j))[:count]
         bottom = sorted(others, key=lambda j: (similarity[i, j], j))[:count]
-        out.append({"top": [(j, float(similarity[i, j])) for j in top],
-                    "bottom": [(j, float(similarity[i, j])) for j in bottom]})
+        out.append(
+            {
+                "top": [(j, float(similarity[i, j])) for j in top],
+                "bottom": [(j, float(similarity[i, j])) for j in bottom],
+            }
+        )
     return out
 
 
-def group_coherence(similarity: np.ndarray, groups: Sequence[str], permutations: int = 10000,
-                    seed: int = 0) -> dict:
+def group_coherence(
+    similarity: np.ndarray, groups: Sequence[str], permutations: int = 10000, seed: int = 0
+) -> dict:
     """Mean within-group minus mean between-group similarity (off-diagonal pairs), and the
     one-sided permutation p-value of that difference under shuffled group labels."""
     groups = np.asarray(groups)
@@ -151,9 +161,14 @@ def group_coherence(similarity: np.ndarray, groups: Sequence[str], permutations:
     rng = np.random.default_rng(seed)
     null = np.array([statistic(rng.permutation(groups))[0] for _ in range(permutations)])
     p = (1 + np.sum(null >= observed - 1e-12)) / (1 + permutations)
-    return {"within_mean": float(within), "between_mean": float(between),
-            "difference": float(observed), "p_value": float(p), "permutations": permutations,
-            "null_mean": float(null.mean()) if permutations else None}
+    return {
+        "within_mean": float(within),
+        "between_mean": float(between),
+        "difference": float(observed),
+        "p_value": float(p),
+        "permutations": permutations,
+        "null_mean": float(null.mean()) if permutations else None,
+    }
 
 
 def intra_class_clustering(cp: ClassPaths, shuffles: int = 20, seed: int = 0) -> dict:
@@ -183,12 +198,20 @@ def intra_class_clustering(cp: ClassPaths, shuffles: int = 20, seed: int = 0) ->
 
     observed = share(labels)
     rng = np.random.default_rng(seed)
-    shuffled = np.mean([share(rng.permutation(labels)) for _ in range(shuffles)], axis=0) \
-        if shuffles else np.full_like(observed, np.nan)
+    shuffled = (
+        np.mean([share(rng.permutation(labels)) for _ in range(shuffles)], axis=0)
+        if shuffles
+        else np.full_like(observed, np.nan)
+    )
     widths = cp.layer_widths()
     chance = 1 / cp.width if len(set(widths)) == 1 else float(np.mean([1 / n for n in widths]))
-    return {"share_modal": observed.tolist(), "shuffled_labels": shuffled.tolist(),
-            "chance": chance, "chance_per_layer": [1 / n for n in widths], "shuffles": shuffles}
+    return {
+        "share_modal": observed.tolist(),
+        "shuffled_labels": shuffled.tolist(),
+        "chance": chance,
+        "chance_per_layer": [1 / n for n in widths],
+        "shuffles": shuffles,
+    }
 
 
 def group_labels(names: Sequence[str], groups: Mapping[str, str]) -> list[str]:

@@ -1,11 +1,13 @@
-"""Class-specific pruning guided by neuron paths (§4.4, App. E; docs/official-code.md#topk-and-pruning).
+"""Class-specific pruning guided by neuron paths (§4.4, App. E;
+docs/official-code.md#topk-and-pruning).
 
-Per class: split the images into probe and test sets (seeded, recorded); find TopK paths on
-the probe images; keep, per layer, the t neurons chosen most often over the pooled probe
-selections (``frequency``, App. E.2's text) or the official per-rank-slot mode (``slot-mode``,
-docs/official-code.md#topk-and-pruning); on the test images, zero each *non-kept* neuron of the first ``depth`` layers with
-probability p (at the adapter's token), and measure top-1 accuracy **and** the mean ground-
-truth probability (the released code's "accuracy" is the latter, docs/official-code.md#topk-and-pruning).
+Per class: split the images into probe and test sets (seeded, recorded); find TopK paths on the
+probe images; keep, per layer, the t neurons chosen most often over the pooled probe selections
+(``frequency``, App. E.2's text) or the official per-rank-slot mode (``slot-mode``,
+docs/official-code.md#topk-and-pruning); on the test images, zero each *non-kept* neuron of the
+first ``depth`` layers with probability p (at the adapter's token), and measure top-1 accuracy
+**and** the mean ground-truth probability (the released code's "accuracy" is the latter,
+docs/official-code.md#topk-and-pruning).
 
 Masks are drawn per (seed, image, layer) from their own generator on the CPU, so they are the
 same whatever the batch size, device or order of processing.
@@ -49,32 +51,41 @@ class PruneSettings:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.keep or min(self.keep) < 1:
-            raise InputError(f"{option('keep')}: expected positive neuron counts, got "
-                             f"{list(self.keep)}")
+            raise InputError(
+                f"{option('keep')}: expected positive neuron counts, got {list(self.keep)}"
+            )
         if not self.mask or any(not 0 <= p <= 1 for p in self.mask):
             raise InputError(f"{option('mask')}: expected shares in [0, 1], got {list(self.mask)}")
         if self.depth is not None and (not self.depth or min(self.depth) < 1):
-            raise InputError(f"{option('depth')}: expected layer counts >= 1, got "
-                             f"{list(self.depth)}")
+            raise InputError(
+                f"{option('depth')}: expected layer counts >= 1, got {list(self.depth)}"
+            )
         if not 0 < self.probe_fraction < 1:
-            raise InputError(f"{option('probe_fraction')}: expected a number in (0, 1), got "
-                             f"{self.probe_fraction}")
+            raise InputError(
+                f"{option('probe_fraction')}: expected a number in (0, 1), got "
+                f"{self.probe_fraction}"
+            )
         if self.aggregate not in AGGREGATES:
-            raise InputError(f"{option('aggregate')}: expected one of {AGGREGATES}, got "
-                             f"{self.aggregate!r}")
+            raise InputError(
+                f"{option('aggregate')}: expected one of {AGGREGATES}, got {self.aggregate!r}"
+            )
         if self.bootstrap < 0:
-            raise InputError(f"{option('bootstrap')}: expected a number of resamples >= 0, got "
-                             f"{self.bootstrap}")
+            raise InputError(
+                f"{option('bootstrap')}: expected a number of resamples >= 0, got {self.bootstrap}"
+            )
 
     @property
     def table_cell(self) -> tuple[int, float]:
         """(t, p) of Table 3: the asked cell where the grid has it, else its first t, last p."""
-        return (self.table_keep if self.table_keep in self.keep else self.keep[0],
-                self.table_mask if self.table_mask in self.mask else self.mask[-1])
+        return (
+            self.table_keep if self.table_keep in self.keep else self.keep[0],
+            self.table_mask if self.table_mask in self.mask else self.mask[-1],
+        )
 
 
-def split_probe_test(images_by_class: Mapping[str, Sequence[str]], fraction: float = 0.8,
-                     seed: int = 0) -> dict[str, str]:
+def split_probe_test(
+    images_by_class: Mapping[str, Sequence[str]], fraction: float = 0.8, seed: int = 0
+) -> dict[str, str]:
     """``{image: "probe" | "test"}``: per class, a seeded shuffle of the sorted image ids, the
     first round(fraction x n) (at least 1, at most n - 1) probing, the rest testing."""
     if not 0 < fraction < 1:
@@ -120,8 +131,14 @@ def keep_by_slot_mode(selections: np.ndarray, t: int) -> list[list[int]]:
     return kept
 
 
-def prune_multipliers(image: str, seed: int, kept: Sequence[Sequence[int]],
-                      width: int | Sequence[int], p: float, depth: int) -> dict[int, torch.Tensor]:
+def prune_multipliers(
+    image: str,
+    seed: int,
+    kept: Sequence[Sequence[int]],
+    width: int | Sequence[int],
+    p: float,
+    depth: int,
+) -> dict[int, torch.Tensor]:
     """{layer: (n_l,) 0/1 multiplier} for layers < depth: each non-kept neuron is zeroed with
     probability p (independent Bernoulli draws from a per-(seed, image, layer) generator)."""
     widths = per_layer(width, len(kept))
@@ -143,15 +160,20 @@ def probe_selections(records: Sequence[dict], method: str, images: Sequence[str]
     return array[:, :, None] if array.ndim == 2 else array
 
 
-def pruning_metrics(correct: np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                    draws: np.ndarray) -> dict:
+def pruning_metrics(
+    correct: np.ndarray, probs: np.ndarray, classes: Sequence[str], draws: np.ndarray
+) -> dict:
     """Top-1 accuracy and mean ground-truth probability over test images (``classes[i]`` is
     image i's class), with bootstrap 95 % intervals, and the mean of per-class mean probability."""
     folder = np.array(classes)
     class_prob = [probs[folder == c].mean() for c in sorted(set(folder.tolist()))]
-    return {"accuracy": float(correct.mean()), "accuracy_ci": mean_interval(correct, draws),
-            "mean_label_prob": float(probs.mean()), "mean_label_prob_ci": mean_interval(probs, draws),
-            "class_mean_label_prob": float(np.mean(class_prob))}
+    return {
+        "accuracy": float(correct.mean()),
+        "accuracy_ci": mean_interval(correct, draws),
+        "mean_label_prob": float(probs.mean()),
+        "mean_label_prob_ci": mean_interval(probs, draws),
+        "class_mean_label_prob": float(np.mean(class_prob)),
+    }
 
 
 def paired_difference(a: tuple, b: tuple, draws: np.ndarray) -> dict:

@@ -23,6 +23,7 @@ def methods_with_top(records: Iterable[dict]) -> list[str]:
 def layer_distribution(records: Iterable[dict], num_layers: int, method: str) -> list[int]:
     """How many of the per-image top neurons of ``method`` fall in each layer (Fig. 2's data,
     for ``knowledge``)."""
-    counts = Counter(layer for r in records if r["method"] == method
-                     for layer, _, _ in r.get("top", ()))
+    counts = Counter(
+        layer for r in records if r["method"] == method for layer, _, _ in r.get("top", ())
+    )
     return [counts.get(l, 0) for l in range(num_layers)]

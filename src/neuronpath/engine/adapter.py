@@ -51,30 +51,44 @@ class ModelAdapter:
             image (default: not stated, so no maps).
     """
 
-    def __init__(self, model: nn.Module, site_names: Sequence[str] | None = None, *,
-                 ffn_inputs: Sequence[str] | None = None, token: TokenPolicy | str | None = None,
-                 family_readout: tuple[TokenPolicy, str] | None = None,
-                 preprocess: Preprocess | None = None, id2label: dict[int, str] | None = None,
-                 name: str = "custom", forward: Callable[[torch.Tensor], object] | None = None,
-                 distillation_index: int | None = None,
-                 input_shape: tuple[int, int, int] | None = None,
-                 layout: Callable[[int, int], TokenLayout] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        site_names: Sequence[str] | None = None,
+        *,
+        ffn_inputs: Sequence[str] | None = None,
+        token: TokenPolicy | str | None = None,
+        family_readout: tuple[TokenPolicy, str] | None = None,
+        preprocess: Preprocess | None = None,
+        id2label: dict[int, str] | None = None,
+        name: str = "custom",
+        forward: Callable[[torch.Tensor], object] | None = None,
+        distillation_index: int | None = None,
+        input_shape: tuple[int, int, int] | None = None,
+        layout: Callable[[int, int], TokenLayout] | None = None,
+    ):
         if (site_names is None) == (ffn_inputs is None):
-            raise InputError("ModelAdapter: name the FFN sites either by the modules whose output "
-                             "is the hidden state (site_names) or by those whose input it is "
-                             "(ffn_inputs)")
+            raise InputError(
+                "ModelAdapter: name the FFN sites either by the modules whose output "
+                "is the hidden state (site_names) or by those whose input it is "
+                "(ffn_inputs)"
+            )
         names = list(site_names if site_names is not None else ffn_inputs)
         if not names:
             raise InputError("site_names: expected the names of at least one module per block")
         modules = dict(model.named_modules(remove_duplicate=False))
         missing = [n for n in names if n not in modules]
         if missing:
-            raise InputError(f"site_names: no module named {missing[:3]} in the model; "
-                             f"expected names from model.named_modules()")
+            raise InputError(
+                f"site_names: no module named {missing[:3]} in the model; "
+                f"expected names from model.named_modules()"
+            )
         sites = [modules[n] for n in names]
         if len({id(s) for s in sites}) != len(sites):
-            raise InputError("site_names: one module object is used at several layers, so a hook "
-                             "on it cannot tell the layers apart; name per-layer modules instead")
+            raise InputError(
+                "site_names: one module object is used at several layers, so a hook "
+                "on it cannot tell the layers apart; name per-layer modules instead"
+            )
         model.eval()
         model.requires_grad_(False)  # attribution needs gradients w.r.t. neurons only
         self.model = model
@@ -94,11 +108,15 @@ class ModelAdapter:
             token = TokenPolicy.parse(token, distillation_index=distillation_index)
         if input_shape is None and preprocess is None:
             if token is None:
-                raise InputError("ModelAdapter: pass input_shape=(channels, height, width) (or "
-                                 "preprocess) so the gradient probe can find where the head "
-                                 "reads, or token=...")
-            self._readout = Readout((token,) * len(sites), "requested (not checked: the adapter "
-                                    "has no input shape for a probe)")
+                raise InputError(
+                    "ModelAdapter: pass input_shape=(channels, height, width) (or "
+                    "preprocess) so the gradient probe can find where the head "
+                    "reads, or token=..."
+                )
+            self._readout = Readout(
+                (token,) * len(sites),
+                "requested (not checked: the adapter has no input shape for a probe)",
+            )
         else:
             self._readout = settle_readout(self, token, family_readout)
 
@@ -108,7 +126,9 @@ class ModelAdapter:
 
     def site(self, layer: int) -> nn.Module:
         if not 0 <= layer < self.num_layers:
-            raise IndexError(f"layer {layer} out of range for a model with {self.num_layers} layers")
+            raise IndexError(
+                f"layer {layer} out of range for a model with {self.num_layers} layers"
+            )
         return self._sites[layer]
 
     @property
@@ -129,8 +149,9 @@ class ModelAdapter:
         """Where block ``layer``'s ``tokens`` tokens (default: as many as on a probe input)
         sit in the image (:mod:`neuronpath.engine.layout`)."""
         if self._layout is None:
-            return TokenLayout.none("its adapter states no token layout (pass layout= to "
-                                    "ModelAdapter)")
+            return TokenLayout.none(
+                "its adapter states no token layout (pass layout= to ModelAdapter)"
+            )
         return self._layout(layer, probe(self).tokens[layer] if tokens is None else tokens)
 
     @property
@@ -164,8 +185,7 @@ class ModelAdapter:
             for layer, fn in layer_fns.items():
                 site = self.site(layer)
                 if self.reads_input:
-                    handles.append(site.register_forward_pre_hook(_on_input(fn),
-                                                                  with_kwargs=True))
+                    handles.append(site.register_forward_pre_hook(_on_input(fn), with_kwargs=True))
                 else:
                     handles.append(site.register_forward_hook(_on_output(fn)))
             yield
@@ -180,12 +200,15 @@ class ModelAdapter:
             from PIL import Image
 
             if self.preprocess is None:
-                raise InputError("input_shape: the adapter has neither an input shape nor a "
-                                 "preprocessing to build a probe input")
+                raise InputError(
+                    "input_shape: the adapter has neither an input shape nor a "
+                    "preprocessing to build a probe input"
+                )
             shape = tuple(self.preprocess(Image.new("RGB", (32, 32))).shape)
         generator = torch.Generator().manual_seed(0)
-        return torch.randn((rows,) + tuple(shape), generator=generator,
-                           dtype=torch.float64).to(self.device, self.dtype)
+        return torch.randn((rows,) + tuple(shape), generator=generator, dtype=torch.float64).to(
+            self.device, self.dtype
+        )
 
     def widths(self) -> list[int]:
         """FFN width of every layer (hierarchical models differ per stage)."""
@@ -195,8 +218,10 @@ class ModelAdapter:
         """The FFN width n shared by all layers (an error for models whose widths differ)."""
         widths = self.widths()
         if len(set(widths)) > 1:
-            raise InputError(f"width: the layers of {type(self.model).__name__} have different "
-                             f"FFN widths ({sorted(set(widths))}); use widths()")
+            raise InputError(
+                f"width: the layers of {type(self.model).__name__} have different "
+                f"FFN widths ({sorted(set(widths))}); use widths()"
+            )
         return widths[0]
 
     def weights_hash(self) -> str:
@@ -210,17 +235,25 @@ class ModelAdapter:
 
     def describe(self) -> dict:
         layouts = [self.layout(l).describe() for l in range(self.num_layers)]
-        return {"id": self.name, "class": type(self.model).__name__,
-                "num_layers": self.num_layers, "sites": self.site_names,
-                "site_reads": "input" if self.reads_input else "output",
-                "token": self.token.describe(), "readout": self._readout.reason,
-                "readout_per_block": self._readout.describe()["per_block"],
-                "layout": layouts[-1], "layout_per_block": layouts,
-                "num_labels": len(self.id2label), **self.details}
+        return {
+            "id": self.name,
+            "class": type(self.model).__name__,
+            "num_layers": self.num_layers,
+            "sites": self.site_names,
+            "site_reads": "input" if self.reads_input else "output",
+            "token": self.token.describe(),
+            "readout": self._readout.reason,
+            "readout_per_block": self._readout.describe()["per_block"],
+            "layout": layouts[-1],
+            "layout_per_block": layouts,
+            "num_labels": len(self.id2label),
+            **self.details,
+        }
 
 
 def _on_input(fn: Callable) -> Callable:
     """A forward pre-hook running ``fn`` on a module's input (positional or ``input=``)."""
+
     def hook(module, args, kwargs):
         if args:
             new = fn(args[0])
@@ -228,13 +261,14 @@ def _on_input(fn: Callable) -> Callable:
         key = next(iter(kwargs))
         new = fn(kwargs[key])
         return None if new is None else (args, {**kwargs, key: new})
+
     return hook
 
 
 def _on_output(fn: Callable) -> Callable:
     """A forward hook running ``fn`` on a module's output."""
+
     def hook(module, inputs, output):
         return fn(output)
+
     return hook
-
-

@@ -51,10 +51,14 @@ class AttributionConfig:
         if self.target not in TARGETS:
             raise InputError(f"{option('target')}: expected one of {TARGETS}, got {self.target!r}")
         if self.objective not in OBJECTIVES:
-            raise InputError(f"{option('objective')}: expected one of {OBJECTIVES}, got {self.objective!r}")
+            raise InputError(
+                f"{option('objective')}: expected one of {OBJECTIVES}, got {self.objective!r}"
+            )
         if self.memory_budget <= 0:
-            raise InputError(f"{option('memory_budget')}: expected a positive number of bytes, "
-                             f"got {self.memory_budget}")
+            raise InputError(
+                f"{option('memory_budget')}: expected a positive number of bytes, "
+                f"got {self.memory_budget}"
+            )
 
     @property
     def grid(self) -> AlphaGrid:
@@ -82,9 +86,9 @@ class CleanPass:
         return len({a.shape[1] for a in self.acts}) == 1
 
     def token_terms(self, x: torch.Tensor) -> torch.Tensor:
-        """(items, tokens_l, n_l) values or gradients -> the per-token terms that enter a
-        product across layers: unchanged when layers share their tokens (the official
-        per-token form, docs/official-code.md#mae), summed over each layer's tokens (items, 1, n_l) otherwise."""
+        """(items, tokens_l, n_l) values or gradients -> the per-token terms that enter a product
+        across layers: unchanged when layers share their tokens (the official per-token form,
+        docs/official-code.md#mae), summed over each layer's tokens (items, 1, n_l) otherwise."""
         return x if self.aligned else x.sum(1, keepdim=True)
 
     @property
@@ -114,18 +118,28 @@ def objective(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.T
     return logits.gather(1, targets[:, None])[:, 0]
 
 
-def clean_pass(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor,
-               config: AttributionConfig = AttributionConfig()) -> CleanPass:
+def clean_pass(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    config: AttributionConfig = AttributionConfig(),
+) -> CleanPass:
     """One unmodified forward; reads every layer's neuron vector at the adapter's token(s)."""
     pixels = pixels.to(adapter.device, adapter.dtype)
     labels = torch.as_tensor(labels, device=adapter.device).long()
-    with torch.no_grad(), record_neurons(adapter) as store, autocast_context(adapter, config.autocast):
+    with (
+        torch.no_grad(),
+        record_neurons(adapter) as store,
+        autocast_context(adapter, config.autocast),
+    ):
         logits = adapter.logits(pixels)
     acts = [store[l].to(adapter.dtype) for l in range(adapter.num_layers)]
     num_classes = logits.shape[-1]
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(f"labels: expected class ids in [0, {num_classes}), got "
-                         f"{labels.min().item()}..{labels.max().item()}")
+        raise InputError(
+            f"labels: expected class ids in [0, {num_classes}), got "
+            f"{labels.min().item()}..{labels.max().item()}"
+        )
     targets = labels if config.target == "label" else logits.argmax(-1)
     return CleanPass(acts, logits.detach(), labels, targets)
 
@@ -153,9 +167,14 @@ def rows_per_chunk(adapter: ModelAdapter, pixels: torch.Tensor, budget: int) -> 
     return max(1, int(budget // (cache[key] * 1.5)))
 
 
-def riemann_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
-                      config: AttributionConfig, item_image: torch.Tensor,
-                      build: Callable) -> dict[int, torch.Tensor]:
+def riemann_gradients(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    clean: CleanPass,
+    config: AttributionConfig,
+    item_image: torch.Tensor,
+    build: Callable,
+) -> dict[int, torch.Tensor]:
     """Shared loop of every integrated-gradient computation.
 
     Rows are (item, alpha step) pairs, image-major, cut into chunks that fit the memory
@@ -191,9 +210,14 @@ def riemann_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanP
     return out
 
 
-def integrated_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
-                         masks: Mapping[int, torch.Tensor], config: AttributionConfig,
-                         item_image: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+def integrated_gradients(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    clean: CleanPass,
+    masks: Mapping[int, torch.Tensor],
+    config: AttributionConfig,
+    item_image: torch.Tensor | None = None,
+) -> dict[int, torch.Tensor]:
     """Riemann-sum gradients of F w.r.t. the replaced neuron vectors.
 
     An *item* is an image (``item_image[i]`` indexes ``pixels``/``clean``; default: item i is
@@ -211,40 +235,54 @@ def integrated_gradients(adapter: ModelAdapter, pixels: torch.Tensor, clean: Cle
 
     def build(items, images, alpha):
         alpha = alpha[:, None, None]
-        values = {l: (clean.acts[l][images] * (1 + (alpha - 1) * masks[l][items][:, None, :]))
-                  .requires_grad_(True) for l in layers}
+        values = {
+            l: (
+                clean.acts[l][images] * (1 + (alpha - 1) * masks[l][items][:, None, :])
+            ).requires_grad_(True)
+            for l in layers
+        }
         return pixels[images], values, replace_neurons(adapter, values)
 
     return riemann_gradients(adapter, pixels, clean, config, item_image, build)
 
 
-def set_scores(clean: CleanPass, grads: Mapping[int, torch.Tensor],
-               index: Mapping[int, torch.Tensor], item_image: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 as the official code forms it: (sum of clean values) x (sum of gradient
-    integrals) over the neurons ``index``, per token, summed over tokens (docs/official-code.md#jas-search, docs/official-code.md#mae).  In
-    hierarchical models (no shared tokens across layers) each layer's values and integrals are
-    summed over its own tokens before the product (``CleanPass.token_terms``)."""
-    values = sum(gather_neurons(clean.token_terms(clean.acts[l][item_image]), index[l])
-                 for l in index)
+def set_scores(
+    clean: CleanPass,
+    grads: Mapping[int, torch.Tensor],
+    index: Mapping[int, torch.Tensor],
+    item_image: torch.Tensor,
+) -> torch.Tensor:
+    """Eq. 2 as the official code forms it: (sum of clean values) x (sum of gradient integrals) over
+    the neurons ``index``, per token, summed over tokens (docs/official-code.md#jas-search,
+    docs/official-code.md#mae).  In hierarchical models (no shared tokens across layers) each
+    layer's values and integrals are summed over its own tokens before the product
+    (``CleanPass.token_terms``)."""
+    values = sum(
+        gather_neurons(clean.token_terms(clean.acts[l][item_image]), index[l]) for l in index
+    )
     integrals = sum(gather_neurons(clean.token_terms(grads[l]), index[l]) for l in index)
     return (values * integrals).sum(1)
 
 
-def joint_attribution_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
-                             neuron_sets: Sequence[NeuronSet],
-                             config: AttributionConfig = AttributionConfig(),
-                             last_only: bool = False) -> list[torch.Tensor]:
+def joint_attribution_scores(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    clean: CleanPass,
+    neuron_sets: Sequence[NeuronSet],
+    config: AttributionConfig = AttributionConfig(),
+    last_only: bool = False,
+) -> list[torch.Tensor]:
     """JAS (Eq. 2-3) of several neuron sets per image; sets that edit the same layers share
     one batched gradient pass.
 
-    Every layer holding a neuron of the set is edited: its set neurons scale with alpha, its
-    other units stay frozen at clean values (the official "final JAS", docs/official-code.md#jas-search); layers
-    without a set neuron run normally.  The score is divided by the number of tokens of the
-    token policy (1 for CLS; docs/official-code.md#mae for global-pool models; 1 in hierarchical models, whose
-    token terms are already sums, see ``set_scores``).  Returns one (images,) tensor
-    per set.  ``last_only`` reproduces the released TopK code (docs/official-code.md#topk-and-pruning): all neurons of a
-    layer scale, but only the last one listed enters the two sums.
-    """
+    Every layer holding a neuron of the set is edited: its set neurons scale with alpha, its other
+    units stay frozen at clean values (the official "final JAS", docs/official-code.md#jas-search);
+    layers without a set neuron run normally.  The score is divided by the number of tokens of the
+    token policy (1 for CLS; docs/official-code.md#mae for global-pool models; 1 in hierarchical
+    models, whose token terms are already sums, see ``set_scores``).  Returns one (images,) tensor
+    per set.  ``last_only`` reproduces the released TopK code
+    (docs/official-code.md#topk-and-pruning): all neurons of a layer scale, but only the last one
+    listed enters the two sums."""
     n_images = clean.labels.shape[0]
     device = adapter.device
     widths = clean.widths
@@ -258,22 +296,33 @@ def joint_attribution_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean:
     tokens = clean.acts[0].shape[1] if clean.aligned else 1
     for group_layers, members in groups.items():
         item_image = torch.arange(n_images, device=device).repeat(len(members))
-        masks = {l: torch.cat([masks_for({l: indices[s][l]}, widths, adapter.dtype, device)[l]
-                               for s in members]) for l in group_layers}
+        masks = {
+            l: torch.cat(
+                [masks_for({l: indices[s][l]}, widths, adapter.dtype, device)[l] for s in members]
+            )
+            for l in group_layers
+        }
         grads = integrated_gradients(adapter, pixels, clean, masks, config, item_image)
         for j, s in enumerate(members):
             part = slice(j * n_images, (j + 1) * n_images)
             summed = {l: i[:, -1:] for l, i in indices[s].items()} if last_only else indices[s]
-            scores = set_scores(clean, {l: g[part] for l, g in grads.items()}, summed,
-                                item_image[part])
+            scores = set_scores(
+                clean, {l: g[part] for l, g in grads.items()}, summed, item_image[part]
+            )
             results[s] = scores / tokens
     return results
 
 
-def extension_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
-                     prefix: Mapping[int, torch.Tensor], layer: int, candidates: torch.Tensor,
-                     config: AttributionConfig = AttributionConfig(),
-                     last_only: bool = False) -> torch.Tensor:
+def extension_scores(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    clean: CleanPass,
+    prefix: Mapping[int, torch.Tensor],
+    layer: int,
+    candidates: torch.Tensor,
+    config: AttributionConfig = AttributionConfig(),
+    last_only: bool = False,
+) -> torch.Tensor:
     """JAS (Eq. 2-3) of ``prefix`` ∪ {w} for every candidate w of ``layer``, computed exactly:
     only w scales with alpha in ``layer`` (its other units frozen), the prefix's neurons scale
     in theirs -- the semantics of the final JAS, one set per (image, candidate).
@@ -288,16 +337,20 @@ def extension_scores(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPa
     item_image = torch.arange(n_images, device=device).repeat_interleave(count)
     index = {l: i.repeat_interleave(count, 0) for l, i in prefix.items()}
     index[layer] = candidates.reshape(-1, 1).to(device)
-    grads = integrated_gradients(adapter, pixels, clean,
-                                 masks_for(index, widths, adapter.dtype, device), config,
-                                 item_image)
+    grads = integrated_gradients(
+        adapter, pixels, clean, masks_for(index, widths, adapter.dtype, device), config, item_image
+    )
     summed = {l: i[:, -1:] for l, i in index.items()} if last_only else index
     return set_scores(clean, grads, summed, item_image).reshape(n_images, count)
 
 
-def joint_attribution_score(adapter: ModelAdapter, pixels: torch.Tensor, labels,
-                            neurons: NeuronSet,
-                            config: AttributionConfig = AttributionConfig()) -> torch.Tensor:
+def joint_attribution_score(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    labels,
+    neurons: NeuronSet,
+    config: AttributionConfig = AttributionConfig(),
+) -> torch.Tensor:
     """JAS (Eq. 2-3) of one neuron set ``{layer: indices}`` for each image of a batch."""
     clean = clean_pass(adapter, pixels, labels, config)
     return joint_attribution_scores(adapter, pixels, clean, [neurons], config)[0]

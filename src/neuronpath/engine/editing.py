@@ -4,9 +4,9 @@ One chunked loop, :func:`edited_predictions`, gives the ground-truth probability
 predicted class of every row under an edit; on it stand
 
 * :func:`manipulate` -- removal (x0) and enhancement (x2) of path neurons (§4.2,
-  App. C.4-C.5; docs/official-code.md#removal-and-enhancement): the path neurons of *every* layer are edited at the adapter's
-  token(s) in one forward, everything downstream recomputed; the unmodified pass is shared by
-  all paths of an image;
+  App. C.4-C.5; docs/official-code.md#removal-and-enhancement): the path neurons of *every* layer
+  are edited at the adapter's token(s) in one forward, everything downstream recomputed; the
+  unmodified pass is shared by all paths of an image;
 * :func:`pruned_predictions` -- each row under its own per-layer 0/1 neuron multipliers
   (class-specific pruning, §4.4).
 """
@@ -25,9 +25,14 @@ from .neurons import layer_width
 OPS = {"remove": 0.0, "enhance": 2.0}
 
 
-def edited_predictions(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor,
-                       images: torch.Tensor, edit: Callable[[slice], object],
-                       max_rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def edited_predictions(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    images: torch.Tensor,
+    edit: Callable[[slice], object],
+    max_rows: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground-truth probability and predicted class of each row r: image ``images[r]`` run
     inside the context ``edit(rows)`` of the chunk of rows it belongs to, ``max_rows`` rows
     per forward."""
@@ -44,9 +49,14 @@ def edited_predictions(adapter: ModelAdapter, pixels: torch.Tensor, labels: torc
     return torch.cat(probs), torch.cat(preds)
 
 
-def manipulate(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor,
-               paths: Mapping[str, torch.Tensor], ops: Sequence[str] = tuple(OPS),
-               max_rows: int = 256) -> dict[str, torch.Tensor]:
+def manipulate(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    paths: Mapping[str, torch.Tensor],
+    ops: Sequence[str] = tuple(OPS),
+    max_rows: int = 256,
+) -> dict[str, torch.Tensor]:
     """Ground-truth probability and predicted label after each edit.
 
     ``paths[method]``: (images, layers) or (images, layers, K) neuron indices.  Returns
@@ -78,9 +88,13 @@ def manipulate(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor
     factors = torch.cat(factors)
     images = torch.arange(n, device=device).repeat(len(blocks))
     probs, preds = edited_predictions(
-        adapter, pixels, labels, images,
+        adapter,
+        pixels,
+        labels,
+        images,
         lambda rows: scale_neurons(adapter, {l: i[rows] for l, i in index.items()}, factors[rows]),
-        max_rows)
+        max_rows,
+    )
     probs, preds = probs.reshape(len(blocks), n), preds.reshape(len(blocks), n)
     out = {}
     for b, (method, op, _) in enumerate(blocks):
@@ -89,25 +103,31 @@ def manipulate(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor
     return out
 
 
-def pruned_predictions(adapter: ModelAdapter, pixels: torch.Tensor, labels: torch.Tensor,
-                       multipliers: Sequence[Mapping[int, torch.Tensor]],
-                       width: int | Sequence[int],
-                       image_index: Sequence[int] | None = None,
-                       max_rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def pruned_predictions(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    multipliers: Sequence[Mapping[int, torch.Tensor]],
+    width: int | Sequence[int],
+    image_index: Sequence[int] | None = None,
+    max_rows: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground-truth probability and predicted label of each row: image ``image_index[r]``
     (default: row r is image r) under its own ``multipliers[r]`` (``{layer: (n_l,) factors}``;
     an empty dict is the unpruned model; ``width``: one FFN width or one per layer)."""
     device = adapter.device
     pixels = pixels.to(device, adapter.dtype)
     labels = torch.as_tensor(labels, device=device).long()
-    images = torch.as_tensor(list(range(len(multipliers))) if image_index is None
-                             else list(image_index), device=device)
+    images = torch.as_tensor(
+        list(range(len(multipliers))) if image_index is None else list(image_index), device=device
+    )
     layers = sorted({l for m in multipliers for l in m})
     ones = {l: torch.ones(layer_width(width, l), dtype=torch.float64) for l in layers}
 
     def edit(rows: slice):
         chunk = multipliers[rows]
-        return multiply_neurons(adapter, {l: torch.stack([m.get(l, ones[l]) for m in chunk])
-                                          for l in layers})
+        return multiply_neurons(
+            adapter, {l: torch.stack([m.get(l, ones[l]) for m in chunk]) for l in layers}
+        )
 
     return edited_predictions(adapter, pixels, labels, images, edit, max_rows)

@@ -3,10 +3,10 @@
 Every grid is a set of points alpha_k with weights w_k summing to 1, so that
     integral_0^1 f(alpha) d alpha  ~=  sum_k w_k f(alpha_k).
 
-``left`` is what the authors' code uses (alpha_k = k/m, k = 0..m-1; docs/official-code.md#jas-search) and is the
-default.  ``right`` is the paper's Eq. 3 (k = 1..m).  The others are better quadratures
-offered for users who do not need numbers comparable with the paper.
-"""
+``left`` is what the authors' code uses (alpha_k = k/m, k = 0..m-1;
+docs/official-code.md#jas-search) and is the default.  ``right`` is the paper's Eq. 3 (k = 1..m).
+The others are better quadratures offered for users who do not need numbers comparable with the
+paper."""
 
 from __future__ import annotations
 
@@ -32,14 +32,20 @@ class AlphaGrid:
         return len(self.points)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "steps": self.steps, "points": list(self.points),
-                "weights": list(self.weights)}
+        return {
+            "name": self.name,
+            "steps": self.steps,
+            "points": list(self.points),
+            "weights": list(self.weights),
+        }
 
 
 def alpha_grid(name: str = "left", steps: int = 20) -> AlphaGrid:
     """Build the named grid with ``steps`` points (m in the paper)."""
     if name not in GRIDS:
-        raise InputError(f"{option('alphas')}: unknown grid {name!r}; expected one of {', '.join(GRIDS)}")
+        raise InputError(
+            f"{option('alphas')}: unknown grid {name!r}; expected one of {', '.join(GRIDS)}"
+        )
     if not isinstance(steps, int) or steps < 1:
         raise InputError(f"{option('steps')}: expected a positive integer, got {steps!r}")
     m = steps

@@ -2,7 +2,8 @@
 
 Each intervention is a context manager over a :class:`~neuronpath.engine.adapter.ModelAdapter`
 that hooks every block's FFN hidden state (``adapter.hooks``) and always removes its hooks,
-also when the body raises.  Every read and edit happens at the token policy of its block (``adapter.token_at``).
+also when the body raises.  Every read and edit happens at the token policy of its block
+(``adapter.token_at``).
 
 * :func:`record_neurons` -- read every layer's neuron vector in a pass;
 * :func:`replace_neurons` -- replace a layer's neuron vector by a given tensor, so that
@@ -21,13 +22,14 @@ from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
-from .adapter import ModelAdapter
 from ..errors import InputError
+from .adapter import ModelAdapter
 
 
 @contextlib.contextmanager
-def record_neurons(adapter: ModelAdapter, layers=None,
-                   all_tokens: bool = False) -> Iterator[dict[int, torch.Tensor]]:
+def record_neurons(
+    adapter: ModelAdapter, layers=None, all_tokens: bool = False
+) -> Iterator[dict[int, torch.Tensor]]:
     """Yield a dict that the next forward fills with ``{layer: (rows, tokens, n)}`` tensors
     (the post-activation FFN hidden state at the adapter's token policy, or at every token with
     ``all_tokens``, detached)."""
@@ -37,6 +39,7 @@ def record_neurons(adapter: ModelAdapter, layers=None,
     def make(layer):
         def hook(value):
             store[layer] = (value if all_tokens else adapter.token_at(layer).select(value)).detach()
+
         return hook
 
     with adapter.hooks({layer: make(layer) for layer in layers}):
@@ -53,9 +56,12 @@ def replace_neurons(adapter: ModelAdapter, values: Mapping[int, torch.Tensor]) -
 
         def hook(hidden):
             if value.shape[0] != hidden.shape[0]:
-                raise InputError(f"replace_neurons: layer {layer} got {value.shape[0]} rows of "
-                                 f"values for a batch of {hidden.shape[0]}")
+                raise InputError(
+                    f"replace_neurons: layer {layer} got {value.shape[0]} rows of "
+                    f"values for a batch of {hidden.shape[0]}"
+                )
             return adapter.token_at(layer).insert(hidden, value)
+
         return hook
 
     with adapter.hooks({layer: make(layer) for layer in values}):
@@ -64,20 +70,24 @@ def replace_neurons(adapter: ModelAdapter, values: Mapping[int, torch.Tensor]) -
 
 @contextlib.contextmanager
 def add_to_neurons(adapter: ModelAdapter, deltas: Mapping[int, torch.Tensor]) -> Iterator[None]:
-    """Add ``deltas[l]`` (shape (rows, tokens, n)) to layer l's neurons at the adapter's token(s)."""
+    """Add ``deltas[l]`` (shape (rows, tokens, n)) to layer l's neurons at the adapter's
+    token(s)."""
 
     def make(layer):
         delta, token = deltas[layer], adapter.token_at(layer)
 
         def hook(hidden):
             return token.insert(hidden, token.select(hidden) + delta)
+
         return hook
 
     with adapter.hooks({layer: make(layer) for layer in deltas}):
         yield
 
 
-def _multiplying(adapter: ModelAdapter, layer_factors: Mapping[int, Callable]) -> contextlib.AbstractContextManager:
+def _multiplying(
+    adapter: ModelAdapter, layer_factors: Mapping[int, Callable]
+) -> contextlib.AbstractContextManager:
     """Hooks that multiply layer l's selected neurons by ``layer_factors[l](selected)``, a
     (rows, n) factor per row, downstream recomputed."""
 
@@ -87,13 +97,16 @@ def _multiplying(adapter: ModelAdapter, layer_factors: Mapping[int, Callable]) -
         def hook(hidden):
             selected = token.select(hidden)
             return token.insert(hidden, selected * factor_of(selected)[:, None, :])
+
         return hook
 
     return adapter.hooks({layer: make(layer, f) for layer, f in layer_factors.items()})
 
 
 @contextlib.contextmanager
-def multiply_neurons(adapter: ModelAdapter, multipliers: Mapping[int, torch.Tensor]) -> Iterator[None]:
+def multiply_neurons(
+    adapter: ModelAdapter, multipliers: Mapping[int, torch.Tensor]
+) -> Iterator[None]:
     """Multiply layer l's neurons at the adapter's token(s) by ``multipliers[l]`` (rows, n)."""
 
     def factor(multiplier):
@@ -104,8 +117,9 @@ def multiply_neurons(adapter: ModelAdapter, multipliers: Mapping[int, torch.Tens
 
 
 @contextlib.contextmanager
-def scale_neurons(adapter: ModelAdapter, neurons: Mapping[int, torch.Tensor],
-                  factor: float | torch.Tensor) -> Iterator[None]:
+def scale_neurons(
+    adapter: ModelAdapter, neurons: Mapping[int, torch.Tensor], factor: float | torch.Tensor
+) -> Iterator[None]:
     """Multiply chosen neurons by ``factor`` at the adapter's token(s), downstream recomputed.
 
     ``neurons[l]`` holds neuron indices of layer l, shape (rows,) or (rows, K): one set per row
@@ -118,11 +132,13 @@ def scale_neurons(adapter: ModelAdapter, neurons: Mapping[int, torch.Tensor],
         index = index.reshape(index.shape[0], -1)
 
         def factor_of(selected):
-            ones = torch.ones(selected.shape[0], selected.shape[-1], dtype=selected.dtype,
-                              device=selected.device)
+            ones = torch.ones(
+                selected.shape[0], selected.shape[-1], dtype=selected.dtype, device=selected.device
+            )
             rows = torch.as_tensor(factor, dtype=selected.dtype, device=selected.device)
             rows = rows.reshape(-1, 1).expand(index.shape[0], index.shape[1])
             return ones.scatter_(1, index.to(selected.device), rows)
+
         return factor_of
 
     with _multiplying(adapter, {l: scale(i) for l, i in neurons.items()}):

@@ -33,8 +33,9 @@ class TokenLayout:
     why: str = ""  # for "none": why there is no map
 
     @classmethod
-    def grid(cls, prefix: int, height: int, width: int,
-             order: Sequence[int] | None = None) -> "TokenLayout":
+    def grid(
+        cls, prefix: int, height: int, width: int, order: Sequence[int] | None = None
+    ) -> "TokenLayout":
         return cls("grid", prefix, height, width, None if order is None else tuple(order))
 
     @classmethod
@@ -52,18 +53,22 @@ class TokenLayout:
         for w in (columns, columns + 1):
             if w > 0 and cells % w == 0 and (cells // w) * width == w * height:
                 return cls.grid(prefix, cells // w, w)
-        return cls.none(f"{tokens} tokens are not {prefix} special tokens and a "
-                        f"{height}:{width} grid of patches")
+        return cls.none(
+            f"{tokens} tokens are not {prefix} special tokens and a "
+            f"{height}:{width} grid of patches"
+        )
 
     def image_map(self, values: torch.Tensor) -> torch.Tensor | None:
         """A block's values over its tokens, (tokens,) -> (height, width) over the image, or
         None for a layout without a map."""
         if self.kind != "grid":
             return None
-        cells = values[self.prefix:]
+        cells = values[self.prefix :]
         if cells.shape[0] != self.height * self.width:
-            raise ValueError(f"layout: expected {self.prefix + self.height * self.width} "
-                             f"tokens, got {values.shape[0]}")
+            raise ValueError(
+                f"layout: expected {self.prefix + self.height * self.width} "
+                f"tokens, got {values.shape[0]}"
+            )
         if self.order is not None:
             placed = torch.empty_like(cells)
             placed[torch.as_tensor(self.order, device=cells.device)] = cells
@@ -73,5 +78,10 @@ class TokenLayout:
     def describe(self) -> dict:
         if self.kind != "grid":
             return {"kind": self.kind, "why": self.why}
-        return {"kind": "grid", "prefix": self.prefix, "height": self.height, "width": self.width,
-                "order": "raster" if self.order is None else "stated"}
+        return {
+            "kind": "grid",
+            "prefix": self.prefix,
+            "height": self.height,
+            "width": self.width,
+            "order": "raster" if self.order is None else "stated",
+        }

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+
 from ..errors import InputError
 
 NeuronSet = Mapping[int, "torch.Tensor | Sequence[int] | int"]
@@ -20,8 +21,9 @@ def layer_width(widths: int | Sequence[int], layer: int) -> int:
     return widths if isinstance(widths, int) else int(widths[layer])
 
 
-def neuron_index(neurons: NeuronSet, n_items: int, device, width: int | Sequence[int],
-                 num_layers: int) -> dict[int, torch.Tensor]:
+def neuron_index(
+    neurons: NeuronSet, n_items: int, device, width: int | Sequence[int], num_layers: int
+) -> dict[int, torch.Tensor]:
     """Normalise ``{layer: indices}`` to ``{layer: LongTensor (items, K)}``.
 
     An int or a list/tuple of ints is the same neuron set for every item; a tensor of shape
@@ -37,15 +39,20 @@ def neuron_index(neurons: NeuronSet, n_items: int, device, width: int | Sequence
             index = torch.as_tensor(index, device=device).long()
             index = index[:, None] if index.dim() == 1 else index
         if index.dim() != 2 or index.shape[0] != n_items or index.shape[1] == 0:
-            raise InputError(f"neurons[{layer}]: expected an int, a list of ints, or a tensor of "
-                             f"shape ({n_items},) or ({n_items}, K); got shape {tuple(index.shape)}")
+            raise InputError(
+                f"neurons[{layer}]: expected an int, a list of ints, or a tensor of "
+                f"shape ({n_items},) or ({n_items}, K); got shape {tuple(index.shape)}"
+            )
         if not 0 <= int(layer) < num_layers:
-            raise IndexError(f"neurons: layer {layer} out of range for a model with "
-                             f"{num_layers} layers")
+            raise IndexError(
+                f"neurons: layer {layer} out of range for a model with {num_layers} layers"
+            )
         n = layer_width(width, int(layer))
         if index.min() < 0 or index.max() >= n:
-            raise InputError(f"neurons[{layer}]: indices must lie in [0, {n}) for FFN "
-                             f"width {n}; got {index.min().item()}..{index.max().item()}")
+            raise InputError(
+                f"neurons[{layer}]: indices must lie in [0, {n}) for FFN "
+                f"width {n}; got {index.min().item()}..{index.max().item()}"
+            )
         if index.shape[1] > 1 and (index.sort(1).values.diff(dim=1) == 0).any():
             raise InputError(f"neurons[{layer}]: a neuron is listed twice")
         result[int(layer)] = index
@@ -63,13 +70,17 @@ def gather_neurons(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(2, index[:, None, :].expand(-1, x.shape[1], -1)).sum(-1)
 
 
-def masks_for(index: Mapping[int, torch.Tensor], width: int | Sequence[int], dtype,
-              device) -> dict[int, torch.Tensor]:
+def masks_for(
+    index: Mapping[int, torch.Tensor], width: int | Sequence[int], dtype, device
+) -> dict[int, torch.Tensor]:
     """``{layer: (items, K) indices}`` -> ``{layer: (items, width_l)}`` 0/1 masks of those
     neurons (``width``: one for all layers, or one per layer)."""
-    return {l: torch.zeros(idx.shape[0], layer_width(width, l), dtype=dtype,
-                           device=device).scatter_(1, idx, 1.0)
-            for l, idx in index.items()}
+    return {
+        l: torch.zeros(idx.shape[0], layer_width(width, l), dtype=dtype, device=device).scatter_(
+            1, idx, 1.0
+        )
+        for l, idx in index.items()
+    }
 
 
 def stack_layers(per_layer: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -78,5 +89,10 @@ def stack_layers(per_layer: Sequence[torch.Tensor]) -> torch.Tensor:
     width = max(x.shape[-1] for x in per_layer)
     if all(x.shape[-1] == width for x in per_layer):
         return torch.stack(list(per_layer), dim=1)
-    return torch.stack([torch.nn.functional.pad(x, (0, width - x.shape[-1]), value=float("-inf"))
-                        for x in per_layer], dim=1)
+    return torch.stack(
+        [
+            torch.nn.functional.pad(x, (0, width - x.shape[-1]), value=float("-inf"))
+            for x in per_layer
+        ],
+        dim=1,
+    )

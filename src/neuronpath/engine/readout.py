@@ -9,8 +9,8 @@ block, its number of tokens, its FFN width and the positions that reach the logi
 :func:`settle_readout` turns that into one policy per block:
 
 * the blocks of the last stage (the trailing blocks with the last block's token count; every
-  block of a plain ViT) read the positions the head reads -- the official semantics, CLS at
-  every layer of a CLS classifier (``docs/official-code.md#the-neuron``);
+  block of a plain ViT) read the positions the head reads -- the official semantics, CLS at every
+  layer of a CLS classifier (``docs/official-code.md#the-neuron``);
 * blocks of earlier stages of a hierarchical model (Swin, CvT, PVT, Hiera: other token counts)
   read every position of theirs that reaches the logits, normally all of them.
 
@@ -95,28 +95,39 @@ def probe(adapter) -> Probe:
             shapes[layer] = (value.shape[1], value.shape[-1])
             deltas[layer] = torch.zeros_like(value, requires_grad=True)
             return value + deltas[layer]
+
         return hook
 
     with torch.enable_grad(), adapter.hooks({l: make(l) for l in layers}):
         logits = adapter.logits(pixels)
     if len(shapes) != adapter.num_layers:
         missing = [adapter.site_names[l] for l in layers if l not in shapes]
-        raise InputError(f"{type(adapter.model).__name__}: the sites {missing[:3]} did not run "
-                         f"in a forward pass; expected one FFN per block")
-    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0),
-                          dtype=torch.float64).to(logits.device, logits.dtype)
-    grads = torch.autograd.grad((logits * weights).sum(), [deltas[l] for l in layers],
-                                allow_unused=True)
-    reach = tuple(() if g is None else tuple(
-        int(p) for p in torch.nonzero(g.abs().sum(dim=(0, 2)) > 0).flatten()) for g in grads)
-    result = Probe(tuple(shapes[l][0] for l in layers), tuple(shapes[l][1] for l in layers),
-                   reach)
+        raise InputError(
+            f"{type(adapter.model).__name__}: the sites {missing[:3]} did not run "
+            f"in a forward pass; expected one FFN per block"
+        )
+    weights = torch.randn(
+        logits.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    ).to(logits.device, logits.dtype)
+    grads = torch.autograd.grad(
+        (logits * weights).sum(), [deltas[l] for l in layers], allow_unused=True
+    )
+    reach = tuple(
+        ()
+        if g is None
+        else tuple(int(p) for p in torch.nonzero(g.abs().sum(dim=(0, 2)) > 0).flatten())
+        for g in grads
+    )
+    result = Probe(tuple(shapes[l][0] for l in layers), tuple(shapes[l][1] for l in layers), reach)
     adapter.__dict__["_probe"] = result
     return result
 
 
-def settle_readout(adapter, requested: TokenPolicy | str | None = None,
-                   family: tuple[TokenPolicy, str] | None = None) -> Readout:
+def settle_readout(
+    adapter,
+    requested: TokenPolicy | str | None = None,
+    family: tuple[TokenPolicy, str] | None = None,
+) -> Readout:
     """Every block's token policy (see the module docstring).
 
     ``family``: the policy a family table read off the model and the reason, used to name the
@@ -128,8 +139,10 @@ def settle_readout(adapter, requested: TokenPolicy | str | None = None,
     found = probe(adapter)
     count = found.tokens[-1]
     if not found.read:
-        raise InputError(f"{model}: no token of the last block's FFN reaches the logits "
-                         f"(gradient probe); expected a classifier whose head reads its tokens")
+        raise InputError(
+            f"{model}: no token of the last block's FFN reaches the logits "
+            f"(gradient probe); expected a classifier whose head reads its tokens"
+        )
     read = set(found.read)
     probed = TokenPolicy.from_positions(read, count)
     policy, reason = probed, f"gradient probe: the head reads positions {_ranges(read)} of {count}"
@@ -138,28 +151,46 @@ def settle_readout(adapter, requested: TokenPolicy | str | None = None,
         if set(_positions(named, count)) == read:
             policy, reason = named, why
         else:
-            log.warning("%s: its family table says the head reads %s (%s), but the gradient "
-                        "probe finds positions %s of %d; reading those (token %r)", model, why,
-                        named.name, _ranges(read), count, probed.name)
+            log.warning(
+                "%s: its family table says the head reads %s (%s), but the gradient "
+                "probe finds positions %s of %d; reading those (token %r)",
+                model,
+                why,
+                named.name,
+                _ranges(read),
+                count,
+                probed.name,
+            )
     if requested is not None:
         if isinstance(requested, str):
-            requested = TokenPolicy.parse(requested,
-                                          distillation_index=adapter.distillation_index)
+            requested = TokenPolicy.parse(requested, distillation_index=adapter.distillation_index)
         dead = sorted(set(requested.positions(count)) - read)
         if dead:
-            raise InputError(f"{option('token')}: {requested.name!r} includes positions "
-                             f"{_ranges(dead)} whose last-layer neurons cannot influence the "
-                             f"output of {model}; its head reads {reason} (token "
-                             f"{policy.name!r})")
+            raise InputError(
+                f"{option('token')}: {requested.name!r} includes positions "
+                f"{_ranges(dead)} whose last-layer neurons cannot influence the "
+                f"output of {model}; its head reads {reason} (token "
+                f"{policy.name!r})"
+            )
         policy, reason = requested, f"requested ({requested.name}); the head reads {reason}"
     last = found.last_stage
-    policies = tuple(policy if layer in last else
-                     TokenPolicy.from_positions(found.reach[layer] or range(found.tokens[layer]),
-                                                found.tokens[layer])
-                     for layer in range(adapter.num_layers))
+    policies = tuple(
+        policy
+        if layer in last
+        else TokenPolicy.from_positions(
+            found.reach[layer] or range(found.tokens[layer]), found.tokens[layer]
+        )
+        for layer in range(adapter.num_layers)
+    )
     if found.hierarchical:
-        reason += (f"; blocks 0-{last.start - 1} (earlier stages, other token counts) read "
-                   f"every position that reaches the logits") if last.start else ""
+        reason += (
+            (
+                f"; blocks 0-{last.start - 1} (earlier stages, other token counts) read "
+                f"every position that reaches the logits"
+            )
+            if last.start
+            else ""
+        )
     return Readout(policies, reason)
 
 

@@ -1,12 +1,12 @@
 """Where a block's FFN neurons live: the input of its FFN output projection.
 
-Every Transformer FFN ends in an output projection W2: plain FFNs compute ``act(x W1) W2``,
-gated ones (SwiGLU: DINOv2-giant, EVA-02, LLaMA-style vision towers) ``(act(x Wg) * x Wu) W2``.
-The FFN's hidden state -- the neuron vector of the paper, "after GELU" in its ViTs (see
+Every Transformer FFN ends in an output projection W2: plain FFNs compute ``act(x W1) W2``, gated
+ones (SwiGLU: DINOv2-giant, EVA-02, LLaMA-style vision towers) ``(act(x Wg) * x Wu) W2``. The FFN's
+hidden state -- the neuron vector of the paper, "after GELU" in its ViTs (see
 ``docs/official-code.md#the-neuron``) -- is in both cases exactly the *input* of W2, so one rule
-serves plain and gated FFNs alike.  (In eval mode the dropout between the activation and W2 is
-the identity, so for plain FFNs this is the activation's output, the site earlier versions
-hooked, value for value.)
+serves plain and gated FFNs alike.  (In eval mode the dropout between the activation and W2 is the
+identity, so for plain FFNs this is the activation's output, the site earlier versions hooked, value
+for value.)
 
 :func:`find_ffn_sites` finds W2 in every block in two steps:
 
@@ -44,15 +44,16 @@ def ffn_modules(model: nn.Module) -> dict[str, str]:
         numbered = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
         if not numbered:
             continue
-        block = ".".join(parts[:numbered[-1] + 1])
-        inner = name[len(block) + 1:].split(".")
+        block = ".".join(parts[: numbered[-1] + 1])
+        inner = name[len(block) + 1 :].split(".")
         if block not in found and not any(p.lower() in FFN_NAME_PARTS for p in inner[:-1]):
             found[block] = name
     return found
 
 
-def find_ffn_sites(model: nn.Module, run: Callable[[], object],
-                   num_layers: int | None = None) -> list[str]:
+def find_ffn_sites(
+    model: nn.Module, run: Callable[[], object], num_layers: int | None = None
+) -> list[str]:
     """Names of the FFN output projections, one per block in depth order, whose *input* is the
     block's FFN hidden state (see the module docstring).  ``run()`` runs the model once on a
     probe input; ``num_layers``, when given, is the number of blocks expected."""
@@ -64,6 +65,7 @@ def find_ffn_sites(model: nn.Module, run: Callable[[], object],
     def note(name):
         def hook(module, args):
             calls.append(name)
+
         return hook
 
     try:
@@ -84,13 +86,16 @@ def find_ffn_sites(model: nn.Module, run: Callable[[], object],
             continue  # this block's FFN does not run in the model's forward
         after = [n for i, n in mine if i >= start and isinstance(modules[n], nn.Linear)]
         if not after or calls.count(after[-1]) != 1:
-            raise InputError(f"{type(model).__name__}: could not find the output projection "
-                             f"of the FFN {ffn} (an nn.Linear that runs once, after it starts); "
-                             f"build a ModelAdapter naming the sites explicitly")
+            raise InputError(
+                f"{type(model).__name__}: could not find the output projection "
+                f"of the FFN {ffn} (an nn.Linear that runs once, after it starts); "
+                f"build a ModelAdapter naming the sites explicitly"
+            )
         sites.append(after[-1])
     if not sites or (num_layers is not None and len(sites) != num_layers):
         raise InputError(
             f"{type(model).__name__}: could not find one FFN per block: found {len(sites)} "
             f"({sites[:4]}{'...' if len(sites) > 4 else ''}) for {num_layers} blocks. Build a "
-            f"ModelAdapter(model, site_names=[...]) naming them explicitly.")
+            f"ModelAdapter(model, site_names=[...]) naming them explicitly."
+        )
     return sites

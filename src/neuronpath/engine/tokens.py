@@ -1,11 +1,11 @@
 """Token policies: at which token positions of a block's FFN hidden state a neuron lives.
 
-The neuron is read and edited where the classifier head reads (docs/official-code.md#mae): at the CLS token for
-CLS-token classifiers (ViT, DeiT); at all patch tokens jointly for mean-pooled heads (MAE, BEiT,
-CLIP's classifier); at every token for heads that pool all of them (SigLIP, Swin); at CLS and
-the patch tokens for DINOv2, at CLS and the distillation token for DeiT with teacher.  With
-several positions a neuron's value is a vector over them, and each score is formed per position
-and summed (see ``docs/semantics.md``).
+The neuron is read and edited where the classifier head reads (docs/official-code.md#mae): at the
+CLS token for CLS-token classifiers (ViT, DeiT); at all patch tokens jointly for mean-pooled heads
+(MAE, BEiT, CLIP's classifier); at every token for heads that pool all of them (SigLIP, Swin); at
+CLS and the patch tokens for DINOv2, at CLS and the distillation token for DeiT with teacher.  With
+several positions a neuron's value is a vector over them, and each score is formed per position and
+summed (see ``docs/semantics.md``).
 
 A policy is a set of positions written as sorted, disjoint half-open spans ``[start, stop)``
 (``stop=None``: to the last token), e.g. CLS + patches after 4 register tokens is
@@ -44,8 +44,10 @@ class TokenPolicy:
 
     def __post_init__(self):
         if not self.spans or any(a < 0 or (b is not None and b <= a) for a, b in self.spans):
-            raise InputError(f"{option('token')}: {self.name!r} is not a set of token positions "
-                             f"(spans {self.spans})")
+            raise InputError(
+                f"{option('token')}: {self.name!r} is not a set of token positions "
+                f"(spans {self.spans})"
+            )
         object.__setattr__(self, "spans", _merge(self.spans))
 
     @classmethod
@@ -80,7 +82,8 @@ class TokenPolicy:
         if name is None:
             names = {((0, 1),): "cls", ((0, None),): "all", ((1, None),): "patches:1"}
             name = names.get(spans) or "positions:" + ",".join(
-                f"{a}" if b == a + 1 else f"{a}-{'' if b is None else b - 1}" for a, b in spans)
+                f"{a}" if b == a + 1 else f"{a}-{'' if b is None else b - 1}" for a, b in spans
+            )
         return cls(name, spans)
 
     @classmethod
@@ -105,23 +108,32 @@ class TokenPolicy:
             try:
                 return cls.patches(int(prefix) if prefix else 1)
             except ValueError:
-                raise InputError(f"{option('token')}: expected patches or patches:N, got {text!r}") from None
+                raise InputError(
+                    f"{option('token')}: expected patches or patches:N, got {text!r}"
+                ) from None
         if text.startswith("positions:"):
             try:
-                spans = [(int(a), int(b) + 1 if b else None) if sep else (int(a), int(a) + 1)
-                         for a, sep, b in (item.partition("-")
-                                           for item in text[len("positions:"):].split(","))]
+                spans = [
+                    (int(a), int(b) + 1 if b else None) if sep else (int(a), int(a) + 1)
+                    for a, sep, b in (
+                        item.partition("-") for item in text[len("positions:") :].split(",")
+                    )
+                ]
                 return cls(text, tuple(spans))
             except ValueError:
-                raise InputError(f"{option('token')}: expected positions:A,B-C,D- (token indices and "
-                                 f"ranges), got {text!r}") from None
+                raise InputError(
+                    f"{option('token')}: expected positions:A,B-C,D- (token indices and "
+                    f"ranges), got {text!r}"
+                ) from None
         if text.startswith("index:"):
-            text = text[len("index:"):]
+            text = text[len("index:") :]
         try:
             return cls.index(int(text))
         except ValueError:
-            raise InputError(f"{option('token')}: expected cls, distillation, patches[:N], all, a token "
-                             f"index, or several joined by '+'; got {text!r}") from None
+            raise InputError(
+                f"{option('token')}: expected cls, distillation, patches[:N], all, a token "
+                f"index, or several joined by '+'; got {text!r}"
+            ) from None
 
     @property
     def start(self) -> int:
@@ -142,16 +154,18 @@ class TokenPolicy:
         out = []
         for a, b in self.spans:
             if a >= count or (b is not None and b > count):
-                raise InputError(f"{option('token')}: {self.name!r} needs token positions up to "
-                                 f"{(b or a + 1) - 1}, but this model has {count} tokens "
-                                 f"(positions 0..{count - 1})")
+                raise InputError(
+                    f"{option('token')}: {self.name!r} needs token positions up to "
+                    f"{(b or a + 1) - 1}, but this model has {count} tokens "
+                    f"(positions 0..{count - 1})"
+                )
             out.extend(range(a, count if b is None else b))
         return out
 
     def select(self, hidden: torch.Tensor) -> torch.Tensor:
         """(rows, tokens, n) -> (rows, tokens_selected, n)."""
         if len(self.spans) == 1:
-            return hidden[:, self.start:self.stop]
+            return hidden[:, self.start : self.stop]
         return torch.cat([hidden[:, a:b] for a, b in self.spans], dim=1)
 
     def insert(self, hidden: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -161,11 +175,15 @@ class TokenPolicy:
         pieces, end, used = [], 0, 0
         for a, b in self.spans:
             b = hidden.shape[1] if b is None else b
-            pieces += [hidden[:, end:a], value[:, used:used + b - a]]
+            pieces += [hidden[:, end:a], value[:, used : used + b - a]]
             end, used = b, used + b - a
         pieces.append(hidden[:, end:])
         return torch.cat(pieces, dim=1)
 
     def describe(self) -> dict:
-        return {"name": self.name, "start": self.start, "stop": self.stop,
-                "spans": [list(s) for s in self.spans]}
+        return {
+            "name": self.name,
+            "start": self.start,
+            "stop": self.stop,
+            "spans": [list(s) for s in self.spans],
+        }

@@ -32,27 +32,44 @@ def _edits(path: torch.Tensor, widths: list[int]) -> list[dict[int, torch.Tensor
     """Multipliers for one image and path (layers, K): the whole path removed, each layer's
     path neurons removed alone (one per layer), only the path kept."""
     layers = range(len(widths))
-    removed = {l: torch.ones(widths[l], dtype=torch.float64).index_fill_(0, path[l], 0.0)
-               for l in layers}
-    only = {l: torch.zeros(widths[l], dtype=torch.float64).index_fill_(0, path[l], 1.0)
-            for l in layers}
+    removed = {
+        l: torch.ones(widths[l], dtype=torch.float64).index_fill_(0, path[l], 0.0) for l in layers
+    }
+    only = {
+        l: torch.zeros(widths[l], dtype=torch.float64).index_fill_(0, path[l], 1.0) for l in layers
+    }
     return [removed] + [{l: removed[l]} for l in layers] + [only]
 
 
-def run_causal(run_dir: str | Path, *, model: str | None = None, data: str | Path | None = None,
-               seed: int = 0, controls: Sequence[str] = tuple(CONTROLS), bootstrap: int = 1000,
-               execution: Execution = Execution(batch_size=16)) -> dict | None:
+def run_causal(
+    run_dir: str | Path,
+    *,
+    model: str | None = None,
+    data: str | Path | None = None,
+    seed: int = 0,
+    controls: Sequence[str] = tuple(CONTROLS),
+    bootstrap: int = 1000,
+    execution: Execution = Execution(batch_size=16),
+) -> dict | None:
     """Causal checks of a find run's paths and of the ``controls`` (resumable); returns the
     metrics (None on the other ranks of a ``torchrun`` job)."""
     run = StoredPaths.open(run_dir, model, data, execution.device, seed, controls)
     methods, layers = run.methods, run.adapter.num_layers
     widths = run.adapter.widths()
-    store = open_store(run.ranks, run.run_dir / "causal", run.manifest_for(
-        "neuronpath evaluate --causal", {"seed": seed, "methods": methods,
-                                         "checks": ["path_removed", "each_removed", "only_path"]}))
+    store = open_store(
+        run.ranks,
+        run.run_dir / "causal",
+        run.manifest_for(
+            "neuronpath evaluate --causal",
+            {
+                "seed": seed,
+                "methods": methods,
+                "checks": ["path_removed", "each_removed", "only_path"],
+            },
+        ),
+    )
     pending = run.pending(store)
-    log.info("causal checks: %d images, %d to do -> %s", len(run.by_image), len(pending),
-             store.dir)
+    log.info("causal checks: %d images, %d to do -> %s", len(run.by_image), len(pending), store.dir)
 
     def handle(batch):
         pixels, images, labels = run.inputs(batch)
@@ -71,25 +88,43 @@ def run_causal(run_dir: str | Path, *, model: str | None = None, data: str | Pat
             base_prob, base_pred = float(probs[r]), int(preds[r])
             r += 1
             for m in methods:
-                span = probs[r:r + layers + 2].tolist()
-                records.append({"image": image, "label": int(labels[b]), "method": m,
-                                "path": paths[m][b].tolist(), "jas": run.jas(image, m),
-                                "base_prob": base_prob, "base_pred": base_pred,
-                                "path_removed_prob": span[0], "path_removed_pred": int(preds[r]),
-                                "each_removed_prob": span[1:layers + 1],
-                                "only_path_prob": span[-1],
-                                "only_path_pred": int(preds[r + layers + 1])})
+                span = probs[r : r + layers + 2].tolist()
+                records.append(
+                    {
+                        "image": image,
+                        "label": int(labels[b]),
+                        "method": m,
+                        "path": paths[m][b].tolist(),
+                        "jas": run.jas(image, m),
+                        "base_prob": base_prob,
+                        "base_pred": base_pred,
+                        "path_removed_prob": span[0],
+                        "path_removed_pred": int(preds[r]),
+                        "each_removed_prob": span[1 : layers + 1],
+                        "only_path_prob": span[-1],
+                        "only_path_pred": int(preds[r + layers + 1]),
+                    }
+                )
                 r += layers + 2
         store.append(records)
 
-    work_through(run.ranks, store, pending, run.adapter.preprocess, execution, handle,
-                 list(run.by_image), "causal checks")
+    work_through(
+        run.ranks,
+        store,
+        pending,
+        run.adapter.preprocess,
+        execution,
+        handle,
+        list(run.by_image),
+        "causal checks",
+    )
     if not run.ranks.main:
         return None
     metrics = causal_metrics(read_records(store.dir), bootstrap, seed)
     name = run.manifest["settings"]["model"]
-    write_json_atomic(store.dir / "metrics.json", {"model": name, "bootstrap": bootstrap,
-                                                   "methods": metrics})
+    write_json_atomic(
+        store.dir / "metrics.json", {"model": name, "bootstrap": bootstrap, "methods": metrics}
+    )
     write_causal_table(metrics, store.dir / "causal")
     causal_layer_figure(metrics, store.dir / "layers", title=Path(name).name or name)
     return metrics

@@ -23,17 +23,30 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.classes import (class_paths, cosine_similarity, group_coherence, group_labels,
-                                intra_class_clustering, kde_mode, modal_neurons,
-                                most_and_least_similar, neuron_counts, utilisation)
+from ..analysis.classes import (
+    class_paths,
+    cosine_similarity,
+    group_coherence,
+    group_labels,
+    intra_class_clustering,
+    kde_mode,
+    modal_neurons,
+    most_and_least_similar,
+    neuron_counts,
+    utilisation,
+)
 from ..analysis.records import layer_distribution, methods_with_top
 from ..errors import ImageReadError, InputError, option
 from ..io.images import load_image
 from ..io.labels import read_class_names, read_groups
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..methods import REGISTRY
-from ..report.figures import (layer_distribution_figure, neuron_violins, similarity_heatmap,
-                              similarity_panel)
+from ..report.figures import (
+    layer_distribution_figure,
+    neuron_violins,
+    similarity_heatmap,
+    similarity_panel,
+)
 from .common import run_widths
 
 log = logging.getLogger("neuronpath")
@@ -68,21 +81,31 @@ class ClassesOptions:
 
     def __post_init__(self):
         if not 0 < self.fraction <= 1:
-            raise InputError(f"{option('fraction')}: expected a share in (0, 1], got "
-                             f"{self.fraction}")
+            raise InputError(
+                f"{option('fraction')}: expected a share in (0, 1], got {self.fraction}"
+            )
         if self.permutations < 0:
-            raise InputError(f"{option('permutations')}: expected a count >= 0, got "
-                             f"{self.permutations}")
+            raise InputError(
+                f"{option('permutations')}: expected a count >= 0, got {self.permutations}"
+            )
         if self.thumbnails < 1:
-            raise InputError(f"{option('thumbnails')}: expected a count >= 1, got "
-                             f"{self.thumbnails}")
+            raise InputError(
+                f"{option('thumbnails')}: expected a count >= 1, got {self.thumbnails}"
+            )
 
 
-def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | None = None,
-                plot_classes: Sequence[str] | None = None, panel_class: str | None = None,
-                groups: str | Path | None = None, class_names: str | Path | None = None,
-                data: str | Path | None = None, options: ClassesOptions = ClassesOptions()
-                ) -> dict:
+def run_classes(
+    run_dir: str | Path,
+    *,
+    method: str = "jas",
+    out: str | Path | None = None,
+    plot_classes: Sequence[str] | None = None,
+    panel_class: str | None = None,
+    groups: str | Path | None = None,
+    class_names: str | Path | None = None,
+    data: str | Path | None = None,
+    options: ClassesOptions = ClassesOptions(),
+) -> dict:
     """Class-level statistics of ``method``'s paths in a find run, written to ``out`` (default
     ``RUN_DIR/classes-METHOD``): Figure 4 for ``plot_classes``, Figure 5 around
     ``panel_class``, the coherence test of a ``groups`` file, readable ``class_names``;
@@ -94,10 +117,13 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
     records = read_records(run_dir)
     methods = list(dict.fromkeys(r["method"] for r in records))
     if method not in methods:
-        raise InputError(f"{option('method')}: the run has no records of {method!r}; it has "
-                         f"{', '.join(methods) or 'none yet'}")
+        raise InputError(
+            f"{option('method')}: the run has no records of {method!r}; it has "
+            f"{', '.join(methods) or 'none yet'}"
+        )
     widths = run_widths(manifest) or 1 + max(
-        int(np.max(r["path"])) for r in records if r["method"] == method)
+        int(np.max(r["path"])) for r in records if r["method"] == method
+    )
     cp = class_paths(records, method, widths)
     width = cp.width
     names = cp.names
@@ -109,9 +135,14 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
     counts = neuron_counts(cp)
     matrices = utilisation(counts)
     modes = modal_neurons(counts)
-    np.savez_compressed(out / "utilisation.npz", utilisation=matrices.astype(np.float32),
-                        counts=counts, class_ids=np.array(cp.classes), class_names=np.array(names),
-                        modal=modes)
+    np.savez_compressed(
+        out / "utilisation.npz",
+        utilisation=matrices.astype(np.float32),
+        counts=counts,
+        class_ids=np.array(cp.classes),
+        class_names=np.array(names),
+        modal=modes,
+    )
 
     similarity = cosine_similarity(matrices)
     with open(out / "similarity.csv", "w", newline="") as handle:
@@ -120,8 +151,10 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
         for name, row in zip(names, similarity):
             writer.writerow([name] + [f"{v:.6f}" for v in row])
     lists = most_and_least_similar(similarity, fraction)
-    similar = {names[i]: {k: [[names[j], s] for j, s in entry[k]] for k in ("top", "bottom")}
-               for i, entry in enumerate(lists)}
+    similar = {
+        names[i]: {k: [[names[j], s] for j, s in entry[k]] for k in ("top", "bottom")}
+        for i, entry in enumerate(lists)
+    }
     (out / "similar.json").write_text(json.dumps(similar, indent=2))
     with open(out / "similar.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -131,30 +164,52 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
                 for rank, (other, s) in enumerate(entry[kind], 1):
                     writer.writerow([name, kind, rank, other, f"{s:.6f}"])
 
-    report = {"run": str(run_dir), "method": method, "classes": len(names), "layers": cp.num_layers,
-              "width": width, "widths": cp.layer_widths(), "images_per_class": {n: len(cp.paths[c]) for n, c in zip(names, cp.classes)},
-              "similarity_fraction": fraction,
-              "similarity_offdiagonal_mean": float(similarity[~np.eye(len(names), dtype=bool)].mean())
-              if len(names) > 1 else None,
-              "clustering": intra_class_clustering(cp, seed=seed)}
+    report = {
+        "run": str(run_dir),
+        "method": method,
+        "classes": len(names),
+        "layers": cp.num_layers,
+        "width": width,
+        "widths": cp.layer_widths(),
+        "images_per_class": {n: len(cp.paths[c]) for n, c in zip(names, cp.classes)},
+        "similarity_fraction": fraction,
+        "similarity_offdiagonal_mean": float(similarity[~np.eye(len(names), dtype=bool)].mean())
+        if len(names) > 1
+        else None,
+        "clustering": intra_class_clustering(cp, seed=seed),
+    }
     if groups:
         labels = group_labels(names, read_groups(groups))
-        report["coherence"] = {"groups_file": str(groups),
-                               "group_sizes": {g: labels.count(g) for g in sorted(set(labels))},
-                               **group_coherence(similarity, labels, permutations, seed)}
+        report["coherence"] = {
+            "groups_file": str(groups),
+            "group_sizes": {g: labels.count(g) for g in sorted(set(labels))},
+            **group_coherence(similarity, labels, permutations, seed),
+        }
 
     chosen = list(plot_classes) if plot_classes else names[:4]
     unknown = [c for c in chosen if c not in names]
     if unknown:
-        raise InputError(f"{option('plot_classes')}: {unknown} are not classes of the run (e.g. "
-                         f"{names[:3]})")
+        raise InputError(
+            f"{option('plot_classes')}: {unknown} are not classes of the run (e.g. {names[:3]})"
+        )
     first = {n: cp.paths[cp.classes[names.index(n)]][:, :, 0] for n in chosen}
-    line = {n: (np.array([kde_mode(first[n][:, l]) for l in range(cp.num_layers)]) if kde
-                else modes[names.index(n)]) for n in chosen}
-    neuron_violins({readable.get(n, n): first[n] for n in chosen},
-                   {readable.get(n, n): line[n] for n in chosen}, width, out / "figure4")
-    similarity_heatmap(similarity, display, out / "similarity",
-                       title=f"class similarity ({method} paths)")
+    line = {
+        n: (
+            np.array([kde_mode(first[n][:, l]) for l in range(cp.num_layers)])
+            if kde
+            else modes[names.index(n)]
+        )
+        for n in chosen
+    }
+    neuron_violins(
+        {readable.get(n, n): first[n] for n in chosen},
+        {readable.get(n, n): line[n] for n in chosen},
+        width,
+        out / "figure4",
+    )
+    similarity_heatmap(
+        similarity, display, out / "similarity", title=f"class similarity ({method} paths)"
+    )
 
     root = Path(data or manifest["settings"]["data"]).expanduser()
     anchor = panel_class or names[0]
@@ -164,21 +219,31 @@ def run_classes(run_dir: str | Path, *, method: str = "jas", out: str | Path | N
     rows = [(display[i], None, _thumbnails(root, cp.images[cp.classes[i]], thumbnails))]
     for kind in ("top", "bottom"):
         for j, s in lists[i][kind]:
-            rows.append((f"{'most' if kind == 'top' else 'least'} similar:\n{display[j]}", s, _thumbnails(root, cp.images[cp.classes[j]],
-                                                                      thumbnails)))
+            rows.append(
+                (
+                    f"{'most' if kind == 'top' else 'least'} similar:\n{display[j]}",
+                    s,
+                    _thumbnails(root, cp.images[cp.classes[j]], thumbnails),
+                )
+            )
     if all(images for _, _, images in rows):
         similarity_panel(rows, out / "figure5", title=f"{display[i]}: most / least similar classes")
     else:
-        log.warning("figure 5 skipped: images not found under %s (pass %s)", root,
-                    option("data", "DIR"))
+        log.warning(
+            "figure 5 skipped: images not found under %s (pass %s)", root, option("data", "DIR")
+        )
 
     for number, with_top in enumerate(methods_with_top(records)):
-        what = (REGISTRY[with_top].top_neurons if with_top in REGISTRY else "") \
-            or f"top {with_top} neurons"
+        what = (
+            REGISTRY[with_top].top_neurons if with_top in REGISTRY else ""
+        ) or f"top {with_top} neurons"
         distribution = layer_distribution(records, cp.num_layers, with_top)
         report[f"{with_top}_layer_distribution"] = distribution
-        layer_distribution_figure(distribution,
-                                  out / ("figure2" if number == 0 else f"figure2-{with_top}"),
-                                  title=f"{what} per layer", what=what)
+        layer_distribution_figure(
+            distribution,
+            out / ("figure2" if number == 0 else f"figure2-{with_top}"),
+            title=f"{what} per layer",
+            what=what,
+        )
     write_json_atomic(out / "report.json", report)
     return report

@@ -32,21 +32,24 @@ class Execution:
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InputError(f"{option('batch_size')}: expected a positive integer, got "
-                             f"{self.batch_size!r}")
+            raise InputError(
+                f"{option('batch_size')}: expected a positive integer, got {self.batch_size!r}"
+            )
         if self.workers is not None and self.workers < 0:
-            raise InputError(f"{option('workers')}: expected a number of processes >= 0, got "
-                             f"{self.workers}")
+            raise InputError(
+                f"{option('workers')}: expected a number of processes >= 0, got {self.workers}"
+            )
 
 
 def parse_bytes(text: str | int) -> int:
     """'2GiB', '512MiB', '1.5GB' or a plain number of bytes."""
     if isinstance(text, int):
         return text
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?)B?\s*", str(text),
-                         re.IGNORECASE)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
     if not match:
-        raise InputError(f"{option('memory_budget')}: expected a size such as 2GiB or 512MiB, got {text!r}")
+        raise InputError(
+            f"{option('memory_budget')}: expected a size such as 2GiB or 512MiB, got {text!r}"
+        )
     number, unit, binary = match.groups()
     base = 1024 if binary or not unit else 1000
     return int(float(number) * base ** " KMGT".index(unit.upper() or " "))
@@ -65,16 +68,20 @@ def resolve_device(device: str) -> torch.device:
     except (RuntimeError, TypeError, ValueError):
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
-        raise InputError(f"{option('device')}: expected auto, cpu, cuda, cuda:N or mps; "
-                         f"got {device!r}")
+        raise InputError(
+            f"{option('device')}: expected auto, cpu, cuda, cuda:N or mps; got {device!r}"
+        )
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"{option('device')}: {device} requested but CUDA is not available")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise InputError(f"{option('device')}: {device} requested but this machine has "
-                             f"{torch.cuda.device_count()} CUDA devices")
-    if parsed.type == "mps" and not (getattr(torch.backends, "mps", None)
-                                     and torch.backends.mps.is_available()):
+            raise InputError(
+                f"{option('device')}: {device} requested but this machine has "
+                f"{torch.cuda.device_count()} CUDA devices"
+            )
+    if parsed.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise InputError(f"{option('device')}: mps requested but not available")
     return parsed
 

@@ -45,9 +45,11 @@ def _check_complete(run_dir: Path, manifest: dict, by_image: dict[str, dict]) ->
     planned = manifest.get("run", {}).get("planned_images")
     skipped = len(manifest.get("skipped", {}))
     if finished == 0 or (planned is not None and finished + skipped < planned):
-        raise RunFormatError(f"{run_dir}: the find run is incomplete ({finished} of {planned} "
-                             f"images done, {skipped} skipped); finish it by re-running the same "
-                             f"find command, then evaluate")
+        raise RunFormatError(
+            f"{run_dir}: the find run is incomplete ({finished} of {planned} "
+            f"images done, {skipped} skipped); finish it by re-running the same "
+            f"find command, then evaluate"
+        )
 
 
 def check_controls(controls: Sequence[str]) -> list[str]:
@@ -55,8 +57,9 @@ def check_controls(controls: Sequence[str]) -> list[str]:
     controls = list(dict.fromkeys(controls))
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
-        raise InputError(f"{option('controls')}: unknown {unknown}; expected some of "
-                         f"{', '.join(CONTROLS)}")
+        raise InputError(
+            f"{option('controls')}: unknown {unknown}; expected some of {', '.join(CONTROLS)}"
+        )
     return controls
 
 
@@ -75,15 +78,24 @@ class StoredPaths:
     controls: list[str]
 
     @classmethod
-    def open(cls, run_dir: str | Path, model: str | None, data: str | Path | None, device: str,
-             seed: int, controls: Sequence[str]) -> "StoredPaths":
+    def open(
+        cls,
+        run_dir: str | Path,
+        model: str | None,
+        data: str | Path | None,
+        device: str,
+        seed: int,
+        controls: Sequence[str],
+    ) -> "StoredPaths":
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise RunFormatError(f"{run_dir}: no such run folder")
         controls = check_controls(controls)
         manifest = read_manifest(run_dir)
-        by_image = {image: {r["method"]: r for r in rows}
-                    for image, rows in group_by(read_records(run_dir), "image").items()}
+        by_image = {
+            image: {r["method"]: r for r in rows}
+            for image, rows in group_by(read_records(run_dir), "image").items()
+        }
         _check_complete(run_dir, manifest, by_image)
         ranks = join_ranks(resolve_device(device))
         adapter = load_run_model(run_dir, manifest["settings"], model, ranks.device)
@@ -97,53 +109,73 @@ class StoredPaths:
 
     @property
     def find_sha(self) -> str:
-        return hashlib.sha256(json.dumps(self.manifest["settings"], sort_keys=True)
-                              .encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps(self.manifest["settings"], sort_keys=True).encode()
+        ).hexdigest()
 
     def pending(self, store) -> list[ImageItem]:
         """Images with every method's path that ``store`` has not finished."""
         found = set(self.manifest["settings"]["methods"])
-        pending = [ImageItem(i, self.root / i, rec[next(iter(rec))]["label"], "")
-                   for i, rec in self.by_image.items()
-                   if found <= set(rec) and not set(self.methods) <= store.done.get(i, set())]
+        pending = [
+            ImageItem(i, self.root / i, rec[next(iter(rec))]["label"], "")
+            for i, rec in self.by_image.items()
+            if found <= set(rec) and not set(self.methods) <= store.done.get(i, set())
+        ]
         if pending and not any(item.path.is_file() for item in pending):
-            raise RunFormatError(f"none of the run's {len(pending)} images to do is under "
-                                 f"{self.root}; pass {option('data', 'DIR')} with the run's "
-                                 f"image folder")
+            raise RunFormatError(
+                f"none of the run's {len(pending)} images to do is under "
+                f"{self.root}; pass {option('data', 'DIR')} with the run's "
+                f"image folder"
+            )
         return pending
 
     def paths(self, images: list[str]) -> dict[str, torch.Tensor]:
         """{method: stored paths as recorded, (images, layers) or (images, layers, K)}, and each
         control's (images, layers, K)."""
         layers = self.adapter.num_layers
-        paths = {m: torch.tensor([self.by_image[i][m]["path"] for i in images])
-                 for m in self.manifest["settings"]["methods"]}
+        paths = {
+            m: torch.tensor([self.by_image[i][m]["path"] for i in images])
+            for m in self.manifest["settings"]["methods"]
+        }
         k = next(iter(paths.values())).reshape(len(images), layers, -1).shape[-1]
         widths = run_widths(self.manifest) or self.adapter.widths()
         for name in self.controls:
-            paths[name] = torch.stack([CONTROLS[name].path(i, self.seed, layers, widths, k)
-                                       for i in images])
+            paths[name] = torch.stack(
+                [CONTROLS[name].path(i, self.seed, layers, widths, k) for i in images]
+            )
         return paths
 
     def inputs(self, batch) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         """(pixels on the device, image ids, labels) of a batch's images."""
-        return (batch.pixels.to(self.ranks.device, non_blocking=True),
-                [it.id for it in batch.items], torch.tensor([it.label for it in batch.items]))
+        return (
+            batch.pixels.to(self.ranks.device, non_blocking=True),
+            [it.id for it in batch.items],
+            torch.tensor([it.label for it in batch.items]),
+        )
 
     def jas(self, image: str, method: str) -> float | None:
         return self.by_image[image][method]["jas"] if method in self.by_image[image] else None
 
     def manifest_for(self, tool: str, settings: dict) -> dict:
-        return {"tool": tool, "settings": {"find_settings_sha256": self.find_sha, **settings},
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"),
-                "versions": versions()}
+        return {
+            "tool": tool,
+            "settings": {"find_settings_sha256": self.find_sha, **settings},
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(),
+        }
 
 
-def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model: str | None = None,
-                 data: str | Path | None = None, seed: int = 0,
-                 controls: Sequence[str] = tuple(CONTROLS), bootstrap: int = 1000,
-                 execution: Execution = Execution(batch_size=16)) -> dict | None:
+def run_evaluate(
+    run_dir: str | Path,
+    *,
+    ops: Sequence[str] = tuple(OPS),
+    model: str | None = None,
+    data: str | Path | None = None,
+    seed: int = 0,
+    controls: Sequence[str] = tuple(CONTROLS),
+    bootstrap: int = 1000,
+    execution: Execution = Execution(batch_size=16),
+) -> dict | None:
     """Evaluate a find run (resumable): every stored path and every control (``controls``,
     names from :data:`~neuronpath.methods.CONTROLS`, seeded by ``seed``).  ``model`` and
     ``data``: where the run's model and images are now, if they moved.  Returns the metrics
@@ -154,9 +186,14 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
         raise InputError(f"{option('ops')}: unknown {unknown}; expected some of {list(OPS)}")
     run = StoredPaths.open(run_dir, model, data, execution.device, seed, controls)
     methods = run.methods
-    store = open_store(run.ranks, run.run_dir / "evaluation", run.manifest_for(
-        "neuronpath evaluate", {"ops": ops, "seed": seed, "methods": methods,
-                                "factors": {op: OPS[op] for op in ops}}))
+    store = open_store(
+        run.ranks,
+        run.run_dir / "evaluation",
+        run.manifest_for(
+            "neuronpath evaluate",
+            {"ops": ops, "seed": seed, "methods": methods, "factors": {op: OPS[op] for op in ops}},
+        ),
+    )
     pending = run.pending(store)
     log.info("evaluate: %d images, %d to do -> %s", len(run.by_image), len(pending), store.dir)
 
@@ -167,19 +204,31 @@ def run_evaluate(run_dir: str | Path, *, ops: Sequence[str] = tuple(OPS), model:
         records = []
         for row, image in enumerate(images):
             for m in methods:
-                record = {"image": image, "label": int(labels[row]), "method": m,
-                          "path": paths[m][row].tolist(),
-                          "jas": run.jas(image, m),
-                          "base_prob": float(result["base_prob"][row]),
-                          "base_pred": int(result["base_pred"][row])}
+                record = {
+                    "image": image,
+                    "label": int(labels[row]),
+                    "method": m,
+                    "path": paths[m][row].tolist(),
+                    "jas": run.jas(image, m),
+                    "base_prob": float(result["base_prob"][row]),
+                    "base_pred": int(result["base_pred"][row]),
+                }
                 for op in ops:
                     record[f"{op}_prob"] = float(result[f"{m}:{op}_prob"][row])
                     record[f"{op}_pred"] = int(result[f"{m}:{op}_pred"][row])
                 records.append(record)
         store.append(records)
 
-    work_through(run.ranks, store, pending, run.adapter.preprocess, execution, handle,
-                 list(run.by_image), "remove/enhance")
+    work_through(
+        run.ranks,
+        store,
+        pending,
+        run.adapter.preprocess,
+        execution,
+        handle,
+        list(run.by_image),
+        "remove/enhance",
+    )
     return write_outputs(run.run_dir, ops, bootstrap, seed) if run.ranks.main else None
 
 
@@ -189,10 +238,14 @@ def write_outputs(run_dir: Path, ops: Sequence[str], bootstrap: int, seed: int) 
     records = read_records(out)
     metrics = all_metrics(records, ops, bootstrap, seed)
     name = read_manifest(run_dir)["settings"]["model"]
-    write_json_atomic(out / "metrics.json", {"model": name, "ops": list(ops),
-                                             "bootstrap": bootstrap, "methods": metrics})
+    write_json_atomic(
+        out / "metrics.json",
+        {"model": name, "ops": list(ops), "bootstrap": bootstrap, "methods": metrics},
+    )
     write_table({Path(name).name or name: metrics}, out / "table")
-    deviations = {op: {m: class_mean_deviations(rows, op) for m, rows in group_by(records).items()}
-                  for op in ops}
+    deviations = {
+        op: {m: class_mean_deviations(rows, op) for m, rows in group_by(records).items()}
+        for op in ops
+    }
     probability_deviation_figure(deviations, out / "figure3", title=Path(name).name or name)
     return metrics

@@ -33,12 +33,18 @@ def image_records(items, result, methods, id2label: dict) -> list[dict]:
     for row, item in enumerate(items):
         pred = int(clean.predicted[row])
         for method in methods:
-            record = {"image": item.id, "label": item.label,
-                      "label_name": id2label.get(item.label), "pred": pred,
-                      "pred_name": id2label.get(pred), "prob": float(clean.label_prob[row]),
-                      "target": int(clean.targets[row]), "method": method,
-                      "path": result.paths[method][row].tolist(),
-                      "jas": float(result.scores[method][row])}
+            record = {
+                "image": item.id,
+                "label": item.label,
+                "label_name": id2label.get(item.label),
+                "pred": pred,
+                "pred_name": id2label.get(pred),
+                "prob": float(clean.label_prob[row]),
+                "target": int(clean.targets[row]),
+                "method": method,
+                "path": result.paths[method][row].tolist(),
+                "jas": float(result.scores[method][row]),
+            }
             for key, values in result.extras.get(method, {}).items():
                 record[key] = values[row]
             records.append(record)
@@ -51,11 +57,19 @@ def search_settings(settings: dict) -> dict:
     return {key: settings.get(key) for key in SEARCH_KEYS}
 
 
-def run_find(spec: ModelSpec | str, data: str | Path, out: str | Path, *,
-             methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_METHODS,
-             config: AttributionConfig = AttributionConfig(), topk: int = 1,
-             limit: int | None = None, only: set[str] | None = None,
-             execution: Execution = Execution(), command: Sequence[str] | None = None) -> Path:
+def run_find(
+    spec: ModelSpec | str,
+    data: str | Path,
+    out: str | Path,
+    *,
+    methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_METHODS,
+    config: AttributionConfig = AttributionConfig(),
+    topk: int = 1,
+    limit: int | None = None,
+    only: set[str] | None = None,
+    execution: Execution = Execution(),
+    command: Sequence[str] | None = None,
+) -> Path:
     """Find paths for every image of an ImageFolder and write them to ``out`` (resumable).
 
     ``spec``: the model (a :class:`ModelSpec`, or a model id with every other field at its
@@ -78,45 +92,77 @@ def run_find(spec: ModelSpec | str, data: str | Path, out: str | Path, *,
     device = ranks.device
     config = replace(config, autocast=spec.precision(device)[1])
     adapter = load_model(spec, device=device)
-    log.info("find: each neuron is read at token %s: %s", adapter.token.name,
-             adapter.readout.reason)
+    log.info(
+        "find: each neuron is read at token %s: %s", adapter.token.name, adapter.readout.reason
+    )
     if topk > min(adapter.widths()):
-        raise InputError(f"{option('topk')}: expected 1 <= K <= {min(adapter.widths())} (the FFN "
-                         f"width of {type(adapter.model).__name__}), got {topk}")
+        raise InputError(
+            f"{option('topk')}: expected 1 <= K <= {min(adapter.widths())} (the FFN "
+            f"width of {type(adapter.model).__name__}), got {topk}"
+        )
     folder = scan_image_folder(data, adapter.id2label, spec.labels)
     items = [it for it in folder.items if only is None or it.id in only]
     items = interleave_classes(items)[:limit]
     manifest = {
         "tool": "neuronpath find",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {**spec.settings(adapter, folder.mapping),
-                     "data": str(Path(data).expanduser().resolve()), "methods": list(options),
-                     "options": {m: o.to_dict() for m, o in options.items()},
-                     "steps": config.steps, "alphas": config.alphas, "target": config.target,
-                     "objective": config.objective, "topk": topk,
-                     "subset_sha256": None if only is None else hashlib.sha256(
-                         "\n".join(sorted(only)).encode()).hexdigest()},
-        "model": {**adapter.describe(), **model_widths(adapter),
-                  "preprocessor": getattr(adapter.preprocess, "describe", lambda: None)()},
+        "settings": {
+            **spec.settings(adapter, folder.mapping),
+            "data": str(Path(data).expanduser().resolve()),
+            "methods": list(options),
+            "options": {m: o.to_dict() for m, o in options.items()},
+            "steps": config.steps,
+            "alphas": config.alphas,
+            "target": config.target,
+            "objective": config.objective,
+            "topk": topk,
+            "subset_sha256": None
+            if only is None
+            else hashlib.sha256("\n".join(sorted(only)).encode()).hexdigest(),
+        },
+        "model": {
+            **adapter.describe(),
+            **model_widths(adapter),
+            "preprocessor": getattr(adapter.preprocess, "describe", lambda: None)(),
+        },
         "alpha_grid": config.grid.to_dict(),
         "data": folder.describe(),
-        "run": {"batch_size": execution.batch_size, "device": str(device), "limit": limit,
-                "planned_images": len(items), "memory_budget": config.memory_budget,
-                "command": None if command is None else list(command)},
+        "run": {
+            "batch_size": execution.batch_size,
+            "device": str(device),
+            "limit": limit,
+            "planned_images": len(items),
+            "memory_budget": config.memory_budget,
+            "command": None if command is None else list(command),
+        },
         "versions": versions(),
     }
     store = open_store(ranks, out, manifest)
     pending = [it for it in items if not set(options) <= store.done.get(it.id, set())]
-    log.info("find: %d images, %d already done, %d to do -> %s", len(items),
-             len(items) - len(pending), len(pending), store.dir)
+    log.info(
+        "find: %d images, %d already done, %d to do -> %s",
+        len(items),
+        len(items) - len(pending),
+        len(pending),
+        store.dir,
+    )
 
     def handle(batch):
         labels = torch.tensor([it.label for it in batch.items])
-        result = find_paths(adapter, batch.pixels.to(device, non_blocking=True), labels,
-                            options, config, topk)
+        result = find_paths(
+            adapter, batch.pixels.to(device, non_blocking=True), labels, options, config, topk
+        )
         store.append(image_records(batch.items, result, options, adapter.id2label))
 
     with log_to(store.dir / "find.log"):
-        work_through(ranks, store, pending, adapter.preprocess, execution, handle,
-                     [it.id for it in items], "neuron paths")
+        work_through(
+            ranks,
+            store,
+            pending,
+            adapter.preprocess,
+            execution,
+            handle,
+            [it.id for it in items],
+            "neuron paths",
+        )
     return store.dir

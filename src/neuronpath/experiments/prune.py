@@ -18,9 +18,16 @@ import numpy as np
 import torch
 
 from ..analysis.bootstrap import bootstrap_draws
-from ..analysis.pruning import (PruneSettings, keep_by_frequency, keep_by_slot_mode,
-                                paired_difference, probe_selections, prune_multipliers,
-                                pruning_metrics, split_probe_test)
+from ..analysis.pruning import (
+    PruneSettings,
+    keep_by_frequency,
+    keep_by_slot_mode,
+    paired_difference,
+    probe_selections,
+    prune_multipliers,
+    pruning_metrics,
+    split_probe_test,
+)
 from ..engine.attribution import AttributionConfig
 from ..engine.editing import pruned_predictions
 from ..errors import InputError, RunConflictError, option
@@ -41,12 +48,18 @@ GRID_BATCH = 64  # test images per batch of the pruning grid
 DEFAULT_KEEP_RULES = ("jas", "activation", "random")  # two path methods and a control
 
 
-def run_prune(spec: ModelSpec | str, data: str | Path, out: str | Path,
-              settings: PruneSettings = PruneSettings(), *,
-              methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_KEEP_RULES,
-              find_run: str | Path | None = None, config: AttributionConfig = AttributionConfig(),
-              execution: Execution = Execution(), command: Sequence[str] | None = None
-              ) -> dict | None:
+def run_prune(
+    spec: ModelSpec | str,
+    data: str | Path,
+    out: str | Path,
+    settings: PruneSettings = PruneSettings(),
+    *,
+    methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_KEEP_RULES,
+    find_run: str | Path | None = None,
+    config: AttributionConfig = AttributionConfig(),
+    execution: Execution = Execution(),
+    command: Sequence[str] | None = None,
+) -> dict | None:
     """Run the pruning experiment into ``out`` and return every number.
 
     ``methods``: the keep rules -- registered path methods (their TopK paths of the probe
@@ -59,9 +72,17 @@ def run_prune(spec: ModelSpec | str, data: str | Path, out: str | Path,
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec)
     names = list(methods)
     controls = [m for m in names if m in CONTROLS]
-    options = method_options({m: (methods[m] if isinstance(methods, Mapping) else None)
-                              for m in names if m not in CONTROLS}) if len(controls) < len(names) \
+    options = (
+        method_options(
+            {
+                m: (methods[m] if isinstance(methods, Mapping) else None)
+                for m in names
+                if m not in CONTROLS
+            }
+        )
+        if len(controls) < len(names)
         else {}
+    )
     keep, mask = settings.keep, settings.mask
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,16 +108,29 @@ def run_prune(spec: ModelSpec | str, data: str | Path, out: str | Path,
         found = read_manifest(find_run)
         check_same_model(find_run, found["settings"], model_settings)
         if found["settings"]["topk"] < k:
-            raise InputError(f"{option('find_run')}: {find_run} has K = "
-                             f"{found['settings']['topk']} < max keep {k}")
+            raise InputError(
+                f"{option('find_run')}: {find_run} has K = "
+                f"{found['settings']['topk']} < max keep {k}"
+            )
         missing = [m for m in options if m not in found["settings"]["methods"]]
         if missing:
-            raise InputError(f"{option('find_run')}: {find_run} has no paths of {missing}; it "
-                             f"has {found['settings']['methods']}")
+            raise InputError(
+                f"{option('find_run')}: {find_run} has no paths of {missing}; it "
+                f"has {found['settings']['methods']}"
+            )
         run_dir = Path(find_run)
     elif options:
-        run_dir = run_find(spec, data, out / "find", methods=options, config=config, topk=k,
-                           only=probe, execution=execution, command=command)
+        run_dir = run_find(
+            spec,
+            data,
+            out / "find",
+            methods=options,
+            config=config,
+            topk=k,
+            only=probe,
+            execution=execution,
+            command=command,
+        )
     ranks.barrier()  # the probe paths are merged before any rank reads them
     records = read_records(run_dir) if options else []
     found = read_manifest(run_dir) if options else {}
@@ -109,18 +143,30 @@ def run_prune(spec: ModelSpec | str, data: str | Path, out: str | Path,
         probe_images = sorted(i for i in images if split[i] == "probe" and i not in unreadable)
         for m in names:
             if m in CONTROLS:
-                kept[m][name] = {t: CONTROLS[m].keep(name, settings.seed, num_layers, widths, t)
-                                 for t in keep}
+                kept[m][name] = {
+                    t: CONTROLS[m].keep(name, settings.seed, num_layers, widths, t) for t in keep
+                }
             else:
                 sel = probe_selections(records, m, probe_images)[:, :, :k]
                 kept[m][name] = {t: rule(sel, t) for t in keep}
 
     # the grid: every test image under the unpruned model and every (rule, t, p, depth)
     tests = [it for it in folder.items if split[it.id] == "test"]
-    configs = {"unpruned": None} | {f"{m}|{t}|{p}|{d}": (m, t, p, d) for m in names
-                                     for t in keep for p in mask for d in depths}
-    grid = _prune_grid(ranks, adapter, out / "grid", tests, configs, kept, widths, settings.seed,
-                       model_settings, execution)
+    configs = {"unpruned": None} | {
+        f"{m}|{t}|{p}|{d}": (m, t, p, d) for m in names for t in keep for p in mask for d in depths
+    }
+    grid = _prune_grid(
+        ranks,
+        adapter,
+        out / "grid",
+        tests,
+        configs,
+        kept,
+        widths,
+        settings.seed,
+        model_settings,
+        execution,
+    )
     if not ranks.main:  # the other ranks of a torchrun job help with paths and grid only
         return None
     good = [it for it in tests if it.id in grid]
@@ -134,24 +180,41 @@ def run_prune(spec: ModelSpec | str, data: str | Path, out: str | Path,
         preds = np.array([grid[it.id]["pred"][c] for it in good])
         per_image[key] = ((preds == labels_all).astype(np.float64), probs)
     folders = [it.folder for it in good]
-    results = {key: pruning_metrics(*values, folders, resamples) for key, values in per_image.items()}
+    results = {
+        key: pruning_metrics(*values, folders, resamples) for key, values in per_image.items()
+    }
     t_table, p_table = settings.table_cell
     comparisons = {}
     first = names[0]
     for d in depths:
         ours = f"{first}|{t_table}|{p_table}|{d}"
         for other in [f"{m}|{t_table}|{p_table}|{d}" for m in names[1:]] + ["unpruned"]:
-            comparisons[f"{ours} - {other}"] = paired_difference(per_image[ours], per_image[other],
-                                                                 resamples)
+            comparisons[f"{ours} - {other}"] = paired_difference(
+                per_image[ours], per_image[other], resamples
+            )
 
-    report = {"model": spec.model, "data": str(Path(data).expanduser().resolve()),
-              "weights_sha256": model_settings["weights_sha256"], "keep": list(keep),
-              "mask": list(mask), "depth": depths, "probe_fraction": settings.probe_fraction,
-              "seed": settings.seed, "aggregate": settings.aggregate, "methods": names,
-              "find_run": str(run_dir) if options else None,
-              "search": search_settings(found.get("settings", {})), "layers": num_layers,
-              **model_widths(adapter), "test_images": len(good), "split": split, "kept": kept,
-              "bootstrap": settings.bootstrap, "results": results, "comparisons": comparisons}
+    report = {
+        "model": spec.model,
+        "data": str(Path(data).expanduser().resolve()),
+        "weights_sha256": model_settings["weights_sha256"],
+        "keep": list(keep),
+        "mask": list(mask),
+        "depth": depths,
+        "probe_fraction": settings.probe_fraction,
+        "seed": settings.seed,
+        "aggregate": settings.aggregate,
+        "methods": names,
+        "find_run": str(run_dir) if options else None,
+        "search": search_settings(found.get("settings", {})),
+        "layers": num_layers,
+        **model_widths(adapter),
+        "test_images": len(good),
+        "split": split,
+        "kept": kept,
+        "bootstrap": settings.bootstrap,
+        "results": results,
+        "comparisons": comparisons,
+    }
     write_json_atomic(out / "results.json", report)
     pruning_figure(report, out / "figure6", depth=depths[-1])
     write_depth_table(report, out / "table3", t_table, p_table)
@@ -165,27 +228,47 @@ def check_same_model(find_run, theirs: dict, ours: dict) -> None:
     neurons would then belong to a different computation."""
     changed = model_differences(theirs, ours)
     if changed:
-        raise RunConflictError(f"find run {find_run} was made with other inputs than this prune "
-                               f"run ({'; '.join(changed)}); pass the options the find run was "
-                               f"made with")
+        raise RunConflictError(
+            f"find run {find_run} was made with other inputs than this prune "
+            f"run ({'; '.join(changed)}); pass the options the find run was "
+            f"made with"
+        )
 
 
-def _prune_grid(ranks, adapter, folder: Path, tests: list, configs: dict, kept: dict, widths,
-                seed: int, model_identity: dict, execution: Execution) -> dict:
+def _prune_grid(
+    ranks,
+    adapter,
+    folder: Path,
+    tests: list,
+    configs: dict,
+    kept: dict,
+    widths,
+    seed: int,
+    model_identity: dict,
+    execution: Execution,
+) -> dict:
     """The test images' label probability and prediction under every setting of the grid, as
     a resumable run folder (one record per image, ``prob``/``pred`` in ``configs`` order) that
     the ranks of a ``torchrun`` job share out.  The masks are seeded per image, so the numbers
     do not depend on batches, ranks or interruptions; ``model_identity`` (the model's settings)
     is part of the folder's identity.  Returns the records by image (main rank; empty on the
     others)."""
-    identity = {**{key: model_identity[key] for key in MODEL_KEYS if key in model_identity},
-                "configs": list(configs), "seed": seed,
+    identity = {
+        **{key: model_identity[key] for key in MODEL_KEYS if key in model_identity},
+        "configs": list(configs),
+        "seed": seed,
         "tests_sha256": hashlib.sha256("\n".join(it.id for it in tests).encode()).hexdigest(),
-        "kept_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()}
+        "kept_sha256": hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest(),
+    }
     store = open_store(ranks, folder, {"tool": "neuronpath prune", "settings": identity})
     pending = [it for it in tests if "grid" not in store.done.get(it.id, set())]
-    log.info("prune: %d test images x %d settings, %d images to do -> %s", len(tests),
-             len(configs), len(pending), store.dir)
+    log.info(
+        "prune: %d test images x %d settings, %d images to do -> %s",
+        len(tests),
+        len(configs),
+        len(pending),
+        store.dir,
+    )
 
     def handle(batch):
         labels_t = torch.tensor([it.label for it in batch.items])
@@ -195,17 +278,36 @@ def _prune_grid(ranks, adapter, folder: Path, tests: list, configs: dict, kept: 
                 rows = [{}] * len(batch.items)
             else:
                 m, t, p, d = setting
-                rows = [prune_multipliers(item.id, seed, kept[m][item.folder][t], widths, p, d)
-                        for item in batch.items]
+                rows = [
+                    prune_multipliers(item.id, seed, kept[m][item.folder][t], widths, p, d)
+                    for item in batch.items
+                ]
             prob, pred = pruned_predictions(adapter, batch.pixels, labels_t, rows, widths)
             probs.append(prob.double().cpu())
             preds.append(pred.cpu())
         probs, preds = torch.stack(probs, 1).tolist(), torch.stack(preds, 1).tolist()
-        store.append([{"image": item.id, "method": "grid", "label": item.label,
-                       "prob": probs[b], "pred": preds[b]} for b, item in enumerate(batch.items)])
+        store.append(
+            [
+                {
+                    "image": item.id,
+                    "method": "grid",
+                    "label": item.label,
+                    "prob": probs[b],
+                    "pred": preds[b],
+                }
+                for b, item in enumerate(batch.items)
+            ]
+        )
 
-    grid_execution = Execution(execution.device, GRID_BATCH, execution.workers,
-                               execution.progress)
-    work_through(ranks, store, pending, adapter.preprocess, grid_execution, handle,
-                 [it.id for it in tests], "pruning")
+    grid_execution = Execution(execution.device, GRID_BATCH, execution.workers, execution.progress)
+    work_through(
+        ranks,
+        store,
+        pending,
+        adapter.preprocess,
+        grid_execution,
+        handle,
+        [it.id for it in tests],
+        "pruning",
+    )
     return {r["image"]: r for r in read_records(folder)} if ranks.main else {}

@@ -46,7 +46,7 @@ class Ranks:
 
     def share(self, items: Sequence) -> list:
         """This rank's items: every ``world``-th, starting at ``rank`` (deterministic)."""
-        return list(items[self.rank::self.world])
+        return list(items[self.rank :: self.world])
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -58,8 +58,9 @@ class Ranks:
     def report(self, folder: Path, done: int, finished: bool = False) -> None:
         """A non-main rank's progress, for the main rank's bar."""
         if not self.main:
-            write_json_atomic(folder / PROGRESS.format(self.rank),
-                              {"done": done, "finished": finished})
+            write_json_atomic(
+                folder / PROGRESS.format(self.rank), {"done": done, "finished": finished}
+            )
 
     def others_done(self, folder: Path) -> tuple[int, bool]:
         """Main rank: images the other ranks have finished, and whether all of them are done."""
@@ -103,8 +104,9 @@ def join_ranks(device: torch.device) -> Ranks:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(hours=2))
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2)
+        )
     if rank != 0:  # one voice on the console: the main rank's
         for handler in logging.getLogger().handlers:
             handler.setLevel(logging.WARNING)
@@ -130,7 +132,9 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
     cores from the computation) and up to 4 beside a GPU."""
     if workers is not None:
         if workers < 0:
-            raise InputError(f"{option('workers')}: expected a number of processes >= 0, got {workers}")
+            raise InputError(
+                f"{option('workers')}: expected a number of processes >= 0, got {workers}"
+            )
         return workers
     if device.type != "cuda":
         return 0
@@ -138,9 +142,17 @@ def loader_workers(workers: int | None, device: torch.device) -> int:
     return max(0, min(4, per_rank - 1))
 
 
-def work_through(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], preprocess,
-                 execution, handle, order: Sequence[str], desc: str,
-                 skip_unreadable: bool = True) -> None:
+def work_through(
+    ranks: Ranks,
+    store: RunStore,
+    pending: Sequence[ImageItem],
+    preprocess,
+    execution,
+    handle,
+    order: Sequence[str],
+    desc: str,
+    skip_unreadable: bool = True,
+) -> None:
     """Run ``handle(batch)`` over this rank's share of ``pending`` in decoded batches of
     ``execution.batch_size`` (:class:`~.common.Execution`), with a progress bar of the whole run
     on the main rank; then wait for every rank and (main rank)
@@ -150,28 +162,52 @@ def work_through(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], pr
     ``handle`` gets the errors.  The run folder's lock is released at the end, also when the
     work fails."""
     try:
-        _work(ranks, store, pending, preprocess, execution.batch_size, execution.workers, handle,
-              desc, execution.progress, skip_unreadable)
+        _work(
+            ranks,
+            store,
+            pending,
+            preprocess,
+            execution.batch_size,
+            execution.workers,
+            handle,
+            desc,
+            execution.progress,
+            skip_unreadable,
+        )
         if ranks.main and ranks.world > 1:
             store.consolidate({image: i for i, image in enumerate(order)})
     finally:
         store.close()
 
 
-def _work(ranks: Ranks, store: RunStore, pending: Sequence[ImageItem], preprocess,
-          batch_size: int, workers: int | None, handle, desc: str,
-          progress: bool | None, skip_unreadable: bool) -> None:
+def _work(
+    ranks: Ranks,
+    store: RunStore,
+    pending: Sequence[ImageItem],
+    preprocess,
+    batch_size: int,
+    workers: int | None,
+    handle,
+    desc: str,
+    progress: bool | None,
+    skip_unreadable: bool,
+) -> None:
     mine = ranks.share(pending)
     done = 0
     disable = not ranks.main or (None if progress is None else not progress)
     with tqdm(total=len(pending), unit="img", desc=desc, disable=disable) as bar:
+
         def show(others: int) -> None:
             bar.n = done + others
             bar.refresh()
 
-        for batch in image_batches(mine, preprocess, batch_size,
-                                   loader_workers(workers, ranks.device),
-                                   pin_memory=ranks.device.type == "cuda"):
+        for batch in image_batches(
+            mine,
+            preprocess,
+            batch_size,
+            loader_workers(workers, ranks.device),
+            pin_memory=ranks.device.type == "cuda",
+        ):
             done += len(batch.items) + len(batch.errors)
             if skip_unreadable:
                 for item, error in batch.errors:

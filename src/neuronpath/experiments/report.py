@@ -5,7 +5,8 @@ Reads a find run (or a prune run, whose paths are in ``find/``) and whatever ``e
 pass** over the run's images that records every layer's FFN activations (batched,
 ``inference_mode``, resumable: a checkpoint after every batch in ``report/activations/``).  The
 pass gives, for the explorer's images, each path neuron's clean activation and its map over the
-image (where the adapter states its tokens' layout), and, for the neuron cards (the most chosen path neurons), their top-activating
+image (where the adapter states its tokens' layout), and, for the neuron cards (the most chosen
+path neurons), their top-activating
 images; a second, small pass maps each card neuron on its top images.  No attribution is re-run.
 The page's data is built by :mod:`neuronpath.report.data` and written by
 :mod:`neuronpath.report.page`.
@@ -53,21 +54,38 @@ def _evaluation(find_dir: Path) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = {}
     for r in iter_records(folder):
         out.setdefault(r["image"], {})[r["method"]] = {
-            "base": r["base_prob"], "remove": r.get("remove_prob"), "enhance": r.get("enhance_prob")}
+            "base": r["base_prob"],
+            "remove": r.get("remove_prob"),
+            "enhance": r.get("enhance_prob"),
+        }
     return out
 
 
-def _activation_pass(ranks: Ranks, adapter, index: RunIndex, root: Path, out: Path, top: int,
-                     execution: Execution, identity: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+def _activation_pass(
+    ranks: Ranks,
+    adapter,
+    index: RunIndex,
+    root: Path,
+    out: Path,
+    top: int,
+    execution: Execution,
+    identity: dict,
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Pass 1 (resumable): details of the explorer's images, top-activating images of the cards.
 
     Returns (details by image, top values (cards, top), top image positions (cards, top))."""
     items = [ImageItem(i, root / i, index.rows[i]["label"], "") for i in index.order]
-    manifest = {"tool": "neuronpath report", "settings": identity,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    manifest = {
+        "tool": "neuronpath report",
+        "settings": identity,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
     cache = out / "activations"
-    if ranks.main and (cache / "manifest.json").is_file() and \
-            read_manifest(cache).get("settings") != json.loads(json.dumps(identity)):
+    if (
+        ranks.main
+        and (cache / "manifest.json").is_file()
+        and read_manifest(cache).get("settings") != json.loads(json.dumps(identity))
+    ):
         shutil.rmtree(cache)  # a cache of another page (other images, cards or method)
     store = open_store(ranks, cache, manifest)
     state_path = store.dir / f"top.rank{ranks.rank}.npz"
@@ -80,8 +98,12 @@ def _activation_pass(ranks: Ranks, adapter, index: RunIndex, root: Path, out: Pa
     position = {image: i for i, image in enumerate(index.order)}
     detail_set = set(index.details)
     pending = [it for it in items if "pass" not in store.done.get(it.id, set())]
-    log.info("report: %d images, %d to do in the activation pass -> %s", len(items), len(pending),
-             store.dir)
+    log.info(
+        "report: %d images, %d to do in the activation pass -> %s",
+        len(items),
+        len(pending),
+        store.dir,
+    )
     card_layers = sorted({l for l, _ in index.cards})
 
     def handle(batch):
@@ -89,8 +111,14 @@ def _activation_pass(ranks: Ranks, adapter, index: RunIndex, root: Path, out: Pa
         if batch.errors:
             raise RunFormatError(f"{batch.errors[0][1]}; pass the run's image folder (data)")
         pixels = batch.pixels.to(adapter.device, adapter.dtype)
-        layers = sorted(set(card_layers) | (set(range(adapter.num_layers))
-                                            if detail_set & {it.id for it in batch.items} else set()))
+        layers = sorted(
+            set(card_layers)
+            | (
+                set(range(adapter.num_layers))
+                if detail_set & {it.id for it in batch.items}
+                else set()
+            )
+        )
         with torch.inference_mode(), record_neurons(adapter, layers, all_tokens=True) as acts:
             adapter.logits(pixels)
         pooled = {l: adapter.token_at(l).select(acts[l]).double() for l in layers}  # (B, pos, n)
@@ -114,15 +142,27 @@ def _activation_pass(ranks: Ranks, adapter, index: RunIndex, root: Path, out: Pa
                     whole = sum(total)
                     maps = [_map(adapter, l, acts[l][b, :, j]) for l, j in enumerate(path)]
                     record["paths"][method] = {
-                        "neurons": path, "act": act, "maps": maps,
-                        "share": [t / whole if whole else None for t in total]}
+                        "neurons": path,
+                        "act": act,
+                        "maps": maps,
+                        "share": [t / whole if whole else None for t in total],
+                    }
             records.append(record)
         np.savez(state_path.with_name(state_path.name + ".tmp.npz"), values=values, images=images)
         Path(str(state_path) + ".tmp.npz").replace(state_path)
         store.append(records)
 
-    work_through(ranks, store, pending, adapter.preprocess, execution, handle,
-                 index.order, "neuron activations", skip_unreadable=False)
+    work_through(
+        ranks,
+        store,
+        pending,
+        adapter.preprocess,
+        execution,
+        handle,
+        index.order,
+        "neuron activations",
+        skip_unreadable=False,
+    )
     details = {r["image"]: r for r in iter_records(store.dir) if "paths" in r}
     return details, *_merged_top(store.dir, cards, top)
 
@@ -149,8 +189,9 @@ def _merged_top(folder: Path, cards: int, top: int) -> tuple[np.ndarray, np.ndar
     return values, images
 
 
-def _card_maps(adapter, index: RunIndex, root: Path, images: np.ndarray,
-               batch_size: int) -> tuple[dict, dict]:
+def _card_maps(
+    adapter, index: RunIndex, root: Path, images: np.ndarray, batch_size: int
+) -> tuple[dict, dict]:
     """Pass 2: each card neuron's map on each of its top images, and their thumbnails."""
     wanted: dict[str, list[tuple[int, int, int]]] = {}
     for c, (layer, neuron) in enumerate(index.cards):
@@ -174,19 +215,31 @@ def _prune_paths(run_dir: Path, prune: dict) -> Path:
     """The find run holding a prune run's probe paths: its own ``find/``, or the run it reused
     (``--find-run``)."""
     if not prune.get("find_run"):
-        raise RunFormatError(f"{run_dir}: this prune run has no path method (only random), so "
-                             f"it has no paths to show")
+        raise RunFormatError(
+            f"{run_dir}: this prune run has no path method (only random), so "
+            f"it has no paths to show"
+        )
     for folder in (run_dir / "find", Path(prune["find_run"])):
         if (folder / "manifest.json").is_file():
             return folder
-    raise RunFormatError(f"{run_dir}: its probe paths were in {prune['find_run']}, which is "
-                         f"not there any more")
+    raise RunFormatError(
+        f"{run_dir}: its probe paths were in {prune['find_run']}, which is not there any more"
+    )
 
 
-def run_report(run_dir: str | Path, *, out: str | Path | None = None, images: int = 200,
-               method: str = "jas", cards: int = 48, top: int = 6, model: str | None = None,
-               data: str | Path | None = None, class_names: str | Path | None = None,
-               execution: Execution = Execution(batch_size=16)) -> Path | None:
+def run_report(
+    run_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    images: int = 200,
+    method: str = "jas",
+    cards: int = 48,
+    top: int = 6,
+    model: str | None = None,
+    data: str | Path | None = None,
+    class_names: str | Path | None = None,
+    execution: Execution = Execution(batch_size=16),
+) -> Path | None:
     """Write ``RUN_DIR/report/index.html`` (or ``out``) for a find or prune run; returns its
     path (None on the other ranks of a ``torchrun`` job).  ``images``: images with details;
     ``cards``: neuron cards of ``method``'s most chosen neurons, each with its ``top`` images;
@@ -199,43 +252,76 @@ def run_report(run_dir: str | Path, *, out: str | Path | None = None, images: in
         find_dir = _prune_paths(run_dir, prune)
     manifest = read_manifest(find_dir)
     if images < 0 or cards < 0 or top < 1:
-        raise InputError(f"images, cards: expected counts >= 0 and top >= 1, got {images}, "
-                         f"{cards}, {top}")
+        raise InputError(
+            f"images, cards: expected counts >= 0 and top >= 1, got {images}, {cards}, {top}"
+        )
     index = RunIndex(iter_records(find_dir), find_dir, method, images, cards)
     evaluation = _evaluation(find_dir)
     ranks = join_ranks(resolve_device(execution.device))
     adapter = load_run_model(find_dir, manifest["settings"], model, ranks.device)
     root = Path(data or manifest["settings"]["data"]).expanduser()
     folder = run_dir / "report"
-    identity = {"find_settings_sha256": hashlib.sha256(json.dumps(
-        manifest["settings"], sort_keys=True).encode()).hexdigest(), "method": method,
-        "cards": [list(c) for c in index.cards], "top": top,
-        "details_sha256": hashlib.sha256("\n".join(index.details).encode()).hexdigest()}
-    details, values, positions = _activation_pass(ranks, adapter, index, root, folder, top,
-                                                  execution, identity)
+    identity = {
+        "find_settings_sha256": hashlib.sha256(
+            json.dumps(manifest["settings"], sort_keys=True).encode()
+        ).hexdigest(),
+        "method": method,
+        "cards": [list(c) for c in index.cards],
+        "top": top,
+        "details_sha256": hashlib.sha256("\n".join(index.details).encode()).hexdigest(),
+    }
+    details, values, positions = _activation_pass(
+        ranks, adapter, index, root, folder, top, execution, identity
+    )
     if not ranks.main:
         return None
     maps, thumbs = _card_maps(adapter, index, root, positions, execution.batch_size)
     readable = read_class_names(class_names) if class_names else {}
     layouts = [adapter.layout(l).describe() for l in range(adapter.num_layers)]
-    data_json = page_data(index, manifest, evaluation, details, values, positions, maps, thumbs,
-                          method, readable, layouts)
-    overview = {"manifest": manifest, "summary": summarize(index.summary_rows),
-                "run": str(run_dir),
-                "paths_run": str(find_dir),
-                "evaluation": {"table": text(find_dir / "evaluation" / "table.md"),
-                               "figure3": png(find_dir / "evaluation" / "figure3.png")}
-                if (find_dir / "evaluation" / "metrics.json").is_file() else None,
-                "classes": {name: png(find_dir / f"classes-{method}" / f"{name}.png")
-                            for name in ("figure4", "similarity", "figure5", "figure2")}
-                if (find_dir / f"classes-{method}" / "report.json").is_file() else None,
-                "prune": {"table": text(run_dir / "table3.md"),
-                          "figure6": png(run_dir / "figure6.png")} if prune else None,
-                "method": method}
+    data_json = page_data(
+        index,
+        manifest,
+        evaluation,
+        details,
+        values,
+        positions,
+        maps,
+        thumbs,
+        method,
+        readable,
+        layouts,
+    )
+    overview = {
+        "manifest": manifest,
+        "summary": summarize(index.summary_rows),
+        "run": str(run_dir),
+        "paths_run": str(find_dir),
+        "evaluation": {
+            "table": text(find_dir / "evaluation" / "table.md"),
+            "figure3": png(find_dir / "evaluation" / "figure3.png"),
+        }
+        if (find_dir / "evaluation" / "metrics.json").is_file()
+        else None,
+        "classes": {
+            name: png(find_dir / f"classes-{method}" / f"{name}.png")
+            for name in ("figure4", "similarity", "figure5", "figure2")
+        }
+        if (find_dir / f"classes-{method}" / "report.json").is_file()
+        else None,
+        "prune": {"table": text(run_dir / "table3.md"), "figure6": png(run_dir / "figure6.png")}
+        if prune
+        else None,
+        "method": method,
+    }
     target = Path(out) if out else folder / "index.html"
     write_page(target, overview, data_json)
-    write_json_atomic(folder / "report.json", {"images": len(index.order), "details": len(details),
-                                               "cards": len(index.cards), "page": str(target)})
+    write_json_atomic(
+        folder / "report.json",
+        {
+            "images": len(index.order),
+            "details": len(details),
+            "cards": len(index.cards),
+            "page": str(target),
+        },
+    )
     return target
-
-

@@ -20,6 +20,8 @@ def summary_text(run_dir: str | Path) -> str:
     for method in methods_with_top(records):
         layers = read_manifest(run_dir)["model"]["num_layers"]
         what = REGISTRY[method].top_neurons if method in REGISTRY else f"top {method} neurons"
-        lines.append(f"{what or f'top {method} neurons'} per layer (Fig. 2): "
-                     + " ".join(str(c) for c in layer_distribution(records, layers, method)))
+        lines.append(
+            f"{what or f'top {method} neurons'} per layer (Fig. 2): "
+            + " ".join(str(c) for c in layer_distribution(records, layers, method))
+        )
     return "\n".join(lines)

@@ -10,8 +10,9 @@ from ..errors import InputError, RunFormatError, option
 from ..report.tables import write_table
 
 
-def run_table(runs: Sequence[str | Path], out: str | Path,
-              names: Sequence[str] | None = None) -> list[Path]:
+def run_table(
+    runs: Sequence[str | Path], out: str | Path, names: Sequence[str] | None = None
+) -> list[Path]:
     """Write ``out.md`` and ``out.csv`` from each run's ``evaluation/metrics.json``; columns are
     ``names`` (default: the model ids).  Returns the written paths."""
     names = list(names) if names else [None] * len(runs)
@@ -21,8 +22,10 @@ def run_table(runs: Sequence[str | Path], out: str | Path,
     for run, name in zip(runs, names):
         path = Path(run) / "evaluation" / "metrics.json"
         if not path.is_file():
-            raise RunFormatError(f"{run}: not evaluated yet (no evaluation/metrics.json); "
-                                 f"run `neuronpath evaluate {run}` first")
+            raise RunFormatError(
+                f"{run}: not evaluated yet (no evaluation/metrics.json); "
+                f"run `neuronpath evaluate {run}` first"
+            )
         metrics = json.loads(path.read_text())
         merged[name or Path(metrics["model"]).name or metrics["model"]] = metrics["methods"]
     return write_table(merged, out)

@@ -18,8 +18,19 @@ from .labels import map_labels
 
 log = logging.getLogger("neuronpath")
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                    ".ppm", ".pgm", ".jfif"}
+IMAGE_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".jfif",
+}
 
 
 @dataclass(frozen=True)
@@ -38,20 +49,27 @@ class ImageFolder:
     mapping: str
 
     def describe(self) -> dict:
-        return {"root": str(self.root), "images": len(self.items), "mapping": self.mapping,
-                "classes": self.class_to_label}
+        return {
+            "root": str(self.root),
+            "images": len(self.items),
+            "mapping": self.mapping,
+            "classes": self.class_to_label,
+        }
 
 
 def scan_image_folder(root: str | Path, id2label: dict[int, str], how: str = "auto") -> ImageFolder:
     """List the images of an ImageFolder-layout directory, sorted by class then file name."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise InputError(f"{option('data')}: {root} is not a folder; expected one sub-folder of "
-                         f"images per class")
+        raise InputError(
+            f"{option('data')}: {root} is not a folder; expected one sub-folder of images per class"
+        )
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise InputError(f"{option('data')}: {root} has no class sub-folders; expected the ImageFolder "
-                         f"layout DIR/<class>/<image>")
+        raise InputError(
+            f"{option('data')}: {root} has no class sub-folders; expected the ImageFolder "
+            f"layout DIR/<class>/<image>"
+        )
     mapping, decided = map_labels(folders, id2label, how)
     log.info("data: class folders mapped to label ids by %s", decided)
     if decided == "sorted-folders":
@@ -61,10 +79,13 @@ def scan_image_folder(root: str | Path, id2label: dict[int, str], how: str = "au
         for path in sorted((root / folder).rglob("*")):
             # a dangling link is listed too: reading it fails, and it is reported and skipped
             if (path.is_file() or path.is_symlink()) and path.suffix.lower() in IMAGE_EXTENSIONS:
-                items.append(ImageItem(path.relative_to(root).as_posix(), path,
-                                       mapping[folder], folder))
+                items.append(
+                    ImageItem(path.relative_to(root).as_posix(), path, mapping[folder], folder)
+                )
     if not items:
-        raise InputError(f"{option('data')}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+        raise InputError(
+            f"{option('data')}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}"
+        )
     return ImageFolder(root, items, mapping, decided)
 
 
@@ -94,7 +115,9 @@ def load_image(path: str | Path) -> Image.Image:
                 image = image.convert("RGBA")
             return image.convert("RGB")
     except Exception as error:  # PIL raises many types for bad files
-        raise ImageReadError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
+        raise ImageReadError(
+            f"{path}: cannot read image ({type(error).__name__}: {error})"
+        ) from error
 
 
 @dataclass
@@ -123,19 +146,30 @@ class _Decoded:
             return i, None, error
 
 
-def image_batches(items: list[ImageItem], preprocess, batch_size: int, workers: int = 0,
-                  pin_memory: bool = False) -> Iterator[Batch]:
+def image_batches(
+    items: list[ImageItem], preprocess, batch_size: int, workers: int = 0, pin_memory: bool = False
+) -> Iterator[Batch]:
     """Batches of ``batch_size`` items in order, read and preprocessed by ``workers`` background
     processes (a ``torch.utils.data.DataLoader``; 0 reads in this process), pixels pinned for
     asynchronous copies to a GPU when ``pin_memory``.  Unreadable images come back as errors of
     their batch, never as pixels."""
+
     def collate(rows):
         good = [(i, x) for i, x, error in rows if error is None]
-        return ([i for i, _ in good], torch.stack([x for _, x in good]) if good else None,
-                [(i, error) for i, _, error in rows if error is not None])
+        return (
+            [i for i, _ in good],
+            torch.stack([x for _, x in good]) if good else None,
+            [(i, error) for i, _, error in rows if error is not None],
+        )
 
-    loader = DataLoader(_Decoded(items, preprocess), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
-                        persistent_workers=False)
+    loader = DataLoader(
+        _Decoded(items, preprocess),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
     for good, pixels, errors in loader:
         yield Batch([items[i] for i in good], pixels, [(items[i], e) for i, e in errors])

@@ -38,7 +38,9 @@ def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") 
         return {f: label2id[f] for f in folders}, "label2id"
     if how == "label2id":
         missing = sorted(set(folders) - set(matched))
-        raise InputError(f"{option('data')}: folders {missing[:5]} are not label names of the model")
+        raise InputError(
+            f"{option('data')}: folders {missing[:5]} are not label names of the model"
+        )
     all_synsets = all(SYNSET.match(f) for f in folders)
     if how in ("auto", "imagenet-synsets") and all_synsets and len(id2label) == 1000:
         index = {s: i for i, s in enumerate(imagenet_synsets())}
@@ -47,16 +49,22 @@ def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") 
             raise InputError(f"{option('data')}: folders {unknown[:5]} are not ImageNet-1k synsets")
         return {f: index[f] for f in folders}, "imagenet-synsets"
     if how == "imagenet-synsets":
-        raise InputError(f"{option('data')}: labels 'imagenet-synsets' needs synset folders (n01440764 ...) "
-                         "and a model with 1000 classes")
+        raise InputError(
+            f"{option('data')}: labels 'imagenet-synsets' needs synset folders (n01440764 ...) "
+            "and a model with 1000 classes"
+        )
     if how == "auto" and matched:
         missing = sorted(set(folders) - set(matched))
-        raise InputError(f"{option('data')}: some class folders are label names of the model but "
-                         f"{missing[:5]} are not; rename them, or pass "
-                         f"{option('labels', 'sorted-folders')} to use sorted folder order")
+        raise InputError(
+            f"{option('data')}: some class folders are label names of the model but "
+            f"{missing[:5]} are not; rename them, or pass "
+            f"{option('labels', 'sorted-folders')} to use sorted folder order"
+        )
     if id2label and len(folders) > len(id2label):
-        raise InputError(f"{option('data')}: {len(folders)} class folders but the model has only "
-                         f"{len(id2label)} classes")
+        raise InputError(
+            f"{option('data')}: {len(folders)} class folders but the model has only "
+            f"{len(id2label)} classes"
+        )
     return {f: i for i, f in enumerate(folders)}, "sorted-folders"
 
 
@@ -79,8 +87,9 @@ def read_groups(path) -> dict[str, str]:
     groups = read_two_columns(path)
     empty = [name for name, group in groups.items() if not group]
     if empty:
-        raise InputError(f"groups: {path} has no group for {empty[:3]}; expected lines "
-                         f"'class<TAB>group'")
+        raise InputError(
+            f"groups: {path} has no group for {empty[:3]}; expected lines 'class<TAB>group'"
+        )
     return groups
 
 

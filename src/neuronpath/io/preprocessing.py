@@ -1,11 +1,10 @@
 """Image pipelines that are ours to define, written out so a run's manifest records them exactly.
 
-``Preprocess.official`` is the authors' pipeline (docs/official-code.md#preprocessing): a square resize to the model's image
-size (bilinear, antialiased) and ImageNet mean/std, no crop.  The paper's checkpoint files
-(Google ``.npz``, MAE ``.pth``), which ship no processor, get their documented pipelines here
-too.  A Hugging Face model's own pipeline is its image processor, run by transformers itself
-(:class:`~neuronpath.models.huggingface.HFProcessor`), never a copy of it.
-"""
+``Preprocess.official`` is the authors' pipeline (docs/official-code.md#preprocessing): a square
+resize to the model's image size (bilinear, antialiased) and ImageNet mean/std, no crop.  The
+paper's checkpoint files (Google ``.npz``, MAE ``.pth``), which ship no processor, get their
+documented pipelines here too.  A Hugging Face model's own pipeline is its image processor, run by
+transformers itself (:class:`~neuronpath.models.huggingface.HFProcessor`), never a copy of it."""
 
 from __future__ import annotations
 
@@ -34,8 +33,16 @@ class Preprocess:
 
     @classmethod
     def official(cls, image_size: int = 224) -> "Preprocess":
-        return cls("official", (image_size, image_size), None, None,
-                   int(Image.Resampling.BILINEAR), 1 / 255, IMAGENET_MEAN, IMAGENET_STD)
+        return cls(
+            "official",
+            (image_size, image_size),
+            None,
+            None,
+            int(Image.Resampling.BILINEAR),
+            1 / 255,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+        )
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")

@@ -49,17 +49,23 @@ def read_manifest(run_dir: str | Path) -> dict:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         if (Path(run_dir) / "find" / MANIFEST).is_file():  # a prune run: its paths are in find/
-            raise RunFormatError(f"{run_dir}: a prune run folder; its probe paths are the find "
-                                 f"run {Path(run_dir) / 'find'}, pass that")
+            raise RunFormatError(
+                f"{run_dir}: a prune run folder; its probe paths are the find "
+                f"run {Path(run_dir) / 'find'}, pass that"
+            )
         raise RunFormatError(f"{run_dir}: not a neuronpath run (no {MANIFEST})")
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunFormatError(f"{path} is damaged (not valid JSON: {error}); restore it, or delete "
-                             f"{run_dir} to start the run over") from error
+        raise RunFormatError(
+            f"{path} is damaged (not valid JSON: {error}); restore it, or delete "
+            f"{run_dir} to start the run over"
+        ) from error
     if not isinstance(manifest, dict) or "settings" not in manifest:
-        raise RunFormatError(f"{path} is damaged (no settings); restore it, or delete {run_dir} "
-                             f"to start the run over")
+        raise RunFormatError(
+            f"{path} is damaged (no settings); restore it, or delete {run_dir} "
+            f"to start the run over"
+        )
     return manifest
 
 
@@ -80,9 +86,11 @@ class RunLock:
             self._handle.seek(0)
             holder = self._handle.read().strip() or "an unknown process"
             self._handle.close()
-            raise RunLockedError(f"{folder} is in use by another neuronpath process ({holder}); "
-                                 f"wait for it to finish, or use another folder "
-                                 f"({option('out', 'DIR')})") from None
+            raise RunLockedError(
+                f"{folder} is in use by another neuronpath process ({holder}); "
+                f"wait for it to finish, or use another folder "
+                f"({option('out', 'DIR')})"
+            ) from None
         self._handle.seek(0)
         self._handle.truncate()
         self._handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -168,18 +176,23 @@ class RunStore:
         self.lock = None
         if rank == 0:
             if not path.exists() and (self.dir / "find" / MANIFEST).is_file():
-                raise RunConflictError(f"{self.dir} is a prune run folder; use another folder "
-                                       f"({option('out', 'DIR')})")
+                raise RunConflictError(
+                    f"{self.dir} is a prune run folder; use another folder ({option('out', 'DIR')})"
+                )
             self.dir.mkdir(parents=True, exist_ok=True)
             self.lock = RunLock(self.dir)
             if path.exists():
                 old = read_manifest(self.dir)
                 self._check_same(old.get("settings", {}), manifest["settings"])
-                manifest = {**manifest, "skipped": old.get("skipped", {}),
-                            "created": old.get("created", manifest.get("created"))}
+                manifest = {
+                    **manifest,
+                    "skipped": old.get("skipped", {}),
+                    "created": old.get("created", manifest.get("created")),
+                }
             elif (self.dir / RECORDS).exists():
-                raise RunFormatError(f"{self.dir}: has {RECORDS} but no {MANIFEST}; "
-                                     "not a neuronpath run folder")
+                raise RunFormatError(
+                    f"{self.dir}: has {RECORDS} but no {MANIFEST}; not a neuronpath run folder"
+                )
             self.manifest = manifest
             self.manifest.setdefault("skipped", {})
             write_json_atomic(path, self.manifest)
@@ -206,7 +219,8 @@ class RunStore:
             details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
             raise RunConflictError(
                 f"{self.dir} already holds a run with other settings ({details}). "
-                f"Use another folder ({option('out', 'DIR')}), or delete this one to start over.")
+                f"Use another folder ({option('out', 'DIR')}), or delete this one to start over."
+            )
 
     def consolidate(self, order: dict[str, int] | None = None) -> None:
         """Main rank: cut partial last lines, merge every shard into ``records.jsonl`` (each

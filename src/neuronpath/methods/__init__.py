@@ -7,11 +7,36 @@ from .influence_pattern import influence_pattern_path, influence_pattern_scores
 from .jas import JASOptions, jas_path
 from .knowledge import knowledge_attribution, top_neurons
 from .paths import PathResult, find_paths, path_to_set
-from .registry import (CONTROLS, DEFAULT_METHODS, REGISTRY, check_methods, method_options,
-                       method_title, register)
+from .registry import (
+    CONTROLS,
+    DEFAULT_METHODS,
+    REGISTRY,
+    check_methods,
+    method_options,
+    method_title,
+    register,
+)
 
-__all__ = ["CONTROLS", "Control", "DEFAULT_METHODS", "JASOptions", "MethodOptions",
-           "MethodOutput", "PathMethod", "PathResult", "REGISTRY", "activation_path",
-           "check_methods", "find_paths", "influence_pattern_path", "influence_pattern_scores",
-           "jas_path", "knowledge_attribution", "method_options", "method_title", "path_to_set",
-           "register", "top_neurons"]
+__all__ = [
+    "CONTROLS",
+    "Control",
+    "DEFAULT_METHODS",
+    "JASOptions",
+    "MethodOptions",
+    "MethodOutput",
+    "PathMethod",
+    "PathResult",
+    "REGISTRY",
+    "activation_path",
+    "check_methods",
+    "find_paths",
+    "influence_pattern_path",
+    "influence_pattern_scores",
+    "jas_path",
+    "knowledge_attribution",
+    "method_options",
+    "method_title",
+    "path_to_set",
+    "register",
+    "top_neurons",
+]

@@ -16,6 +16,8 @@ def activation_path(clean: CleanPass, k: int = 1) -> torch.Tensor:
 
 
 METHOD = PathMethod(
-    "activation", "max-activation path (App. C.2): the largest clean activation per layer",
+    "activation",
+    "max-activation path (App. C.2): the largest clean activation per layer",
     lambda adapter, pixels, clean, config, k, options: MethodOutput(activation_path(clean, k)),
-    title="Activation path")
+    title="Activation path",
+)

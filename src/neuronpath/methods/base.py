@@ -32,8 +32,8 @@ class MethodOptions:
 
     @property
     def final_terms_last_only(self) -> bool:
-        """Whether the run's final JAS counts only the last of each layer's K neurons (the
-        released TopK code's rule, ``docs/official-code.md#topk-and-pruning``)."""
+        """Whether the run's final JAS counts only the last of each layer's K neurons (the released
+        TopK code's rule, ``docs/official-code.md#topk-and-pruning``)."""
         return False
 
     def to_dict(self) -> dict:
@@ -60,15 +60,22 @@ class PathMethod:
 
     name: str
     summary: str  # one line for --help and the docs, citing the paper
-    run: Callable[[ModelAdapter, torch.Tensor, CleanPass, AttributionConfig, int,
-                   MethodOptions], MethodOutput]
+    run: Callable[
+        [ModelAdapter, torch.Tensor, CleanPass, AttributionConfig, int, MethodOptions], MethodOutput
+    ]
     options: type[MethodOptions] = MethodOptions
     title: str = ""
     top_neurons: str = ""
 
-    def __call__(self, adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
-                 config: AttributionConfig = AttributionConfig(), k: int = 1,
-                 options: MethodOptions | None = None) -> MethodOutput:
+    def __call__(
+        self,
+        adapter: ModelAdapter,
+        pixels: torch.Tensor,
+        clean: CleanPass,
+        config: AttributionConfig = AttributionConfig(),
+        k: int = 1,
+        options: MethodOptions | None = None,
+    ) -> MethodOutput:
         return self.run(adapter, pixels, clean, config, k, options or self.options())
 
     @property

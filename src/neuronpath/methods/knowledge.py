@@ -1,8 +1,9 @@
 """Knowledge-neuron attribution (§3.1, App. B, Eq. 5-6): the integrated gradient of every FFN
 neuron of every layer.
 
-The authors' repository has no code for it (docs/official-code.md#knowledge-attribution); neuronpath follows Dai et al.'s
-convention, which the repository's leftovers point to: for each layer l separately, the
+The authors' repository has no code for it (docs/official-code.md#knowledge-attribution); neuronpath
+follows Dai et al.'s convention, which the repository's leftovers point to: for each layer l
+separately, the
 **whole layer's** neuron vector is scaled, u_l = alpha h_l (other layers run normally), and
 
     Attr_l[i] = h_l[i] * sum_k w_k dF/du_l[i] |_{alpha_k}
@@ -22,8 +23,12 @@ from ..engine.neurons import stack_layers, top_k
 from .base import MethodOutput, PathMethod
 
 
-def knowledge_attribution(adapter: ModelAdapter, pixels: torch.Tensor, clean: CleanPass,
-                          config: AttributionConfig = AttributionConfig()) -> torch.Tensor:
+def knowledge_attribution(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    clean: CleanPass,
+    config: AttributionConfig = AttributionConfig(),
+) -> torch.Tensor:
     """Per-neuron integrated gradients of every layer: (images, layers, n) (layers narrower
     than the widest score -inf beyond their width)."""
     n_images = clean.labels.shape[0]
@@ -40,8 +45,10 @@ def top_neurons(attribution: torch.Tensor, k: int = 5) -> list[list[tuple[int, i
     n_images, _, width = attribution.shape
     flat = attribution.reshape(n_images, -1)
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :k]
-    return [[(int(j) // width, int(j) % width, float(flat[b, j])) for j in order[b]]
-            for b in range(n_images)]
+    return [
+        [(int(j) // width, int(j) % width, float(flat[b, j])) for j in order[b]]
+        for b in range(n_images)
+    ]
 
 
 def _knowledge(adapter, pixels, clean, config, k, options) -> MethodOutput:
@@ -50,6 +57,10 @@ def _knowledge(adapter, pixels, clean, config, k, options) -> MethodOutput:
 
 
 METHOD = PathMethod(
-    "knowledge", "knowledge-neuron path (App. B): per-layer argmax of per-neuron integrated "
-                 "gradients; records also hold the image's top-5 (layer, neuron, score)",
-    _knowledge, title="knowledge path", top_neurons="top-5 knowledge neurons")
+    "knowledge",
+    "knowledge-neuron path (App. B): per-layer argmax of per-neuron integrated "
+    "gradients; records also hold the image's top-5 (layer, neuron, score)",
+    _knowledge,
+    title="knowledge path",
+    top_neurons="top-5 knowledge neurons",
+)

@@ -28,9 +28,14 @@ class PathResult:
     extras: dict[str, dict] = field(default_factory=dict)  # method -> extra per-image outputs
 
 
-def find_paths(adapter: ModelAdapter, pixels: torch.Tensor, labels,
-               methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_METHODS,
-               config: AttributionConfig = AttributionConfig(), k: int = 1) -> PathResult:
+def find_paths(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    labels,
+    methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_METHODS,
+    config: AttributionConfig = AttributionConfig(),
+    k: int = 1,
+) -> PathResult:
     """Find each method's path for a batch of images and its final JAS
     (``docs/official-code.md#final-jas``).
 
@@ -52,9 +57,14 @@ def find_paths(adapter: ModelAdapter, pixels: torch.Tensor, labels,
         if output.extras:
             extras[method] = output.extras
     last_only = any(opts.final_terms_last_only for opts in options.values())
-    finals = joint_attribution_scores(adapter, pixels, clean,
-                                      [path_to_set(paths[m]) for m in options], config,
-                                      last_only=last_only)
+    finals = joint_attribution_scores(
+        adapter,
+        pixels,
+        clean,
+        [path_to_set(paths[m]) for m in options],
+        config,
+        last_only=last_only,
+    )
     if k == 1:
         paths = {m: p[..., 0] for m, p in paths.items()}
     return PathResult(clean, paths, dict(zip(options, finals)), extras)

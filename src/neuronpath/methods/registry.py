@@ -14,12 +14,15 @@ from ..errors import InputError, option
 from . import activation, controls, influence_pattern, jas, knowledge
 from .base import Control, MethodOptions, PathMethod
 
-REGISTRY: dict[str, PathMethod] = {method.name: method for method in (
-    jas.METHOD,
-    activation.METHOD,
-    influence_pattern.METHOD,
-    knowledge.METHOD,
-)}
+REGISTRY: dict[str, PathMethod] = {
+    method.name: method
+    for method in (
+        jas.METHOD,
+        activation.METHOD,
+        influence_pattern.METHOD,
+        knowledge.METHOD,
+    )
+}
 CONTROLS: dict[str, Control] = {control.name: control for control in (controls.RANDOM,)}
 DEFAULT_METHODS = ("jas", "activation")
 
@@ -29,12 +32,15 @@ def register(method: PathMethod) -> PathMethod:
     must not clash with another method's."""
     if method.name in REGISTRY or method.name in CONTROLS:
         raise InputError(f"register: a method or control named {method.name!r} exists already")
-    taken = {f.name: other.name for other in REGISTRY.values()
-             for f in other.options.option_fields()}
+    taken = {
+        f.name: other.name for other in REGISTRY.values() for f in other.options.option_fields()
+    }
     clash = [f.name for f in method.options.option_fields() if f.name in taken]
     if clash:
-        raise InputError(f"register: option {clash[0]!r} of {method.name!r} is already an option "
-                         f"of {taken[clash[0]]!r}")
+        raise InputError(
+            f"register: option {clash[0]!r} of {method.name!r} is already an option "
+            f"of {taken[clash[0]]!r}"
+        )
     REGISTRY[method.name] = method
     return method
 
@@ -44,14 +50,17 @@ def check_methods(methods: Iterable[str]) -> list[str]:
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown or not methods:
-        raise InputError(f"{option('methods')}: unknown {unknown}; expected some of "
-                         f"{', '.join(REGISTRY)}" if unknown else
-                         f"{option('methods')}: expected at least one of {', '.join(REGISTRY)}")
+        raise InputError(
+            f"{option('methods')}: unknown {unknown}; expected some of {', '.join(REGISTRY)}"
+            if unknown
+            else f"{option('methods')}: expected at least one of {', '.join(REGISTRY)}"
+        )
     return methods
 
 
-def method_options(methods: Iterable[str] | Mapping[str, MethodOptions | None]
-                   ) -> dict[str, MethodOptions]:
+def method_options(
+    methods: Iterable[str] | Mapping[str, MethodOptions | None],
+) -> dict[str, MethodOptions]:
     """``{method: its options}`` from a list of names (every method's defaults) or a mapping
     (``None``: the defaults), each checked against the registry and its options class."""
     given = dict(methods) if isinstance(methods, Mapping) else dict.fromkeys(methods)
@@ -60,8 +69,10 @@ def method_options(methods: Iterable[str] | Mapping[str, MethodOptions | None]
         cls = REGISTRY[name].options
         options = given[name] if given[name] is not None else cls()
         if not isinstance(options, cls):
-            raise InputError(f"{option('methods')}: the options of {name!r} must be a "
-                             f"{cls.__name__}, got {type(options).__name__}")
+            raise InputError(
+                f"{option('methods')}: the options of {name!r} must be a "
+                f"{cls.__name__}, got {type(options).__name__}"
+            )
         out[name] = options
     return out
 

@@ -26,10 +26,17 @@ from ..io.preprocessing import Preprocess
 log = logging.getLogger("neuronpath")
 
 DEMO_VERSION = 1
-PREPROCESSOR = {"do_resize": True, "size": {"height": 16, "width": 16}, "resample": 2,
-                "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-                "image_processor_type": "ViTImageProcessor"}
+PREPROCESSOR = {
+    "do_resize": True,
+    "size": {"height": 16, "width": 16},
+    "resample": 2,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "image_processor_type": "ViTImageProcessor",
+}
 # the same pipeline written out, for training (inference uses the saved processor itself)
 TRAINING_PREPROCESS = Preprocess("demo", (16, 16), None, None, 2, 1 / 255, (0.5,) * 3, (0.5,) * 3)
 
@@ -91,8 +98,9 @@ def demo_model_dir() -> Path:
     return _atomic_dir(cache_dir() / f"demo-vit-digits-v{DEMO_VERSION}", build)
 
 
-def train_demo_model(train_dir: Path, epochs: int = 40, seed: int = 0, lr: float = 2e-3,
-                     batch: int = 64):
+def train_demo_model(
+    train_dir: Path, epochs: int = 40, seed: int = 0, lr: float = 2e-3, batch: int = 64
+):
     """Train a ViT (6 layers, width 64, 128 FFN neurons, 16x16 input, 4x4 patches)."""
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -102,26 +110,38 @@ def train_demo_model(train_dir: Path, epochs: int = 40, seed: int = 0, lr: float
     x = torch.stack([prep(load_image(item.path)) for item in folder.items])
     y = torch.tensor([item.label for item in folder.items])
     torch.manual_seed(seed)
-    config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=64,
-                       num_hidden_layers=6, num_attention_heads=4, intermediate_size=128,
-                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                       num_labels=10, id2label=labels, label2id={v: k for k, v in labels.items()})
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        intermediate_size=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=10,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     model = ViTForImageClassification(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps_per_epoch = (len(y) + batch - 1) // batch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, epochs=epochs,
-                                                   steps_per_epoch=steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+    )
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y), batch):
-            rows = order[start:start + batch]
+            rows = order[start : start + batch]
             images = x[rows]
             shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
             images = torch.roll(images, shifts=shift, dims=(2, 3))  # small translations
-            loss = torch.nn.functional.cross_entropy(model(pixel_values=images).logits, y[rows],
-                                                     label_smoothing=0.05)
+            loss = torch.nn.functional.cross_entropy(
+                model(pixel_values=images).logits, y[rows], label_smoothing=0.05
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

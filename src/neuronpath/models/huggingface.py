@@ -63,8 +63,10 @@ def hf_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
     if stage_depths(config):
         return TokenPolicy.all(), "the average of all tokens of the last stage (hierarchical)"
     if name == "DeiTForImageClassificationWithTeacher":
-        return (TokenPolicy.parse("cls+distillation", distillation_index=1),
-                "the CLS and distillation tokens (mean of the two heads)")
+        return (
+            TokenPolicy.parse("cls+distillation", distillation_index=1),
+            "the CLS and distillation tokens (mean of the two heads)",
+        )
     if kind in ("beit", "data2vec-vision"):
         if getattr(config, "use_mean_pooling", False):
             return TokenPolicy.patches(1), "the mean of the patch tokens (use_mean_pooling)"
@@ -74,13 +76,17 @@ def hf_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
     if name == "SiglipForImageClassification":
         return TokenPolicy.all(), "the mean of all tokens (SigLIP has no CLS token)"
     if kind == "dinov2":
-        return (TokenPolicy.parse("cls+patches:1"),
-                "the CLS token and the mean of the patch tokens, concatenated")
+        return (
+            TokenPolicy.parse("cls+patches:1"),
+            "the CLS token and the mean of the patch tokens, concatenated",
+        )
     if kind == "dinov2_with_registers":
         prefix = 1 + int(getattr(config, "num_register_tokens", 0))
-        return (TokenPolicy.parse(f"cls+patches:{prefix}"),
-                f"the CLS token and the mean of the patch tokens (not the "
-                f"{prefix - 1} register tokens), concatenated")
+        return (
+            TokenPolicy.parse(f"cls+patches:{prefix}"),
+            f"the CLS token and the mean of the patch tokens (not the "
+            f"{prefix - 1} register tokens), concatenated",
+        )
     if name == "GlobalPoolViT":
         return TokenPolicy.patches(1), "the mean of the patch tokens (MAE global pool)"
     if kind in ("vit", "deit", "vit_msn"):
@@ -102,17 +108,23 @@ def hf_layout(model: nn.Module, shape: tuple[int, int, int]) -> Callable[[int, i
             return _no_layout(f"{type(model).__name__}'s config gives no patch size")
         ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
         height, width = image[0] // ph, image[1] // pw
-        return lambda layer, tokens: (TokenLayout.grid(tokens - height * width, height, width)
-                                      if tokens >= height * width else TokenLayout.none(
-                                          f"{tokens} tokens, fewer than its {height}x{width} patches"))
+        return lambda layer, tokens: (
+            TokenLayout.grid(tokens - height * width, height, width)
+            if tokens >= height * width
+            else TokenLayout.none(f"{tokens} tokens, fewer than its {height}x{width} patches")
+        )
     stage = [s for s, depth in enumerate(depths) for _ in range(depth)]
     if kind == "hiera":
         return lambda layer, tokens: hiera_layout(config, stage[layer])
     if kind in ("swin", "swinv2", "donut-swin", "cvt", "pvt"):
-        cls_stages = list(getattr(config, "cls_token", [])) if kind == "cvt" else \
-            ([False] * (len(depths) - 1) + [True] if kind == "pvt" else [False] * len(depths))
-        return lambda layer, tokens: TokenLayout.raster(tokens, int(cls_stages[stage[layer]]),
-                                                        image)
+        cls_stages = (
+            list(getattr(config, "cls_token", []))
+            if kind == "cvt"
+            else ([False] * (len(depths) - 1) + [True] if kind == "pvt" else [False] * len(depths))
+        )
+        return lambda layer, tokens: TokenLayout.raster(
+            tokens, int(cls_stages[stage[layer]]), image
+        )
     return _no_layout(f"no token layout is stated for {type(model).__name__}")
 
 
@@ -140,16 +152,25 @@ def unrolled_order(size: Sequence[int], schedule: Sequence[Sequence[int]]) -> li
     cells = torch.arange(height * width).reshape(1, height, width)
     for sh, sw in schedule:
         height, width = height // sh, width // sw
-        cells = (cells.reshape(-1, height, sh, width, sw).permute(0, 2, 4, 1, 3)
-                 .reshape(-1, height, width))
+        cells = (
+            cells.reshape(-1, height, sh, width, sw)
+            .permute(0, 2, 4, 1, 3)
+            .reshape(-1, height, width)
+        )
     return cells.reshape(-1).tolist()
 
 
-def from_hf_model(model: nn.Module, *, preprocess: Preprocess | None = None,
-                  token: TokenPolicy | str | None = None, name: str = "custom",
-                  forward=None, id2label: dict[int, str] | None = None,
-                  readout: tuple[TokenPolicy, str] | None = None,
-                  details: dict | None = None) -> ModelAdapter:
+def from_hf_model(
+    model: nn.Module,
+    *,
+    preprocess: Preprocess | None = None,
+    token: TokenPolicy | str | None = None,
+    name: str = "custom",
+    forward=None,
+    id2label: dict[int, str] | None = None,
+    readout: tuple[TokenPolicy, str] | None = None,
+    details: dict | None = None,
+) -> ModelAdapter:
     """Adapter for a Hugging Face image classifier: one site per block of the image tower (the
     input of its FFN output projection, :mod:`neuronpath.engine.sites`), every block's token
     policy where the gradient probe finds the head reads (``hf_readout`` names it; ``token``
@@ -162,21 +183,32 @@ def from_hf_model(model: nn.Module, *, preprocess: Preprocess | None = None,
 
         shape = tuple(preprocess(Image.new("RGB", (32, 32))).shape)
     if shape is None:
-        raise InputError(f"{type(model).__name__}: neither its config nor its preprocessing gives "
-                         f"an image size, so no probe input can be built; build a ModelAdapter "
-                         f"with input_shape=...")
+        raise InputError(
+            f"{type(model).__name__}: neither its config nor its preprocessing gives "
+            f"an image size, so no probe input can be built; build a ModelAdapter "
+            f"with input_shape=..."
+        )
     param = next(iter(model.parameters()))
-    pixels = torch.randn((2,) + shape, generator=torch.Generator().manual_seed(0),
-                         dtype=torch.float64).to(param.device, param.dtype)
+    pixels = torch.randn(
+        (2,) + shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    ).to(param.device, param.dtype)
     sites = find_ffn_sites(model, lambda: forward(pixels), num_blocks(config))
     distillation = 1 if "deit" in getattr(config, "model_type", "") else None
     if id2label is None:
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
-    adapter = ModelAdapter(model, ffn_inputs=sites, token=token,
-                           family_readout=readout or hf_readout(model), preprocess=preprocess,
-                           id2label=id2label, name=name, forward=forward,
-                           distillation_index=distillation, input_shape=shape,
-                           layout=hf_layout(model, shape))
+    adapter = ModelAdapter(
+        model,
+        ffn_inputs=sites,
+        token=token,
+        family_readout=readout or hf_readout(model),
+        preprocess=preprocess,
+        id2label=id2label,
+        name=name,
+        forward=forward,
+        distillation_index=distillation,
+        input_shape=shape,
+        layout=hf_layout(model, shape),
+    )
     adapter.details = dict(details or {})
     return adapter
 
@@ -197,13 +229,19 @@ class HFProcessor:
 
     @property
     def mean(self):
-        return getattr(self.processor, "image_mean", None) \
-            if getattr(self.processor, "do_normalize", True) else None
+        return (
+            getattr(self.processor, "image_mean", None)
+            if getattr(self.processor, "do_normalize", True)
+            else None
+        )
 
     @property
     def std(self):
-        return getattr(self.processor, "image_std", None) \
-            if getattr(self.processor, "do_normalize", True) else None
+        return (
+            getattr(self.processor, "image_std", None)
+            if getattr(self.processor, "do_normalize", True)
+            else None
+        )
 
     def to_dict(self) -> dict:
         """What identifies the pipeline (part of a run's settings): the processor class and the
@@ -212,8 +250,10 @@ class HFProcessor:
 
     def describe(self) -> dict:
         """The processor's full resolved config (for the manifest)."""
-        return {"class": type(self.processor).__name__,
-                "config": json.loads(self.processor.to_json_string())}
+        return {
+            "class": type(self.processor).__name__,
+            "config": json.loads(self.processor.to_json_string()),
+        }
 
 
 def hf_preprocess(spec: str, local_only: bool, config) -> HFProcessor | Preprocess:
@@ -224,14 +264,22 @@ def hf_preprocess(spec: str, local_only: bool, config) -> HFProcessor | Preproce
     from transformers.utils import logging as hf_logging
 
     try:
-        path = cached_file(spec, "preprocessor_config.json", local_files_only=local_only,
-                           _raise_exceptions_for_missing_entries=False)
+        path = cached_file(
+            spec,
+            "preprocessor_config.json",
+            local_files_only=local_only,
+            _raise_exceptions_for_missing_entries=False,
+        )
     except Exception:  # noqa: BLE001 - any failure means: no processor config available
         path = None
     if path is None:
         size = getattr(config, "image_size", 224)
-        log.warning("model %s has no preprocessor_config.json; using the official "
-                    "preprocessing (square %d resize, ImageNet mean/std)", spec, size)
+        log.warning(
+            "model %s has no preprocessor_config.json; using the official "
+            "preprocessing (square %d resize, ImageNet mean/std)",
+            spec,
+            size,
+        )
         return Preprocess.official(size)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # not its note that it falls back to PIL without torchvision
@@ -239,15 +287,18 @@ def hf_preprocess(spec: str, local_only: bool, config) -> HFProcessor | Preproce
         settings = json.loads(Path(path).read_text())
         processor = AutoImageProcessor.from_pretrained(spec, local_files_only=local_only)
     except (ValueError, OSError) as error:
-        raise ModelLoadError(f"{option('model')}: {path} is not an image processor config transformers can "
-                             f"load ({error})") from error
+        raise ModelLoadError(
+            f"{option('model')}: {path} is not an image processor config transformers can "
+            f"load ({error})"
+        ) from error
     finally:
         hf_logging.set_verbosity(verbosity)
     return HFProcessor(processor, settings)
 
 
-def load_hf(spec: str, local_only: bool, classes: str | None = None,
-            prompt: str | None = None) -> tuple[nn.Module, Preprocess, dict]:
+def load_hf(
+    spec: str, local_only: bool, classes: str | None = None, prompt: str | None = None
+) -> tuple[nn.Module, Preprocess, dict]:
     """A Hugging Face classifier from a folder or hub id, its preprocessing, and the keyword
     arguments ``from_hf_model`` needs for it.  With ``classes``, a CLIP or SigLIP model becomes a
     zero-shot classifier over those classes.  A model whose classifier head is not in the
@@ -263,36 +314,50 @@ def load_hf(spec: str, local_only: bool, classes: str | None = None,
         try:
             json.loads(config_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ModelLoadError(f"{option('model')}: {config_file} is not valid JSON ({error}); expected the "
-                                 f"config.json that save_pretrained writes") from error
+            raise ModelLoadError(
+                f"{option('model')}: {config_file} is not valid JSON ({error}); expected the "
+                f"config.json that save_pretrained writes"
+            ) from error
     try:
         config = AutoConfig.from_pretrained(spec, local_files_only=local_only)
     except ValueError as error:  # a config transformers does not know
-        raise ModelLoadError(f"{option('model')}: {spec} is not a model transformers can load ({error})") \
-            from error
+        raise ModelLoadError(
+            f"{option('model')}: {spec} is not a model transformers can load ({error})"
+        ) from error
     architectures = list(getattr(config, "architectures", None) or [])
     classifier = any(a.endswith("ForImageClassification") for a in architectures)
     contrastive = contrastive_family(config) is not None and not classifier
     if classes is not None:
         if not contrastive:
-            raise ModelLoadError(f"{option('classes')}: zero-shot classification needs a CLIP or "
-                                 f"SigLIP model; {spec} is a {', '.join(architectures) or config.model_type}")
-        model, id2label, details = build_zero_shot(spec, classes, prompt or DEFAULT_PROMPT,
-                                                   local_only)
-        kwargs = {"id2label": id2label, "details": details,
-                  "readout": zero_shot_readout(details["zero_shot"]["family"])}
+            raise ModelLoadError(
+                f"{option('classes')}: zero-shot classification needs a CLIP or "
+                f"SigLIP model; {spec} is a {', '.join(architectures) or config.model_type}"
+            )
+        model, id2label, details = build_zero_shot(
+            spec, classes, prompt or DEFAULT_PROMPT, local_only
+        )
+        kwargs = {
+            "id2label": id2label,
+            "details": details,
+            "readout": zero_shot_readout(details["zero_shot"]["family"]),
+        }
         return model, hf_preprocess(spec, local_only, config.vision_config), kwargs
     if contrastive:
-        raise ModelLoadError(f"{option('model')}: {spec} is a {', '.join(architectures) or config.model_type}, "
-                             f"a contrastive image-text model without a classifier head; pass "
-                             f"{option('classes', 'FILE')} (lines 'label<TAB>class name') for "
-                             f"zero-shot classification")
+        raise ModelLoadError(
+            f"{option('model')}: {spec} is a {', '.join(architectures) or config.model_type}, "
+            f"a contrastive image-text model without a classifier head; pass "
+            f"{option('classes', 'FILE')} (lines 'label<TAB>class name') for "
+            f"zero-shot classification"
+        )
     model, info = AutoModelForImageClassification.from_pretrained(
-        spec, local_files_only=local_only, output_loading_info=True)
+        spec, local_files_only=local_only, output_loading_info=True
+    )
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise ModelLoadError(f"{option('model')}: {spec} ({type(model).__name__}) lacks weights for "
-                             f"{missing[:4]}{' ...' if len(missing) > 4 else ''}; transformers "
-                             f"would initialise them at random, so every path would be "
-                             f"meaningless. Pass a model whose checkpoint has its classifier")
+        raise ModelLoadError(
+            f"{option('model')}: {spec} ({type(model).__name__}) lacks weights for "
+            f"{missing[:4]}{' ...' if len(missing) > 4 else ''}; transformers "
+            f"would initialise them at random, so every path would be "
+            f"meaningless. Pass a model whose checkpoint has its classifier"
+        )
     return model, hf_preprocess(spec, local_only, config), {}

@@ -36,11 +36,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
+    return (
+        spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
+    )
 
 
-def load_model(spec: ModelSpec | str = DEMO, *, device: str | torch.device = "cpu",
-               **options) -> ModelAdapter:
+def load_model(
+    spec: ModelSpec | str = DEMO, *, device: str | torch.device = "cpu", **options
+) -> ModelAdapter:
     """Load a model and wrap it in an adapter.
 
     ``spec`` is a :class:`ModelSpec`, or its ``model`` with the other fields as keyword
@@ -62,12 +65,11 @@ def load_model(spec: ModelSpec | str = DEMO, *, device: str | torch.device = "cp
 
         model, prep, kwargs = load_hf(str(demo_model_dir()), True)
     elif Path(name).expanduser().is_dir():
-        model, prep, kwargs = load_hf(str(Path(name).expanduser()), True, spec.classes,
-                                      spec.prompt)
+        model, prep, kwargs = load_hf(str(Path(name).expanduser()), True, spec.classes, spec.prompt)
     elif name.startswith("timm:"):
         from .timm_models import load_timm
 
-        adapter = load_timm(name[len("timm:"):], token=spec.token)
+        adapter = load_timm(name[len("timm:") :], token=spec.token)
         if spec.preprocess == "official":
             adapter.preprocess = Preprocess.official(spec.image_size or 224)
         return adapter.to(device=device, dtype=model_dtype)
@@ -80,12 +82,15 @@ def load_model(spec: ModelSpec | str = DEMO, *, device: str | torch.device = "cp
     else:
         model, prep, kwargs = _load_from_hub(name, spec.classes, spec.prompt)
     if spec.classes is not None and not kwargs.get("details"):
-        raise ModelLoadError(f"{option('classes')}: zero-shot classification needs a CLIP or "
-                             f"SigLIP model folder or hub id, not {name}")
+        raise ModelLoadError(
+            f"{option('classes')}: zero-shot classification needs a CLIP or "
+            f"SigLIP model folder or hub id, not {name}"
+        )
     if spec.preprocess == "official":
         prep = Preprocess.official(getattr(model.config, "image_size", 224))
-    adapter = from_hf_model(model.to(model_dtype), preprocess=prep, token=spec.token, name=name,
-                            **kwargs)
+    adapter = from_hf_model(
+        model.to(model_dtype), preprocess=prep, token=spec.token, name=name, **kwargs
+    )
     return adapter.to(device=device, dtype=model_dtype)
 
 
@@ -100,40 +105,55 @@ def _load_from_hub(spec: str, classes: str | None, prompt: str | None):
             f"(no network, or HF_HUB_OFFLINE is set). On a machine with network, download it "
             f"with `hf download {spec} --local-dir DIR` (or "
             f"`AutoModelForImageClassification.from_pretrained('{spec}').save_pretrained(DIR)` "
-            f"plus its image processor), copy DIR here and pass {option('model', 'DIR')}.")
+            f"plus its image processor), copy DIR here and pass {option('model', 'DIR')}."
+        )
     try:
         return load_hf(spec, False, classes, prompt)
     except OSError as error:
-        raise ModelLoadError(f"{option('model')}: could not load {spec!r} from the Hugging Face "
-                             f"Hub: {error}. Pass a local model folder: "
-                             f"{option('model', 'DIR')}.") from error
+        raise ModelLoadError(
+            f"{option('model')}: could not load {spec!r} from the Hugging Face "
+            f"Hub: {error}. Pass a local model folder: "
+            f"{option('model', 'DIR')}."
+        ) from error
 
 
-def load_run_model(run_dir: Path, settings: dict, model: str | None,
-                   device: torch.device) -> ModelAdapter:
+def load_run_model(
+    run_dir: Path, settings: dict, model: str | None, device: torch.device
+) -> ModelAdapter:
     """The model a run recorded in its ``settings`` (or ``model``, if it moved), checked: the
     same weights, image preprocessing and token policy, or :class:`RunFormatError`."""
     spec = ModelSpec.from_settings(settings, model)
     try:
         adapter = load_model(spec, device=device)
     except Exception as error:
-        raise RunFormatError(f"{run_dir}: cannot load its model {spec.model!r} ({error}); pass "
-                             f"{option('model', 'DIR')} with the model the run was made "
-                             f"with") from error
+        raise RunFormatError(
+            f"{run_dir}: cannot load its model {spec.model!r} ({error}); pass "
+            f"{option('model', 'DIR')} with the model the run was made "
+            f"with"
+        ) from error
     if adapter.weights_hash() != settings["weights_sha256"]:
-        raise RunFormatError(f"{run_dir} was made by a different model than {spec.model!r} "
-                             f"(weights SHA-256 {settings['weights_sha256'][:12]}... in the run, "
-                             f"{adapter.weights_hash()[:12]}... now)")
+        raise RunFormatError(
+            f"{run_dir} was made by a different model than {spec.model!r} "
+            f"(weights SHA-256 {settings['weights_sha256'][:12]}... in the run, "
+            f"{adapter.weights_hash()[:12]}... now)"
+        )
     stored = settings["preprocess"]
     current = json.loads(json.dumps(adapter.preprocess.to_dict()))
     if stored != current:
         if "class" not in stored and stored.get("name") == "model":
             # a run made when ``--preprocess model`` was a copy of the processor, not the processor
-            log.warning("%s was made with neuronpath's earlier copy of the image processor "
-                        "(%s); this run now uses the model's own (%s)", run_dir, stored, current)
+            log.warning(
+                "%s was made with neuronpath's earlier copy of the image processor "
+                "(%s); this run now uses the model's own (%s)",
+                run_dir,
+                stored,
+                current,
+            )
         else:
-            raise RunFormatError(f"{run_dir} was made with other image preprocessing than "
-                                 f"{spec.model!r} gives now ({stored} in the run, {current} now); "
-                                 f"pass {option('model', 'DIR')} with the model folder the run "
-                                 f"was made with")
+            raise RunFormatError(
+                f"{run_dir} was made with other image preprocessing than "
+                f"{spec.model!r} gives now ({stored} in the run, {current} now); "
+                f"pass {option('model', 'DIR')} with the model folder the run "
+                f"was made with"
+            )
     return adapter

@@ -18,8 +18,11 @@ from ..errors import ModelLoadError, option
 from ..io.labels import imagenet_synsets
 from ..io.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
-RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-            "nearest": Image.Resampling.NEAREST}
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 def preprocess_from_timm(cfg: dict) -> Preprocess:
@@ -29,8 +32,16 @@ def preprocess_from_timm(cfg: dict) -> Preprocess:
     _, height, width = cfg.get("input_size", (3, 224, 224))
     crop_pct = cfg.get("crop_pct", 0.875)
     resample = RESAMPLE.get(cfg.get("interpolation", "bicubic"), Image.Resampling.BICUBIC)
-    return Preprocess("model", None, math.floor(height / crop_pct), (height, width), int(resample),
-                      1 / 255, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+    return Preprocess(
+        "model",
+        None,
+        math.floor(height / crop_pct),
+        (height, width),
+        int(resample),
+        1 / 255,
+        tuple(cfg.get("mean", IMAGENET_MEAN)),
+        tuple(cfg.get("std", IMAGENET_STD)),
+    )
 
 
 def timm_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
@@ -42,14 +53,18 @@ def timm_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
     if pool == "token":
         return TokenPolicy.cls(), "the CLS token (global_pool='token')"
     if pool in ("avg", "avgmax", "max"):
-        return (TokenPolicy.patches(prefix),
-                f"the patch tokens after {prefix} prefix tokens (global_pool={pool!r})")
+        return (
+            TokenPolicy.patches(prefix),
+            f"the patch tokens after {prefix} prefix tokens (global_pool={pool!r})",
+        )
     if pool == "map":
         return TokenPolicy.all(), "all tokens (attention pooling, global_pool='map')"
     return None
 
 
-def from_timm_model(model: nn.Module, *, token: str | None = None, name: str = "timm") -> ModelAdapter:
+def from_timm_model(
+    model: nn.Module, *, token: str | None = None, name: str = "timm"
+) -> ModelAdapter:
     """Adapter for a timm VisionTransformer: each block's FFN read at the input of ``mlp.fc2``
     (:mod:`neuronpath.engine.sites`), where its head reads (``timm_readout`` names the gradient
     probe's finding), its tokens laid out as ``num_prefix_tokens`` then the patch grid."""
@@ -59,14 +74,22 @@ def from_timm_model(model: nn.Module, *, token: str | None = None, name: str = "
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     shape = tuple(cfg.get("input_size", (3, 224, 224)))
     param = next(iter(model.parameters()))
-    pixels = torch.randn((2,) + shape, generator=torch.Generator().manual_seed(0),
-                         dtype=torch.float64).to(param.device, param.dtype)
+    pixels = torch.randn(
+        (2,) + shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    ).to(param.device, param.dtype)
     sites = find_ffn_sites(model, lambda: model(pixels), len(model.blocks))
-    return ModelAdapter(model, ffn_inputs=sites, token=token, family_readout=timm_readout(model),
-                        preprocess=preprocess_from_timm(cfg), id2label=dict(enumerate(names)),
-                        name=name, input_shape=shape,
-                        distillation_index=1 if prefix >= 2 else None,
-                        layout=lambda layer, tokens: TokenLayout.raster(tokens, prefix, shape[1:]))
+    return ModelAdapter(
+        model,
+        ffn_inputs=sites,
+        token=token,
+        family_readout=timm_readout(model),
+        preprocess=preprocess_from_timm(cfg),
+        id2label=dict(enumerate(names)),
+        name=name,
+        input_shape=shape,
+        distillation_index=1 if prefix >= 2 else None,
+        layout=lambda layer, tokens: TokenLayout.raster(tokens, prefix, shape[1:]),
+    )
 
 
 def load_timm(name: str, *, token: str | None = None) -> ModelAdapter:
@@ -74,12 +97,16 @@ def load_timm(name: str, *, token: str | None = None) -> ModelAdapter:
     try:
         import timm
     except ImportError as error:
-        raise ModelLoadError(f"{option('model')}: timm is not installed; `pip install timm` (it needs "
-                             "torchvision) to load timm:NAME models") from error
+        raise ModelLoadError(
+            f"{option('model')}: timm is not installed; `pip install timm` (it needs "
+            "torchvision) to load timm:NAME models"
+        ) from error
     try:
         model = timm.create_model(name, pretrained=True)
     except Exception as error:  # noqa: BLE001 - network, unknown name, ...
-        raise ModelLoadError(f"{option('model')}: timm could not create {name!r}: {error}") from error
+        raise ModelLoadError(
+            f"{option('model')}: timm could not create {name!r}: {error}"
+        ) from error
     adapter = from_timm_model(model, token=token, name=f"timm:{name}")
     adapter.preprocess = TimmTransform(timm.data.resolve_data_config({}, model=model))
     return adapter

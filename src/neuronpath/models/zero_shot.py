@@ -20,23 +20,37 @@ from ..errors import InputError, ModelLoadError, option
 from ..io.labels import read_class_names
 
 DEFAULT_PROMPT = "a photo of a {}."
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model", "vocab.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.txt",
+)
 CONTRASTIVE = {"clip": "CLIP", "siglip": "SigLIP"}
 
 
 class ZeroShotClassifier(nn.Module):
     """Image tower + fixed class text embeddings -> logits over the classes."""
 
-    def __init__(self, vision_model: nn.Module, projection: nn.Module | None,
-                 text_embeddings: torch.Tensor, logit_scale: torch.Tensor,
-                 logit_bias: torch.Tensor | None, config):
+    def __init__(
+        self,
+        vision_model: nn.Module,
+        projection: nn.Module | None,
+        text_embeddings: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None,
+        config,
+    ):
         super().__init__()
         self.vision_model = vision_model
         self.visual_projection = projection
         self.register_buffer("text_embeddings", text_embeddings.detach().clone())
         self.register_buffer("logit_scale", logit_scale.detach().clone())
-        self.register_buffer("logit_bias", None if logit_bias is None else logit_bias.detach().clone())
+        self.register_buffer(
+            "logit_bias", None if logit_bias is None else logit_bias.detach().clone()
+        )
         self.config = config
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -58,8 +72,9 @@ def _features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def build_zero_shot(folder: str | Path, classes: str | Path, prompt: str = DEFAULT_PROMPT,
-                    local_only: bool = True):
+def build_zero_shot(
+    folder: str | Path, classes: str | Path, prompt: str = DEFAULT_PROMPT, local_only: bool = True
+):
     """(classifier, id2label, details) for the CLIP or SigLIP model in ``folder`` and the class
     file ``classes`` (lines ``label<TAB>class name``; labels are the image folder names)."""
     from transformers import AutoModel, AutoTokenizer
@@ -69,36 +84,61 @@ def build_zero_shot(folder: str | Path, classes: str | Path, prompt: str = DEFAU
     hf_logging.disable_progress_bar()
     names = read_class_names(classes)
     if not names:
-        raise InputError(f"{option('classes')}: {classes} lists no classes; expected lines "
-                         f"'label<TAB>class name'")
+        raise InputError(
+            f"{option('classes')}: {classes} lists no classes; expected lines "
+            f"'label<TAB>class name'"
+        )
     if "{}" not in prompt:
-        raise InputError(f"{option('prompt')}: expected a template with {{}} for the class name, got {prompt!r}")
+        raise InputError(
+            f"{option('prompt')}: expected a template with {{}} for the class name, got {prompt!r}"
+        )
     model = AutoModel.from_pretrained(str(folder), local_files_only=local_only).eval()
     family = contrastive_family(model.config)
     if family is None:
-        raise ModelLoadError(f"{option('model')}: {folder} is a {type(model).__name__}, not a CLIP or SigLIP "
-                             f"model; zero-shot classification ({option('classes', 'FILE')}) needs "
-                             f"one")
-    if not any(cached_file(str(folder), name, local_files_only=local_only,
-                           _raise_exceptions_for_missing_entries=False)
-               for name in TOKENIZER_FILES):
-        raise ModelLoadError(f"{option('model')}: {folder} has no tokenizer for the class prompts (none of "
-                             f"{', '.join(TOKENIZER_FILES)}); save the model's tokenizer with it")
+        raise ModelLoadError(
+            f"{option('model')}: {folder} is a {type(model).__name__}, not a CLIP or SigLIP "
+            f"model; zero-shot classification ({option('classes', 'FILE')}) needs "
+            f"one"
+        )
+    if not any(
+        cached_file(
+            str(folder),
+            name,
+            local_files_only=local_only,
+            _raise_exceptions_for_missing_entries=False,
+        )
+        for name in TOKENIZER_FILES
+    ):
+        raise ModelLoadError(
+            f"{option('model')}: {folder} has no tokenizer for the class prompts (none of "
+            f"{', '.join(TOKENIZER_FILES)}); save the model's tokenizer with it"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=local_only)
     except (OSError, ValueError) as error:
-        raise ModelLoadError(f"{option('model')}: {folder} has no usable tokenizer for the class prompts "
-                             f"({error})") from error
-    unknown = [name for name in names.values()
-               if set(tokenizer(name, add_special_tokens=False)["input_ids"])
-               <= {tokenizer.unk_token_id}]
+        raise ModelLoadError(
+            f"{option('model')}: {folder} has no usable tokenizer for the class prompts ({error})"
+        ) from error
+    unknown = [
+        name
+        for name in names.values()
+        if set(tokenizer(name, add_special_tokens=False)["input_ids"]) <= {tokenizer.unk_token_id}
+    ]
     if unknown:
-        raise InputError(f"{option('classes')}: the tokenizer knows no word of the class names "
-                         f"{unknown[:3]}; expected names in the model's language")
+        raise InputError(
+            f"{option('classes')}: the tokenizer knows no word of the class names "
+            f"{unknown[:3]}; expected names in the model's language"
+        )
     texts = [prompt.format(name) for name in names.values()]
-    padding = {"padding": "max_length", "truncation": True,
-               "max_length": model.config.text_config.max_position_embeddings} \
-        if family == "siglip" else {"padding": True}
+    padding = (
+        {
+            "padding": "max_length",
+            "truncation": True,
+            "max_length": model.config.text_config.max_position_embeddings,
+        }
+        if family == "siglip"
+        else {"padding": True}
+    )
     with torch.no_grad():
         tokens = tokenizer(texts, return_tensors="pt", **padding)
         inputs = {"input_ids": tokens["input_ids"]}
@@ -108,15 +148,28 @@ def build_zero_shot(folder: str | Path, classes: str | Path, prompt: str = DEFAU
     text = text / text.norm(p=2, dim=-1, keepdim=True)
     vision = model.vision_model
     if family == "siglip" and getattr(vision, "head", None) is None:
-        raise ModelLoadError(f"{option('model')}: {folder}'s SigLIP image tower has no pooling head "
-                             f"(vision_use_head is off), so it has no image embedding")
-    classifier = ZeroShotClassifier(vision, getattr(model, "visual_projection", None),
-                                    text.to(torch.float32), model.logit_scale,
-                                    getattr(model, "logit_bias", None), model.config.vision_config)
+        raise ModelLoadError(
+            f"{option('model')}: {folder}'s SigLIP image tower has no pooling head "
+            f"(vision_use_head is off), so it has no image embedding"
+        )
+    classifier = ZeroShotClassifier(
+        vision,
+        getattr(model, "visual_projection", None),
+        text.to(torch.float32),
+        model.logit_scale,
+        getattr(model, "logit_bias", None),
+        model.config.vision_config,
+    )
     digest = hashlib.sha256(text.to(torch.float32).numpy().tobytes()).hexdigest()
-    details = {"zero_shot": {"family": CONTRASTIVE[family], "classes_file": str(classes),
-                             "prompt": prompt, "class_names": list(names.values()),
-                             "text_embeddings_sha256": digest}}
+    details = {
+        "zero_shot": {
+            "family": CONTRASTIVE[family],
+            "classes_file": str(classes),
+            "prompt": prompt,
+            "class_names": list(names.values()),
+            "text_embeddings_sha256": digest,
+        }
+    }
     return classifier, dict(enumerate(names)), details
 
 

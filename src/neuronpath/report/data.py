@@ -25,8 +25,13 @@ def quantised(values: torch.Tensor) -> dict:
     values = values.double().flatten()
     lo, hi = float(values.min()), float(values.max())
     scaled = (values - lo) / (hi - lo) * 255 if hi > lo else torch.zeros_like(values)
-    return {"q": scaled.round().to(torch.uint8).tolist(), "lo": lo, "hi": hi, "h": height,
-            "w": width}
+    return {
+        "q": scaled.round().to(torch.uint8).tolist(),
+        "lo": lo,
+        "hi": hi,
+        "h": height,
+        "w": width,
+    }
 
 
 def thumbnail(pixels: torch.Tensor, preprocess) -> str:
@@ -36,8 +41,10 @@ def thumbnail(pixels: torch.Tensor, preprocess) -> str:
     x = pixels.double().cpu()
     mean, std = getattr(preprocess, "mean", None), getattr(preprocess, "std", None)
     if mean is not None and std is not None:
-        x = x * torch.tensor(std, dtype=x.dtype)[:, None, None] \
+        x = (
+            x * torch.tensor(std, dtype=x.dtype)[:, None, None]
             + torch.tensor(mean, dtype=x.dtype)[:, None, None]
+        )
     else:
         x = (x - x.amin()) / (x.amax() - x.amin() + 1e-12)
     array = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
@@ -49,8 +56,11 @@ def thumbnail(pixels: torch.Tensor, preprocess) -> str:
 
 def png(path: Path) -> str | None:
     """A PNG file as a data URL (None if it is not there)."""
-    return ("data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-            if path.is_file() else None)
+    return (
+        "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        if path.is_file()
+        else None
+    )
 
 
 def text(path: Path) -> str | None:
@@ -63,8 +73,9 @@ class RunIndex:
     neuron is on ``method``'s paths (the ``cards`` most frequent get a card, the first
     ``detail_count`` images their details)."""
 
-    def __init__(self, records: Iterable[dict], where: Path, method: str, detail_count: int,
-                 cards: int):
+    def __init__(
+        self, records: Iterable[dict], where: Path, method: str, detail_count: int, cards: int
+    ):
         self.methods: list[str] = []
         self.order: list[str] = []
         rows: dict[str, dict] = {}
@@ -77,9 +88,15 @@ class RunIndex:
             row = rows.get(r["image"])
             if row is None:
                 self.order.append(r["image"])
-                row = rows[r["image"]] = {"label": r["label"], "label_name": r.get("label_name"),
-                                          "pred": r["pred"], "pred_name": r.get("pred_name"),
-                                          "prob": r["prob"], "jas": {}, "paths": {}}
+                row = rows[r["image"]] = {
+                    "label": r["label"],
+                    "label_name": r.get("label_name"),
+                    "pred": r["pred"],
+                    "pred_name": r.get("pred_name"),
+                    "prob": r["prob"],
+                    "jas": {},
+                    "paths": {},
+                }
             row["jas"][r["method"]] = r["jas"]
             first = [p[0] if isinstance(p, list) else p for p in r["path"]]
             row["paths"][r["method"]] = first
@@ -87,42 +104,70 @@ class RunIndex:
                 for layer, neuron in enumerate(first):
                     counts[(layer, neuron)] += 1
                     by_class.setdefault((layer, neuron), Counter())[r["label"]] += 1
-            self.summary_rows.append({k: r[k] for k in ("image", "method", "jas", "pred",
-                                                        "label", "prob")})
+            self.summary_rows.append(
+                {k: r[k] for k in ("image", "method", "jas", "pred", "label", "prob")}
+            )
         if not rows:
             raise RunFormatError(f"{where}: the run has no records yet")
         if method not in self.methods:
-            raise InputError(f"{option('method')}: the run has no records of {method!r}; it has "
-                             f"{', '.join(self.methods)}")
+            raise InputError(
+                f"{option('method')}: the run has no records of {method!r}; it has "
+                f"{', '.join(self.methods)}"
+            )
         self.rows, self.counts, self.by_class = rows, counts, by_class
         self.details = self.order[:detail_count]
-        self.cards = [key for key, _ in sorted(counts.items(),
-                                               key=lambda kv: (-kv[1], kv[0]))[:cards]]
+        self.cards = [
+            key for key, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:cards]
+        ]
         self.images_with_method = sum(1 for row in rows.values() if method in row["paths"])
 
 
-def page_data(index: RunIndex, manifest: dict, evaluation: dict, details: dict,
-              values: np.ndarray, positions: np.ndarray, maps: dict, thumbs: dict,
-              method: str, readable: dict[str, str], layouts: list[dict]) -> dict:
+def page_data(
+    index: RunIndex,
+    manifest: dict,
+    evaluation: dict,
+    details: dict,
+    values: np.ndarray,
+    positions: np.ndarray,
+    maps: dict,
+    thumbs: dict,
+    method: str,
+    readable: dict[str, str],
+    layouts: list[dict],
+) -> dict:
     """The JSON the page's script renders: every image as columns, the explorer's details,
     the neuron cards, and each layer's token layout (why a layer has no maps)."""
     classes = sorted({row["label"] for row in index.rows.values()})
-    names = {row["label"]: readable.get(row["label_name"], row["label_name"] or str(row["label"]))
-             for row in index.rows.values()}
+    names = {
+        row["label"]: readable.get(row["label_name"], row["label_name"] or str(row["label"]))
+        for row in index.rows.values()
+    }
     order = index.order
-    rows = {"id": order,
-            "label": [classes.index(index.rows[i]["label"]) for i in order],
-            "pred": [index.rows[i]["pred"] for i in order],
-            "predName": [readable.get(index.rows[i]["pred_name"], index.rows[i]["pred_name"]
-                                      or str(index.rows[i]["pred"])) for i in order],
-            "prob": [round(index.rows[i]["prob"], 5) for i in order],
-            "jas": {m: [index.rows[i]["jas"].get(m) for i in order] for m in index.methods},
-            "removed": {m: [removal(evaluation.get(i, {}).get(m)) for i in order]
-                        for m in index.methods} if evaluation else None}
+    rows = {
+        "id": order,
+        "label": [classes.index(index.rows[i]["label"]) for i in order],
+        "pred": [index.rows[i]["pred"] for i in order],
+        "predName": [
+            readable.get(
+                index.rows[i]["pred_name"], index.rows[i]["pred_name"] or str(index.rows[i]["pred"])
+            )
+            for i in order
+        ],
+        "prob": [round(index.rows[i]["prob"], 5) for i in order],
+        "jas": {m: [index.rows[i]["jas"].get(m) for i in order] for m in index.methods},
+        "removed": {
+            m: [removal(evaluation.get(i, {}).get(m)) for i in order] for m in index.methods
+        }
+        if evaluation
+        else None,
+    }
     detail = {}
     for image, record in details.items():
-        detail[image] = {"thumb": record["thumb"], "paths": record["paths"],
-                         "eval": evaluation.get(image)}
+        detail[image] = {
+            "thumb": record["thumb"],
+            "paths": record["paths"],
+            "eval": evaluation.get(image),
+        }
     cards = []
     total = index.images_with_method
     class_sizes = Counter(row["label"] for row in index.rows.values())
@@ -134,16 +179,41 @@ def page_data(index: RunIndex, manifest: dict, evaluation: dict, details: dict,
             if position < 0:
                 continue
             image = order[position]
-            tops.append({"image": image, "value": float(value), "map": maps.get((c, image)),
-                         "label": names[index.rows[image]["label"]]})
-        cards.append({"layer": layer, "neuron": neuron, "count": count, "share": count / total,
-                      "classes": [[names[k], v, v / class_sizes[k]] for k, v in classes_top],
-                      "top": tops})
-    return {"method": method, "methods": index.methods, "classes": [names[k] for k in classes],
-            "layers": manifest["model"]["num_layers"], "rows": rows, "details": detail,
-            "cards": cards, "thumbs": thumbs, "layouts": layouts,
-            "capped": {"images": len(order), "details": len(detail),
-                       "neurons": len(index.counts), "cards": len(cards)}}
+            tops.append(
+                {
+                    "image": image,
+                    "value": float(value),
+                    "map": maps.get((c, image)),
+                    "label": names[index.rows[image]["label"]],
+                }
+            )
+        cards.append(
+            {
+                "layer": layer,
+                "neuron": neuron,
+                "count": count,
+                "share": count / total,
+                "classes": [[names[k], v, v / class_sizes[k]] for k, v in classes_top],
+                "top": tops,
+            }
+        )
+    return {
+        "method": method,
+        "methods": index.methods,
+        "classes": [names[k] for k in classes],
+        "layers": manifest["model"]["num_layers"],
+        "rows": rows,
+        "details": detail,
+        "cards": cards,
+        "thumbs": thumbs,
+        "layouts": layouts,
+        "capped": {
+            "images": len(order),
+            "details": len(detail),
+            "neurons": len(index.counts),
+            "cards": len(cards),
+        },
+    }
 
 
 def removal(entry: dict | None) -> float | None:

@@ -10,9 +10,12 @@ import numpy as np
 OP_TITLES = {"remove": "Removal (neurons x 0)", "enhance": "Enhancement (neurons x 2)"}
 
 
-def probability_deviation_figure(deviations: Mapping[str, Mapping[str, np.ndarray]],
-                                 out_stem: str | Path, title: str = "",
-                                 unit: str = "class means") -> list[Path]:
+def probability_deviation_figure(
+    deviations: Mapping[str, Mapping[str, np.ndarray]],
+    out_stem: str | Path,
+    title: str = "",
+    unit: str = "class means",
+) -> list[Path]:
     """Fig. 3: box plots of dP/P x 100 % per method, one panel per operation.
 
     ``deviations[op][method]`` holds the values to box (per-class means of dP/P in the
@@ -45,8 +48,13 @@ def _save(figure, out_stem) -> list[Path]:
     return paths
 
 
-def neuron_violins(paths_by_class: Mapping[str, np.ndarray], modes: Mapping[str, np.ndarray],
-                   width: int, out_stem: str | Path, columns: int = 2) -> list[Path]:
+def neuron_violins(
+    paths_by_class: Mapping[str, np.ndarray],
+    modes: Mapping[str, np.ndarray],
+    width: int,
+    out_stem: str | Path,
+    columns: int = 2,
+) -> list[Path]:
     """Fig. 4: per class, a violin of the selected neuron index at each layer, the most used
     neuron per layer joined by a dotted line.  ``paths_by_class[name]``: (images, layers);
     ``modes[name]``: (layers,).  A layer where every image picks the same neuron (no spread
@@ -62,28 +70,37 @@ def neuron_violins(paths_by_class: Mapping[str, np.ndarray], modes: Mapping[str,
         layers = np.arange(values.shape[1])
         spread = [l for l in layers if np.ptp(values[:, l]) > 0]
         if spread:
-            parts = ax.violinplot([values[:, l] for l in spread], positions=spread, widths=0.8,
-                                  showextrema=False)
+            parts = ax.violinplot(
+                [values[:, l] for l in spread], positions=spread, widths=0.8, showextrema=False
+            )
             for body in parts["bodies"]:
                 body.set_alpha(0.5)
         for l in layers:
             if l not in spread:
                 ax.hlines(values[0, l], l - 0.3, l + 0.3, color="C0", linewidth=2)
-        ax.plot(layers, modes[name], linestyle=":", marker="o", markersize=3, color="C3",
-                label="most used neuron")
+        ax.plot(
+            layers,
+            modes[name],
+            linestyle=":",
+            marker="o",
+            markersize=3,
+            color="C3",
+            label="most used neuron",
+        )
         ax.set_title(name)
         ax.set_xlabel("layer")
         ax.set_ylabel("neuron index")
         ax.set_ylim(-0.02 * width, 1.02 * width)
         ax.set_xticks(layers)
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_visible(False)
     axes[0].legend(loc="upper right", fontsize=7)
     return _save(figure, out_stem)
 
 
-def similarity_heatmap(similarity: np.ndarray, names: Sequence[str], out_stem: str | Path,
-                       title: str = "") -> list[Path]:
+def similarity_heatmap(
+    similarity: np.ndarray, names: Sequence[str], out_stem: str | Path, title: str = ""
+) -> list[Path]:
     """Cosine similarity of utilisation matrices, classes ordered by average-linkage
     hierarchical clustering on 1 - similarity."""
     from matplotlib.figure import Figure
@@ -92,8 +109,11 @@ def similarity_heatmap(similarity: np.ndarray, names: Sequence[str], out_stem: s
 
     distance = np.clip(1 - similarity, 0, None)
     np.fill_diagonal(distance, 0)
-    order = leaves_list(linkage(squareform(distance, checks=False), "average")) \
-        if len(names) > 2 else np.arange(len(names))
+    order = (
+        leaves_list(linkage(squareform(distance, checks=False), "average"))
+        if len(names) > 2
+        else np.arange(len(names))
+    )
     size = min(2.5 + 0.32 * len(names), 14)  # ImageNet's 1000 classes: a 14-inch map
     figure = Figure(figsize=(size + 1.2, size), layout="constrained")
     ax = figure.subplots()
@@ -111,8 +131,9 @@ def similarity_heatmap(similarity: np.ndarray, names: Sequence[str], out_stem: s
     return _save(figure, out_stem)
 
 
-def similarity_panel(rows: Sequence[tuple[str, float | None, Sequence]], out_stem: str | Path,
-                     title: str = "") -> list[Path]:
+def similarity_panel(
+    rows: Sequence[tuple[str, float | None, Sequence]], out_stem: str | Path, title: str = ""
+) -> list[Path]:
     """Fig. 5-style panel: one row per class (the class, its most and least similar classes),
     each with a few thumbnails (PIL images) and its similarity to the first class."""
     from matplotlib.figure import Figure
@@ -136,8 +157,12 @@ def similarity_panel(rows: Sequence[tuple[str, float | None, Sequence]], out_ste
     return _save(figure, out_stem)
 
 
-def layer_distribution_figure(counts: Sequence[int], out_stem: str | Path, title: str = "",
-                              what: str = "top-5 knowledge neurons") -> list[Path]:
+def layer_distribution_figure(
+    counts: Sequence[int],
+    out_stem: str | Path,
+    title: str = "",
+    what: str = "top-5 knowledge neurons",
+) -> list[Path]:
     """Fig. 2: how many of the per-image top neurons (``what``) fall in each layer."""
     from matplotlib.figure import Figure
 
@@ -168,8 +193,13 @@ def pruning_figure(report: Mapping, out_stem: str | Path, depth: int) -> list[Pa
         for row, (key, label) in enumerate(metrics):
             ax = axes[row, col]
             for p in masks:
-                ax.plot(keep, [results[f"{method}|{t}|{p}|{depth}"][key] for t in keep],
-                        marker="o", markersize=3, label=f"mask {p:g}")
+                ax.plot(
+                    keep,
+                    [results[f"{method}|{t}|{p}|{depth}"][key] for t in keep],
+                    marker="o",
+                    markersize=3,
+                    label=f"mask {p:g}",
+                )
             ax.axhline(base[key], color="black", linestyle=":", linewidth=1, label="unpruned")
             ax.set_xscale("log")
             ax.set_xticks(keep, [str(t) for t in keep])
@@ -182,8 +212,9 @@ def pruning_figure(report: Mapping, out_stem: str | Path, depth: int) -> list[Pa
     return _save(figure, out_stem)
 
 
-def causal_layer_figure(metrics: Mapping[str, Mapping], out_stem: str | Path,
-                        title: str = "") -> list[Path]:
+def causal_layer_figure(
+    metrics: Mapping[str, Mapping], out_stem: str | Path, title: str = ""
+) -> list[Path]:
     """Mean dP/P of removing one layer's path neuron alone, per layer, one line per method."""
     from matplotlib.figure import Figure
 

@@ -9,8 +9,21 @@ import json
 from importlib import resources
 from pathlib import Path
 
-SETTINGS = ("model", "data", "methods", "steps", "alphas", "target", "objective", "token",
-            "dtype", "topk", "labels", "classes", "prompt")
+SETTINGS = (
+    "model",
+    "data",
+    "methods",
+    "steps",
+    "alphas",
+    "target",
+    "objective",
+    "token",
+    "dtype",
+    "topk",
+    "labels",
+    "classes",
+    "prompt",
+)
 
 
 def _asset(name: str) -> str:
@@ -23,12 +36,18 @@ def markdown_table(text: str) -> str:
 
     def flush():
         if table:
-            head, *body = [[html.escape(c.strip()) for c in row.strip().strip("|").split("|")]
-                           for row in table if not set(row.replace("|", "").strip()) <= set("-: ")]
-            out.append("<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in head)
-                       + "</tr></thead><tbody>" + "".join(
-                           "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
-                       + "</tbody></table>")
+            head, *body = [
+                [html.escape(c.strip()) for c in row.strip().strip("|").split("|")]
+                for row in table
+                if not set(row.replace("|", "").strip()) <= set("-: ")
+            ]
+            out.append(
+                "<table><thead><tr>"
+                + "".join(f"<th>{c}</th>" for c in head)
+                + "</tr></thead><tbody>"
+                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+                + "</tbody></table>"
+            )
             table.clear()
 
     for line in text.splitlines():
@@ -43,13 +62,19 @@ def markdown_table(text: str) -> str:
 
 
 def _figure(src: str | None, caption: str) -> str:
-    return f'<figure><img src="{src}" alt="{html.escape(caption)}"><figcaption>' \
-           f'{html.escape(caption)}</figcaption></figure>' if src else ""
+    return (
+        f'<figure><img src="{src}" alt="{html.escape(caption)}"><figcaption>'
+        f"{html.escape(caption)}</figcaption></figure>"
+        if src
+        else ""
+    )
 
 
 def _missing(what: str, command: str) -> str:
-    return f'<p class="missing">{html.escape(what)}: not made yet — run <code>' \
-           f'{html.escape(command)}</code>.</p>'
+    return (
+        f'<p class="missing">{html.escape(what)}: not made yet — run <code>'
+        f"{html.escape(command)}</code>.</p>"
+    )
 
 
 def overview_html(overview: dict) -> str:
@@ -58,40 +83,63 @@ def overview_html(overview: dict) -> str:
     manifest = overview["manifest"]
     run = overview.get("paths_run") or overview["run"]  # a prune run's paths: its find run
     model, settings = manifest.get("model", {}), manifest.get("settings", {})
-    facts = [("model", settings.get("model")), ("class", model.get("class")),
-             ("layers", model.get("num_layers")),
-             ("FFN widths", ", ".join(map(str, sorted(set(model.get("widths") or [])))) or None),
-             ("token policy", f"{settings.get('token')} — {model.get('readout', '')}"),
-             ("images", manifest.get("run", {}).get("planned_images")),
-             ("skipped", len(manifest.get("skipped", {})))]
+    facts = [
+        ("model", settings.get("model")),
+        ("class", model.get("class")),
+        ("layers", model.get("num_layers")),
+        ("FFN widths", ", ".join(map(str, sorted(set(model.get("widths") or [])))) or None),
+        ("token policy", f"{settings.get('token')} — {model.get('readout', '')}"),
+        ("images", manifest.get("run", {}).get("planned_images")),
+        ("skipped", len(manifest.get("skipped", {}))),
+    ]
     facts += [(key, settings[key]) for key in SETTINGS[1:] if settings.get(key) is not None]
-    facts += [(f"{method} options", ", ".join(f"{k} {v}" for k, v in values.items()))
-              for method, values in (settings.get("options") or {}).items() if values]
+    facts += [
+        (f"{method} options", ", ".join(f"{k} {v}" for k, v in values.items()))
+        for method, values in (settings.get("options") or {}).items()
+        if values
+    ]
     facts += [("versions", ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items()))]
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in facts if v is not None)
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in facts
+        if v is not None
+    )
     summary = "".join(
         f"<tr><td>{html.escape(m)}</td><td>{s['images']}</td><td>{s['mean_jas']:.4g}</td>"
         f"<td>{s['median_jas']:.4g}</td><td>{s['accuracy']:.1%}</td>"
-        f"<td>{s['mean_label_prob']:.3f}</td></tr>" for m, s in overview["summary"].items())
-    parts = [f"<h2>Run</h2><table class=facts>{rows}</table>",
-             "<h2>Paths</h2><table><thead><tr><th>method</th><th>images</th><th>mean JAS</th>"
-             "<th>median JAS</th><th>accuracy</th><th>P(label)</th></tr></thead>"
-             f"<tbody>{summary}</tbody></table>",
-             "<h2>Removal and enhancement (Table 1, Figure 3)</h2>"]
+        f"<td>{s['mean_label_prob']:.3f}</td></tr>"
+        for m, s in overview["summary"].items()
+    )
+    parts = [
+        f"<h2>Run</h2><table class=facts>{rows}</table>",
+        "<h2>Paths</h2><table><thead><tr><th>method</th><th>images</th><th>mean JAS</th>"
+        "<th>median JAS</th><th>accuracy</th><th>P(label)</th></tr></thead>"
+        f"<tbody>{summary}</tbody></table>",
+        "<h2>Removal and enhancement (Table 1, Figure 3)</h2>",
+    ]
     evaluation = overview["evaluation"]
-    parts.append(markdown_table(evaluation["table"] or "") + _figure(evaluation["figure3"], "Figure 3")
-                 if evaluation else _missing("Table 1 and Figure 3", f"neuronpath evaluate {run}"))
+    parts.append(
+        markdown_table(evaluation["table"] or "") + _figure(evaluation["figure3"], "Figure 3")
+        if evaluation
+        else _missing("Table 1 and Figure 3", f"neuronpath evaluate {run}")
+    )
     parts.append(f"<h2>Classes ({html.escape(overview['method'])} paths: Figures 4, 5, 2)</h2>")
     classes = overview["classes"]
-    parts.append("".join(_figure(src, name) for name, src in classes.items())
-                 if classes else _missing("Class figures", f"neuronpath classes {run} --method "
-                                                           f"{overview['method']}"))
+    parts.append(
+        "".join(_figure(src, name) for name, src in classes.items())
+        if classes
+        else _missing("Class figures", f"neuronpath classes {run} --method {overview['method']}")
+    )
     parts.append("<h2>Class-specific pruning (Figure 6, Table 3)</h2>")
     prune = overview["prune"]
-    parts.append(markdown_table(prune["table"] or "") + _figure(prune["figure6"], "Figure 6")
-                 if prune else _missing("Figure 6 and Table 3 (this is not a prune run)",
-                                        "neuronpath prune --model M --data D --out DIR"))
+    parts.append(
+        markdown_table(prune["table"] or "") + _figure(prune["figure6"], "Figure 6")
+        if prune
+        else _missing(
+            "Figure 6 and Table 3 (this is not a prune run)",
+            "neuronpath prune --model M --data D --out DIR",
+        )
+    )
     return "\n".join(parts)
 
 
@@ -99,9 +147,13 @@ def write_page(target: Path, overview: dict, data: dict) -> Path:
     """Write the self-contained page."""
     title = f"neuronpath — {overview['manifest'].get('settings', {}).get('model', '')}"
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    page = _asset("page.html").format(title=html.escape(title), css=_asset("page.css"),
-                                      overview=overview_html(overview), data=payload,
-                                      script=_asset("page.js"))
+    page = _asset("page.html").format(
+        title=html.escape(title),
+        css=_asset("page.css"),
+        overview=overview_html(overview),
+        data=payload,
+        script=_asset("page.js"),
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(page)

@@ -9,14 +9,18 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-ROWS = (("JAS", "mean_jas", None), ("Removal accuracy deviation (pp)", "accuracy_deviation", "remove"),
-        ("Enhancement accuracy deviation (pp)", "accuracy_deviation", "enhance"),
-        ("Removal dP/P, mean of class means (%)", "dp_class_mean", "remove"),
-        ("Enhancement dP/P, mean of class means (%)", "dp_class_mean", "enhance"))
+ROWS = (
+    ("JAS", "mean_jas", None),
+    ("Removal accuracy deviation (pp)", "accuracy_deviation", "remove"),
+    ("Enhancement accuracy deviation (pp)", "accuracy_deviation", "enhance"),
+    ("Removal dP/P, mean of class means (%)", "dp_class_mean", "remove"),
+    ("Enhancement dP/P, mean of class means (%)", "dp_class_mean", "enhance"),
+)
 
 
-def write_markdown_and_csv(out_stem: str | Path, lines: list[str], rows: list[dict],
-                           fields: list[str] | None = None) -> list[Path]:
+def write_markdown_and_csv(
+    out_stem: str | Path, lines: list[str], rows: list[dict], fields: list[str] | None = None
+) -> list[Path]:
     """Write ``out_stem.md`` (the Markdown ``lines``) and ``out_stem.csv`` (``rows``, columns
     ``fields`` or the first row's keys); returns their paths."""
     stem = Path(out_stem)
@@ -36,8 +40,10 @@ def _cell(metrics: Mapping, key: str, op: str | None) -> tuple[float | None, lis
         return None, None
     scale = 100 if key.startswith("dp") else 1
     value, ci = metrics[op].get(key), metrics[op].get(f"{key}_ci")
-    return (None if value is None else value * scale,
-            None if ci is None else [c * scale for c in ci])
+    return (
+        None if value is None else value * scale,
+        None if ci is None else [c * scale for c in ci],
+    )
 
 
 def table_rows(runs: Mapping[str, Mapping[str, Mapping]]) -> list[dict]:
@@ -50,14 +56,25 @@ def table_rows(runs: Mapping[str, Mapping[str, Mapping]]) -> list[dict]:
                 if method not in metrics:
                     continue
                 value, ci = _cell(metrics[method], key, op)
-                rows.append({"metric": label, "method": method, "model": model, "value": value,
-                             "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None})
+                rows.append(
+                    {
+                        "metric": label,
+                        "method": method,
+                        "model": model,
+                        "value": value,
+                        "ci_low": ci[0] if ci else None,
+                        "ci_high": ci[1] if ci else None,
+                    }
+                )
     return rows
 
 
 def _fmt(row: dict | None) -> str:
-    if row is None or row["value"] is None or (isinstance(row["value"], float)
-                                               and math.isnan(row["value"])):
+    if (
+        row is None
+        or row["value"] is None
+        or (isinstance(row["value"], float) and math.isnan(row["value"]))
+    ):
         return "–"
     text = f"{row['value']:.4f}" if row["metric"] == "JAS" else f"{row['value']:+.2f}"
     if row["ci_low"] is not None:
@@ -73,73 +90,114 @@ def write_table(runs: Mapping[str, Mapping[str, Mapping]], out_stem: str | Path)
     models = list(runs)
     index = {(r["metric"], r["method"], r["model"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = ["| metric | method | " + " | ".join(models) + " |",
-             "|---|---|" + "---|" * len(models)]
+    lines = ["| metric | method | " + " | ".join(models) + " |", "|---|---|" + "---|" * len(models)]
     for label, _, _ in ROWS:
         for method in methods:
             cells = [_fmt(index.get((label, method, m))) for m in models]
             if any(c != "–" for c in cells):
                 lines.append(f"| {label} | {method} | " + " | ".join(cells) + " |")
-    return write_markdown_and_csv(stem, lines + ["", "Cells: value [bootstrap 95 % CI over images]."],
-                                  rows, ["metric", "method", "model", "value", "ci_low", "ci_high"])
+    return write_markdown_and_csv(
+        stem,
+        lines + ["", "Cells: value [bootstrap 95 % CI over images]."],
+        rows,
+        ["metric", "method", "model", "value", "ci_low", "ci_high"],
+    )
 
 
 def write_depth_table(report: Mapping, out_stem: str | Path, t: int, p: float) -> list[Path]:
     """Table 3: depth (rows) x method (columns), top-1 accuracy and mean GT probability."""
     methods, depths, results = report["methods"], report["depth"], report["results"]
     base = results["unpruned"]
-    lines = [f"Keep {t} neurons per layer, mask {p:g} of the others, in the first d layers "
-             f"({report['test_images']} test images). Cells: top-1 accuracy / mean ground-truth "
-             f"probability. Unpruned: {base['accuracy']:.3f} / {base['mean_label_prob']:.3f}.", "",
-             "| depth d | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    lines = [
+        f"Keep {t} neurons per layer, mask {p:g} of the others, in the first d layers "
+        f"({report['test_images']} test images). Cells: top-1 accuracy / mean ground-truth "
+        f"probability. Unpruned: {base['accuracy']:.3f} / {base['mean_label_prob']:.3f}.",
+        "",
+        "| depth d | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
     rows = []
     for d in depths:
         cells = []
         for m in methods:
             r = results[f"{m}|{t}|{p}|{d}"]
             cells.append(f"{r['accuracy']:.3f} / {r['mean_label_prob']:.3f}")
-            rows.append({"depth": d, "method": m, "keep": t, "mask": p,
-                         "accuracy": r["accuracy"], "mean_label_prob": r["mean_label_prob"],
-                         **{f"{k}_ci_{end}": (r[f"{k}_ci"] or [None, None])[i]
-                            for k in ("accuracy", "mean_label_prob")
-                            for i, end in enumerate(("low", "high"))}})
+            rows.append(
+                {
+                    "depth": d,
+                    "method": m,
+                    "keep": t,
+                    "mask": p,
+                    "accuracy": r["accuracy"],
+                    "mean_label_prob": r["mean_label_prob"],
+                    **{
+                        f"{k}_ci_{end}": (r[f"{k}_ci"] or [None, None])[i]
+                        for k in ("accuracy", "mean_label_prob")
+                        for i, end in enumerate(("low", "high"))
+                    },
+                }
+            )
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     paired = report.get("comparisons", {})
     if paired:
-        lines += ["", "Paired differences on the same test images, JAS keep minus the other "
-                  "(bootstrap 95 % CI):", "", "| depth d | compared with | top-1 accuracy | "
-                  "mean GT probability |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "Paired differences on the same test images, JAS keep minus the other "
+            "(bootstrap 95 % CI):",
+            "",
+            "| depth d | compared with | top-1 accuracy | mean GT probability |",
+            "|---|---|---|---|",
+        ]
         for key, c in paired.items():
             ours, other = key.split(" - ")
             d = ours.rsplit("|", 1)[1]
             name = other.split("|")[0]
-            fmt = lambda v, ci: f"{v:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else f"{v:+.3f}"
-            lines.append(f"| {d} | {name} | {fmt(c['accuracy'], c['accuracy_ci'])} | "
-                         f"{fmt(c['mean_label_prob'], c['mean_label_prob_ci'])} |")
+
+            def fmt(v, ci):
+                return f"{v:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else f"{v:+.3f}"
+
+            lines.append(
+                f"| {d} | {name} | {fmt(c['accuracy'], c['accuracy_ci'])} | "
+                f"{fmt(c['mean_label_prob'], c['mean_label_prob_ci'])} |"
+            )
     return write_markdown_and_csv(out_stem, lines, rows)
 
 
 def write_causal_table(metrics: Mapping[str, Mapping], out_stem: str | Path) -> list[Path]:
     """The causal checks per method: dP/P (%) removing the path, removing one layer's path
     neuron (mean over layers; the strongest layer), keeping only the path; top-1 then."""
+
     def pct(value, ci=None):
         text = f"{100 * value:+.1f} %"
         return text + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
 
-    lines = ["| method | remove the path | remove one neuron (mean over layers) | strongest "
-             "single layer | keep only the path | top-1, only the path |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | remove the path | remove one neuron (mean over layers) | strongest "
+        "single layer | keep only the path | top-1, only the path |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = []
     for method, m in metrics.items():
-        lines.append(f"| {method} | {pct(m['path_removed'], m['path_removed_ci'])} | "
-                     f"{pct(m['each_removed_mean'], m['each_removed_mean_ci'])} | "
-                     f"layer {m['strongest_layer']}: {pct(m['strongest_layer_dp'])} | "
-                     f"{pct(m['only_path'], m['only_path_ci'])} | "
-                     f"{m['only_path_accuracy']:.1%} (clean {m['accuracy']:.1%}) |")
-        rows.append({"method": method, **{k: v for k, v in m.items()
-                                           if not isinstance(v, list) or k.endswith("_ci")}})
-    lines += ["", "Cells: mean dP/P = P_edit / P - 1 of the ground-truth probability over images "
-                  "[bootstrap 95 % CI]."]
-    flat = [{k: (";".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v)
-             for k, v in row.items()} for row in rows]
+        lines.append(
+            f"| {method} | {pct(m['path_removed'], m['path_removed_ci'])} | "
+            f"{pct(m['each_removed_mean'], m['each_removed_mean_ci'])} | "
+            f"layer {m['strongest_layer']}: {pct(m['strongest_layer_dp'])} | "
+            f"{pct(m['only_path'], m['only_path_ci'])} | "
+            f"{m['only_path_accuracy']:.1%} (clean {m['accuracy']:.1%}) |"
+        )
+        rows.append(
+            {
+                "method": method,
+                **{k: v for k, v in m.items() if not isinstance(v, list) or k.endswith("_ci")},
+            }
+        )
+    lines += [
+        "",
+        "Cells: mean dP/P = P_edit / P - 1 of the ground-truth probability over images "
+        "[bootstrap 95 % CI].",
+    ]
+    flat = [
+        {k: (";".join(f"{x:.6g}" for x in v) if isinstance(v, list) else v) for k, v in row.items()}
+        for row in rows
+    ]
     return write_markdown_and_csv(out_stem, lines, flat)
