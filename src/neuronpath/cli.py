@@ -24,7 +24,7 @@ from .errors import InputError, NeuronpathError, command_line_options
 from .experiments.causal import run_causal
 from .experiments.classes import ClassesOptions, run_classes
 from .experiments.common import Execution, parse_bytes
-from .experiments.evaluate import run_evaluate
+from .experiments.evaluate import EditOptions, run_evaluate
 from .experiments.find import run_find
 from .experiments.prune import DEFAULT_KEEP_RULES, run_prune
 from .experiments.ranks import leave_ranks
@@ -356,22 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+def _numbers(cast, what: str):
+    """An argparse type: comma-separated values of ``cast`` (``what`` names them)."""
+
+    def parse(text: str) -> list:
+        try:
+            return [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}"
+            ) from None
+
+    return parse
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
+_ints, _floats = _numbers(int, "integers"), _numbers(float, "numbers")
 
 
 def _ops(text: str) -> list[str]:
@@ -381,17 +380,19 @@ def _ops(text: str) -> list[str]:
     return ops
 
 
+def _pick(args, *names: str) -> dict:
+    """``{name: args.name}`` for the parsed options ``names``."""
+    return {name: getattr(args, name) for name in names}
+
+
 def _execution(args) -> Execution:
     return Execution(args.device, args.batch_size, getattr(args, "workers", None))
 
 
 def _config(args) -> AttributionConfig:
+    budget = parse_bytes(args.memory_budget)
     return AttributionConfig(
-        steps=args.steps,
-        alphas=args.alphas,
-        target=args.target,
-        objective=args.objective,
-        memory_budget=parse_bytes(args.memory_budget),
+        **_pick(args, "steps", "alphas", "target", "objective"), memory_budget=budget
     )
 
 
@@ -411,17 +412,9 @@ def _find(args) -> Path:
     unknown = [m for m in args.methods if m not in REGISTRY]
     if unknown:
         raise InputError(f"--methods: unknown {unknown}; expected some of {', '.join(REGISTRY)}")
-    return run_find(
-        spec,
-        data,
-        out,
-        methods=_method_options(args, args.methods),
-        config=config,
-        topk=args.topk,
-        limit=args.limit,
-        execution=_execution(args),
-        command=sys.argv,
-    )
+    methods, execution = _method_options(args, args.methods), _execution(args)
+    run = {"topk": args.topk, "limit": args.limit, "execution": execution, "command": sys.argv}
+    return run_find(spec, data, out, methods=methods, config=config, **run)
 
 
 def _prune(args) -> dict | None:
@@ -430,27 +423,12 @@ def _prune(args) -> dict | None:
         raise InputError(
             f"--methods: unknown {unknown}; expected some of {', '.join([*REGISTRY, *CONTROLS])}"
         )
-    settings = PruneSettings(
-        keep=args.keep,
-        mask=args.mask,
-        depth=args.depth,
-        probe_fraction=args.probe_fraction,
-        seed=args.seed,
-        aggregate=args.aggregate,
-        table_keep=args.table_keep,
-        table_mask=args.table_mask,
-        bootstrap=args.bootstrap,
-    )
+    settings = PruneSettings(**_pick(args, *(f.name for f in dataclasses.fields(PruneSettings))))
+    methods, execution = _method_options(args, args.methods), _execution(args)
+    run = {"find_run": args.find_run, "execution": execution, "command": sys.argv}
+    spec = _spec(args, args.model)
     return run_prune(
-        _spec(args, args.model),
-        args.data,
-        args.out,
-        settings,
-        methods=_method_options(args, args.methods),
-        find_run=args.find_run,
-        config=_config(args),
-        execution=_execution(args),
-        command=sys.argv,
+        spec, args.data, args.out, settings, methods=methods, config=_config(args), **run
     )
 
 
@@ -494,14 +472,11 @@ def _run(args, main_rank: bool = True) -> None:
         if args.command == "demo":
             print(summary_text(run_dir))
     elif args.command == "evaluate":
-        common = dict(
-            model=args.model,
-            data=args.data,
-            seed=args.seed,
-            controls=() if args.no_random else tuple(CONTROLS),
-            bootstrap=args.bootstrap,
-            execution=_execution(args),
+        controls = () if args.no_random else tuple(CONTROLS)
+        options = EditOptions(
+            **_pick(args, "model", "data", "seed", "bootstrap"), controls=controls
         )
+        common = {"options": options, "execution": _execution(args)}
         metrics = run_evaluate(args.run, ops=args.ops, **common)
         causal = run_causal(args.run, **common) if args.causal else None
         if metrics is None:  # another rank of a torchrun job
@@ -516,17 +491,8 @@ def _run(args, main_rank: bool = True) -> None:
                 f"wrote {folder / 'metrics.json'}, {folder / 'causal.md'}, {folder / 'layers.png'}"
             )
     elif args.command == "report":
-        page = run_report(
-            args.run,
-            out=args.out,
-            images=args.images,
-            method=args.method,
-            cards=args.cards,
-            model=args.model,
-            data=args.data,
-            class_names=args.class_names,
-            execution=_execution(args),
-        )
+        chosen = _pick(args, "out", "images", "method", "cards", "model", "data", "class_names")
+        page = run_report(args.run, **chosen, execution=_execution(args))
         if page is not None:
             print(f"wrote {page}")
     elif args.command == "table":
@@ -545,19 +511,10 @@ def _run(args, main_rank: bool = True) -> None:
                 file=sys.stderr,
             )
             plot = plot or args.old_plot_classes
-        report = run_classes(
-            args.run,
-            method=args.method,
-            out=args.out,
-            plot_classes=plot.split(",") if plot else None,
-            panel_class=args.panel_class,
-            groups=args.groups,
-            class_names=args.class_names,
-            data=args.data,
-            options=ClassesOptions(
-                fraction=args.fraction, permutations=args.permutations, kde=args.kde_mode
-            ),
-        )
+        options = ClassesOptions(**_pick(args, "fraction", "permutations"), kde=args.kde_mode)
+        chosen = _pick(args, "method", "out", "panel_class", "groups", "class_names", "data")
+        plot = plot.split(",") if plot else None
+        report = run_classes(args.run, plot_classes=plot, options=options, **chosen)
         print(format_class_report(report))
     else:
         print(summary_text(args.run))

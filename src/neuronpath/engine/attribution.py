@@ -317,9 +317,9 @@ def extension_scores(
     adapter: ModelAdapter,
     pixels: torch.Tensor,
     clean: CleanPass,
-    prefix: Mapping[int, torch.Tensor],
     layer: int,
     candidates: torch.Tensor,
+    prefix: Mapping[int, torch.Tensor],
     config: AttributionConfig = AttributionConfig(),
     last_only: bool = False,
 ) -> torch.Tensor:

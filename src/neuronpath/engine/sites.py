@@ -52,11 +52,18 @@ def ffn_modules(model: nn.Module) -> dict[str, str]:
 
 
 def find_ffn_sites(
-    model: nn.Module, run: Callable[[], object], num_layers: int | None = None
+    model: nn.Module,
+    forward: Callable[[torch.Tensor], object],
+    input_shape: tuple[int, ...],
+    num_layers: int | None = None,
 ) -> list[str]:
     """Names of the FFN output projections, one per block in depth order, whose *input* is the
-    block's FFN hidden state (see the module docstring).  ``run()`` runs the model once on a
-    probe input; ``num_layers``, when given, is the number of blocks expected."""
+    block's FFN hidden state (see the module docstring).  ``forward(pixels)`` runs the model on
+    two seeded random inputs of ``input_shape``; ``num_layers``, when given, is the number of
+    blocks expected."""
+    param = next(iter(model.parameters()))
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn((2, *input_shape), generator=generator, dtype=torch.float64)
     blocks = ffn_modules(model)
     modules = dict(model.named_modules())
     calls: list[str] = []
@@ -74,7 +81,7 @@ def find_ffn_sites(
                 if name != block:
                     handles.append(module.register_forward_pre_hook(note(name)))
         with torch.inference_mode():
-            run()
+            forward(pixels.to(param.device, param.dtype))
     finally:
         for handle in handles:
             handle.remove()

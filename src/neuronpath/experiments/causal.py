@@ -10,7 +10,6 @@ find), ``metrics.json``, ``causal.md``/``.csv``, ``layers.png``/``.svg``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -18,12 +17,11 @@ import torch
 from ..analysis.causal import causal_metrics
 from ..engine.editing import pruned_predictions
 from ..io.store import read_records, write_json_atomic
-from ..methods import CONTROLS
 from ..report.figures import causal_layer_figure
 from ..report.tables import write_causal_table
 from .common import Execution
-from .evaluate import StoredPaths
-from .ranks import open_store, work_through
+from .evaluate import EditOptions, StoredPaths
+from .ranks import open_store
 
 log = logging.getLogger("neuronpath")
 
@@ -44,16 +42,13 @@ def _edits(path: torch.Tensor, widths: list[int]) -> list[dict[int, torch.Tensor
 def run_causal(
     run_dir: str | Path,
     *,
-    model: str | None = None,
-    data: str | Path | None = None,
-    seed: int = 0,
-    controls: Sequence[str] = tuple(CONTROLS),
-    bootstrap: int = 1000,
+    options: EditOptions = EditOptions(),
     execution: Execution = Execution(batch_size=16),
 ) -> dict | None:
-    """Causal checks of a find run's paths and of the ``controls`` (resumable); returns the
-    metrics (None on the other ranks of a ``torchrun`` job)."""
-    run = StoredPaths.open(run_dir, model, data, execution.device, seed, controls)
+    """Causal checks of a find run's paths and of the controls of ``options`` (resumable);
+    returns the metrics (None on the other ranks of a ``torchrun`` job)."""
+    run = StoredPaths.open(run_dir, options, execution.device)
+    seed, bootstrap = options.seed, options.bootstrap
     methods, layers = run.methods, run.adapter.num_layers
     widths = run.adapter.widths()
     store = open_store(
@@ -108,16 +103,7 @@ def run_causal(
                 r += layers + 2
         store.append(records)
 
-    work_through(
-        run.ranks,
-        store,
-        pending,
-        run.adapter.preprocess,
-        execution,
-        handle,
-        list(run.by_image),
-        "causal checks",
-    )
+    run.work_through(store, pending, execution, handle, "causal checks")
     if not run.ranks.main:
         return None
     metrics = causal_metrics(read_records(store.dir), bootstrap, seed)

@@ -52,15 +52,32 @@ def _check_complete(run_dir: Path, manifest: dict, by_image: dict[str, dict]) ->
         )
 
 
-def check_controls(controls: Sequence[str]) -> list[str]:
-    """The controls, duplicates dropped, each checked against the registry."""
-    controls = list(dict.fromkeys(controls))
-    unknown = [c for c in controls if c not in CONTROLS]
-    if unknown:
-        raise InputError(
-            f"{option('controls')}: unknown {unknown}; expected some of {', '.join(CONTROLS)}"
-        )
-    return controls
+@dataclass(frozen=True)
+class EditOptions:
+    """What every edited-forward experiment on a find run (``evaluate``, ``--causal``) takes
+    besides its own settings: where the run's model and images are now (None: where the run
+    recorded them; the weights and preprocessing are checked), the controls compared with the
+    paths (names from :data:`~neuronpath.methods.CONTROLS`), their seed and the bootstrap
+    resamples of every interval."""
+
+    model: str | None = None
+    data: str | Path | None = None
+    controls: tuple[str, ...] = tuple(CONTROLS)
+    seed: int = 0
+    bootstrap: int = 1000
+
+    def __post_init__(self):
+        controls = tuple(dict.fromkeys(self.controls))
+        unknown = [c for c in controls if c not in CONTROLS]
+        if unknown:
+            raise InputError(
+                f"{option('controls')}: unknown {unknown}; expected some of {', '.join(CONTROLS)}"
+            )
+        object.__setattr__(self, "controls", controls)
+        if self.bootstrap < 0:
+            raise InputError(
+                f"{option('bootstrap')}: expected a number of resamples >= 0, got {self.bootstrap}"
+            )
 
 
 @dataclass
@@ -74,23 +91,13 @@ class StoredPaths:
     adapter: object
     ranks: object
     root: Path
-    seed: int
-    controls: list[str]
+    options: EditOptions
 
     @classmethod
-    def open(
-        cls,
-        run_dir: str | Path,
-        model: str | None,
-        data: str | Path | None,
-        device: str,
-        seed: int,
-        controls: Sequence[str],
-    ) -> "StoredPaths":
+    def open(cls, run_dir: str | Path, options: EditOptions, device: str) -> "StoredPaths":
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise RunFormatError(f"{run_dir}: no such run folder")
-        controls = check_controls(controls)
         manifest = read_manifest(run_dir)
         by_image = {
             image: {r["method"]: r for r in rows}
@@ -98,14 +105,14 @@ class StoredPaths:
         }
         _check_complete(run_dir, manifest, by_image)
         ranks = join_ranks(resolve_device(device))
-        adapter = load_run_model(run_dir, manifest["settings"], model, ranks.device)
-        root = Path(data or manifest["settings"]["data"]).expanduser()
-        return cls(run_dir, manifest, by_image, adapter, ranks, root, seed, controls)
+        adapter = load_run_model(run_dir, manifest["settings"], options.model, ranks.device)
+        root = Path(options.data or manifest["settings"]["data"]).expanduser()
+        return cls(run_dir, manifest, by_image, adapter, ranks, root, options)
 
     @property
     def methods(self) -> list[str]:
         """The run's methods, then the controls."""
-        return list(self.manifest["settings"]["methods"]) + self.controls
+        return list(self.manifest["settings"]["methods"]) + list(self.options.controls)
 
     @property
     def find_sha(self) -> str:
@@ -139,9 +146,9 @@ class StoredPaths:
         }
         k = next(iter(paths.values())).reshape(len(images), layers, -1).shape[-1]
         widths = run_widths(self.manifest) or self.adapter.widths()
-        for name in self.controls:
+        for name in self.options.controls:
             paths[name] = torch.stack(
-                [CONTROLS[name].path(i, self.seed, layers, widths, k) for i in images]
+                [CONTROLS[name].path(i, self.options.seed, layers, widths, k) for i in images]
             )
         return paths
 
@@ -156,6 +163,16 @@ class StoredPaths:
     def jas(self, image: str, method: str) -> float | None:
         return self.by_image[image][method]["jas"] if method in self.by_image[image] else None
 
+    def work_through(
+        self, store, pending: list[ImageItem], execution: Execution, handle, desc: str
+    ) -> None:
+        """``handle`` every pending image's batch, shared among the ranks
+        (:func:`.ranks.work_through`), the records kept in the run's image order."""
+        order = list(self.by_image)
+        work_through(
+            self.ranks, store, pending, self.adapter.preprocess, execution, handle, order, desc
+        )
+
     def manifest_for(self, tool: str, settings: dict) -> dict:
         return {
             "tool": tool,
@@ -169,23 +186,18 @@ def run_evaluate(
     run_dir: str | Path,
     *,
     ops: Sequence[str] = tuple(OPS),
-    model: str | None = None,
-    data: str | Path | None = None,
-    seed: int = 0,
-    controls: Sequence[str] = tuple(CONTROLS),
-    bootstrap: int = 1000,
+    options: EditOptions = EditOptions(),
     execution: Execution = Execution(batch_size=16),
 ) -> dict | None:
-    """Evaluate a find run (resumable): every stored path and every control (``controls``,
-    names from :data:`~neuronpath.methods.CONTROLS`, seeded by ``seed``).  ``model`` and
-    ``data``: where the run's model and images are now, if they moved.  Returns the metrics
-    (None on the other ranks of a ``torchrun`` job, which share the images)."""
+    """Evaluate a find run (resumable): every stored path and every control of ``options``
+    under each of ``ops``.  Returns the metrics (None on the other ranks of a ``torchrun`` job,
+    which share the images)."""
     ops = list(dict.fromkeys(ops))
     unknown = [op for op in ops if op not in OPS]
     if unknown:
         raise InputError(f"{option('ops')}: unknown {unknown}; expected some of {list(OPS)}")
-    run = StoredPaths.open(run_dir, model, data, execution.device, seed, controls)
-    methods = run.methods
+    run = StoredPaths.open(run_dir, options, execution.device)
+    methods, seed = run.methods, options.seed
     store = open_store(
         run.ranks,
         run.run_dir / "evaluation",
@@ -219,17 +231,8 @@ def run_evaluate(
                 records.append(record)
         store.append(records)
 
-    work_through(
-        run.ranks,
-        store,
-        pending,
-        run.adapter.preprocess,
-        execution,
-        handle,
-        list(run.by_image),
-        "remove/enhance",
-    )
-    return write_outputs(run.run_dir, ops, bootstrap, seed) if run.ranks.main else None
+    run.work_through(store, pending, execution, handle, "remove/enhance")
+    return write_outputs(run.run_dir, ops, options.bootstrap, seed) if run.ranks.main else None
 
 
 def write_outputs(run_dir: Path, ops: Sequence[str], bootstrap: int, seed: int) -> dict:

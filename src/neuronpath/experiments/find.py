@@ -155,14 +155,6 @@ def run_find(
         store.append(image_records(batch.items, result, options, adapter.id2label))
 
     with log_to(store.dir / "find.log"):
-        work_through(
-            ranks,
-            store,
-            pending,
-            adapter.preprocess,
-            execution,
-            handle,
-            [it.id for it in items],
-            "neuron paths",
-        )
+        order = [it.id for it in items]
+        work_through(ranks, store, pending, adapter.preprocess, execution, handle, order, "paths")
     return store.dir

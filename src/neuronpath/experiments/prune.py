@@ -120,17 +120,8 @@ def run_prune(
             )
         run_dir = Path(find_run)
     elif options:
-        run_dir = run_find(
-            spec,
-            data,
-            out / "find",
-            methods=options,
-            config=config,
-            topk=k,
-            only=probe,
-            execution=execution,
-            command=command,
-        )
+        search = {"methods": options, "config": config, "topk": k, "only": probe}
+        run_dir = run_find(spec, data, out / "find", execution=execution, command=command, **search)
     ranks.barrier()  # the probe paths are merged before any rank reads them
     records = read_records(run_dir) if options else []
     found = read_manifest(run_dir) if options else {}
@@ -299,15 +290,7 @@ def _prune_grid(
             ]
         )
 
-    grid_execution = Execution(execution.device, GRID_BATCH, execution.workers, execution.progress)
-    work_through(
-        ranks,
-        store,
-        pending,
-        adapter.preprocess,
-        grid_execution,
-        handle,
-        [it.id for it in tests],
-        "pruning",
-    )
+    grid = Execution(execution.device, GRID_BATCH, execution.workers, execution.progress)
+    order = [it.id for it in tests]
+    work_through(ranks, store, pending, adapter.preprocess, grid, handle, order, "pruning")
     return {r["image"]: r for r in read_records(folder)} if ranks.main else {}

@@ -152,17 +152,8 @@ def _activation_pass(
         Path(str(state_path) + ".tmp.npz").replace(state_path)
         store.append(records)
 
-    work_through(
-        ranks,
-        store,
-        pending,
-        adapter.preprocess,
-        execution,
-        handle,
-        index.order,
-        "neuron activations",
-        skip_unreadable=False,
-    )
+    prep, order = adapter.preprocess, index.order
+    work_through(ranks, store, pending, prep, execution, handle, order, "activations", False)
     details = {r["image"]: r for r in iter_records(store.dir) if "paths" in r}
     return details, *_merged_top(store.dir, cards, top)
 

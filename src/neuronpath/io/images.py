@@ -162,14 +162,14 @@ def image_batches(
             [(i, error) for i, _, error in rows if error is not None],
         )
 
+    decoded = _Decoded(items, preprocess)
     loader = DataLoader(
-        _Decoded(items, preprocess),
-        batch_size=batch_size,
+        decoded,
+        batch_size,
         shuffle=False,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
-        persistent_workers=False,
     )
     for good, pixels, errors in loader:
         yield Batch([items[i] for i in good], pixels, [(items[i], e) for i, e in errors])

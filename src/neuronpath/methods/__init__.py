@@ -3,7 +3,7 @@ with the controls they are compared with."""
 
 from .activation import activation_path
 from .base import Control, MethodOptions, MethodOutput, PathMethod
-from .influence_pattern import influence_pattern_path, influence_pattern_scores
+from .influence_pattern import influence_pattern_scores
 from .jas import JASOptions, jas_path
 from .knowledge import knowledge_attribution, top_neurons
 from .paths import PathResult, find_paths, path_to_set
@@ -30,7 +30,6 @@ __all__ = [
     "activation_path",
     "check_methods",
     "find_paths",
-    "influence_pattern_path",
     "influence_pattern_scores",
     "jas_path",
     "knowledge_attribution",

@@ -51,23 +51,15 @@ def influence_pattern_scores(
     return stack_layers([grads[l].sum(1) for l in layers])
 
 
-def influence_pattern_path(
-    adapter: ModelAdapter,
-    pixels: torch.Tensor,
-    clean: CleanPass,
-    config: AttributionConfig = AttributionConfig(),
-    k: int = 1,
-) -> torch.Tensor:
+def _path(adapter, pixels, clean, config, k, options) -> MethodOutput:
     """Per-layer top-k of the Influence Pattern scores: (images, layers, k)."""
-    return top_k(influence_pattern_scores(adapter, pixels, clean, config), k)
+    return MethodOutput(top_k(influence_pattern_scores(adapter, pixels, clean, config), k))
 
 
 METHOD = PathMethod(
     "influence-pattern",
     "Influence Pattern path (App. C.3) as the official code computes it: "
     "per-layer argmax of the alpha-averaged total derivative",
-    lambda adapter, pixels, clean, config, k, options: MethodOutput(
-        influence_pattern_path(adapter, pixels, clean, config, k)
-    ),
+    _path,
     title="Influence Pattern path",
 )

@@ -140,15 +140,9 @@ def jas_path(
                 path[:, t] = top_k(scores, k)
                 continue
             candidates = top_k(scores, min(rerank, widths[t]))
+        prefix = {l: path[:, l] for l in range(t)}
         exact = extension_scores(
-            adapter,
-            pixels,
-            clean,
-            {l: path[:, l] for l in range(t)},
-            t,
-            candidates,
-            config,
-            last_only=topk_mode == "official",
+            adapter, pixels, clean, t, candidates, prefix, config, topk_mode == "official"
         )
         path[:, t] = candidates.gather(1, top_k(exact, k))
     return path

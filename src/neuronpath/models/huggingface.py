@@ -188,27 +188,16 @@ def from_hf_model(
             f"an image size, so no probe input can be built; build a ModelAdapter "
             f"with input_shape=..."
         )
-    param = next(iter(model.parameters()))
-    pixels = torch.randn(
-        (2,) + shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
-    ).to(param.device, param.dtype)
-    sites = find_ffn_sites(model, lambda: forward(pixels), num_blocks(config))
-    distillation = 1 if "deit" in getattr(config, "model_type", "") else None
+    sites = find_ffn_sites(model, forward, shape, num_blocks(config))
     if id2label is None:
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
-    adapter = ModelAdapter(
-        model,
-        ffn_inputs=sites,
-        token=token,
-        family_readout=readout or hf_readout(model),
-        preprocess=preprocess,
-        id2label=id2label,
-        name=name,
-        forward=forward,
-        distillation_index=distillation,
-        input_shape=shape,
-        layout=hf_layout(model, shape),
-    )
+    family = {
+        "family_readout": readout or hf_readout(model),
+        "layout": hf_layout(model, shape),
+        "distillation_index": 1 if "deit" in getattr(config, "model_type", "") else None,
+    }
+    run = {"preprocess": preprocess, "id2label": id2label, "name": name, "forward": forward}
+    adapter = ModelAdapter(model, ffn_inputs=sites, token=token, input_shape=shape, **family, **run)
     adapter.details = dict(details or {})
     return adapter
 
@@ -227,21 +216,18 @@ class HFProcessor:
     def __call__(self, image) -> torch.Tensor:
         return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
+    def _normalisation(self, key: str):
+        """The processor's ``image_mean`` / ``image_std``, or None where it does not normalise."""
+        normalises = getattr(self.processor, "do_normalize", True)
+        return getattr(self.processor, key, None) if normalises else None
+
     @property
     def mean(self):
-        return (
-            getattr(self.processor, "image_mean", None)
-            if getattr(self.processor, "do_normalize", True)
-            else None
-        )
+        return self._normalisation("image_mean")
 
     @property
     def std(self):
-        return (
-            getattr(self.processor, "image_std", None)
-            if getattr(self.processor, "do_normalize", True)
-            else None
-        )
+        return self._normalisation("image_std")
 
     def to_dict(self) -> dict:
         """What identifies the pipeline (part of a run's settings): the processor class and the

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from PIL import Image
 from torch import nn
 
@@ -73,23 +72,22 @@ def from_timm_model(
     names = imagenet_synsets() if num_classes == 1000 else [str(i) for i in range(num_classes)]
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     shape = tuple(cfg.get("input_size", (3, 224, 224)))
-    param = next(iter(model.parameters()))
-    pixels = torch.randn(
-        (2,) + shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
-    ).to(param.device, param.dtype)
-    sites = find_ffn_sites(model, lambda: model(pixels), len(model.blocks))
-    return ModelAdapter(
-        model,
-        ffn_inputs=sites,
-        token=token,
-        family_readout=timm_readout(model),
-        preprocess=preprocess_from_timm(cfg),
-        id2label=dict(enumerate(names)),
-        name=name,
-        input_shape=shape,
-        distillation_index=1 if prefix >= 2 else None,
-        layout=lambda layer, tokens: TokenLayout.raster(tokens, prefix, shape[1:]),
-    )
+    sites = find_ffn_sites(model, model, shape, len(model.blocks))
+
+    def layout(layer: int, tokens: int) -> TokenLayout:
+        return TokenLayout.raster(tokens, prefix, shape[1:])
+
+    family = {
+        "family_readout": timm_readout(model),
+        "layout": layout,
+        "distillation_index": 1 if prefix >= 2 else None,
+    }
+    run = {
+        "preprocess": preprocess_from_timm(cfg),
+        "id2label": dict(enumerate(names)),
+        "name": name,
+    }
+    return ModelAdapter(model, ffn_inputs=sites, token=token, input_shape=shape, **family, **run)
 
 
 def load_timm(name: str, *, token: str | None = None) -> ModelAdapter:
