@@ -122,6 +122,26 @@ def test_find_and_evaluate_under_two_ranks_equal_one_process(setup, tmp_path):
     assert (two / "evaluation" / "metrics.json").is_file()
     assert not list(two.glob("**/*.rank*"))  # shards and progress files merged and removed
 
+    study = ["--ablation", "mean,resample", "--reference-split", "3", "--bootstrap", "20"]
+    code, out, err = finish(
+        torchrun(2, ["-q", "evaluate", str(two), "--device", "cpu", "--batch-size", "2", *study])
+    )
+    assert code == 0, err
+    assert main(["-q", "evaluate", str(one), "--device", "cpu", *study]) == 0
+    for ablation in ("mean", "resample"):
+        got = by_key(read_records(two / "evaluation" / "faithfulness" / ablation))
+        want = by_key(read_records(one / "evaluation" / "faithfulness" / ablation))
+        assert got.keys() == want.keys() and len(want) == 4 * 12  # 15 images - 3 reference
+        for key, record in want.items():
+            assert got[key]["path"] == record["path"] and got[key].get("donor") == record.get(
+                "donor"
+            )
+            assert_close_tree(got[key]["prob"], record["prob"])
+    assert_close_tree(
+        json.loads((two / "evaluation" / "faithfulness.json").read_text()),
+        json.loads((one / "evaluation" / "faithfulness.json").read_text()),
+    )
+
 
 def _child_with_rank(parent: int, rank: int) -> int | None:
     children = []

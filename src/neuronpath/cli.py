@@ -25,6 +25,7 @@ from .experiments.causal import run_causal
 from .experiments.classes import ClassesOptions, run_classes
 from .experiments.common import Execution, parse_bytes
 from .experiments.evaluate import EditOptions, run_evaluate
+from .experiments.faithfulness import FaithfulnessOptions
 from .experiments.find import run_find
 from .experiments.prune import DEFAULT_KEEP_RULES, run_prune
 from .experiments.ranks import leave_ranks
@@ -234,6 +235,63 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="bootstrap resamples for confidence intervals (default: 1000)",
     )
+    study = evaluate.add_argument_group(
+        "faithfulness study (any of these options runs it; RUN/evaluation/faithfulness.*)"
+    )
+    study.add_argument(
+        "--ablation",
+        type=_names,
+        help="comma-separated ablations of path neurons: zero (the paper's), mean "
+        "(a reference set's mean at the same positions), resample (another "
+        "image's values, of another class, seeded); default zero",
+    )
+    study.add_argument(
+        "--metrics",
+        type=_names,
+        help="comma-separated metrics reported: prob (default), logit, logit-diff "
+        "(target logit minus the strongest other class's), kl",
+    )
+    study.add_argument(
+        "--controls",
+        type=_names,
+        help="comma-separated controls: random, matched-random (a random neuron "
+        "at the same activation level; needs a reference set); default "
+        "random, plus matched-random with a reference set",
+    )
+    study.add_argument(
+        "--reference",
+        help="folder of reference images (mean ablation and the "
+        "matched control's bins); not the run's images",
+    )
+    study.add_argument(
+        "--reference-split",
+        type=int,
+        help="or: N of the run's own images as the reference, kept out of the "
+        "evaluated set (class-balanced, seeded)",
+    )
+    study.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="accept a --reference folder that holds images of the run",
+    )
+    study.add_argument(
+        "--enhance-factor",
+        type=float,
+        default=2.0,
+        help="enhancement multiplies path neurons by this (default: 2)",
+    )
+    study.add_argument(
+        "--matched-seeds",
+        type=int,
+        default=3,
+        help="matched-random paths per image, pooled (default: 3)",
+    )
+    study.add_argument(
+        "--bins",
+        type=int,
+        default=10,
+        help="activation-level quantile bins of the matched control (default: 10)",
+    )
     evaluate.add_argument(
         "--causal",
         action="store_true",
@@ -373,6 +431,10 @@ def _numbers(cast, what: str):
 _ints, _floats = _numbers(int, "integers"), _numbers(float, "numbers")
 
 
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _ops(text: str) -> list[str]:
     ops = [o.strip() for o in text.split(",") if o.strip()]
     if not ops or any(o not in OPS for o in ops):
@@ -398,6 +460,31 @@ def _config(args) -> AttributionConfig:
 
 def _spec(args, model: str) -> ModelSpec:
     return ModelSpec(model, **{k: v for k, v in _given(args, ModelSpec).items() if k != "model"})
+
+
+def _faithfulness(args) -> FaithfulnessOptions | None:
+    """The faithfulness study's options, if any of them was given."""
+    asked = ("ablation", "metrics", "controls", "reference", "reference_split")
+    if all(getattr(args, name) is None for name in asked):
+        return None
+    chosen = _pick(
+        args,
+        "reference",
+        "reference_split",
+        "allow_overlap",
+        "enhance_factor",
+        "matched_seeds",
+        "bins",
+    )
+    controls = args.controls or ["random"] + (
+        ["matched-random"] if args.reference or args.reference_split else []
+    )
+    return FaithfulnessOptions(
+        ablations=tuple(args.ablation or ["zero"]),
+        metrics=tuple(args.metrics or ["prob"]),
+        controls=tuple(controls),
+        **chosen,
+    )
 
 
 def _find(args) -> Path:
@@ -472,18 +559,25 @@ def _run(args, main_rank: bool = True) -> None:
         if args.command == "demo":
             print(summary_text(run_dir))
     elif args.command == "evaluate":
-        controls = () if args.no_random else tuple(CONTROLS)
+        study = _faithfulness(args)
+        controls = () if args.no_random else ("random",)
         options = EditOptions(
             **_pick(args, "model", "data", "seed", "bootstrap"), controls=controls
         )
         common = {"options": options, "execution": _execution(args)}
-        metrics = run_evaluate(args.run, ops=args.ops, **common)
+        metrics = run_evaluate(args.run, ops=args.ops, faithfulness=study, **common)
         causal = run_causal(args.run, **common) if args.causal else None
         if metrics is None:  # another rank of a torchrun job
             return
         out = Path(args.run) / "evaluation"
         print((out / "table.md").read_text())
         print(f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'figure3.png'}")
+        if study is not None:
+            print((out / "faithfulness.md").read_text())
+            print(
+                f"wrote {out / 'faithfulness.csv'}, {out / 'faithfulness.md'}, "
+                f"{out / 'faithfulness.png'}"
+            )
         if causal is not None:
             folder = Path(args.run) / "causal"
             print((folder / "causal.md").read_text())

@@ -1,7 +1,8 @@
 """Edited forwards: the model run with neurons scaled, zeroed or masked, in ``inference_mode``.
 
-One chunked loop, :func:`edited_predictions`, gives the ground-truth probability and the
-predicted class of every row under an edit; on it stand
+One chunked loop, :func:`edited_chunks`, runs every row under its edit and yields the logits;
+:func:`edited_predictions` keeps the rows' ground-truth probability and predicted class.  On
+them stand
 
 * :func:`manipulate` -- removal (x0) and enhancement (x2) of path neurons (§4.2,
   App. C.4-C.5; docs/official-code.md#removal-and-enhancement): the path neurons of *every* layer
@@ -13,7 +14,7 @@ predicted class of every row under an edit; on it stand
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -25,6 +26,24 @@ from .neurons import layer_width
 OPS = {"remove": 0.0, "enhance": 2.0}
 
 
+def edited_chunks(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    images: torch.Tensor,
+    edit: Callable[[slice], object],
+    max_rows: int = 256,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The logits of each chunk of rows, ``max_rows`` rows per forward: row r is image
+    ``images[r]`` run inside the context ``edit(rows)`` of the chunk it belongs to."""
+    for start in range(0, len(images), max_rows):
+        rows = slice(start, min(start + max_rows, len(images)))
+        with torch.inference_mode(), edit(rows):
+            logits = adapter.logits(pixels[images[rows]])
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        yield rows, logits
+
+
 def edited_predictions(
     adapter: ModelAdapter,
     pixels: torch.Tensor,
@@ -33,19 +52,11 @@ def edited_predictions(
     edit: Callable[[slice], object],
     max_rows: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ground-truth probability and predicted class of each row r: image ``images[r]`` run
-    inside the context ``edit(rows)`` of the chunk of rows it belongs to, ``max_rows`` rows
-    per forward."""
+    """Ground-truth probability and predicted class of each row (see :func:`edited_chunks`)."""
     probs, preds = [], []
-    with torch.inference_mode():
-        for start in range(0, len(images), max_rows):
-            rows = slice(start, min(start + max_rows, len(images)))
-            with edit(rows):
-                logits = adapter.logits(pixels[images[rows]])
-            if logits.dtype in (torch.float16, torch.bfloat16):
-                logits = logits.float()
-            probs.append(logits.softmax(-1).gather(1, labels[images[rows]][:, None])[:, 0])
-            preds.append(logits.argmax(-1))
+    for rows, logits in edited_chunks(adapter, pixels, images, edit, max_rows):
+        probs.append(logits.softmax(-1).gather(1, labels[images[rows]][:, None])[:, 0])
+        preds.append(logits.argmax(-1))
     return torch.cat(probs), torch.cat(preds)
 
 

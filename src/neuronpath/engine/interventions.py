@@ -12,6 +12,8 @@ also when the body raises.  Every read and edit happens at the token policy of i
   nothing but makes dF/d(delta) the total derivative dF/dh_l of the unmodified network;
 * :func:`multiply_neurons` -- multiply each layer's neurons by a per-row factor vector
   (pruning masks);
+* :func:`ablate_neurons` -- replace chosen neurons by given values (mean and resample
+  ablation);
 * :func:`scale_neurons` -- multiply chosen neurons by a factor (0 removes, 2 enhances).
 """
 
@@ -113,6 +115,37 @@ def multiply_neurons(
         return lambda selected: multiplier.to(selected.device, selected.dtype)
 
     with _multiplying(adapter, {l: factor(m) for l, m in multipliers.items()}):
+        yield
+
+
+@contextlib.contextmanager
+def ablate_neurons(
+    adapter: ModelAdapter,
+    edits: Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> Iterator[None]:
+    """Edit each row's neurons at the adapter's token(s), downstream recomputed:
+    ``edits[l] = (multiplier, ablated, source, which)`` sets layer l's neurons of row r to
+    ``h * multiplier[r] + source[which[r]] * ablated[r]`` -- ``multiplier`` and ``ablated``
+    (rows, n), ``source`` (sources, positions, n) the values ablated neurons take (zeros, a
+    reference mean, another image's values: zero, mean and resample ablation), ``which``
+    (rows,) the source of each row."""
+
+    def make(layer, multiplier, ablated, source, which):
+        token = adapter.token_at(layer)
+
+        def hook(hidden):
+            selected = token.select(hidden)
+            like = {"device": selected.device, "dtype": selected.dtype}
+            values = source.to(**like)[which.to(selected.device)]
+            new = (
+                selected * multiplier.to(**like)[:, None, :]
+                + values * ablated.to(**like)[:, None, :]
+            )
+            return token.insert(hidden, new)
+
+        return hook
+
+    with adapter.hooks({l: make(l, *edit) for l, edit in edits.items()}):
         yield
 
 

@@ -34,6 +34,7 @@ from ..models.loading import load_run_model
 from ..report.figures import probability_deviation_figure
 from ..report.tables import write_table
 from .common import Execution, resolve_device, run_widths, versions
+from .faithfulness import FaithfulnessOptions, check_study, run_faithfulness
 from .ranks import join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
@@ -62,16 +63,17 @@ class EditOptions:
 
     model: str | None = None
     data: str | Path | None = None
-    controls: tuple[str, ...] = tuple(CONTROLS)
+    controls: tuple[str, ...] = ("random",)
     seed: int = 0
     bootstrap: int = 1000
 
     def __post_init__(self):
         controls = tuple(dict.fromkeys(self.controls))
-        unknown = [c for c in controls if c not in CONTROLS]
+        drawn = [name for name, c in CONTROLS.items() if c.path is not None]
+        unknown = [c for c in controls if c not in drawn]
         if unknown:
             raise InputError(
-                f"{option('controls')}: unknown {unknown}; expected some of {', '.join(CONTROLS)}"
+                f"{option('controls')}: unknown {unknown}; expected some of {', '.join(drawn)}"
             )
         object.__setattr__(self, "controls", controls)
         if self.bootstrap < 0:
@@ -92,6 +94,7 @@ class StoredPaths:
     ranks: object
     root: Path
     options: EditOptions
+    excluded: frozenset[str] = frozenset()  # images kept out of the evaluated set (a reference)
 
     @classmethod
     def open(cls, run_dir: str | Path, options: EditOptions, device: str) -> "StoredPaths":
@@ -120,13 +123,16 @@ class StoredPaths:
             json.dumps(self.manifest["settings"], sort_keys=True).encode()
         ).hexdigest()
 
-    def pending(self, store) -> list[ImageItem]:
-        """Images with every method's path that ``store`` has not finished."""
-        found = set(self.manifest["settings"]["methods"])
+    def pending(self, store, names: list[str] | None = None) -> list[ImageItem]:
+        """Evaluated images with every method's path for which ``store`` has not finished
+        every one of ``names`` (default: :attr:`methods`)."""
+        found, names = set(self.manifest["settings"]["methods"]), set(names or self.methods)
         pending = [
             ImageItem(i, self.root / i, rec[next(iter(rec))]["label"], "")
             for i, rec in self.by_image.items()
-            if found <= set(rec) and not set(self.methods) <= store.done.get(i, set())
+            if found <= set(rec)
+            and i not in self.excluded
+            and not names <= store.done.get(i, set())
         ]
         if pending and not any(item.path.is_file() for item in pending):
             raise RunFormatError(
@@ -136,9 +142,9 @@ class StoredPaths:
             )
         return pending
 
-    def paths(self, images: list[str]) -> dict[str, torch.Tensor]:
+    def paths(self, images: list[str], controls=None) -> dict[str, torch.Tensor]:
         """{method: stored paths as recorded, (images, layers) or (images, layers, K)}, and each
-        control's (images, layers, K)."""
+        control's (images, layers, K) (``controls``: default the options')."""
         layers = self.adapter.num_layers
         paths = {
             m: torch.tensor([self.by_image[i][m]["path"] for i in images])
@@ -146,7 +152,7 @@ class StoredPaths:
         }
         k = next(iter(paths.values())).reshape(len(images), layers, -1).shape[-1]
         widths = run_widths(self.manifest) or self.adapter.widths()
-        for name in self.options.controls:
+        for name in self.options.controls if controls is None else controls:
             paths[name] = torch.stack(
                 [CONTROLS[name].path(i, self.options.seed, layers, widths, k) for i in images]
             )
@@ -187,24 +193,28 @@ def run_evaluate(
     *,
     ops: Sequence[str] = tuple(OPS),
     options: EditOptions = EditOptions(),
+    faithfulness: FaithfulnessOptions | None = None,
     execution: Execution = Execution(batch_size=16),
 ) -> dict | None:
     """Evaluate a find run (resumable): every stored path and every control of ``options``
-    under each of ``ops``.  Returns the metrics (None on the other ranks of a ``torchrun`` job,
-    which share the images)."""
+    under each of ``ops`` (the paper's Table 1), and with ``faithfulness`` the faithfulness
+    study (:mod:`.faithfulness`).  Returns the Table 1 metrics (None on the other ranks of a
+    ``torchrun`` job, which share the images)."""
     ops = list(dict.fromkeys(ops))
     unknown = [op for op in ops if op not in OPS]
     if unknown:
         raise InputError(f"{option('ops')}: unknown {unknown}; expected some of {list(OPS)}")
     run = StoredPaths.open(run_dir, options, execution.device)
+    study_excluded = check_study(run, faithfulness) if faithfulness is not None else None
     methods, seed = run.methods, options.seed
+    settings = {
+        "ops": ops,
+        "seed": seed,
+        "methods": methods,
+        "factors": {op: OPS[op] for op in ops},
+    }
     store = open_store(
-        run.ranks,
-        run.run_dir / "evaluation",
-        run.manifest_for(
-            "neuronpath evaluate",
-            {"ops": ops, "seed": seed, "methods": methods, "factors": {op: OPS[op] for op in ops}},
-        ),
+        run.ranks, run.run_dir / "evaluation", run.manifest_for("neuronpath evaluate", settings)
     )
     pending = run.pending(store)
     log.info("evaluate: %d images, %d to do -> %s", len(run.by_image), len(pending), store.dir)
@@ -232,7 +242,11 @@ def run_evaluate(
         store.append(records)
 
     run.work_through(store, pending, execution, handle, "remove/enhance")
-    return write_outputs(run.run_dir, ops, options.bootstrap, seed) if run.ranks.main else None
+    metrics = write_outputs(run.run_dir, ops, options.bootstrap, seed) if run.ranks.main else None
+    if faithfulness is not None:  # a reference split is kept out of the study, not of Table 1
+        run.excluded = study_excluded
+        run_faithfulness(run, faithfulness, execution)
+    return metrics
 
 
 def write_outputs(run_dir: Path, ops: Sequence[str], bootstrap: int, seed: int) -> dict:

@@ -293,6 +293,12 @@ def run_report(
         }
         if (find_dir / "evaluation" / "metrics.json").is_file()
         else None,
+        "faithfulness": {
+            "table": text(find_dir / "evaluation" / "faithfulness.md"),
+            "figure": png(find_dir / "evaluation" / "faithfulness.png"),
+        }
+        if (find_dir / "evaluation" / "faithfulness.json").is_file()
+        else None,
         "classes": {
             name: png(find_dir / f"classes-{method}" / f"{name}.png")
             for name in ("figure4", "similarity", "figure5", "figure2")

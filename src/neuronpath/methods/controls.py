@@ -35,9 +35,45 @@ def random_keep(
     ]
 
 
+def matched_path(
+    levels: Sequence[torch.Tensor],
+    path: torch.Tensor,
+    edges: Sequence[torch.Tensor],
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, int]:
+    """A random path matched to ``path`` (layers, K) on one image: for each path neuron, a
+    uniformly drawn other neuron of its layer whose activation level on the image
+    (``levels[l]``, (n_l,)) falls in the same quantile bin (``edges[l]``: inner bin edges from a
+    reference set), never a path neuron and never twice.  Where the bin holds no such neuron
+    the one with the nearest level is taken instead, and counted: returns (the matched path,
+    the number of neurons that found no partner in their bin)."""
+    chosen, unmatched = torch.empty_like(path), 0
+    for l in range(path.shape[0]):
+        level = levels[l].double()
+        bins = torch.bucketize(level, edges[l].double())
+        free = torch.ones(level.shape[0], dtype=torch.bool)
+        free[path[l]] = False
+        for j, neuron in enumerate(path[l].tolist()):
+            same = torch.nonzero(free & (bins == bins[neuron])).flatten()
+            if len(same):
+                pick = same[torch.randint(len(same), (1,), generator=generator)].item()
+            else:
+                distance = (level - level[neuron]).abs().masked_fill(~free, torch.inf)
+                pick, unmatched = int(distance.argmin()), unmatched + 1
+            chosen[l, j] = pick
+            free[pick] = False
+    return chosen, unmatched
+
+
 RANDOM = Control(
     "random",
     "uniformly random neurons per layer, seeded per image (evaluate) or per class (prune)",
     random_path,
     random_keep,
+)
+MATCHED = Control(
+    "matched-random",
+    "per path neuron, a random neuron of its layer at the same activation level on the image "
+    "(quantile bins of a reference set), seeded; evaluate's faithfulness study only",
+    matched=matched_path,
 )

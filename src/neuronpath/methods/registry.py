@@ -23,7 +23,7 @@ REGISTRY: dict[str, PathMethod] = {
         knowledge.METHOD,
     )
 }
-CONTROLS: dict[str, Control] = {control.name: control for control in (controls.RANDOM,)}
+CONTROLS: dict[str, Control] = {c.name: c for c in (controls.RANDOM, controls.MATCHED)}
 DEFAULT_METHODS = ("jas", "activation")
 
 

@@ -230,3 +230,42 @@ def causal_layer_figure(
     if title:
         ax.set_title(title)
     return _save(figure, out_stem)
+
+
+def faithfulness_figure(
+    curves: Mapping[str, Mapping[str, Mapping[str, Mapping]]], out_stem: str | Path
+) -> list[Path]:
+    """Normalised faithfulness over k, one panel per (metric, ablation): per method the
+    necessity curve (the first k path neurons ablated; solid) and the sufficiency curve (only
+    the first k kept; dashed).  ``curves[metric][ablation][method]`` holds both."""
+    from matplotlib.figure import Figure
+
+    metrics = list(curves)
+    ablations = list(dict.fromkeys(a for m in metrics for a in curves[m]))
+    figure = Figure(figsize=(3.6 * len(ablations), 3.0 * len(metrics) + 0.4), layout="constrained")
+    axes = figure.subplots(len(metrics), len(ablations), squeeze=False)
+    for r, metric in enumerate(metrics):
+        for c, ablation in enumerate(ablations):
+            ax = axes[r][c]
+            for i, (method, both) in enumerate(curves[metric].get(ablation, {}).items()):
+                k = np.arange(len(both["necessity"]))
+                ax.plot(
+                    k, both["necessity"], color=f"C{i}", marker="o", markersize=2.5, label=method
+                )
+                ax.plot(
+                    k,
+                    both["sufficiency"],
+                    color=f"C{i}",
+                    linestyle="--",
+                    marker="o",
+                    markersize=2.5,
+                )
+            ax.axhline(0, color="grey", linewidth=0.6, linestyle=":")
+            ax.axhline(1, color="grey", linewidth=0.6, linestyle=":")
+            ax.set_title(f"{ablation} ablation, {metric}", fontsize=9)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.set_xlabel("k path neurons (order: largest single effect first)", fontsize=8)
+            if c == 0:
+                ax.set_ylabel("normalised faithfulness f(k)")
+    axes[0][0].legend(fontsize=7, title="solid: ablated; dashed: only kept", title_fontsize=7)
+    return _save(figure, out_stem)

@@ -123,6 +123,17 @@ def overview_html(overview: dict) -> str:
         if evaluation
         else _missing("Table 1 and Figure 3", f"neuronpath evaluate {run}")
     )
+    parts.append("<h2>Faithfulness: ablations, metrics, necessity and sufficiency</h2>")
+    study = overview.get("faithfulness")
+    parts.append(
+        markdown_table(study["table"] or "")
+        + _figure(study["figure"], "necessity (solid) and sufficiency (dashed) curves")
+        if study
+        else _missing(
+            "The faithfulness study",
+            f"neuronpath evaluate {run} --ablation zero,mean,resample --reference-split 40",
+        )
+    )
     parts.append(f"<h2>Classes ({html.escape(overview['method'])} paths: Figures 4, 5, 2)</h2>")
     classes = overview["classes"]
     parts.append(

@@ -201,3 +201,64 @@ def write_causal_table(metrics: Mapping[str, Mapping], out_stem: str | Path) -> 
         for row in rows
     ]
     return write_markdown_and_csv(out_stem, lines, flat)
+
+
+FAITHFULNESS_COLUMNS = (
+    ("removal", "removal"),
+    ("enhancement", "enhancement"),
+    ("necessity", "f, path ablated"),
+    ("necessity_area", "necessity area"),
+    ("sufficiency", "f, only path kept"),
+    ("sufficiency_area", "sufficiency area"),
+)
+
+
+def write_faithfulness_table(results: Mapping, metrics, out_stem: str | Path) -> list[Path]:
+    """``out_stem.csv``: one row per method x ablation x metric x statistic with its 95 %
+    interval; ``out_stem.md``: per metric, one row per method and ablation."""
+
+    def cell(s: Mapping) -> str:
+        text = f"{s['value']:+.3f}"
+        return text + (f" [{s['lo']:+.3f}, {s['hi']:+.3f}]" if s["lo"] is not None else "")
+
+    rows, lines = [], []
+    for metric in metrics:
+        lines += [
+            f"**{metric}** (removal and enhancement: "
+            + (
+                "mean P'/P - 1"
+                if metric == "prob"
+                else "mean KL(clean || edited)"
+                if metric == "kl"
+                else "mean change"
+            )
+            + "; f: normalised faithfulness, "
+            "1 = the clean model, 0 = every neuron of the path's layers ablated)",
+            "",
+            "| method | ablation | " + " | ".join(t for _, t in FAITHFULNESS_COLUMNS) + " |",
+            "|---|---|" + "---|" * len(FAITHFULNESS_COLUMNS),
+        ]
+        for method, by_ablation in results.items():
+            for ablation, by_metric in by_ablation.items():
+                stats = by_metric.get(metric)
+                if stats is None:
+                    continue
+                lines.append(
+                    f"| {method} | {ablation} | "
+                    + " | ".join(cell(stats[key]) for key, _ in FAITHFULNESS_COLUMNS)
+                    + " |"
+                )
+                rows += [
+                    {
+                        "method": method,
+                        "ablation": ablation,
+                        "metric": metric,
+                        "statistic": key,
+                        **stats[key],
+                    }
+                    for key, _ in FAITHFULNESS_COLUMNS
+                ]
+        lines.append("")
+    return write_markdown_and_csv(
+        out_stem, lines, rows, ["method", "ablation", "metric", "statistic", "value", "lo", "hi"]
+    )

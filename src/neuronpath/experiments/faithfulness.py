@@ -1,0 +1,568 @@
+"""``neuronpath evaluate --ablation ...``: faithfulness of every stored path, measured the way
+circuit researchers measure it (:mod:`neuronpath.analysis.faithfulness`).
+
+For each ablation (``zero``: the paper's; ``mean``: each neuron's mean over a reference set at
+the same positions; ``resample``: its value in another image of another class, seeded), on
+every image, for every path method and control (``random``; ``matched-random``, drawn per path
+neuron at the same activation level on the image, several seeds pooled):
+
+* stage 1: each layer's path neuron ablated alone, which orders the path by its neurons' own
+  effect on P(label), largest drop first;
+* stage 2: the necessity curve (the first k neurons of that order ablated, k = 1 .. L; k = L is
+  the whole path removed), the sufficiency curve (only the first k kept, every other neuron of
+  the path's layers ablated), enhancement (path neurons x ``enhance_factor``), and per image
+  the clean model and every neuron of every layer ablated.
+
+Every row's four metrics go into ``RUN/evaluation/faithfulness/<ablation>/records.jsonl`` (a
+resumable run folder, shared out over ``torchrun`` ranks); the mean of a reference set (and the
+matched control's bins) into ``RUN/evaluation/faithfulness/reference.npz``, computed once.
+Outputs: ``RUN/evaluation/faithfulness.csv`` (one row per method x ablation x metric x
+statistic), ``faithfulness.md``, ``faithfulness.png/.svg`` (the curves), ``faithfulness.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.bootstrap import bootstrap_draws
+from ..analysis.faithfulness import (
+    ABLATIONS,
+    METRICS,
+    ReferenceStats,
+    check_names,
+    curve,
+    metric_values,
+    rival_classes,
+    statistics,
+)
+from ..analysis.records import group_by
+from ..draws import seeded_generator
+from ..engine.editing import edited_chunks
+from ..engine.interventions import ablate_neurons, record_neurons
+from ..errors import InputError, option
+from ..io.images import IMAGE_EXTENSIONS, ImageItem, image_batches
+from ..io.store import read_records, write_json_atomic
+from ..methods import CONTROLS
+from ..report.figures import faithfulness_figure
+from ..report.tables import write_faithfulness_table
+from .common import Execution
+from .ranks import open_store
+
+log = logging.getLogger("neuronpath")
+
+CLEAN, ALL, ALONE, NECESSITY, SUFFICIENCY, ENHANCE = range(6)
+MATCHED = "matched-random"
+
+
+@dataclass(frozen=True)
+class FaithfulnessOptions:
+    """The faithfulness study's settings (see the module docstring): ablations and metrics; the
+    reference set -- an image folder (``reference``; it must not overlap the run's images
+    unless ``allow_overlap``) or ``reference_split`` images of the run's own, kept out of the
+    evaluated set; the enhancement factor; the matched control's seeds and quantile bins."""
+
+    ablations: tuple[str, ...] = ("zero",)
+    metrics: tuple[str, ...] = ("prob",)
+    controls: tuple[str, ...] = ("random",)
+    reference: str | Path | None = None
+    reference_split: int | None = None
+    allow_overlap: bool = False
+    enhance_factor: float = 2.0
+    matched_seeds: int = 3
+    bins: int = 10
+
+    def __post_init__(self):
+        object.__setattr__(self, "ablations", check_names(self.ablations, ABLATIONS, "ablation"))
+        object.__setattr__(self, "metrics", check_names(self.metrics, METRICS, "metrics"))
+        object.__setattr__(self, "controls", tuple(dict.fromkeys(self.controls)))
+        unknown = [c for c in self.controls if c not in CONTROLS]
+        if unknown:
+            raise InputError(
+                f"{option('controls')}: unknown {unknown}; expected some of {', '.join(CONTROLS)}"
+            )
+        if self.reference is not None and self.reference_split is not None:
+            raise InputError(
+                f"{option('reference')}, {option('reference_split')}: give one "
+                f"reference set, not both"
+            )
+        for name, low in (("reference_split", 1), ("matched_seeds", 1), ("bins", 2)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < low):
+                raise InputError(f"{option(name)}: expected an integer >= {low}, got {value!r}")
+
+    @property
+    def needs_reference(self) -> bool:
+        return "mean" in self.ablations or MATCHED in self.controls
+
+    def identity(self) -> dict:
+        """The settings a store's records depend on (besides the ablation)."""
+        return {
+            "enhance_factor": self.enhance_factor,
+            "matched_seeds": self.matched_seeds,
+            "bins": self.bins,
+        }
+
+
+def split_images(run, count: int, seed: int) -> list[str]:
+    """``count`` of the run's images, class-balanced and seeded: each class's images in a
+    seeded order, taken round-robin over classes."""
+    by_class = group_by(
+        ({"image": i, "label": next(iter(r.values()))["label"]} for i, r in run.by_image.items()),
+        "label",
+    )
+    queues = []
+    for label in sorted(by_class):
+        images = sorted(r["image"] for r in by_class[label])
+        order = torch.randperm(len(images), generator=seeded_generator("reference", seed, label))
+        queues.append([images[i] for i in order.tolist()])
+    taken = [q[rank] for rank in range(max(map(len, queues))) for q in queues if rank < len(q)]
+    if count >= len(taken):
+        raise InputError(
+            f"{option('reference_split')}: {count} of the run's {len(taken)} images "
+            f"would leave none to evaluate"
+        )
+    return taken[:count]
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def reference_items(run, options: FaithfulnessOptions) -> list[ImageItem]:
+    """The reference images: a split of the run's, or every image file under a folder, which
+    is refused when it holds images of the run (same file or same bytes) unless allowed."""
+    if options.reference_split is not None:
+        return [ImageItem(i, run.root / i, -1, "") for i in run.excluded]
+    root = Path(options.reference).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{option('reference')}: {root} is not a folder of images")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise InputError(f"{option('reference')}: no image files under {root}")
+    if not options.allow_overlap:
+        ours = [run.root / i for i in run.by_image]
+        same = {p.resolve() for p in ours} & {p.resolve() for p in paths}
+        if not same:
+            theirs = {_digest(p) for p in paths} - {None}
+            same = {p for p in ours if _digest(p) in theirs}
+        if same:
+            raise InputError(
+                f"{option('reference')}: {len(same)} of its images are images of "
+                f"the run (e.g. {sorted(same)[0]}); a reference must be other "
+                f"images, or pass {option('allow_overlap')}"
+            )
+    return [ImageItem(p.relative_to(root).as_posix(), p, -1, "") for p in paths]
+
+
+def reference_statistics(
+    run, options: FaithfulnessOptions, folder: Path, execution: Execution
+) -> ReferenceStats:
+    """The reference set's statistics, computed once by one streaming pass (main rank) and
+    kept in ``folder/reference.npz`` with its identity; every rank then reads them."""
+    items = reference_items(run, options)
+    identity = {
+        "images_sha256": hashlib.sha256(
+            "\n".join(str(it.path) for it in items).encode()
+        ).hexdigest(),
+        "count": len(items),
+        "token": run.adapter.token.name,
+        "seed": run.options.seed,
+        "source": str(options.reference)
+        if options.reference
+        else f"split {options.reference_split}",
+    }
+    path = folder / "reference.npz"
+    done = path.is_file() and json.loads(str(np.load(path)["identity"])) == identity
+    if run.ranks.main and not done:
+        shapes, stats, skipped = None, None, []
+        for batch in image_batches(items, run.adapter.preprocess, execution.batch_size):
+            skipped += [str(error) for _, error in batch.errors]
+            if not batch.items:
+                continue
+            with torch.inference_mode(), record_neurons(run.adapter) as acts:
+                run.adapter.logits(batch.pixels.to(run.adapter.device, run.adapter.dtype))
+            if stats is None:
+                shapes = [tuple(a.shape[1:]) for a in acts.values()]
+                stats = ReferenceStats(shapes, len(items), run.options.seed)
+            for b, item in enumerate(batch.items):
+                stats.add(
+                    item.id,
+                    [acts[l][b].double().cpu().numpy() for l in range(run.adapter.num_layers)],
+                )
+        for line in skipped:
+            log.warning("reference: skipping %s", line)
+        if stats is None:
+            raise InputError(f"{option('reference')}: none of its {len(items)} images can be read")
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {f"mean{l}": m for l, m in enumerate(stats.means())}
+        arrays |= {f"edges{l}": e for l, e in enumerate(stats.edges(options.bins))}
+        tmp = folder / "reference.tmp.npz"
+        np.savez(tmp, identity=json.dumps(identity), count=stats.count, **arrays)
+        tmp.replace(path)
+        log.info("reference: %d images (%d unreadable) -> %s", stats.count, len(skipped), path)
+    run.ranks.barrier()
+    return np.load(path)
+
+
+class Rows:
+    """The edited rows of one batch: each row's image, path, kind and k, and the edits of a
+    chunk of rows built from them when it runs (so no (rows, neurons) mask lives longer)."""
+
+    def __init__(self, widths: list[int], factor: float):
+        self.widths, self.factor = widths, factor
+        self.image, self.path, self.kind, self.k = [], [], [], []
+        self.paths: list[torch.Tensor] = []  # (layers, K) each
+        self.rank: list[torch.Tensor] = []  # each path's rank of every layer in its order
+
+    def add_path(self, path: torch.Tensor) -> int:
+        self.paths.append(path.reshape(len(self.widths), -1).long().cpu())
+        self.rank.append(torch.arange(len(self.widths)))
+        return len(self.paths) - 1
+
+    def add(self, image: int, path: int, kind: int, k: int = 0) -> int:
+        self.image.append(image)
+        self.path.append(path)
+        self.kind.append(kind)
+        self.k.append(k)
+        return len(self.kind) - 1
+
+    def edits(self, rows: slice, source: list[torch.Tensor], per_image: bool) -> dict:
+        kind, k = torch.tensor(self.kind[rows]), torch.tensor(self.k[rows])
+        which = torch.tensor(self.image[rows]) if per_image else torch.zeros(len(kind), dtype=int)
+        paths = torch.stack(self.paths)[torch.tensor(self.path[rows])]
+        ranks = torch.stack(self.rank)[torch.tensor(self.path[rows])]
+        edits = {}
+        for l, n in enumerate(self.widths):
+            on = torch.zeros(len(kind), n, dtype=torch.float64).scatter_(1, paths[:, l], 1.0)
+            early = (ranks[:, l] < k)[:, None]  # layer l among the first k of the path's order
+            # rows that ablate this layer's path neurons: alone at l, or necessity past l
+            alone = ((kind == ALONE) & (k == l))[:, None] | ((kind == NECESSITY)[:, None] & early)
+            ablated = on * alone
+            ablated = torch.where((kind == ALL)[:, None], 1.0, ablated)
+            # sufficiency: only the first k path neurons kept, everything else ablated
+            ablated = torch.where((kind == SUFFICIENCY)[:, None], 1 - on * early, ablated)
+            multiplier = 1 - ablated
+            multiplier = torch.where(
+                (kind == ENHANCE)[:, None], 1 + (self.factor - 1) * on, multiplier
+            )
+            edits[l] = (multiplier, ablated, source[l], which)
+        return edits
+
+
+def check_study(run, options: FaithfulnessOptions) -> frozenset[str]:
+    """Refuse, before any work, a study that cannot run on ``run``; returns the images kept
+    out of it (a reference split)."""
+    if options.needs_reference and options.reference is None and options.reference_split is None:
+        why = "mean ablation" if "mean" in options.ablations else "the matched control"
+        raise InputError(
+            f"{option('reference')}: {why} needs a reference set; pass "
+            f"{option('reference', 'DIR')} or {option('reference_split', 'N')}"
+        )
+    if "resample" in options.ablations:
+        labels = {next(iter(r.values()))["label"] for r in run.by_image.values()}
+        if len(labels) < 2:
+            raise InputError(
+                f"{option('ablation')}: resample ablation takes values from images "
+                f"of another class; the run has one class"
+            )
+    excluded = (
+        frozenset(split_images(run, options.reference_split, run.options.seed))
+        if options.reference_split
+        else frozenset()
+    )
+    if options.reference is not None:
+        reference_items(run, options)  # the folder exists, has images, none of the run's
+    return excluded
+
+
+def run_faithfulness(run, options: FaithfulnessOptions, execution: Execution) -> dict | None:
+    """The faithfulness study of a find run (``run``: its :class:`~.evaluate.StoredPaths`, the
+    images of :func:`check_study` kept out); returns every statistic (None on the other
+    ranks)."""
+    folder = run.run_dir / "evaluation" / "faithfulness"
+    methods = list(run.manifest["settings"]["methods"]) + list(options.controls)
+    reference = None
+    if options.needs_reference:
+        reference = reference_statistics(run, options, folder, execution)
+    for ablation in options.ablations:
+        _ablation_pass(run, options, ablation, reference, methods, folder, execution)
+    if not run.ranks.main:
+        return None
+    return write_faithfulness(run.run_dir, options, methods, run.options)
+
+
+def _ablation_pass(run, options, ablation, reference, methods, folder, execution) -> None:
+    adapter, widths = run.adapter, run.adapter.widths()
+    layers = adapter.num_layers
+    settings = {
+        "ablation": ablation,
+        "seed": run.options.seed,
+        "methods": methods,
+        "excluded_sha256": hashlib.sha256("\n".join(sorted(run.excluded)).encode()).hexdigest(),
+        **options.identity(),
+    }
+    if reference is not None:
+        settings["reference"] = json.loads(str(reference["identity"]))
+    store = open_store(
+        run.ranks, folder / ablation, run.manifest_for("neuronpath evaluate --ablation", settings)
+    )
+    pending = run.pending(store, methods)
+    log.info(
+        "faithfulness (%s ablation): %d images, %d to do -> %s",
+        ablation,
+        len(run.by_image) - len(run.excluded),
+        len(pending),
+        store.dir,
+    )
+    donors = _donor_pool(run) if ablation == "resample" else None
+
+    def handle(batch):
+        pixels, images, labels = run.inputs(batch)
+        with torch.inference_mode(), record_neurons(adapter) as clean_acts:
+            adapter.logits(pixels)
+        source, per_image, donor_of = _sources(run, ablation, reference, clean_acts, images, donors)
+        paths = run.paths(images, [c for c in options.controls if CONTROLS[c].path is not None])
+        rows = Rows(widths, options.enhance_factor)
+        owners, unmatched = {}, {}
+        for b, image in enumerate(images):
+            for name in methods:
+                drawn = _paths_of(run, name, b, image, paths, clean_acts, reference, options)
+                unmatched[(b, name)] = sum(u for _, u in drawn)
+                owners[(b, name)] = [rows.add_path(p) for p, _ in drawn]
+        base = {b: (rows.add(b, 0, CLEAN), rows.add(b, 0, ALL)) for b in range(len(images))}
+        alone = {
+            (b, p): [rows.add(b, p, ALONE, l) for l in range(layers)]
+            for (b, _), ps in owners.items()
+            for p in ps
+        }
+        first = _run_rows(adapter, pixels, rows, source, per_image)
+        clean_logits = torch.stack([first[base[b][0]] for b in range(len(images))])
+        targets = labels.cpu()
+        rivals = rival_classes(clean_logits, targets)
+        for (b, p), row_ids in alone.items():  # the path's order: largest single drop first
+            prob = metric_values(
+                first[row_ids],
+                clean_logits[[b] * layers],
+                targets[[b] * layers],
+                rivals[[b] * layers],
+            )["prob"]
+            order = torch.from_numpy(-prob).argsort(stable=True)  # lowest P(label) first
+            rows.rank[p] = torch.empty(layers, dtype=torch.long).scatter_(
+                0, order, torch.arange(layers)
+            )
+        start = len(rows.kind)
+        curves = {
+            (b, p): (
+                [rows.add(b, p, NECESSITY, k) for k in range(1, layers + 1)],
+                [rows.add(b, p, SUFFICIENCY, k) for k in range(1, layers + 1)],
+                rows.add(b, p, ENHANCE),
+            )
+            for (b, p) in alone
+        }
+        second = _run_rows(adapter, pixels, rows, source, per_image, start)
+        logits = torch.cat([first, second])
+        image_of = torch.tensor(rows.image)
+        values = metric_values(logits, clean_logits[image_of], targets[image_of], rivals[image_of])
+        records = []
+        for b, image in enumerate(images):
+            for name in methods:
+                ps = owners[(b, name)]
+                record = {
+                    "image": image,
+                    "label": int(labels[b]),
+                    "method": name,
+                    "path": [rows.paths[p].tolist() for p in ps]
+                    if name == MATCHED
+                    else rows.paths[ps[0]].tolist(),
+                    "order": [int(l) for l in rows.rank[ps[0]].argsort().tolist()],
+                    "jas": run.jas(image, name),
+                }
+                record.update(
+                    _fields(
+                        values, base[b], [alone[(b, p)] for p in ps], [curves[(b, p)] for p in ps]
+                    )
+                )
+                if donor_of is not None:
+                    record["donor"] = donor_of[b]
+                if name == MATCHED:
+                    record["unmatched"] = unmatched[(b, name)]
+                records.append(record)
+        store.append(records)
+
+    run.work_through(store, pending, execution, handle, f"faithfulness ({ablation})")
+
+
+def _run_rows(adapter, pixels, rows: Rows, source, per_image: bool, start: int = 0):
+    """The logits of rows ``start ..`` of ``rows``."""
+    index = torch.tensor(rows.image[start:], device=pixels.device)
+
+    def edit(chunk: slice):
+        return ablate_neurons(
+            adapter, rows.edits(slice(start + chunk.start, start + chunk.stop), source, per_image)
+        )
+
+    return torch.cat(
+        [logits.double().cpu() for _, logits in edited_chunks(adapter, pixels, index, edit)]
+    )
+
+
+def _donor_pool(run) -> dict[int, list[str]]:
+    """The evaluated images by label, for resample ablation's donors."""
+    pool: dict[int, list[str]] = {}
+    for image, records in sorted(run.by_image.items()):
+        if image not in run.excluded:
+            pool.setdefault(next(iter(records.values()))["label"], []).append(image)
+    return pool
+
+
+def _sources(run, ablation, reference, clean_acts, images, donors):
+    """Per layer, the values ablated neurons take: zeros, the reference mean, or each image's
+    donor's values (another image of another class, seeded by image)."""
+    adapter, layers = run.adapter, run.adapter.num_layers
+    shapes = [tuple(clean_acts[l].shape[1:]) for l in range(layers)]
+    if ablation == "zero":
+        return [torch.zeros((1, *s), dtype=torch.float64) for s in shapes], False, None
+    if ablation == "mean":
+        return [torch.from_numpy(reference[f"mean{l}"])[None] for l in range(layers)], False, None
+    donor_of = []
+    for image in images:
+        label = next(iter(run.by_image[image].values()))["label"]
+        others = [i for lab, pool in sorted(donors.items()) if lab != label for i in pool]
+        pick = torch.randint(
+            len(others), (1,), generator=seeded_generator("donor", run.options.seed, image)
+        ).item()
+        donor_of.append(others[pick])
+    items = [ImageItem(d, run.root / d, -1, "") for d in donor_of]
+    batch = next(image_batches(items, adapter.preprocess, len(items)))
+    if batch.errors:
+        raise InputError(
+            f"resample ablation: a donor image cannot be read "
+            f"({batch.errors[0][1]}); pass {option('data', 'DIR')}"
+        )
+    with torch.inference_mode(), record_neurons(adapter) as donor_acts:
+        adapter.logits(batch.pixels.to(adapter.device, adapter.dtype))
+    return [donor_acts[l].double().cpu() for l in range(layers)], True, donor_of
+
+
+def _paths_of(run, name, b, image, paths, clean_acts, reference, options):
+    """[(path (layers, K), unmatched count)] of one method or control on one image: one path,
+    or the matched control's ``matched_seeds`` paths, matched to the run's first method."""
+    if name != MATCHED:
+        return [(paths[name][b], 0)]
+    first = paths[run.manifest["settings"]["methods"][0]][b]
+    first = first.reshape(run.adapter.num_layers, -1)
+    levels = [clean_acts[l][b].double().mean(0).cpu() for l in range(run.adapter.num_layers)]
+    edges = [torch.from_numpy(reference[f"edges{l}"]) for l in range(run.adapter.num_layers)]
+    return [
+        CONTROLS[MATCHED].matched(
+            levels, first, edges, seeded_generator("matched", run.options.seed, s, image)
+        )
+        for s in range(options.matched_seeds)
+    ]
+
+
+def _fields(values, base, alone, curves) -> dict:
+    """A record's metric values: clean, all ablated, the path removed (necessity at k = L),
+    enhanced, each neuron alone and both curves (k = 1 .. L), averaged over the paths given
+    (the matched control's seeds)."""
+    clean, ablated = base
+    out = {}
+    for metric in METRICS:
+        v = values[metric]
+        necessity = np.mean([v[c[0]] for c in curves], axis=0)
+        sufficiency = np.mean([v[c[1]] for c in curves], axis=0)
+        out[metric] = {
+            "clean": float(v[clean]),
+            "ablated": float(v[ablated]),
+            "removed": float(necessity[-1]),
+            "enhanced": float(np.mean([v[c[2]] for c in curves])),
+            "alone": np.mean([v[a] for a in alone], axis=0).tolist(),
+            "necessity": necessity.tolist(),
+            "sufficiency": sufficiency.tolist(),
+        }
+    return out
+
+
+def write_faithfulness(
+    run_dir: Path, options: FaithfulnessOptions, methods: list[str], edit
+) -> dict:
+    """faithfulness.json/.csv/.md and the curves' figure from the ablation stores."""
+    folder = run_dir / "evaluation"
+    results: dict = {}
+    curves: dict = {}
+    unmatched: dict = {}
+    for ablation in options.ablations:
+        by_method = group_by(read_records(folder / "faithfulness" / ablation))
+        for method in methods:
+            rows = by_method.get(method, [])
+            if not rows:
+                continue
+            if method == MATCHED:  # neurons whose bin held no partner (the nearest level taken)
+                drawn = sum(np.asarray(r["path"]).size for r in rows)
+                unmatched[ablation] = sum(r["unmatched"] for r in rows) / drawn
+                if unmatched[ablation]:
+                    log.warning(
+                        "matched control: %.1f%% of its neurons found no other neuron in "
+                        "their activation bin and took the nearest level instead "
+                        "(--bins %d)",
+                        100 * unmatched[ablation],
+                        options.bins,
+                    )
+            draws = (
+                bootstrap_draws(len(rows), edit.bootstrap, edit.seed)
+                if edit.bootstrap
+                else np.zeros((0, len(rows)), int)
+            )
+            for metric in options.metrics:
+                values = _arrays(rows, metric)
+                results.setdefault(method, {}).setdefault(ablation, {})[metric] = statistics(
+                    values, draws
+                )
+                curves.setdefault(metric, {}).setdefault(ablation, {})[method] = _curves(values)
+    summary = {
+        "ablations": list(options.ablations),
+        "metrics": list(options.metrics),
+        "bootstrap": edit.bootstrap,
+        "enhance_factor": options.enhance_factor,
+        "matched_unmatched_share": unmatched,
+        "results": results,
+        "curves": curves,
+    }
+    write_json_atomic(folder / "faithfulness.json", summary)
+    write_faithfulness_table(results, options.metrics, folder / "faithfulness")
+    faithfulness_figure(curves, folder / "faithfulness")
+    return summary
+
+
+def _arrays(rows: list[dict], metric: str) -> dict:
+    """Per-image arrays of one metric: clean, ablated, removed, enhanced, and the curves over
+    k = 0 .. L (necessity starts at clean, sufficiency at all ablated)."""
+    get = {
+        key: np.array([r[metric][key] for r in rows])
+        for key in ("clean", "ablated", "removed", "enhanced")
+    }
+    nec = np.array([r[metric]["necessity"] for r in rows])
+    suf = np.array([r[metric]["sufficiency"] for r in rows])
+    return {
+        **get,
+        "metric": metric,
+        "necessity": np.concatenate([get["clean"][:, None], nec], axis=1),
+        "sufficiency": np.concatenate([get["ablated"][:, None], suf], axis=1),
+    }
+
+
+def _curves(values: dict) -> dict:
+    return {
+        name: curve(name, values[name], values["clean"], values["ablated"]).tolist()
+        for name in ("necessity", "sufficiency")
+    }
