@@ -399,3 +399,18 @@ def test_the_page_shows_the_study(study, tmp_path):
     text = page.read_text()
     assert "<h2>Faithfulness" in text and "sufficiency area" in text
     assert "necessity (solid) and sufficiency (dashed) curves" in text
+
+
+def test_the_curves_take_the_path_in_order_of_its_neurons_single_effects(study):
+    """The path's order puts first the neuron whose removal alone lowers P(label) most, and a
+    necessity step ablates the first k of that order (checked against the record's own
+    single-neuron values and a literal forward)."""
+    adapter = study["adapter"]
+    for image, record in records(study["run"], "zero", "jas").items():
+        alone = record["prob"]["alone"]
+        order = record["order"]
+        assert [alone[l] for l in order] == sorted(alone)
+        path = [p[0] for p in record["path"]]
+        first = {order[0]: {path[order[0]]: 0.0}}
+        want = logits_with(adapter, study["data"] / image, first).softmax(-1)[record["label"]]
+        assert record["prob"]["necessity"][0] == pytest.approx(want.item(), rel=1e-9)

@@ -356,7 +356,7 @@ def _ablation_pass(run, options, ablation, reference, methods, folder, execution
                 targets[[b] * layers],
                 rivals[[b] * layers],
             )["prob"]
-            order = torch.from_numpy(-prob).argsort(stable=True)  # lowest P(label) first
+            order = torch.from_numpy(prob).argsort(stable=True)  # lowest P(label) first
             rows.rank[p] = torch.empty(layers, dtype=torch.long).scatter_(
                 0, order, torch.arange(layers)
             )
