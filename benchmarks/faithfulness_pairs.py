@@ -25,8 +25,10 @@ def main():
     parser.add_argument("--bootstrap", type=int, default=1000)
     args = parser.parse_args()
     folder = Path(args.run) / "evaluation" / "faithfulness"
-    print(f"| ablation | metric | {args.a} - {args.b}: removal | f, path ablated | "
-          f"f, only path kept |")
+    print(
+        f"| ablation | metric | {args.a} - {args.b}: removal | f, path ablated | "
+        f"f, only path kept |"
+    )
     print("|---|---|---|---|---|")
     for ablation in ("zero", "mean", "resample"):
         if not (folder / ablation).is_dir():
@@ -37,11 +39,12 @@ def main():
         images = sorted(set(rows[args.a]) & set(rows[args.b]))
         draws = bootstrap_draws(len(images), args.bootstrap, 0)
         for metric in METRICS:
+
             def arrays(method):
                 get = [rows[method][i][metric] for i in images]
-                return {key: np.array([g[key] for g in get]) for key in (
-                    "clean", "ablated", "removed")} | {
-                    "only": np.array([g["sufficiency"][-1] for g in get])}
+                return {
+                    key: np.array([g[key] for g in get]) for key in ("clean", "ablated", "removed")
+                } | {"only": np.array([g["sufficiency"][-1] for g in get])}
 
             a, b = arrays(args.a), arrays(args.b)
 

@@ -451,3 +451,71 @@ def probs_with_cls_multiplied(model, x1, multipliers):
 def prob_with_cls_multiplied(model, x1, label, multipliers):
     """P(label) of one image under :func:`probs_with_cls_multiplied`."""
     return float(probs_with_cls_multiplied(model, x1, multipliers)[label])
+
+
+def lu_influence_path(model, x1, label, steps):
+    """Lu et al.'s pattern influence (the paper's Eq. 9, Alg. 2) for one image, by plain loops:
+    per alpha and per candidate neuron, one autograd call for each derivative of one neuron with
+    respect to one neuron (or to alpha, for the first layer) and one for dF/d(the neuron); the
+    greedy path, and I(x, P) of every layer's candidates."""
+    n_layers = len(sites(model))
+
+    def run(alpha, added=None, keep=None):
+        """Forward of alpha * x with ``added`` = (layer, neuron, scalar) added at the CLS token;
+        returns (logits, the CLS vectors of the layers in ``keep``)."""
+        found = {}
+
+        def make(l):
+            def hook(module, inputs, output):
+                if added is not None and added[0] == l:
+                    output = output.clone()
+                    output[0, 0, added[1]] = output[0, 0, added[1]] + added[2]
+                found[l] = output[0, 0]
+                return output
+
+            return hook
+
+        hooks = [s.register_forward_hook(make(l)) for l, s in enumerate(sites(model))]
+        try:
+            logits = model(pixel_values=alpha * x1).logits[0]
+        finally:
+            for h in hooks:
+                h.remove()
+        return logits, found
+
+    def derivative(alpha_value, layer, neuron, previous):
+        """d h_layer[neuron] / d (h_{layer-1}[previous], or alpha for the first layer)."""
+        if layer == 0:
+            alpha = torch.tensor(alpha_value, dtype=x1.dtype, requires_grad=True)
+            _, h = run(alpha)
+            return torch.autograd.grad(h[0][neuron], alpha)[0].item()
+        e = torch.zeros((), dtype=x1.dtype, requires_grad=True)
+        _, h = run(alpha_value, (layer - 1, previous, e))
+        value = h[layer][neuron]
+        if not value.requires_grad:
+            return 0.0
+        return torch.autograd.grad(value, e)[0].item()
+
+    def output_gradient(alpha_value, layer, neuron):
+        e = torch.zeros((), dtype=x1.dtype, requires_grad=True)
+        logits, _ = run(alpha_value, (layer, neuron, e))
+        return torch.autograd.grad(logits.softmax(-1)[label], e)[0].item()
+
+    alphas = [k / steps for k in range(steps)]
+    width = len(clean_cls(model, x1)[0][0])
+    path, chain, scores_per_layer = [], [1.0] * steps, []
+    for layer in range(n_layers):
+        previous = path[-1] if path else None
+        scores, steps_of = [], {}
+        for w in range(width):
+            total = 0.0
+            for k, a in enumerate(alphas):
+                d = derivative(a, layer, w, previous)
+                steps_of[(w, k)] = d
+                total += chain[k] * d * output_gradient(a, layer, w) / steps
+            scores.append(total)
+        best = max(range(width), key=lambda w: (scores[w], -w))
+        path.append(best)
+        chain = [chain[k] * steps_of[(best, k)] for k in range(steps)]
+        scores_per_layer.append(scores)
+    return path, scores_per_layer

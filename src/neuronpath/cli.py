@@ -20,6 +20,7 @@ from .analysis.pruning import AGGREGATES, PruneSettings
 from .engine.attribution import OBJECTIVES, TARGETS, AttributionConfig
 from .engine.editing import OPS
 from .engine.grids import GRIDS
+from .engine.slimming import SlimOptions
 from .errors import InputError, NeuronpathError, command_line_options
 from .experiments.causal import run_causal
 from .experiments.classes import ClassesOptions, run_classes
@@ -375,13 +376,38 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="bootstrap resamples over test images (default: 1000)",
     )
+    slim = prune.add_argument_group("trained baselines (Table 2)")
+    slim.add_argument(
+        "--baselines",
+        type=_names,
+        help="comma-separated keep rules trained on each class's probe images: "
+        "vit-slim (ViT-Slim's soft masks on the FFN neurons, CE + L1)",
+    )
+    slim.add_argument(
+        "--slim-steps",
+        type=int,
+        default=SlimOptions.steps,
+        help=f"vit-slim: Adam steps (default: {SlimOptions.steps})",
+    )
+    slim.add_argument(
+        "--slim-lr",
+        type=float,
+        default=SlimOptions.lr,
+        help=f"vit-slim: learning rate (default: {SlimOptions.lr})",
+    )
+    slim.add_argument(
+        "--slim-lambda",
+        type=float,
+        default=SlimOptions.l1,
+        help=f"vit-slim: weight of the L1 term (default: {SlimOptions.l1})",
+    )
     _add_search_options(
         prune,
         DEFAULT_KEEP_RULES,
         "comma-separated keep rules: path methods ("
         + ", ".join(REGISTRY)
         + ") and controls ("
-        + ", ".join(CONTROLS)
+        + ", ".join(n for n, c in CONTROLS.items() if c.keep is not None)
         + "); default: "
         + ",".join(DEFAULT_KEEP_RULES),
     )
@@ -514,6 +540,7 @@ def _prune(args) -> dict | None:
     methods, execution = _method_options(args, args.methods), _execution(args)
     run = {"find_run": args.find_run, "execution": execution, "command": sys.argv}
     spec = _spec(args, args.model)
+    run["slim"] = SlimOptions(args.slim_steps, args.slim_lr, args.slim_lambda)
     return run_prune(
         spec, args.data, args.out, settings, methods=methods, config=_config(args), **run
     )

@@ -27,6 +27,7 @@ from ..errors import InputError, option
 from .bootstrap import mean_interval
 
 AGGREGATES = ("frequency", "slot-mode")
+BASELINES = ("vit-slim",)  # keep rules trained rather than read off paths
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class PruneSettings:
     table_keep: int = 5
     table_mask: float = 1.0
     bootstrap: int = 1000
+    baselines: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ("keep", "mask", "depth"):
@@ -68,6 +70,12 @@ class PruneSettings:
         if self.aggregate not in AGGREGATES:
             raise InputError(
                 f"{option('aggregate')}: expected one of {AGGREGATES}, got {self.aggregate!r}"
+            )
+        object.__setattr__(self, "baselines", tuple(dict.fromkeys(self.baselines or ())))
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise InputError(
+                f"{option('baselines')}: unknown {unknown}; expected some of {', '.join(BASELINES)}"
             )
         if self.bootstrap < 0:
             raise InputError(

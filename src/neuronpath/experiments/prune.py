@@ -8,6 +8,7 @@ resumable run folder too), ``results.json`` (every number, the split and the kep
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..analysis.bootstrap import bootstrap_draws
 from ..analysis.pruning import (
@@ -30,14 +32,16 @@ from ..analysis.pruning import (
 )
 from ..engine.attribution import AttributionConfig
 from ..engine.editing import pruned_predictions
+from ..engine.neurons import top_k
+from ..engine.slimming import SlimOptions, train_masks
 from ..errors import InputError, RunConflictError, option
-from ..io.images import scan_image_folder
+from ..io.images import image_batches, scan_image_folder
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..methods import CONTROLS, MethodOptions, method_options
 from ..models.loading import load_model
 from ..models.spec import MODEL_KEYS, ModelSpec, model_differences
 from ..report.figures import pruning_figure
-from ..report.tables import write_depth_table
+from ..report.tables import write_depth_table, write_table2
 from .common import Execution, model_widths, resolve_device
 from .find import run_find, search_settings
 from .ranks import join_ranks, open_store, work_through
@@ -57,10 +61,14 @@ def run_prune(
     methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_KEEP_RULES,
     find_run: str | Path | None = None,
     config: AttributionConfig = AttributionConfig(),
+    slim: SlimOptions = SlimOptions(),
     execution: Execution = Execution(),
     command: Sequence[str] | None = None,
 ) -> dict | None:
     """Run the pruning experiment into ``out`` and return every number.
+
+    ``settings.baselines`` adds trained keep rules (``vit-slim``: ViT-Slim's soft masks,
+    searched with ``slim`` on each class's probe images, :mod:`neuronpath.engine.slimming`).
 
     ``methods``: the keep rules -- registered path methods (their TopK paths of the probe
     images, found in ``out/find`` with ``config``, or taken from ``find_run``, which must have
@@ -72,6 +80,13 @@ def run_prune(
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec)
     names = list(methods)
     controls = [m for m in names if m in CONTROLS]
+    unkept = [c for c in controls if CONTROLS[c].keep is None]
+    if unkept:
+        rules = [n for n, c in CONTROLS.items() if c.keep is not None]
+        raise InputError(
+            f"{option('methods')}: {unkept} draw no kept neurons; the controls of "
+            f"prune are {', '.join(rules)}"
+        )
     options = (
         method_options(
             {
@@ -141,6 +156,20 @@ def run_prune(
                 sel = probe_selections(records, m, probe_images)[:, :, :k]
                 kept[m][name] = {t: rule(sel, t) for t in keep}
 
+    if settings.baselines:  # ViT-Slim: masks trained on each class's probe images
+        probes = {
+            name: sorted(i for i in images if split[i] == "probe" and i not in unreadable)
+            for name, images in by_class.items()
+        }
+        masks = _slim_masks(
+            ranks, adapter, out / "slim", folder, probes, k, slim, model_settings, execution
+        )
+        names.insert(len(options), "vit-slim")
+        kept["vit-slim"] = {
+            name: {t: [sorted(layer[:t]) for layer in masks[name]] for t in keep}
+            for name in by_class
+        }
+
     # the grid: every test image under the unpruned model and every (rule, t, p, depth)
     tests = [it for it in folder.items if split[it.id] == "test"]
     configs = {"unpruned": None} | {
@@ -209,7 +238,78 @@ def run_prune(
     write_json_atomic(out / "results.json", report)
     pruning_figure(report, out / "figure6", depth=depths[-1])
     write_depth_table(report, out / "table3", t_table, p_table)
+    write_table2(report, out / "table2", t_table, p_table)
     return report
+
+
+def _slim_masks(
+    ranks,
+    adapter,
+    folder: Path,
+    image_folder,
+    probes: dict[str, list[str]],
+    k: int,
+    slim: SlimOptions,
+    model_settings: dict,
+    execution: Execution,
+) -> dict:
+    """Per class, each layer's neurons ordered by their trained ViT-Slim mask (the first k), a
+    resumable run folder with one record per class, the classes shared out over the ranks."""
+    few = {name: len(images) for name, images in probes.items() if len(images) < 2}
+    if few:
+        raise InputError(
+            f"{option('baselines')}: vit-slim trains each class's masks on its probe "
+            f"images, at least 2; too few in {few}"
+        )
+    identity = {
+        **{key: model_settings[key] for key in MODEL_KEYS if key in model_settings},
+        "slim": dataclasses.asdict(slim),
+        "k": k,
+        "probes_sha256": hashlib.sha256(json.dumps(probes, sort_keys=True).encode()).hexdigest(),
+    }
+    store = open_store(
+        ranks, folder, {"tool": "neuronpath prune --baselines vit-slim", "settings": identity}
+    )
+    items = {it.id: it for it in image_folder.items}
+    pending = [name for name in probes if "vit-slim" not in store.done.get(name, set())]
+    log.info(
+        "prune: vit-slim masks of %d classes, %d to train -> %s",
+        len(probes),
+        len(pending),
+        store.dir,
+    )
+    try:
+        for name in tqdm(
+            ranks.share(pending),
+            desc="vit-slim masks",
+            unit="class",
+            disable=not ranks.main or execution.progress is False,
+        ):
+            batch = next(
+                image_batches(
+                    [items[i] for i in probes[name]], adapter.preprocess, len(probes[name])
+                )
+            )
+            labels = torch.tensor([it.label for it in batch.items])
+            masks = train_masks(adapter, batch.pixels, labels, slim)
+            top = [top_k(m.abs(), k).tolist() for m in masks]
+            store.append(
+                [
+                    {
+                        "image": name,
+                        "method": "vit-slim",
+                        "top": top,
+                        "values": [m[t].tolist() for m, t in zip(masks, top)],
+                    }
+                ]
+            )
+        ranks.barrier()
+        if ranks.main and ranks.world > 1:
+            store.consolidate()
+    finally:
+        store.close()
+    ranks.barrier()
+    return {r["image"]: r["top"] for r in read_records(folder)}
 
 
 def check_same_model(find_run, theirs: dict, ours: dict) -> None:

@@ -305,7 +305,11 @@ def run_report(
         }
         if (find_dir / f"classes-{method}" / "report.json").is_file()
         else None,
-        "prune": {"table": text(run_dir / "table3.md"), "figure6": png(run_dir / "figure6.png")}
+        "prune": {
+            "table": text(run_dir / "table3.md"),
+            "table2": text(run_dir / "table2.md"),
+            "figure6": png(run_dir / "figure6.png"),
+        }
         if prune
         else None,
         "method": method,

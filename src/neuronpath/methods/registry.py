@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from ..errors import InputError, option
-from . import activation, controls, influence_pattern, jas, knowledge
+from . import activation, controls, influence_pattern, influence_pattern_lu, jas, knowledge
 from .base import Control, MethodOptions, PathMethod
 
 REGISTRY: dict[str, PathMethod] = {
@@ -20,6 +20,7 @@ REGISTRY: dict[str, PathMethod] = {
         jas.METHOD,
         activation.METHOD,
         influence_pattern.METHOD,
+        influence_pattern_lu.METHOD,
         knowledge.METHOD,
     )
 }

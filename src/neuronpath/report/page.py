@@ -144,10 +144,12 @@ def overview_html(overview: dict) -> str:
     parts.append("<h2>Class-specific pruning (Figure 6, Table 3)</h2>")
     prune = overview["prune"]
     parts.append(
-        markdown_table(prune["table"] or "") + _figure(prune["figure6"], "Figure 6")
+        markdown_table(prune.get("table2") or "")
+        + markdown_table(prune["table"] or "")
+        + _figure(prune["figure6"], "Figure 6")
         if prune
         else _missing(
-            "Figure 6 and Table 3 (this is not a prune run)",
+            "Figure 6, Tables 2 and 3 (this is not a prune run)",
             "neuronpath prune --model M --data D --out DIR",
         )
     )

@@ -262,3 +262,48 @@ def write_faithfulness_table(results: Mapping, metrics, out_stem: str | Path) ->
     return write_markdown_and_csv(
         out_stem, lines, rows, ["method", "ablation", "metric", "statistic", "value", "lo", "hi"]
     )
+
+
+def write_table2(report: Mapping, out_stem: str | Path, t: int, p: float) -> list[Path]:
+    """Table 2: every keep rule (path methods, trained baselines such as ViT-Slim, controls)
+    and the unpruned model at one setting -- t kept neurons per layer, a share p of the others
+    masked, every layer pruned -- with top-1 accuracy and mean ground-truth probability (the
+    paper's "accuracy") and their bootstrap 95 % intervals."""
+    depth, results = max(report["depth"]), report["results"]
+
+    def cell(value, ci):
+        return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    lines = [
+        f"Keep {t} neurons per layer, mask {p:g} of the others, all {depth} layers pruned "
+        f"({report['test_images']} test images; mean GT probability is the paper's "
+        f'"accuracy").',
+        "",
+        "| keep rule | mean GT probability | top-1 accuracy |",
+        "|---|---|---|",
+    ]
+    rows = []
+    for rule in [*report["methods"], "unpruned"]:
+        r = results["unpruned" if rule == "unpruned" else f"{rule}|{t}|{p}|{depth}"]
+        lines.append(
+            f"| {rule} | {cell(r['mean_label_prob'], r['mean_label_prob_ci'])} | "
+            f"{cell(r['accuracy'], r['accuracy_ci'])} |"
+        )
+        rows.append(
+            {
+                "rule": rule,
+                "keep": t,
+                "mask": p,
+                "depth": depth,
+                **{
+                    f"{k}{s}": v
+                    for k in ("mean_label_prob", "accuracy")
+                    for s, v in (
+                        ("", r[k]),
+                        ("_ci_low", (r[f"{k}_ci"] or [None])[0]),
+                        ("_ci_high", (r[f"{k}_ci"] or [None, None])[1]),
+                    )
+                },
+            }
+        )
+    return write_markdown_and_csv(out_stem, lines, rows)

@@ -1,0 +1,96 @@
+"""Derivatives of the unedited network, row by row: the total derivative of F with respect to
+every layer's neurons (reverse mode, one backward for all layers), and the derivative of every
+neuron of one layer along one direction -- the input, or one neuron of an earlier layer --
+(forward mode, one pass for all neurons of that layer).
+
+A neuron read at several positions is treated as the sum of its values there: its derivative
+is taken along a uniform change of all its positions, and its derivative is read as the sum
+over the positions of the layer it is read in (for a CLS policy: the CLS value itself).
+
+Forward mode needs every operation to have a forward derivative; PyTorch's fused attention
+kernels have none on the CPU, so these passes run scaled-dot-product attention on its
+``math`` kernel (the same computation, written with matrix products and a softmax).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+import torch.autograd.forward_ad as forward_ad
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .adapter import ModelAdapter
+from .attribution import objective
+
+
+def total_gradients(
+    adapter: ModelAdapter, rows: torch.Tensor, targets: torch.Tensor, kind: str = "prob"
+) -> list[torch.Tensor]:
+    """Per layer, dF/dh_l of each row summed over the layer's read positions, (rows, n_l): the
+    total derivative in the unedited network (a zero added to every layer's neurons is the
+    variable)."""
+    layers = range(adapter.num_layers)
+    zeros: dict[int, torch.Tensor] = {}
+
+    def make(layer):
+        token = adapter.token_at(layer)
+
+        def hook(hidden):
+            zeros[layer] = torch.zeros_like(token.select(hidden), requires_grad=True)
+            return token.insert(hidden, token.select(hidden) + zeros[layer])
+
+        return hook
+
+    with torch.enable_grad(), adapter.hooks({l: make(l) for l in layers}):
+        f = objective(adapter.logits(rows), targets, kind).sum()
+    grads = torch.autograd.grad(f, [zeros[l] for l in layers])
+    return [g.sum(1).detach() for g in grads]
+
+
+def directional_derivatives(
+    adapter: ModelAdapter,
+    rows: torch.Tensor,
+    read: int,
+    input_tangent: torch.Tensor | None = None,
+    neuron: tuple[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """d h_read / d t of every neuron of layer ``read`` (summed over its read positions),
+    (rows, n), along ``input_tangent`` (rows, C, H, W) of the input, or along a uniform change
+    of one neuron per row of an earlier layer (``neuron = (layer, index (rows,))``)."""
+    found: dict[str, torch.Tensor] = {}
+    hooks = {}
+    if neuron is not None:
+        layer, index = neuron
+        token = adapter.token_at(layer)
+
+        def seed(hidden):
+            selected = token.select(hidden)
+            tangent = torch.zeros_like(selected)
+            tangent[torch.arange(len(index)), :, index.to(selected.device)] = 1.0
+            dual = forward_ad.make_dual(torch.zeros_like(selected), tangent)
+            return token.insert(hidden, selected + dual)
+
+        hooks[layer] = seed
+
+    def take(hidden):
+        found["tangent"] = forward_ad.unpack_dual(adapter.token_at(read).select(hidden)).tangent
+
+    hooks[read] = take
+    with contextlib.ExitStack() as stack:
+        # torch loads its forward-mode decompositions with a deprecated scripting call, once
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", DeprecationWarning)
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        stack.enter_context(forward_ad.dual_level())
+        stack.enter_context(adapter.hooks(hooks))
+        pixels = rows.to(adapter.device, adapter.dtype)
+        if input_tangent is not None:
+            pixels = forward_ad.make_dual(pixels, input_tangent.to(pixels.device, pixels.dtype))
+        adapter.logits(pixels)
+    tangent = found.get("tangent")
+    if tangent is None:  # no path from the seed to the layer read
+        shape = (rows.shape[0], adapter.widths()[read])
+        return torch.zeros(shape, dtype=adapter.dtype, device=adapter.device)
+    return tangent.sum(1)
