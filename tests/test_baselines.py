@@ -141,14 +141,18 @@ def test_global_pool_per_token_scores_equal_literal_loop():
         )
 
 
-def test_influence_pattern_lu_equals_a_plain_loop_of_one_neuron_derivatives(setup):
+def test_influence_pattern_lu_equals_a_plain_loop_of_one_neuron_derivatives():
     """Eq. 9 / Alg. 2: the method's path and I(x, P) equal a literal loop that takes every
     derivative of one neuron with respect to one neuron (or alpha) by its own autograd call."""
-    model, adapter, x, y = setup
-    x, y, steps = x[:2], y[:2], 3
+    model = tiny_vit(layers=3, ffn=8, seed=2)
+    adapter = from_hf_model(model)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    y, steps = torch.tensor([1, 4]), 2
     result = find_paths(adapter, x, y, ["influence-pattern-lu"], AttributionConfig(steps=steps))
     for b in range(len(y)):
         path, scores = literal.lu_influence_path(model, x[b : b + 1], int(y[b]), steps)
         assert result.paths["influence-pattern-lu"][b].tolist() == path
         influence = result.extras["influence-pattern-lu"]["influence"][b]
         assert influence == pytest.approx(scores[-1][path[-1]], rel=1e-8, abs=1e-12)
+    with pytest.raises(ValueError, match="one neuron per layer"):
+        find_paths(adapter, x, y, ["influence-pattern-lu"], AttributionConfig(steps=steps), k=2)
