@@ -21,7 +21,7 @@ import torch
 
 from neuronpath.engine.attribution import AttributionConfig, objective
 from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
-from neuronpath.methods import JASOptions, find_paths
+from neuronpath.methods import REGISTRY, JASOptions, find_paths
 from neuronpath.models.loading import load_model
 
 
@@ -60,6 +60,12 @@ def main():
     )
     parser.add_argument("--topk", type=int, default=1)
     parser.add_argument(
+        "--units",
+        default="neurons",
+        help="comma-separated unit sets (neurons, heads, neurons+heads); each run of "
+        "--methods is timed on each where its methods are defined",
+    )
+    parser.add_argument(
         "--rerank",
         default="0",
         help="jas search: re-score the best C candidates exactly ('all': every neuron)",
@@ -68,7 +74,10 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    adapter = load_model(args.model, device=args.device)
+    adapters = {
+        u: load_model(args.model, device=args.device, units=u) for u in args.units.split(",")
+    }
+    adapter = adapters[next(iter(adapters))]
     folder = scan_image_folder(args.data, adapter.id2label)
     items = interleave_classes(folder.items)[: args.images]
     pixels = torch.stack([adapter.preprocess(load_image(i.path)) for i in items]).to(args.device)
@@ -79,26 +88,31 @@ def main():
     unit_seconds(adapter, pixels, labels, args.steps, 3)  # warm-up
     units = [unit_seconds(adapter, pixels, labels, args.steps, 10)]
     timings, finals = {}, {}
-    for run in args.methods.split(","):
-        methods = run.split("+")
-        scores = {m: [] for m in methods}
-        start = time.perf_counter()
-        for s in range(0, len(items), args.batch_size):
-            chosen = {m: JASOptions(rerank=rerank) if m == "jas" else None for m in methods}
-            result = find_paths(
-                adapter,
-                pixels[s : s + args.batch_size],
-                labels[s : s + args.batch_size],
-                chosen,
-                config,
-                k=args.topk,
-            )
+    for unit_set, adapter in adapters.items():
+        for run in args.methods.split(","):
+            methods = run.split("+")
+            if any(unit_set not in REGISTRY[m].units for m in methods):
+                continue
+            name = run if len(adapters) == 1 else f"{run} [{unit_set}]"
+            scores = {m: [] for m in methods}
+            start = time.perf_counter()
+            for s in range(0, len(items), args.batch_size):
+                chosen = {m: JASOptions(rerank=rerank) if m == "jas" else None for m in methods}
+                result = find_paths(
+                    adapter,
+                    pixels[s : s + args.batch_size],
+                    labels[s : s + args.batch_size],
+                    chosen,
+                    config,
+                    k=args.topk,
+                )
+                for m in methods:
+                    scores[m] += result.scores[m].tolist()
+            timings[name] = (time.perf_counter() - start) / len(items)
             for m in methods:
-                scores[m] += result.scores[m].tolist()
-        timings[run] = (time.perf_counter() - start) / len(items)
-        for m in methods:
-            finals.setdefault(m, statistics.fmean(scores[m]))
-        units.append(unit_seconds(adapter, pixels, labels, args.steps, 10))
+                label = m if len(adapters) == 1 else f"{m} [{unit_set}]"
+                finals.setdefault(label, statistics.fmean(scores[m]))
+            units.append(unit_seconds(adapter, pixels, labels, args.steps, 10))
     unit = statistics.mean(units)
 
     print(
@@ -111,13 +125,13 @@ def main():
         f"unit (forward + input-gradient backward, {args.steps} rows): {unit * 1e3:.1f} ms "
         f"(min {min(units) * 1e3:.1f}, max {max(units) * 1e3:.1f} over {len(units)} checks)"
     )
-    print(f"{'run':<24}{'s / image':>10}{'R':>8}")
+    print(f"{'run':<32}{'s / image':>10}{'R':>8}")
     for run, seconds in timings.items():
-        print(f"{run:<24}{seconds:>10.3f}{seconds / unit:>8.2f}")
+        print(f"{run:<32}{seconds:>10.3f}{seconds / unit:>8.2f}")
     print("target for jas+activation: R <= 16 (official code ~44)")
-    print(f"{'path':<24}{'mean final JAS':>15}")
+    print(f"{'path':<32}{'mean final JAS':>15}")
     for m, value in sorted(finals.items(), key=lambda kv: -kv[1]):
-        print(f"{m:<24}{value:>15.5f}")
+        print(f"{m:<32}{value:>15.5f}")
 
 
 if __name__ == "__main__":

@@ -519,3 +519,236 @@ def lu_influence_path(model, x1, label, steps):
         chain = [chain[k] * steps_of[(best, k)] for k in range(steps)]
         scores_per_layer.append(scores)
     return path, scores_per_layer
+
+
+# --- attention heads: multi-head attention written out by hand, each head's output edited
+# before the output projection ---
+
+
+def attention_modules(model):
+    """Every block's attention module (q_proj, k_proj, v_proj, o_proj), in depth order."""
+    return [m for _, m in model.named_modules() if all(hasattr(m, p) for p in ("q_proj", "o_proj"))]
+
+
+def _heads_count(module):
+    return getattr(module, "num_attention_heads", None) or module.num_heads
+
+
+def literal_attention(module, hidden, attention_mask, edit):
+    """One attention module by hand: per row and head, softmax(q k^T / sqrt(d) + bias) v, where
+    bias is Swin's relative position bias plus its shifted-window mask (row r is window
+    r mod windows), then ``edit(heads)`` on the heads' outputs (rows, tokens, H, d), then the
+    output projection."""
+    rows, tokens, _ = hidden.shape
+    count, d = _heads_count(module), module.head_dim
+
+    def project(linear):
+        out = hidden @ linear.weight.T
+        return (out if linear.bias is None else out + linear.bias).reshape(rows, tokens, count, d)
+
+    q, k, v = project(module.q_proj), project(module.k_proj), project(module.v_proj)
+    bias = module.relative_position_bias()[0] if hasattr(module, "relative_position_bias") else None
+    heads = torch.zeros(rows, tokens, count, d, dtype=hidden.dtype)
+    for r in range(rows):
+        for h in range(count):
+            scores = q[r, :, h] @ k[r, :, h].T * d**-0.5
+            if bias is not None:
+                scores = scores + bias[h]
+            if attention_mask is not None:
+                scores = scores + attention_mask[r % attention_mask.shape[0]]
+            heads[r, :, h] = scores.softmax(-1) @ v[r, :, h]
+    heads = edit(heads)
+    return module.o_proj(heads.reshape(rows, tokens, count * d)), None
+
+
+def logits_with_heads_edited(model, x1, edits):
+    """Logits of one image, every attention module computed by :func:`literal_attention`,
+    with ``edits[l]`` applied to block l's heads (identity where absent)."""
+    modules = attention_modules(model)
+    saved = [m.forward for m in modules]
+    try:
+        for l, m in enumerate(modules):
+            edit = edits.get(l, lambda heads: heads)
+            m.forward = lambda hidden, attention_mask=None, _m=m, _e=edit, **kw: literal_attention(
+                _m, hidden, attention_mask, _e
+            )
+        return model(pixel_values=x1).logits[0]
+    finally:
+        for m, forward in zip(modules, saved):
+            m.forward = forward
+
+
+def clean_heads(model, x1):
+    """Every block's heads' outputs (rows, tokens, H, d) for one image (rows: Swin's windows)."""
+    found = {}
+
+    def keep(l):
+        def edit(heads):
+            found[l] = heads.detach().clone()
+            return heads
+
+        return edit
+
+    with torch.no_grad():
+        logits_with_heads_edited(
+            model, x1, {l: keep(l) for l in range(len(attention_modules(model)))}
+        )
+    return [found[l] for l in range(len(found))]
+
+
+def head_set_jas(model, x1, label, heads, steps, positions, aligned=True):
+    """JAS of a head set {layer: head} by a plain loop over the left grid: at every set layer the
+    heads' outputs at ``positions`` are frozen at their clean values and the set head's slice is
+    scaled by alpha; F's gradient w.r.t. that replaced tensor is read along the head's clean
+    direction and its value is its norm (a head as a neuron along its own direction).  Aligned
+    layers form the product per token (divided by the token count), others sum each layer over
+    its rows and tokens first."""
+    clean = clean_heads(model, x1)
+    values, grads = {}, {l: 0.0 for l in heads}
+    for l, h in heads.items():
+        z = clean[l][:, positions, h]
+        values[l] = z.norm(dim=-1)
+    for k in range(steps):
+        alpha = k / steps
+        leaves = {}
+        for l, h in heads.items():
+            u = clean[l][:, positions].clone()
+            u[:, :, h] = alpha * clean[l][:, positions, h]
+            leaves[l] = u.requires_grad_(True)
+
+        def replace(l):
+            def edit(out):
+                out = out.clone()
+                out[:, positions] = leaves[l]
+                return out
+
+            return edit
+
+        p = logits_with_heads_edited(model, x1, {l: replace(l) for l in heads}).softmax(-1)[label]
+        found = torch.autograd.grad(p, [leaves[l] for l in heads])
+        for (l, h), g in zip(heads.items(), found):
+            z = clean[l][:, positions, h]
+            direction = z / z.norm(dim=-1, keepdim=True)
+            grads[l] = grads[l] + (g[:, :, h] * direction).sum(-1) / steps
+    if aligned:
+        value = sum(values[l] for l in heads)
+        grad = sum(grads[l] for l in heads)
+        return float((value * grad).sum() / len(positions))
+    return float(sum(values[l].sum() for l in heads) * sum(grads[l].sum() for l in heads))
+
+
+def mixed_set_jas(model, x1, label, units, steps):
+    """JAS of a set of neurons and heads of a CLS ViT, {block: ("neuron", i) or ("head", h)}, by
+    a plain loop over the left grid: a neuron's block has its CLS FFN row frozen but for the
+    neuron, scaled; a head's block has its heads' CLS outputs frozen but for the head, scaled;
+    every other site runs normally.  (sum of values) x (sum of alpha-averaged gradients), a
+    head's value its norm and its gradient read along its clean direction."""
+    h_ffn, _ = clean_cls(model, x1)
+    z = [heads[0, 0] for heads in clean_heads(model, x1)]  # (H, d) at CLS per block
+    value = sum(
+        h_ffn[l][i] if kind == "neuron" else z[l][i].norm() for l, (kind, i) in units.items()
+    )
+    grad = 0.0
+    for k in range(steps):
+        alpha = k / steps
+        leaves = {}
+        for l, (kind, i) in units.items():
+            u = (h_ffn[l] if kind == "neuron" else z[l]).clone()
+            u[i] = alpha * u[i]
+            leaves[l] = u.requires_grad_(True)
+
+        def replace_heads(l):
+            def edit(heads):
+                heads = heads.clone()
+                heads[0, 0] = leaves[l]
+                return heads
+
+            return edit
+
+        def replace_ffn(vector):
+            def hook(module, inputs, output):
+                output = output.clone()
+                output[0, 0] = vector
+                return output
+
+            return hook
+
+        all_sites = sites(model)
+        hooks = [
+            all_sites[l].register_forward_hook(replace_ffn(leaves[l]))
+            for l, (kind, _) in units.items()
+            if kind == "neuron"
+        ]
+        try:
+            edits = {l: replace_heads(l) for l, (kind, _) in units.items() if kind == "head"}
+            p = logits_with_heads_edited(model, x1, edits).softmax(-1)[label]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        found = torch.autograd.grad(p, [leaves[l] for l in units])
+        for (l, (kind, i)), g in zip(units.items(), found):
+            if kind == "neuron":
+                grad = grad + g[i] / steps
+            else:
+                grad = grad + (g[i] * z[l][i] / z[l][i].norm()).sum() / steps
+    return float(value * grad)
+
+
+def lu_head_path(model, x1, label, steps):
+    """:func:`lu_influence_path` over the heads of a CLS ViT, by plain loops: a head's value is
+    the norm of its CLS output, a change of a head is a scalar e moving it along its current
+    direction (z + e z/|z|), one autograd call per derivative of one head w.r.t. one head (or
+    alpha)."""
+    n_layers = len(attention_modules(model))
+
+    def run(alpha, added=None):
+        """alpha * x with ``added`` = (layer, head, e) moving that head at CLS; the CLS head
+        outputs (H, d) of every layer and the logits."""
+        found = {}
+
+        def make(l):
+            def edit(heads):
+                if added is not None and added[0] == l:
+                    heads = heads.clone()
+                    z = heads[0, 0, added[1]].clone()
+                    heads[0, 0, added[1]] = z + added[2] * z.detach() / z.detach().norm()
+                found[l] = heads[0, 0]
+                return heads
+
+            return edit
+
+        logits = logits_with_heads_edited(model, alpha * x1, {l: make(l) for l in range(n_layers)})
+        return logits, found
+
+    def derivative(a, layer, head, previous):
+        if layer == 0:
+            alpha = torch.tensor(a, dtype=x1.dtype, requires_grad=True)
+            _, z = run(alpha)
+            return torch.autograd.grad(z[0][head].norm(), alpha)[0].item()
+        e = torch.zeros((), dtype=x1.dtype, requires_grad=True)
+        _, z = run(a, (layer - 1, previous, e))
+        return torch.autograd.grad(z[layer][head].norm(), e)[0].item()
+
+    def output_gradient(a, layer, head):
+        e = torch.zeros((), dtype=x1.dtype, requires_grad=True)
+        logits, _ = run(a, (layer, head, e))
+        return torch.autograd.grad(logits.softmax(-1)[label], e)[0].item()
+
+    alphas = [k / steps for k in range(steps)]
+    count = _heads_count(attention_modules(model)[0])
+    path, chain, scores_per_layer = [], [1.0] * steps, []
+    for layer in range(n_layers):
+        previous = path[-1] if path else None
+        scores, steps_of = [], {}
+        for h in range(count):
+            total = 0.0
+            for k, a in enumerate(alphas):
+                d = derivative(a, layer, h, previous)
+                steps_of[(h, k)] = d
+                total += chain[k] * d * output_gradient(a, layer, h) / steps
+            scores.append(total)
+        best = max(range(count), key=lambda h: (scores[h], -h))
+        path.append(best)
+        chain = [chain[k] * steps_of[(best, k)] for k in range(steps)]
+        scores_per_layer.append(scores)
+    return path, scores_per_layer

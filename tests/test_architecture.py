@@ -18,7 +18,7 @@ PACKAGE = ROOT / "src" / "neuronpath"
 
 # layer -> the layers it may import (besides itself)
 ALLOWED = {
-    "base": set(),  # errors.py, version.py, draws.py
+    "base": set(),  # errors.py, version.py, draws.py, pathformat.py
     "engine": {"base"},
     "io": {"base"},
     "models": {"base", "engine", "io"},
@@ -29,7 +29,12 @@ ALLOWED = {
     "cli": {"base", "engine", "io", "models", "methods", "analysis", "report", "experiments"},
     "api": {"base", "engine", "io", "models", "methods", "analysis", "report", "experiments"},
 }
-BASE_MODULES = {"neuronpath.errors", "neuronpath.version", "neuronpath.draws"}
+BASE_MODULES = {
+    "neuronpath.errors",
+    "neuronpath.version",
+    "neuronpath.draws",
+    "neuronpath.pathformat",
+}
 
 
 def module_name(path: Path) -> str:

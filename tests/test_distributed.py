@@ -261,3 +261,36 @@ def test_prune_under_two_ranks_equals_one_process(setup, tmp_path):
     for key in ("results", "comparisons"):  # float32 sums over other batches: equal to 1e-6
         assert_close_tree(two[key], one[key])
     assert not list((tmp_path / "two").glob("**/*.rank*"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_head_paths_under_two_ranks_survive_a_killed_rank_and_equal_one_process(tmp_path):
+    """find --units heads: a rank killed mid-run, the job resumed on two ranks, gives the
+    records of one uninterrupted process, none lost, none redone, none twice."""
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=12)
+    heads = [*FIND, "--units", "heads", "--model", str(model), "--data", str(data)]
+    common = [*heads, "--batch-size", "1"]
+    run = tmp_path / "run"
+    process = torchrun(2, ["-q", *common, "--out", str(run)])
+    shard = run / "records.rank1.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (shard.is_file() and shard.read_text().count("\n") >= 4):
+        time.sleep(0.01)
+    victim = _child_with_rank(process.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    assert finish(process)[0] != 0
+    partial = by_key(read_records(run))
+    assert 0 < len(partial) < 2 * 36
+
+    code, _, err = finish(torchrun(2, ["-q", *common, "--out", str(run)]))
+    assert code == 0, err
+    assert main(["-q", *heads, "--out", str(tmp_path / "one")]) == 0
+    assert_same_records(run, tmp_path / "one")
+    records = read_records(run)
+    assert len(records) == 2 * 36 and not list(run.glob("*.rank*"))
+    assert all(r["units"] == "heads" and r["path"][0][0] == "head" for r in records)
+    for key, record in by_key(records).items():  # finished records were not redone
+        if key in partial:
+            assert record == partial[key]

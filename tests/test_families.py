@@ -349,3 +349,25 @@ def test_zero_shot_prompt_and_tokenizer_errors(folders, tmp_path):
     (bare / "classes.tsv").write_text("cat\tcat\nn01440764\ttench\n")
     with pytest.raises(ValueError, match=r"knows no word of the class names \['tench'\]"):
         load_model(str(bare), classes=str(bare / "classes.tsv"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_has_heads_read_where_its_neurons_are(folders, family):
+    """--units heads on every family: one head site per block, read at the positions its
+    block's neurons are read at (the gradient probe), and zeroing the last head of each image's
+    head path changes the target probability."""
+    neurons = _load(folders, family)
+    adapter = _load(folders, family, units="heads")
+    assert adapter.num_layers == neurons.num_layers and set(adapter.kinds) == {"head"}
+    found = probe(adapter)
+    for layer in range(adapter.num_layers):
+        if found.tokens[layer] == probe(neurons).tokens[layer]:  # windowed attention differs
+            assert adapter.token_at(layer) == neurons.token_at(layer)
+    x, y = _pixels(family), torch.tensor([0, 1, 2, 0])
+    result = find_paths(adapter, x, y, ["jas"], AttributionConfig(steps=STEPS))
+    last = adapter.num_layers - 1
+    with torch.no_grad():
+        base = adapter.logits(x).softmax(-1)[torch.arange(4), y]
+        with scale_neurons(adapter, {last: result.paths["jas"][:, last]}, 0.0):
+            edited = adapter.logits(x).softmax(-1)[torch.arange(4), y]
+    assert ((edited - base).abs() > 1e-12).float().mean() > 0.5

@@ -119,7 +119,8 @@ def _method_options(args, methods: list[str]) -> dict:
 
 
 def _add_search_options(p: argparse.ArgumentParser, methods_default, methods_help: str) -> None:
-    p.add_argument("--methods", type=_methods, default=list(methods_default), help=methods_help)
+    p.add_argument("--methods", type=_methods, default=None, help=methods_help)
+    p.set_defaults(default_methods=list(methods_default))
     p.add_argument("--steps", type=int, default=20, help="alpha steps m (default: 20)")
     p.add_argument(
         "--alphas",
@@ -522,6 +523,15 @@ def _find(args) -> Path:
             "find: give --model, --data and --out (or none of --model/--data for the built-in demo)"
         )
     spec, config = _spec(args, model), _config(args)
+    if args.methods is None:  # the defaults that are defined for the paths' units
+        args.methods = [m for m in args.default_methods if spec.units in REGISTRY[m].units]
+        left = [m for m in args.default_methods if m not in args.methods]
+        if left:
+            log.info(
+                "find: %s paths: %s (not defined for them) left out of the default methods",
+                spec.units,
+                ", ".join(left),
+            )
     unknown = [m for m in args.methods if m not in REGISTRY]
     if unknown:
         raise InputError(f"--methods: unknown {unknown}; expected some of {', '.join(REGISTRY)}")
@@ -531,6 +541,7 @@ def _find(args) -> Path:
 
 
 def _prune(args) -> dict | None:
+    args.methods = args.default_methods if args.methods is None else args.methods
     unknown = [m for m in args.methods if m not in REGISTRY and m not in CONTROLS]
     if unknown:
         raise InputError(

@@ -142,27 +142,39 @@ def statistics(values: Mapping[str, np.ndarray], draws: np.ndarray) -> dict[str,
 
 
 class ReferenceStats:
-    """Streaming statistics of every layer's neurons over reference images: the mean at each
-    position a neuron is read at, (positions, n) per layer, and a bounded sample of activation
-    levels (a neuron's mean over its positions) per layer.  The sample takes, from each image,
-    the same seeded share of each layer's neurons whatever the order images come in, so the
-    statistics do not depend on batches."""
+    """Streaming statistics of every layer's units over reference images: the mean of the
+    site's coordinates at each position a unit is read at, (positions, coords) per layer, and
+    a bounded sample of activation levels (a unit's mean value over its positions) per layer.
+    The sample takes, from each image, the same seeded share of each layer's units whatever the
+    order images come in, so the statistics do not depend on batches.  ``counts``: units per
+    layer where they differ from the coordinates (attention heads)."""
 
-    def __init__(self, shapes: Sequence[tuple[int, int]], images: int, seed: int = 0):
+    def __init__(
+        self,
+        shapes: Sequence[tuple[int, int]],
+        images: int,
+        seed: int = 0,
+        counts: Sequence[int] | None = None,
+    ):
         self.sums = [np.zeros(shape) for shape in shapes]
         self.count = 0
         self.seed = seed
-        self.take = [max(1, min(n, SAMPLE_PER_LAYER // max(images, 1))) for _, n in shapes]
+        counts = counts or [n for _, n in shapes]
+        self.take = [max(1, min(n, SAMPLE_PER_LAYER // max(images, 1))) for n in counts]
         self.samples: list[list[np.ndarray]] = [[] for _ in shapes]
 
-    def add(self, image: str, acts: Sequence[np.ndarray]) -> None:
-        """One image's neuron values per layer, (positions, n)."""
+    def add(
+        self, image: str, acts: Sequence[np.ndarray], levels: Sequence[np.ndarray] | None = None
+    ) -> None:
+        """One image's coordinates per layer, (positions, coords), and its unit values
+        (positions, n) where they differ (heads)."""
         for l, values in enumerate(acts):
             self.sums[l] += values
+            level = values if levels is None else levels[l]
             chosen = torch.randperm(
-                values.shape[-1], generator=seeded_generator("reference", self.seed, image, l)
+                level.shape[-1], generator=seeded_generator("reference", self.seed, image, l)
             )[: self.take[l]].numpy()
-            self.samples[l].append(values.mean(0)[chosen])
+            self.samples[l].append(level.mean(0)[chosen])
         self.count += 1
 
     def means(self) -> list[np.ndarray]:

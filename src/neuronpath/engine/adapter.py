@@ -1,10 +1,14 @@
 """Model adapters: what the attribution engine needs to know about a model.
 
-An adapter holds the model, one *site* per block (where its FFN hidden state can be read and
-edited, :mod:`neuronpath.engine.sites`), every block's token policy (checked by a gradient
-probe, :mod:`neuronpath.engine.readout`) and token layout (:mod:`neuronpath.engine.layout`), how
-to get logits from pixels, the model's own preprocessing and its label names.  The engine
-never touches a model family directly, so supporting a new family means writing an adapter.
+An adapter holds the model, its *sites* -- one per block where its FFN hidden state (or its
+attention heads' output) can be read and edited, :mod:`neuronpath.engine.sites` -- with the
+units each site's coordinates group into (:mod:`neuronpath.engine.units`), every site's token
+policy (checked by a gradient probe, :mod:`neuronpath.engine.readout`) and token layout
+(:mod:`neuronpath.engine.layout`), how to get logits from pixels, the model's own preprocessing
+and its label names.  The engine never touches a model family directly, so supporting a new
+family means writing an adapter.  The engine calls each site a *layer*: for neuron and head
+adapters the site of layer l is block l; a mixed adapter has two sites per block
+(:attr:`ModelAdapter.blocks`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..pathformat import unit_set
 from .layout import TokenLayout
 from .readout import Readout, probe, settle_readout
 from .tokens import TokenPolicy
+from .units import UnitMap
 
 Preprocess = Callable[["PIL.Image.Image"], torch.Tensor]  # noqa: F821 - PIL image -> (3, H, W)
 
@@ -49,6 +55,16 @@ class ModelAdapter:
             off the preprocessing of a blank image).
         layout: ``layout(block, tokens) -> TokenLayout``: where each block's tokens sit in the
             image (default: not stated, so no maps).
+        units: the unit map of every site (default: one neuron per coordinate, the FFN
+            neurons of the paper; :mod:`neuronpath.engine.units`).
+        blocks: the block of every site (default: site l is block l).
+        folded: the sites whose modules see the tokens folded into the batch (windowed
+            attention: (rows x windows, window tokens, coords)); they are unfolded to (rows,
+            windows x window tokens, coords) around every hook.  Any other site whose batch
+            differs from the input's is refused, naming the model.
+        attention: ``attention(pixels, sites) -> {site: (rows, heads, queries, keys)}``, the
+            attention weights of head sites over the site's own tokens (where the family can
+            give them; for the page's head cards).
     """
 
     def __init__(
@@ -66,6 +82,10 @@ class ModelAdapter:
         distillation_index: int | None = None,
         input_shape: tuple[int, int, int] | None = None,
         layout: Callable[[int, int], TokenLayout] | None = None,
+        units: Sequence[UnitMap] | None = None,
+        blocks: Sequence[int] | None = None,
+        folded: Sequence[int] = (),
+        attention: Callable[[torch.Tensor, list[int]], dict] | None = None,
     ):
         if (site_names is None) == (ffn_inputs is None):
             raise InputError(
@@ -104,6 +124,16 @@ class ModelAdapter:
         self._forward = forward or model
         self._layout = layout
         self._readout: Readout | None = None
+        self._units = None if units is None else tuple(units)
+        if self._units is not None and len(self._units) != len(sites):
+            raise InputError(
+                f"units: expected one unit map per site ({len(sites)}), got {len(units)}"
+            )
+        self.blocks = tuple(range(len(sites)) if blocks is None else blocks)
+        self.folded = frozenset(folded)
+        self.unfolded: set[int] = set()  # folded sites whose windows were seen and unfolded
+        self._attention = attention
+        self._rows: int | None = None  # rows of the pixel batch in the current forward
         if isinstance(token, str):
             token = TokenPolicy.parse(token, distillation_index=distillation_index)
         if input_shape is None and preprocess is None:
@@ -141,18 +171,67 @@ class ModelAdapter:
         """The last stage's token policy, where the head reads (by which runs name it)."""
         return self._readout.head
 
+    def units(self, layer: int) -> UnitMap:
+        """The unit map of site ``layer``: one neuron per coordinate unless the adapter was
+        given others (a count of None: as many as the site has, :meth:`widths`)."""
+        return UnitMap.neurons(None) if self._units is None else self._units[layer]
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The unit kind of every site ("neuron" or "head")."""
+        return tuple(self.units(l).kind for l in range(self.num_layers))
+
+    @property
+    def unit_set(self) -> str:
+        """What this adapter's paths are made of: ``neurons``, ``heads`` or ``neurons+heads``
+        (a mixed adapter, two sites per block)."""
+        return unit_set(self.kinds, self.blocks)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(set(self.blocks))
+
+    @property
+    def attention_note(self) -> str | None:
+        """Why this adapter's head cards have no attention patterns (None: they have, where a
+        site's attention is over its own tokens)."""
+        return None if self._attention else "its adapter gives no attention weights"
+
+    def attention_weights(self, pixels: torch.Tensor, sites: Sequence[int]) -> dict:
+        """``{site: (rows, heads, queries, keys)}`` attention weights of the head sites among
+        ``sites`` whose queries and keys are the site's own tokens (windowed, pooled or
+        reduced attention is left out), from one forward."""
+        if self._attention is None:
+            return {}
+        tokens = probe(self).tokens
+        weights = self._attention(pixels.to(self.device, self.dtype), list(sites))
+        return {
+            site: w
+            for site, w in weights.items()
+            if w is not None
+            and site not in self.unfolded
+            and w.shape[0] == pixels.shape[0]
+            and w.shape[-2:] == (tokens[site], tokens[site])
+        }
+
     def token_at(self, layer: int) -> TokenPolicy:
         """The token policy of block ``layer``."""
         return self._readout.policies[layer]
 
     def layout(self, layer: int, tokens: int | None = None) -> TokenLayout:
-        """Where block ``layer``'s ``tokens`` tokens (default: as many as on a probe input)
-        sit in the image (:mod:`neuronpath.engine.layout`)."""
+        """Where site ``layer``'s ``tokens`` tokens (default: as many as on a probe input)
+        sit in the image (:mod:`neuronpath.engine.layout`): its block's layout, except at a
+        site whose windows are unfolded from the batch (their tokens are in window order)."""
         if self._layout is None:
             return TokenLayout.none(
                 "its adapter states no token layout (pass layout= to ModelAdapter)"
             )
-        return self._layout(layer, probe(self).tokens[layer] if tokens is None else tokens)
+        found = probe(self)  # (its forward notes which folded sites saw windows)
+        if layer in self.unfolded:
+            return TokenLayout.none(
+                "windowed attention: the tokens are in window order, not the image's"
+            )
+        return self._layout(self.blocks[layer], found.tokens[layer] if tokens is None else tokens)
 
     @property
     def device(self) -> torch.device:
@@ -167,6 +246,7 @@ class ModelAdapter:
         return self
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        self._rows = pixels.shape[0]
         out = self._forward(pixels.to(self.device, self.dtype))
         if hasattr(out, "logits"):
             out = out.logits
@@ -176,14 +256,14 @@ class ModelAdapter:
 
     @contextlib.contextmanager
     def hooks(self, layer_fns: Mapping[int, Callable]) -> Iterator[None]:
-        """Run ``layer_fns[l](value)`` on block l's FFN hidden state (rows, tokens, n) in every
+        """Run ``layer_fns[l](value)`` on site l's hidden state (rows, tokens, coords) in every
         forward inside the context; a function that returns a tensor replaces the value.  Hooks
         are always removed, also when the body raises.  Every intervention of
         :mod:`neuronpath.engine.interventions` is built on this."""
-        handles = []
+        handles = [self.model.register_forward_pre_hook(self._note_rows, with_kwargs=True)]
         try:
             for layer, fn in layer_fns.items():
-                site = self.site(layer)
+                site, fn = self.site(layer), self._unfolding(layer, fn)
                 if self.reads_input:
                     handles.append(site.register_forward_pre_hook(_on_input(fn), with_kwargs=True))
                 else:
@@ -192,6 +272,35 @@ class ModelAdapter:
         finally:
             for handle in handles:
                 handle.remove()
+
+    def _note_rows(self, module, args, kwargs) -> None:
+        """The batch of the forward now starting (a forward pre-hook on the model)."""
+        first = next((a for a in (*args, *kwargs.values()) if torch.is_tensor(a)), None)
+        if first is not None:
+            self._rows = first.shape[0]
+
+    def _unfolding(self, layer: int, fn: Callable) -> Callable:
+        """``fn`` on site ``layer``'s value with the batch checked: a folded site's windows are
+        unfolded into its token axis and folded back; any other batch mismatch is refused."""
+        folded = layer in self.folded
+
+        def hook(value):
+            rows = self._rows
+            if rows is None or value.shape[0] == rows:
+                return fn(value)
+            if not folded or value.shape[0] % rows:
+                raise InputError(
+                    f"{type(self.model).__name__}: the site {self.site_names[layer]} sees "
+                    f"{value.shape[0]} rows for a batch of {rows} images (its block folds "
+                    f"tokens into the batch), so its units cannot be read per image; "
+                    f"expected a model whose blocks keep one row per image"
+                )
+            windows, tokens = value.shape[0] // rows, value.shape[1]
+            self.unfolded.add(layer)
+            new = fn(value.reshape(rows, windows * tokens, *value.shape[2:]))
+            return None if new is None else new.reshape(value.shape)
+
+        return hook
 
     def probe_input(self, rows: int = 2) -> torch.Tensor:
         """Seeded random pixels of the model's input shape, for probe passes."""
@@ -211,16 +320,21 @@ class ModelAdapter:
         )
 
     def widths(self) -> list[int]:
-        """FFN width of every layer (hierarchical models differ per stage)."""
-        return list(probe(self).widths)
+        """Units of every layer: FFN neurons, or heads (hierarchical models differ per stage)."""
+        counts = [self.units(l).count for l in range(self.num_layers)]
+        if None in counts:
+            counts = [c if c is not None else w for c, w in zip(counts, probe(self).widths)]
+        return counts
 
     def width(self) -> int:
-        """The FFN width n shared by all layers (an error for models whose widths differ)."""
+        """The number of units shared by all layers (an error for models whose widths
+        differ)."""
         widths = self.widths()
         if len(set(widths)) > 1:
             raise InputError(
                 f"width: the layers of {type(self.model).__name__} have different "
-                f"FFN widths ({sorted(set(widths))}); use widths()"
+                f"{'FFN widths' if set(self.kinds) == {'neuron'} else 'unit counts'} "
+                f"({sorted(set(widths))}); use widths()"
             )
         return widths[0]
 
@@ -246,6 +360,11 @@ class ModelAdapter:
             "readout_per_block": self._readout.describe()["per_block"],
             "layout": layouts[-1],
             "layout_per_block": layouts,
+            "units": sorted(set(self.kinds)),
+            "units_per_site": [
+                {**self.units(l).describe(), "count": n} for l, n in enumerate(self.widths())
+            ],
+            "site_blocks": list(self.blocks),
             "num_labels": len(self.id2label),
             **self.details,
         }

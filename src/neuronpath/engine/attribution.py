@@ -2,7 +2,8 @@
 
 The engine follows the authors' code (docs/official-code.md#the-neuron, #jas-search, #cost):
 
-* one clean forward per image batch gives every layer's neuron vector h_l (``clean_pass``);
+* one clean forward per image batch gives every layer's neuron vector h_l (``clean_pass``; for
+  a site of attention heads, each head's value, :mod:`neuronpath.engine.units`);
 * an *intervened* pass replaces, for each edited layer l, the neuron vector at the token(s)
   by ``u_l(alpha) = h_l * (1 - mask_l + alpha * mask_l)``: the masked units are scaled by alpha,
   the others stay frozen at their clean values, layers that are not edited run normally;
@@ -26,6 +27,7 @@ from .adapter import ModelAdapter
 from .grids import AlphaGrid, alpha_grid
 from .interventions import record_neurons, replace_neurons
 from .neurons import NeuronSet, gather_neurons, masks_for, neuron_index
+from .units import ABSENT
 
 TARGETS = ("label", "predicted")
 OBJECTIVES = ("prob", "logit")
@@ -67,12 +69,17 @@ class AttributionConfig:
 
 @dataclass
 class CleanPass:
-    """Everything the unmodified forward gives: neuron vectors, logits, labels and targets."""
+    """Everything the unmodified forward gives: unit values, logits, labels and targets."""
 
-    acts: list[torch.Tensor]  # per layer, (images, tokens, n), detached
+    acts: list[torch.Tensor]  # per layer, (images, tokens, n) unit values, detached
     logits: torch.Tensor  # (images, classes)
     labels: torch.Tensor  # (images,) ground truth
     targets: torch.Tensor  # (images,) the class whose F is attributed
+    coords: list[torch.Tensor] | None = None  # per layer, (images, tokens, coords); None: = acts
+
+    def coordinates(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s site coordinates (the unit values themselves for neurons)."""
+        return self.acts[layer] if self.coords is None else self.coords[layer]
 
     @property
     def widths(self) -> list[int]:
@@ -124,16 +131,18 @@ def clean_pass(
     labels: torch.Tensor,
     config: AttributionConfig = AttributionConfig(),
 ) -> CleanPass:
-    """One unmodified forward; reads every layer's neuron vector at the adapter's token(s)."""
+    """One unmodified forward; reads every layer's unit values at the adapter's token(s)."""
     pixels = pixels.to(adapter.device, adapter.dtype)
     labels = torch.as_tensor(labels, device=adapter.device).long()
     with (
         torch.no_grad(),
-        record_neurons(adapter) as store,
+        record_neurons(adapter, coordinates=True) as store,
         autocast_context(adapter, config.autocast),
     ):
         logits = adapter.logits(pixels)
-    acts = [store[l].to(adapter.dtype) for l in range(adapter.num_layers)]
+    coords = [store[l].to(adapter.dtype) for l in range(adapter.num_layers)]
+    maps = [adapter.units(l) for l in range(adapter.num_layers)]
+    acts = [m.values(c) for m, c in zip(maps, coords)]
     num_classes = logits.shape[-1]
     if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
         raise InputError(
@@ -141,7 +150,8 @@ def clean_pass(
             f"{labels.min().item()}..{labels.max().item()}"
         )
     targets = labels if config.target == "label" else logits.argmax(-1)
-    return CleanPass(acts, logits.detach(), labels, targets)
+    identity = all(m.identity for m in maps)
+    return CleanPass(acts, logits.detach(), labels, targets, None if identity else coords)
 
 
 def rows_per_chunk(adapter: ModelAdapter, pixels: torch.Tensor, budget: int) -> int:
@@ -217,13 +227,17 @@ def integrated_gradients(
     masks: Mapping[int, torch.Tensor],
     config: AttributionConfig,
     item_image: torch.Tensor | None = None,
+    active: Mapping[int, torch.Tensor] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Riemann-sum gradients of F w.r.t. the replaced neuron vectors.
 
     An *item* is an image (``item_image[i]`` indexes ``pixels``/``clean``; default: item i is
     image i) with, for each edited layer l, a scale mask ``masks[l][i]`` of shape (n,):
     1 = scaled by alpha, 0 = frozen at the clean value.  Returns for each edited layer
-    ``G_l[i] = sum_k w_k * dF/du_l |_{alpha_k}`` of shape (items, tokens, n).
+    ``G_l[i] = sum_k w_k * dF/du_l |_{alpha_k}`` of shape (items, tokens, n) (for heads, the
+    derivative along each head's clean direction, :mod:`neuronpath.engine.units`).
+    ``active[l]`` (items,) bool: items for which layer l is not edited at all but runs
+    normally (mixed paths with no unit at that site); their G_l is zero.
     """
     pixels = pixels.to(adapter.device, adapter.dtype)
     layers = sorted(masks)
@@ -241,7 +255,11 @@ def integrated_gradients(
             ).requires_grad_(True)
             for l in layers
         }
-        return pixels[images], values, replace_neurons(adapter, values)
+        directions = {
+            l: clean.coordinates(l)[images] for l in layers if not adapter.units(l).identity
+        }
+        rows_active = None if active is None else {l: a[items] for l, a in active.items()}
+        return pixels[images], values, replace_neurons(adapter, values, directions, rows_active)
 
     return riemann_gradients(adapter, pixels, clean, config, item_image, build)
 
@@ -286,7 +304,10 @@ def joint_attribution_scores(
     n_images = clean.labels.shape[0]
     device = adapter.device
     widths = clean.widths
-    indices = [neuron_index(s, n_images, device, widths, adapter.num_layers) for s in neuron_sets]
+    absent = adapter.unit_set == "neurons+heads"  # a mixed path may leave a site empty
+    indices = [
+        neuron_index(s, n_images, device, widths, adapter.num_layers, absent) for s in neuron_sets
+    ]
     # Layers absent from a set must run normally, so only sets that edit the same layers
     # share a pass (stacked as items); the JAS path and the Activation path always do.
     groups: dict[tuple, list[int]] = {}
@@ -302,7 +323,14 @@ def joint_attribution_scores(
             )
             for l in group_layers
         }
-        grads = integrated_gradients(adapter, pixels, clean, masks, config, item_image)
+        active = {
+            l: torch.cat([(indices[s][l] != ABSENT).any(1) for s in members])
+            for l in group_layers
+            if any((indices[s][l] == ABSENT).any() for s in members)
+        }
+        grads = integrated_gradients(
+            adapter, pixels, clean, masks, config, item_image, active or None
+        )
         for j, s in enumerate(members):
             part = slice(j * n_images, (j + 1) * n_images)
             summed = {l: i[:, -1:] for l, i in indices[s].items()} if last_only else indices[s]

@@ -5,7 +5,9 @@ neuron of one layer along one direction -- the input, or one neuron of an earlie
 
 A neuron read at several positions is treated as the sum of its values there: its derivative
 is taken along a uniform change of all its positions, and its derivative is read as the sum
-over the positions of the layer it is read in (for a CLS policy: the CLS value itself).
+over the positions of the layer it is read in (for a CLS policy: the CLS value itself).  Units
+of several coordinates (attention heads) move along their current direction and are read as
+their norm (:mod:`neuronpath.engine.units`).
 
 Forward mode needs every operation to have a forward derivative; PyTorch's fused attention
 kernels have none on the CPU, so these passes run scaled-dot-product attention on its
@@ -35,11 +37,17 @@ def total_gradients(
     zeros: dict[int, torch.Tensor] = {}
 
     def make(layer):
-        token = adapter.token_at(layer)
+        token, units = adapter.token_at(layer), adapter.units(layer)
 
         def hook(hidden):
-            zeros[layer] = torch.zeros_like(token.select(hidden), requires_grad=True)
-            return token.insert(hidden, token.select(hidden) + zeros[layer])
+            selected = token.select(hidden)
+            zeros[layer] = torch.zeros(
+                selected.shape[:-1] + (selected.shape[-1] if units.identity else units.count,),
+                dtype=selected.dtype,
+                device=selected.device,
+                requires_grad=True,
+            )
+            return token.insert(hidden, selected + units.embed(zeros[layer], selected.detach()))
 
         return hook
 
@@ -63,19 +71,27 @@ def directional_derivatives(
     hooks = {}
     if neuron is not None:
         layer, index = neuron
-        token = adapter.token_at(layer)
+        token, units = adapter.token_at(layer), adapter.units(layer)
 
         def seed(hidden):
             selected = token.select(hidden)
-            tangent = torch.zeros_like(selected)
+            primal = forward_ad.unpack_dual(selected).primal.detach()
+            count = selected.shape[-1] if units.identity else units.count
+            tangent = torch.zeros(selected.shape[:-1] + (count,), dtype=selected.dtype)
+            tangent = tangent.to(selected.device)
             tangent[torch.arange(len(index)), :, index.to(selected.device)] = 1.0
-            dual = forward_ad.make_dual(torch.zeros_like(selected), tangent)
+            zero = torch.zeros_like(tangent)
+            dual = units.embed(forward_ad.make_dual(zero, tangent), primal)
             return token.insert(hidden, selected + dual)
 
         hooks[layer] = seed
 
     def take(hidden):
-        found["tangent"] = forward_ad.unpack_dual(adapter.token_at(read).select(hidden)).tangent
+        selected = forward_ad.unpack_dual(adapter.token_at(read).select(hidden))
+        tangent = selected.tangent
+        if tangent is not None:
+            tangent = adapter.units(read).project(tangent, selected.primal.detach())
+        found["tangent"] = tangent
 
     hooks[read] = take
     with contextlib.ExitStack() as stack:

@@ -2,7 +2,9 @@
 
 A *neuron set* is ``{layer: indices}``: an int or list of ints (the same neurons for every
 image), or a tensor of shape (items,) or (items, K) (one set per item).  A *path* is a
-LongTensor (images, layers, K), K neurons per layer.
+LongTensor (images, layers, K), K neurons per layer.  "Neuron" stands for any unit of a site
+(:mod:`neuronpath.engine.units`); in a mixed path an item may have no unit at a site
+(``ABSENT``), where that site then runs unedited.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ..errors import InputError
+from .units import ABSENT, gather_units, unit_mask
 
 NeuronSet = Mapping[int, "torch.Tensor | Sequence[int] | int"]
 
@@ -22,13 +25,19 @@ def layer_width(widths: int | Sequence[int], layer: int) -> int:
 
 
 def neuron_index(
-    neurons: NeuronSet, n_items: int, device, width: int | Sequence[int], num_layers: int
+    neurons: NeuronSet,
+    n_items: int,
+    device,
+    width: int | Sequence[int],
+    num_layers: int,
+    absent: bool = False,
 ) -> dict[int, torch.Tensor]:
     """Normalise ``{layer: indices}`` to ``{layer: LongTensor (items, K)}``.
 
     An int or a list/tuple of ints is the same neuron set for every item; a tensor of shape
     (items,) or (items, K) gives one set per item.  Duplicates within a layer are rejected.
-    ``width`` is the FFN width of every layer, or a list of per-layer widths.
+    ``width`` is the FFN width of every layer, or a list of per-layer widths.  With
+    ``absent``, an item's index may be ``ABSENT`` (no unit at that site; mixed paths).
     """
     result = {}
     for layer, index in neurons.items():
@@ -48,7 +57,8 @@ def neuron_index(
                 f"neurons: layer {layer} out of range for a model with {num_layers} layers"
             )
         n = layer_width(width, int(layer))
-        if index.min() < 0 or index.max() >= n:
+        low = index.min() if not absent else torch.where(index == ABSENT, 0, index).min()
+        if low < 0 or index.max() >= n:
             raise InputError(
                 f"neurons[{layer}]: indices must lie in [0, {n}) for FFN "
                 f"width {n}; got {index.min().item()}..{index.max().item()}"
@@ -66,7 +76,10 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def gather_neurons(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (items, tokens, n), index (items, K) -> (items, tokens) summed over the K neurons."""
+    """x (items, tokens, n), index (items, K) -> (items, tokens) summed over the K neurons
+    (``ABSENT`` entries add nothing)."""
+    if (index == ABSENT).any():
+        return gather_units(x, index)
     return x.gather(2, index[:, None, :].expand(-1, x.shape[1], -1)).sum(-1)
 
 
@@ -74,13 +87,8 @@ def masks_for(
     index: Mapping[int, torch.Tensor], width: int | Sequence[int], dtype, device
 ) -> dict[int, torch.Tensor]:
     """``{layer: (items, K) indices}`` -> ``{layer: (items, width_l)}`` 0/1 masks of those
-    neurons (``width``: one for all layers, or one per layer)."""
-    return {
-        l: torch.zeros(idx.shape[0], layer_width(width, l), dtype=dtype, device=device).scatter_(
-            1, idx, 1.0
-        )
-        for l, idx in index.items()
-    }
+    neurons (``width``: one for all layers, or one per layer; ``ABSENT`` marks nothing)."""
+    return {l: unit_mask(idx.to(device), layer_width(width, l), dtype) for l, idx in index.items()}
 
 
 def stack_layers(per_layer: Sequence[torch.Tensor]) -> torch.Tensor:

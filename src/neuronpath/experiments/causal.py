@@ -16,10 +16,11 @@ import torch
 
 from ..analysis.causal import causal_metrics
 from ..engine.editing import pruned_predictions
+from ..errors import InputError, option
 from ..io.store import read_records, write_json_atomic
 from ..report.figures import causal_layer_figure
 from ..report.tables import write_causal_table
-from .common import Execution
+from .common import Execution, path_fields
 from .evaluate import EditOptions, StoredPaths
 from .ranks import open_store
 
@@ -48,6 +49,12 @@ def run_causal(
     """Causal checks of a find run's paths and of the controls of ``options`` (resumable);
     returns the metrics (None on the other ranks of a ``torchrun`` job)."""
     run = StoredPaths.open(run_dir, options, execution.device)
+    if run.adapter.unit_set == "neurons+heads":
+        raise InputError(
+            f"{option('causal')}: the causal checks remove a path layer by layer and keep "
+            f"only its units in their sites, and are built for neuron and head paths; "
+            f"{run.run_dir} holds mixed (neurons+heads) paths"
+        )
     seed, bootstrap = options.seed, options.bootstrap
     methods, layers = run.methods, run.adapter.num_layers
     widths = run.adapter.widths()
@@ -89,7 +96,7 @@ def run_causal(
                         "image": image,
                         "label": int(labels[b]),
                         "method": m,
-                        "path": paths[m][b].tolist(),
+                        **path_fields(paths[m][b], run.adapter),
                         "jas": run.jas(image, m),
                         "base_prob": base_prob,
                         "base_pred": base_pred,

@@ -47,7 +47,7 @@ from ..report.figures import (
     similarity_heatmap,
     similarity_panel,
 )
-from .common import run_widths
+from .common import counted, counted_widths
 
 log = logging.getLogger("neuronpath")
 
@@ -114,14 +114,14 @@ def run_classes(
     thumbnails, seed = options.thumbnails, options.seed
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    records = read_records(run_dir)
+    records = counted(read_records(run_dir), manifest)
     methods = list(dict.fromkeys(r["method"] for r in records))
     if method not in methods:
         raise InputError(
             f"{option('method')}: the run has no records of {method!r}; it has "
             f"{', '.join(methods) or 'none yet'}"
         )
-    widths = run_widths(manifest) or 1 + max(
+    widths = counted_widths(manifest) or 1 + max(
         int(np.max(r["path"])) for r in records if r["method"] == method
     )
     cp = class_paths(records, method, widths)

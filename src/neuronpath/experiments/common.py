@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, option
+from ..pathformat import decode, encode, layer_units, record_units
 from ..version import __version__
 
 log = logging.getLogger("neuronpath")
@@ -125,3 +126,58 @@ def run_widths(manifest: dict) -> list[int] | None:
     if model.get("width"):
         return [model["width"]] * model["num_layers"]
     return None
+
+
+def path_fields(row: torch.Tensor, adapter) -> dict:
+    """A record's path fields for one image's engine path (sites, or sites x K): ``"path"`` in
+    the run's format, and ``"units"`` for head and mixed paths (:mod:`neuronpath.pathformat`)."""
+    units = adapter.unit_set
+    path = encode(row.tolist(), units, adapter.kinds, adapter.blocks)
+    return {"path": path} if units == "neurons" else {"path": path, "units": units}
+
+
+def path_tensor(records, adapter) -> torch.Tensor:
+    """The engine paths (images, sites) or (images, sites, K) of some records, one per image."""
+    return torch.tensor(
+        [decode(r["path"], record_units(r), adapter.kinds, adapter.blocks) for r in records]
+    )
+
+
+def run_sites(manifest: dict) -> tuple[list[str], list[int]]:
+    """The unit kind and the block of every site of a run (runs made before heads existed:
+    one neuron site per block)."""
+    model = manifest.get("model", {})
+    sites = model.get("units_per_site")
+    if not sites:
+        return ["neuron"] * model["num_layers"], list(range(model["num_layers"]))
+    return [s["kind"] for s in sites], list(model["site_blocks"])
+
+
+def block_neurons(manifest: dict) -> list[int] | None:
+    """Each block's FFN neuron count, for a mixed run (None for other runs)."""
+    sites = manifest.get("model", {}).get("units_per_site") or []
+    counts = [s["count"] for s in sites if s["kind"] == "neuron"]
+    return counts if manifest["settings"].get("units") == "neurons+heads" else None
+
+
+def counted_widths(manifest: dict) -> list[int] | None:
+    """Per layer, how many values :func:`counted` paths take: the run's neurons or heads per
+    layer; for a mixed run each block's neurons plus heads."""
+    widths = run_widths(manifest)
+    if widths is None or manifest["settings"].get("units") != "neurons+heads":
+        return widths
+    blocks = manifest["model"]["site_blocks"]
+    return [sum(w for w, b in zip(widths, blocks) if b == block) for block in sorted(set(blocks))]
+
+
+def counted(records, manifest: dict) -> list[dict]:
+    """The records with ``"path"`` as one number per layer (the neuron or head index; a
+    mixed path's unit among its block's neurons, then heads), what every count over paths
+    reads (:func:`neuronpath.pathformat.layer_units`)."""
+    neurons = block_neurons(manifest)
+    return [
+        r
+        if record_units(r) == "neurons"
+        else {**r, "path": layer_units(r["path"], record_units(r), neurons)}
+        for r in records
+    ]

@@ -33,7 +33,7 @@ from ..methods import CONTROLS
 from ..models.loading import load_run_model
 from ..report.figures import probability_deviation_figure
 from ..report.tables import write_table
-from .common import Execution, resolve_device, run_widths, versions
+from .common import Execution, path_fields, path_tensor, resolve_device, run_widths, versions
 from .faithfulness import FaithfulnessOptions, check_study, run_faithfulness
 from .ranks import join_ranks, open_store, work_through
 
@@ -147,14 +147,18 @@ class StoredPaths:
         control's (images, layers, K) (``controls``: default the options')."""
         layers = self.adapter.num_layers
         paths = {
-            m: torch.tensor([self.by_image[i][m]["path"] for i in images])
+            m: path_tensor([self.by_image[i][m] for i in images], self.adapter)
             for m in self.manifest["settings"]["methods"]
         }
         k = next(iter(paths.values())).reshape(len(images), layers, -1).shape[-1]
         widths = run_widths(self.manifest) or self.adapter.widths()
+        blocks = self.adapter.blocks if self.adapter.unit_set == "neurons+heads" else None
         for name in self.options.controls if controls is None else controls:
             paths[name] = torch.stack(
-                [CONTROLS[name].path(i, self.options.seed, layers, widths, k) for i in images]
+                [
+                    CONTROLS[name].path(i, self.options.seed, layers, widths, k, blocks)
+                    for i in images
+                ]
             )
         return paths
 
@@ -230,7 +234,7 @@ def run_evaluate(
                     "image": image,
                     "label": int(labels[row]),
                     "method": m,
-                    "path": paths[m][row].tolist(),
+                    **path_fields(paths[m][row], run.adapter),
                     "jas": run.jas(image, m),
                     "base_prob": float(result["base_prob"][row]),
                     "base_pred": int(result["base_pred"][row]),

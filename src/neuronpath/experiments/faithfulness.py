@@ -50,6 +50,7 @@ from ..errors import InputError, option
 from ..io.images import IMAGE_EXTENSIONS, ImageItem, image_batches
 from ..io.store import read_records, write_json_atomic
 from ..methods import CONTROLS
+from ..pathformat import encode
 from ..report.figures import faithfulness_figure
 from ..report.tables import write_faithfulness_table
 from .common import Execution
@@ -177,6 +178,7 @@ def reference_statistics(
         "count": len(items),
         "token": run.adapter.token.name,
         "seed": run.options.seed,
+        **({"units": run.adapter.unit_set} if run.adapter.unit_set != "neurons" else {}),
         "source": str(options.reference)
         if options.reference
         else f"split {options.reference_split}",
@@ -189,15 +191,19 @@ def reference_statistics(
             skipped += [str(error) for _, error in batch.errors]
             if not batch.items:
                 continue
-            with torch.inference_mode(), record_neurons(run.adapter) as acts:
-                run.adapter.logits(batch.pixels.to(run.adapter.device, run.adapter.dtype))
+            adapter, layers = run.adapter, range(run.adapter.num_layers)
+            with torch.inference_mode(), record_neurons(adapter, coordinates=True) as acts:
+                adapter.logits(batch.pixels.to(adapter.device, adapter.dtype))
+            levels = {l: adapter.units(l).values(acts[l]) for l in layers}
             if stats is None:
-                shapes = [tuple(a.shape[1:]) for a in acts.values()]
-                stats = ReferenceStats(shapes, len(items), run.options.seed)
+                shapes = [tuple(acts[l].shape[1:]) for l in layers]
+                counts = [levels[l].shape[-1] for l in layers]
+                stats = ReferenceStats(shapes, len(items), run.options.seed, counts)
             for b, item in enumerate(batch.items):
                 stats.add(
                     item.id,
-                    [acts[l][b].double().cpu().numpy() for l in range(run.adapter.num_layers)],
+                    [acts[l][b].double().cpu().numpy() for l in layers],
+                    [levels[l][b].double().cpu().numpy() for l in layers],
                 )
         for line in skipped:
             log.warning("reference: skipping %s", line)
@@ -262,6 +268,12 @@ class Rows:
 def check_study(run, options: FaithfulnessOptions) -> frozenset[str]:
     """Refuse, before any work, a study that cannot run on ``run``; returns the images kept
     out of it (a reference split)."""
+    if run.adapter.unit_set == "neurons+heads":
+        raise InputError(
+            f"{option('ablation')}: the faithfulness study orders and ablates a path layer by "
+            f"layer, and is built for neuron and head paths; {run.run_dir} holds mixed "
+            f"(neurons+heads) paths (Table 1's removal and enhancement work on them)"
+        )
     if options.needs_reference and options.reference is None and options.reference_split is None:
         why = "mean ablation" if "mean" in options.ablations else "the matched control"
         raise InputError(
@@ -326,11 +338,17 @@ def _ablation_pass(run, options, ablation, reference, methods, folder, execution
     )
     donors = _donor_pool(run) if ablation == "resample" else None
 
+    def encoded(path):  # (layers, K) -> the record's format (pathformat)
+        return encode(path.tolist(), adapter.unit_set, adapter.kinds, adapter.blocks)
+
     def handle(batch):
         pixels, images, labels = run.inputs(batch)
-        with torch.inference_mode(), record_neurons(adapter) as clean_acts:
+        with torch.inference_mode(), record_neurons(adapter, coordinates=True) as clean_coords:
             adapter.logits(pixels)
-        source, per_image, donor_of = _sources(run, ablation, reference, clean_acts, images, donors)
+        clean_acts = {l: adapter.units(l).values(c) for l, c in clean_coords.items()}
+        source, per_image, donor_of = _sources(
+            run, ablation, reference, clean_coords, images, donors
+        )
         paths = run.paths(images, [c for c in options.controls if CONTROLS[c].path is not None])
         rows = Rows(widths, options.enhance_factor)
         owners, unmatched = {}, {}
@@ -381,9 +399,9 @@ def _ablation_pass(run, options, ablation, reference, methods, folder, execution
                     "image": image,
                     "label": int(labels[b]),
                     "method": name,
-                    "path": [rows.paths[p].tolist() for p in ps]
+                    "path": [encoded(rows.paths[p]) for p in ps]
                     if name == MATCHED
-                    else rows.paths[ps[0]].tolist(),
+                    else encoded(rows.paths[ps[0]]),
                     "order": [int(l) for l in rows.rank[ps[0]].argsort().tolist()],
                     "jas": run.jas(image, name),
                 }
@@ -425,11 +443,11 @@ def _donor_pool(run) -> dict[int, list[str]]:
     return pool
 
 
-def _sources(run, ablation, reference, clean_acts, images, donors):
-    """Per layer, the values ablated neurons take: zeros, the reference mean, or each image's
-    donor's values (another image of another class, seeded by image)."""
+def _sources(run, ablation, reference, clean_coords, images, donors):
+    """Per layer, the coordinates ablated units take: zeros, the reference mean, or each
+    image's donor's values (another image of another class, seeded by image)."""
     adapter, layers = run.adapter, run.adapter.num_layers
-    shapes = [tuple(clean_acts[l].shape[1:]) for l in range(layers)]
+    shapes = [tuple(clean_coords[l].shape[1:]) for l in range(layers)]
     if ablation == "zero":
         return [torch.zeros((1, *s), dtype=torch.float64) for s in shapes], False, None
     if ablation == "mean":
@@ -449,7 +467,7 @@ def _sources(run, ablation, reference, clean_acts, images, donors):
             f"resample ablation: a donor image cannot be read "
             f"({batch.errors[0][1]}); pass {option('data', 'DIR')}"
         )
-    with torch.inference_mode(), record_neurons(adapter) as donor_acts:
+    with torch.inference_mode(), record_neurons(adapter, coordinates=True) as donor_acts:
         adapter.logits(batch.pixels.to(adapter.device, adapter.dtype))
     return [donor_acts[l].double().cpu() for l in range(layers)], True, donor_of
 

@@ -14,10 +14,10 @@ import torch
 from ..engine.attribution import AttributionConfig
 from ..errors import InputError, option
 from ..io.images import interleave_classes, scan_image_folder
-from ..methods import DEFAULT_METHODS, MethodOptions, find_paths, method_options
+from ..methods import DEFAULT_METHODS, MethodOptions, check_units, find_paths, method_options
 from ..models.loading import load_model
 from ..models.spec import ModelSpec
-from .common import Execution, log_to, model_widths, resolve_device, versions
+from .common import Execution, log_to, model_widths, path_fields, resolve_device, versions
 from .ranks import join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
@@ -25,9 +25,10 @@ log = logging.getLogger("neuronpath")
 SEARCH_KEYS = ("steps", "alphas", "target", "objective", "topk", "options")
 
 
-def image_records(items, result, methods, id2label: dict) -> list[dict]:
+def image_records(items, result, methods, adapter) -> list[dict]:
     """One record per image and method: labels, clean prediction, path and final JAS (and the
     method's per-image extras, e.g. ``knowledge``'s top-5 (layer, neuron, score) triples)."""
+    id2label = adapter.id2label
     clean = result.clean
     records = []
     for row, item in enumerate(items):
@@ -42,7 +43,7 @@ def image_records(items, result, methods, id2label: dict) -> list[dict]:
                 "prob": float(clean.label_prob[row]),
                 "target": int(clean.targets[row]),
                 "method": method,
-                "path": result.paths[method][row].tolist(),
+                **path_fields(result.paths[method][row], adapter),
                 "jas": float(result.scores[method][row]),
             }
             for key, values in result.extras.get(method, {}).items():
@@ -92,13 +93,18 @@ def run_find(
     device = ranks.device
     config = replace(config, autocast=spec.precision(device)[1])
     adapter = load_model(spec, device=device)
+    check_units(options, adapter.unit_set)
     log.info(
-        "find: each neuron is read at token %s: %s", adapter.token.name, adapter.readout.reason
+        "find: each %s is read at token %s: %s",
+        "unit" if spec.units == "neurons+heads" else spec.units.rstrip("s"),
+        adapter.token.name,
+        adapter.readout.reason,
     )
     if topk > min(adapter.widths()):
         raise InputError(
-            f"{option('topk')}: expected 1 <= K <= {min(adapter.widths())} (the FFN "
-            f"width of {type(adapter.model).__name__}), got {topk}"
+            f"{option('topk')}: expected 1 <= K <= {min(adapter.widths())} (the "
+            f"{'FFN width' if spec.units == 'neurons' else 'units per layer'} of "
+            f"{type(adapter.model).__name__}), got {topk}"
         )
     folder = scan_image_folder(data, adapter.id2label, spec.labels)
     items = [it for it in folder.items if only is None or it.id in only]
@@ -152,7 +158,7 @@ def run_find(
         result = find_paths(
             adapter, batch.pixels.to(device, non_blocking=True), labels, options, config, topk
         )
-        store.append(image_records(batch.items, result, options, adapter.id2label))
+        store.append(image_records(batch.items, result, options, adapter))
 
     with log_to(store.dir / "find.log"):
         order = [it.id for it in items]

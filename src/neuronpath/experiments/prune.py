@@ -42,7 +42,7 @@ from ..models.loading import load_model
 from ..models.spec import MODEL_KEYS, ModelSpec, model_differences
 from ..report.figures import pruning_figure
 from ..report.tables import write_depth_table, write_table2
-from .common import Execution, model_widths, resolve_device
+from .common import Execution, counted, model_widths, resolve_device
 from .find import run_find, search_settings
 from .ranks import join_ranks, open_store, work_through
 
@@ -101,6 +101,11 @@ def run_prune(
     keep, mask = settings.keep, settings.mask
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if spec.units == "neurons+heads":
+        raise InputError(
+            f"{option('units')}: prune keeps t units per layer of one kind; pass "
+            f"{option('units')} neurons or heads"
+        )
     ranks = join_ranks(resolve_device(execution.device))
     adapter = load_model(spec, device=ranks.device)
     widths, num_layers = adapter.widths(), adapter.num_layers
@@ -108,7 +113,10 @@ def run_prune(
     if depths[-1] > num_layers:
         raise InputError(f"{option('depth')}: expected layers in 1..{num_layers}, got {depths}")
     if max(keep) > min(widths):
-        raise InputError(f"{option('keep')}: at most the FFN width {min(widths)}, got {max(keep)}")
+        raise InputError(
+            f"{option('keep')}: at most the {'FFN width' if spec.units == 'neurons' else 'heads'} "
+            f"{min(widths)} per layer, got {max(keep)}"
+        )
     folder = scan_image_folder(data, adapter.id2label, spec.labels)
     model_settings = spec.settings(adapter, folder.mapping)
     by_class: dict[str, list[str]] = {}
@@ -138,8 +146,8 @@ def run_prune(
         search = {"methods": options, "config": config, "topk": k, "only": probe}
         run_dir = run_find(spec, data, out / "find", execution=execution, command=command, **search)
     ranks.barrier()  # the probe paths are merged before any rank reads them
-    records = read_records(run_dir) if options else []
     found = read_manifest(run_dir) if options else {}
+    records = counted(read_records(run_dir), found) if options else []
     unreadable = set(found.get("skipped", {}))  # probe images find reported and skipped
 
     # kept neurons per (keep rule, class, t)

@@ -33,16 +33,16 @@ from ..io.store import iter_records, read_manifest, write_json_atomic
 from ..models.loading import load_run_model
 from ..report.data import RunIndex, page_data, png, quantised, text, thumbnail
 from ..report.page import write_page
-from .common import Execution, resolve_device
+from .common import Execution, resolve_device, run_sites
 from .ranks import Ranks, join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
 
 
-def _map(adapter, layer: int, values: torch.Tensor) -> dict | None:
-    """A neuron's values over block ``layer``'s tokens, (tokens,), drawn where its adapter says
+def _map(adapter, site: int, values: torch.Tensor) -> dict | None:
+    """A unit's values over site ``site``'s tokens, (tokens,), drawn where its adapter says
     the tokens sit in the image (None where it states no layout)."""
-    image_map = adapter.layout(layer, values.shape[0]).image_map(values)
+    image_map = adapter.layout(site, values.shape[0]).image_map(values)
     return None if image_map is None else quantised(image_map)
 
 
@@ -104,7 +104,7 @@ def _activation_pass(
         len(pending),
         store.dir,
     )
-    card_layers = sorted({l for l, _ in index.cards})
+    card_sites = sorted({site for site, _ in index.cards})
 
     def handle(batch):
         nonlocal values, images
@@ -112,7 +112,7 @@ def _activation_pass(
             raise RunFormatError(f"{batch.errors[0][1]}; pass the run's image folder (data)")
         pixels = batch.pixels.to(adapter.device, adapter.dtype)
         layers = sorted(
-            set(card_layers)
+            set(card_sites)
             | (
                 set(range(adapter.num_layers))
                 if detail_set & {it.id for it in batch.items}
@@ -137,12 +137,14 @@ def _activation_pass(
                 record["thumb"] = thumbnail(batch.pixels[b], adapter.preprocess)
                 record["paths"] = {}
                 for method, path in index.rows[item.id]["paths"].items():
-                    act = [float(pooled[l][b, :, j].mean()) for l, j in enumerate(path)]
-                    total = [float(pooled[l][b, :, j].sum()) for l, j in enumerate(path)]
+                    act = [float(pooled[site][b, :, j].mean()) for site, j, _ in path]
+                    total = [float(pooled[site][b, :, j].sum()) for site, j, _ in path]
                     whole = sum(total)
-                    maps = [_map(adapter, l, acts[l][b, :, j]) for l, j in enumerate(path)]
+                    maps = [_map(adapter, site, acts[site][b, :, j]) for site, j, _ in path]
                     record["paths"][method] = {
-                        "neurons": path,
+                        "neurons": [j for _, j, _ in path],
+                        "sites": [site for site, _, _ in path],
+                        "labels": [label for _, _, label in path],
                         "act": act,
                         "maps": maps,
                         "share": [t / whole if whole else None for t in total],
@@ -182,24 +184,32 @@ def _merged_top(folder: Path, cards: int, top: int) -> tuple[np.ndarray, np.ndar
 
 def _card_maps(
     adapter, index: RunIndex, root: Path, images: np.ndarray, batch_size: int
-) -> tuple[dict, dict]:
-    """Pass 2: each card neuron's map on each of its top images, and their thumbnails."""
+) -> tuple[dict, dict, dict]:
+    """Pass 2: each card unit's map on each of its top images, their thumbnails, and for a
+    head card the head's attention from the readout positions over the keys, where the
+    adapter can give attention weights (:meth:`ModelAdapter.attention_weights`)."""
     wanted: dict[str, list[tuple[int, int, int]]] = {}
-    for c, (layer, neuron) in enumerate(index.cards):
+    for c, (site, unit) in enumerate(index.cards):
         for position in images[c]:
             if position >= 0:
-                wanted.setdefault(index.order[position], []).append((c, layer, neuron))
+                wanted.setdefault(index.order[position], []).append((c, site, unit))
+    head_sites = sorted({s for s, _ in index.cards if adapter.units(s).kind == "head"})
     items = [ImageItem(i, root / i, index.rows[i]["label"], "") for i in wanted]
-    maps, thumbs = {}, {}
+    maps, thumbs, attention = {}, {}, {}
     for batch in image_batches(items, adapter.preprocess, batch_size):
         pixels = batch.pixels.to(adapter.device, adapter.dtype)
         with torch.inference_mode(), record_neurons(adapter, all_tokens=True) as acts:
             adapter.logits(pixels)
+        weights = adapter.attention_weights(pixels, head_sites) if head_sites else {}
         for b, item in enumerate(batch.items):
             thumbs[item.id] = thumbnail(batch.pixels[b], adapter.preprocess)
-            for c, layer, neuron in wanted[item.id]:
-                maps[(c, item.id)] = _map(adapter, layer, acts[layer][b, :, neuron])
-    return maps, thumbs
+            for c, site, unit in wanted[item.id]:
+                maps[(c, item.id)] = _map(adapter, site, acts[site][b, :, unit])
+                if site in weights:
+                    queries = adapter.token_at(site).positions(weights[site].shape[-2])
+                    pattern = weights[site][b, unit, queries].double().mean(0)
+                    attention[(c, item.id)] = _map(adapter, site, pattern)
+    return maps, thumbs, attention
 
 
 def _prune_paths(run_dir: Path, prune: dict) -> Path:
@@ -246,7 +256,7 @@ def run_report(
         raise InputError(
             f"images, cards: expected counts >= 0 and top >= 1, got {images}, {cards}, {top}"
         )
-    index = RunIndex(iter_records(find_dir), find_dir, method, images, cards)
+    index = RunIndex(iter_records(find_dir), find_dir, method, images, cards, run_sites(manifest))
     evaluation = _evaluation(find_dir)
     ranks = join_ranks(resolve_device(execution.device))
     adapter = load_run_model(find_dir, manifest["settings"], model, ranks.device)
@@ -266,7 +276,7 @@ def run_report(
     )
     if not ranks.main:
         return None
-    maps, thumbs = _card_maps(adapter, index, root, positions, execution.batch_size)
+    maps, thumbs, attention = _card_maps(adapter, index, root, positions, execution.batch_size)
     readable = read_class_names(class_names) if class_names else {}
     layouts = [adapter.layout(l).describe() for l in range(adapter.num_layers)]
     data_json = page_data(
@@ -281,6 +291,8 @@ def run_report(
         method,
         readable,
         layouts,
+        attention,
+        adapter.attention_note,
     )
     overview = {
         "manifest": manifest,

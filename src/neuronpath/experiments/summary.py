@@ -17,9 +17,12 @@ def summary_text(run_dir: str | Path) -> str:
     records = read_records(run_dir)
     summary = summarize(records)
     lines = [format_summary(summary, {m: method_title(m) for m in summary})]
+    manifest = read_manifest(run_dir)
+    units = manifest["settings"].get("units", "neurons")
     for method in methods_with_top(records):
-        layers = read_manifest(run_dir)["model"]["num_layers"]
+        layers = manifest["model"]["num_layers"]
         what = REGISTRY[method].top_neurons if method in REGISTRY else f"top {method} neurons"
+        what = what.replace("neurons", units) if units != "neurons" else what
         lines.append(
             f"{what or f'top {method} neurons'} per layer (Fig. 2): "
             + " ".join(str(c) for c in layer_distribution(records, layers, method))

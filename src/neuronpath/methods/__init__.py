@@ -6,7 +6,7 @@ from .base import Control, MethodOptions, MethodOutput, PathMethod
 from .influence_pattern import influence_pattern_scores
 from .jas import JASOptions, jas_path
 from .knowledge import knowledge_attribution, top_neurons
-from .paths import PathResult, find_paths, path_to_set
+from .paths import PathResult, check_units, find_paths, path_to_set
 from .registry import (
     CONTROLS,
     DEFAULT_METHODS,
@@ -29,6 +29,7 @@ __all__ = [
     "REGISTRY",
     "activation_path",
     "check_methods",
+    "check_units",
     "find_paths",
     "influence_pattern_scores",
     "jas_path",

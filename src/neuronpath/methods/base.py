@@ -56,7 +56,9 @@ class PathMethod:
     """A named path method: ``method(adapter, pixels, clean, config, k, options)``.
 
     ``title`` names its path in summaries ("JAS path"); ``top_neurons`` says what a record's
-    ``top`` extra holds, for methods that keep each image's top neurons (Fig. 2's data)."""
+    ``top`` extra holds, for methods that keep each image's top neurons (Fig. 2's data);
+    ``units`` the unit sets it is defined for (``find --units``), and ``undefined`` why not for
+    the others."""
 
     name: str
     summary: str  # one line for --help and the docs, citing the paper
@@ -66,6 +68,11 @@ class PathMethod:
     options: type[MethodOptions] = MethodOptions
     title: str = ""
     top_neurons: str = ""
+    units: tuple[str, ...] = ("neurons", "heads")
+    undefined: str = (
+        "its scores are not comparable between a neuron and a head, so it cannot choose "
+        "between them"
+    )
 
     def __call__(
         self,

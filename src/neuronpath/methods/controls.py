@@ -9,18 +9,36 @@ from collections.abc import Sequence
 import torch
 
 from ..draws import per_layer, seeded_generator
+from ..pathformat import ABSENT
 from .base import Control
 
 
 def random_path(
-    image_id: str, seed: int, num_layers: int, width: int | Sequence[int], k: int = 1
+    image_id: str,
+    seed: int,
+    num_layers: int,
+    width: int | Sequence[int],
+    k: int = 1,
+    blocks: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """A reproducible random path for one image: k distinct uniformly drawn neurons per layer
-    (``width``: one FFN width or one per layer), the same for a given (seed, image id)."""
+    (``width``: one FFN width or one per layer), the same for a given (seed, image id).  With
+    ``blocks`` (the block of every site of a mixed path), one unit per block, drawn uniformly
+    among all the units of its sites, the block's other sites ``ABSENT``."""
     generator = seeded_generator(seed, image_id)
-    return torch.stack(
-        [torch.randperm(n, generator=generator)[:k] for n in per_layer(width, num_layers)]
-    )
+    widths = per_layer(width, num_layers)
+    if blocks is None:
+        return torch.stack([torch.randperm(n, generator=generator)[:k] for n in widths])
+    path = torch.full((num_layers, 1), ABSENT, dtype=torch.long)
+    for block in sorted(set(blocks)):
+        sites = [l for l in range(num_layers) if blocks[l] == block]
+        pick = int(torch.randint(sum(widths[l] for l in sites), (1,), generator=generator))
+        for site in sites:
+            if pick < widths[site]:
+                path[site, 0] = pick
+                break
+            pick -= widths[site]
+    return path
 
 
 def random_keep(

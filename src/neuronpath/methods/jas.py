@@ -27,6 +27,7 @@ from ..engine.attribution import (
     integrated_gradients,
 )
 from ..engine.neurons import gather_neurons, masks_for, top_k
+from ..engine.units import ABSENT
 from ..errors import InputError, option
 from .base import MethodOptions, MethodOutput, PathMethod
 
@@ -89,6 +90,34 @@ class JASOptions(MethodOptions):
         return self.topk_mode == "official"
 
 
+def layer_scores(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    clean: CleanPass,
+    config: AttributionConfig,
+    prefix: dict[int, torch.Tensor],
+    layer: int,
+    topk_mode: str = "all",
+) -> torch.Tensor:
+    """The official whole-layer candidate scores S_t (the module docstring) of every unit of
+    ``layer`` given the path so far, ``prefix`` ({layer: (images, K)}; ``ABSENT`` entries of a
+    mixed path leave their site unedited): (images, n)."""
+    n_images, device, dtype = clean.labels.shape[0], adapter.device, adapter.dtype
+    terms = clean.token_terms
+    masks = masks_for(prefix, clean.widths, dtype, device)
+    masks[layer] = torch.ones(n_images, clean.widths[layer], dtype=dtype, device=device)
+    active = {l: (i != ABSENT).any(1) for l, i in prefix.items() if (i == ABSENT).any()}
+    grads = integrated_gradients(adapter, pixels, clean, masks, config, active=active or None)
+    summed = {l: i[:, -1:] if topk_mode == "official" else i for l, i in prefix.items()}
+    zero = torch.zeros((), dtype=dtype, device=device)
+    value_prefix = sum((gather_neurons(terms(clean.acts[l]), i) for l, i in summed.items()), zero)
+    grad_prefix = sum((gather_neurons(terms(grads[l]), i) for l, i in summed.items()), zero)
+    return (
+        (terms(clean.acts[layer]) + value_prefix[..., None])
+        * (terms(grads[layer]) + grad_prefix[..., None])
+    ).sum(1)
+
+
 def jas_path(
     adapter: ModelAdapter,
     pixels: torch.Tensor,
@@ -104,11 +133,19 @@ def jas_path(
     Re-scoring: candidate w of layer t scores JAS(P ∪ {w}) with only w scaled in layer t
     (:func:`~neuronpath.engine.attribution.extension_scores`); the K best are kept, ties to
     the better official rank (``"all"``: to the lower index).  Returns the path, a LongTensor
-    (images, layers, k).
+    (images, layers, k).  On a mixed adapter (neurons and heads, two sites per block) the
+    search is :func:`mixed_jas_path`.
     """
     rerank = JASOptions(topk_mode, rerank).rerank  # validates both
+    if adapter.unit_set == "neurons+heads":
+        if k != 1 or rerank:
+            raise InputError(
+                f"{option('units')}: a mixed path holds one unit per block; --topk and "
+                f"--rerank are defined for neuron or head paths"
+            )
+        return mixed_jas_path(adapter, pixels, clean, config)
     n_images = clean.labels.shape[0]
-    device, dtype = adapter.device, adapter.dtype
+    device = adapter.device
     widths = clean.widths
     if not 1 <= k <= min(widths):
         raise InputError(
@@ -116,26 +153,12 @@ def jas_path(
         )
     JASOptions(topk_mode, rerank).check(k)
     path = torch.zeros(n_images, adapter.num_layers, k, dtype=torch.long, device=device)
-    zero = torch.zeros((), dtype=dtype, device=device)
-    terms = clean.token_terms
     for t in range(adapter.num_layers):
         if rerank == "all":
             candidates = torch.arange(widths[t], device=device).expand(n_images, -1)
         else:
-            masks = masks_for({l: path[:, l] for l in range(t)}, widths, dtype, device)
-            masks[t] = torch.ones(n_images, widths[t], dtype=dtype, device=device)
-            grads = integrated_gradients(adapter, pixels, clean, masks, config)
-            summed = {
-                l: path[:, l, -1:] if topk_mode == "official" else path[:, l] for l in range(t)
-            }
-            value_prefix = sum(
-                (gather_neurons(terms(clean.acts[l]), i) for l, i in summed.items()), zero
-            )
-            grad_prefix = sum((gather_neurons(terms(grads[l]), i) for l, i in summed.items()), zero)
-            scores = (
-                (terms(clean.acts[t]) + value_prefix[..., None])
-                * (terms(grads[t]) + grad_prefix[..., None])
-            ).sum(1)
+            prefix = {l: path[:, l] for l in range(t)}
+            scores = layer_scores(adapter, pixels, clean, config, prefix, t, topk_mode)
             if not rerank:
                 path[:, t] = top_k(scores, k)
                 continue
@@ -148,6 +171,42 @@ def jas_path(
     return path
 
 
+def mixed_jas_path(
+    adapter: ModelAdapter,
+    pixels: torch.Tensor,
+    clean: CleanPass,
+    config: AttributionConfig = AttributionConfig(),
+    kinds: tuple[str, ...] = ("neuron", "head"),
+) -> torch.Tensor:
+    """The layer-progressive search over neurons and heads (``find --units neurons+heads``): at
+    block t each of its sites (heads, neurons) is scored as a whole layer is in Alg. 1, given
+    the same path so far (the site of the other kind runs normally), and the block keeps the
+    single best unit of either kind; the site it did not choose holds ``ABSENT``.  Both scores
+    are JAS contributions to the same F (a head is a neuron along its own direction,
+    :mod:`neuronpath.engine.units`), so the larger wins; a tie goes to the neuron.  With
+    ``kinds=("neuron",)`` this is :func:`jas_path` exactly.  Returns (images, sites, 1)."""
+    n_images, device = clean.labels.shape[0], adapter.device
+    path = torch.full((n_images, adapter.num_layers, 1), ABSENT, dtype=torch.long, device=device)
+    order = sorted(kinds, key=lambda kind: kind != "neuron")  # neurons first: they win ties
+    for block in sorted(set(adapter.blocks)):
+        sites = [l for l in range(adapter.num_layers) if adapter.blocks[l] == block]
+        prefix = {l: path[:, l] for l in range(min(sites))}
+        best = torch.full((n_images,), -torch.inf, dtype=adapter.dtype, device=device)
+        choice = torch.zeros(n_images, dtype=torch.long, device=device)
+        unit = torch.zeros(n_images, dtype=torch.long, device=device)
+        for kind in order:
+            for site in (l for l in sites if adapter.units(l).kind == kind):
+                scores = layer_scores(adapter, pixels, clean, config, prefix, site)
+                value, index = scores.max(-1)  # first index on ties
+                better = value > best
+                best = torch.where(better, value, best)
+                choice = torch.where(better, site, choice)
+                unit = torch.where(better, index, unit)
+        for site in sites:
+            path[:, site, 0] = torch.where(choice == site, unit, ABSENT)
+    return path
+
+
 METHOD = PathMethod(
     "jas",
     "JAS path: layer-progressive search maximising the Joint Attribution Score "
@@ -157,4 +216,5 @@ METHOD = PathMethod(
     ),
     options=JASOptions,
     title="JAS path",
+    units=("neurons", "heads", "neurons+heads"),
 )

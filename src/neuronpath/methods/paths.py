@@ -9,8 +9,20 @@ import torch
 
 from ..engine.adapter import ModelAdapter
 from ..engine.attribution import AttributionConfig, CleanPass, clean_pass, joint_attribution_scores
+from ..errors import InputError, option
 from .base import MethodOptions
 from .registry import DEFAULT_METHODS, REGISTRY, method_options
+
+
+def check_units(methods, units: str) -> None:
+    """Refuse a method that is not defined for paths of ``units`` (before any work)."""
+    for name in methods:
+        method = REGISTRY[name]
+        if units not in method.units:
+            raise InputError(
+                f"{option('methods')}: {name} is not defined for {units} paths: "
+                f"{method.undefined} (defined for {', '.join(method.units)})"
+            )
 
 
 def path_to_set(path: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -47,6 +59,7 @@ def find_paths(
     batched pass.
     """
     options = method_options(methods)
+    check_units(options, adapter.unit_set)
     for name, opts in options.items():
         opts.check(k)
     clean = clean_pass(adapter, pixels, labels, config)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..engine.adapter import ModelAdapter
 from ..engine.layout import TokenLayout
-from ..engine.sites import find_ffn_sites
+from ..engine.sites import ATTENTION_NAME_PARTS, find_ffn_sites, unit_sites
 from ..engine.tokens import TokenPolicy
 from ..errors import InputError, ModelLoadError, option
 from ..io.preprocessing import Preprocess
@@ -128,6 +128,51 @@ def hf_layout(model: nn.Module, shape: tuple[int, int, int]) -> Callable[[int, i
     return _no_layout(f"no token layout is stated for {type(model).__name__}")
 
 
+def hf_attention(model: nn.Module, site_names: Sequence[str], forward) -> Callable:
+    """``weights(pixels, sites)``: each head site's attention weights (rows, heads, queries,
+    keys), read off its attention module's output in one forward with transformers' eager
+    attention (the fused kernels compute no weights), the model's attention implementation
+    restored after."""
+    modules = dict(model.named_modules())
+
+    def owner(name: str) -> nn.Module:
+        parts = name.split(".")
+        for end in range(len(parts) - 1, 0, -1):
+            if parts[end - 1].lower() in ATTENTION_NAME_PARTS:
+                return modules[".".join(parts[:end])]
+        return modules[".".join(parts[:-1])]
+
+    def weights(pixels: torch.Tensor, sites: list[int]) -> dict:
+        found: dict[int, torch.Tensor] = {}
+
+        def keep(site):
+            def hook(module, args, output):
+                if isinstance(output, tuple) and len(output) > 1 and torch.is_tensor(output[1]):
+                    found[site] = output[1].detach()
+
+            return hook
+
+        from transformers.utils import logging as hf_logging
+
+        handles = [owner(site_names[s]).register_forward_hook(keep(s)) for s in sites]
+        previous, verbosity = model.config._attn_implementation, hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # not its notes on sub-configs it has no model for
+        try:
+            model.set_attn_implementation("eager")
+            with torch.inference_mode():
+                forward(pixels)
+        except (ValueError, NotImplementedError):  # a family that cannot switch: no weights
+            found.clear()
+        finally:
+            model.set_attn_implementation(previous)
+            hf_logging.set_verbosity(verbosity)
+            for handle in handles:
+                handle.remove()
+        return found
+
+    return weights
+
+
 def _no_layout(why: str) -> Callable[[int, int], TokenLayout]:
     return lambda layer, tokens: TokenLayout.none(why)
 
@@ -170,9 +215,11 @@ def from_hf_model(
     id2label: dict[int, str] | None = None,
     readout: tuple[TokenPolicy, str] | None = None,
     details: dict | None = None,
+    units: str = "neurons",
 ) -> ModelAdapter:
     """Adapter for a Hugging Face image classifier: one site per block of the image tower (the
-    input of its FFN output projection, :mod:`neuronpath.engine.sites`), every block's token
+    input of its FFN output projection, :mod:`neuronpath.engine.sites`; with ``units`` heads,
+    of its attention output projection; both for ``neurons+heads``), every site's token
     policy where the gradient probe finds the head reads (``hf_readout`` names it; ``token``
     narrows it within those positions), and the family's token layout."""
     config = model.config
@@ -189,6 +236,7 @@ def from_hf_model(
             f"with input_shape=..."
         )
     sites = find_ffn_sites(model, forward, shape, num_blocks(config))
+    sites = unit_sites(model, forward, shape, sites, units)
     if id2label is None:
         id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
     family = {
@@ -197,7 +245,9 @@ def from_hf_model(
         "distillation_index": 1 if "deit" in getattr(config, "model_type", "") else None,
     }
     run = {"preprocess": preprocess, "id2label": id2label, "name": name, "forward": forward}
-    adapter = ModelAdapter(model, ffn_inputs=sites, token=token, input_shape=shape, **family, **run)
+    if units != "neurons" and hasattr(model, "set_attn_implementation"):
+        family["attention"] = hf_attention(model, sites["ffn_inputs"], forward)
+    adapter = ModelAdapter(model, token=token, input_shape=shape, **sites, **family, **run)
     adapter.details = dict(details or {})
     return adapter
 

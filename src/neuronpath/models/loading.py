@@ -51,7 +51,8 @@ def load_model(
     trained on scikit-learn's digits on first use), a local Hugging Face model folder, a Hugging
     Face hub id (needs network the first time), a Google ViT ``.npz`` or MAE ``.pth`` checkpoint
     file, or ``timm:NAME`` (needs timm).  The token policy is where the model's head reads
-    (found by a gradient probe); ``token`` narrows it within those positions.  ``classes`` (a
+    (found by a gradient probe); ``token`` narrows it within those positions.  ``units``:
+    ``neurons`` (FFN neurons), ``heads`` (attention heads) or ``neurons+heads``.  ``classes`` (a
     file of lines ``label<TAB>class name``) turns a CLIP or SigLIP model into a zero-shot
     classifier over those classes, with ``prompt`` (default ``"a photo of a {}."``).
     """
@@ -69,7 +70,7 @@ def load_model(
     elif name.startswith("timm:"):
         from .timm_models import load_timm
 
-        adapter = load_timm(name[len("timm:") :], token=spec.token)
+        adapter = load_timm(name[len("timm:") :], token=spec.token, units=spec.units)
         if spec.preprocess == "official":
             adapter.preprocess = Preprocess.official(spec.image_size or 224)
         return adapter.to(device=device, dtype=model_dtype)
@@ -89,7 +90,12 @@ def load_model(
     if spec.preprocess == "official":
         prep = Preprocess.official(getattr(model.config, "image_size", 224))
     adapter = from_hf_model(
-        model.to(model_dtype), preprocess=prep, token=spec.token, name=name, **kwargs
+        model.to(model_dtype),
+        preprocess=prep,
+        token=spec.token,
+        name=name,
+        units=spec.units,
+        **kwargs,
     )
     return adapter.to(device=device, dtype=model_dtype)
 

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError, option
 from ..io.labels import LABEL_MAPPINGS
+from ..pathformat import UNIT_SETS
 
 # name -> (model weights dtype, autocast dtype or None); "tf32" is float32 with TF32 matmuls on CUDA
 DTYPES = {
@@ -99,6 +100,14 @@ class ModelSpec:
     prompt: str | None = field(
         default=None, metadata={"help": "zero-shot prompt template (default: 'a photo of a {}.')"}
     )
+    units: str = field(
+        default="neurons",
+        metadata={
+            "choices": UNIT_SETS,
+            "help": "what a path is made of: FFN neurons (the paper's), attention heads (one "
+            "per layer), or neurons+heads (per layer the best unit of either kind)",
+        },
+    )
 
     def __post_init__(self):
         if isinstance(self.dtype, torch.dtype):  # a Python caller's torch dtype
@@ -109,6 +118,7 @@ class ModelSpec:
             ("dtype", DTYPES),
             ("preprocess", PREPROCESS_CHOICES),
             ("labels", LABEL_MAPPINGS),
+            ("units", UNIT_SETS),
         ):
             if getattr(self, name) not in allowed:
                 raise InputError(
@@ -147,6 +157,8 @@ class ModelSpec:
             "image_size": self.image_size,
             "fc_norm_twice": self.fc_norm_twice,
         }
+        if self.units != "neurons":  # neuron runs keep the keys they always had
+            settings["units"] = self.units
         if self.classes is not None:  # zero-shot: the label set is part of the run's identity
             settings.update(
                 classes=str(Path(self.classes).expanduser().resolve()),
@@ -168,6 +180,7 @@ class ModelSpec:
             fc_norm_twice=settings.get("fc_norm_twice", False),
             classes=settings.get("classes"),
             prompt=settings.get("prompt"),
+            units=settings.get("units", "neurons"),
         )
 
 
@@ -180,13 +193,14 @@ MODEL_KEYS = (
     "fc_norm_twice",
     "classes",
     "prompt",
+    "units",
 )
 
 
 def model_differences(theirs: dict, ours: dict) -> list[str]:
     """The model keys on which two runs' settings differ, as ``key: THEIRS there, OURS here``
     (the dtype and the model's path may differ: the neurons are the same)."""
-    defaults = {"fc_norm_twice": False}
+    defaults = {"fc_norm_twice": False, "units": "neurons"}
 
     def show(key, value):
         if key == "preprocess" and isinstance(value, dict):

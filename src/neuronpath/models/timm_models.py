@@ -11,7 +11,7 @@ from torch import nn
 
 from ..engine.adapter import ModelAdapter
 from ..engine.layout import TokenLayout
-from ..engine.sites import find_ffn_sites
+from ..engine.sites import find_ffn_sites, unit_sites
 from ..engine.tokens import TokenPolicy
 from ..errors import ModelLoadError, option
 from ..io.labels import imagenet_synsets
@@ -62,7 +62,7 @@ def timm_readout(model: nn.Module) -> tuple[TokenPolicy, str] | None:
 
 
 def from_timm_model(
-    model: nn.Module, *, token: str | None = None, name: str = "timm"
+    model: nn.Module, *, token: str | None = None, name: str = "timm", units: str = "neurons"
 ) -> ModelAdapter:
     """Adapter for a timm VisionTransformer: each block's FFN read at the input of ``mlp.fc2``
     (:mod:`neuronpath.engine.sites`), where its head reads (``timm_readout`` names the gradient
@@ -72,7 +72,9 @@ def from_timm_model(
     names = imagenet_synsets() if num_classes == 1000 else [str(i) for i in range(num_classes)]
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     shape = tuple(cfg.get("input_size", (3, 224, 224)))
-    sites = find_ffn_sites(model, model, shape, len(model.blocks))
+    sites = unit_sites(
+        model, model, shape, find_ffn_sites(model, model, shape, len(model.blocks)), units
+    )
 
     def layout(layer: int, tokens: int) -> TokenLayout:
         return TokenLayout.raster(tokens, prefix, shape[1:])
@@ -87,10 +89,10 @@ def from_timm_model(
         "id2label": dict(enumerate(names)),
         "name": name,
     }
-    return ModelAdapter(model, ffn_inputs=sites, token=token, input_shape=shape, **family, **run)
+    return ModelAdapter(model, token=token, input_shape=shape, **sites, **family, **run)
 
 
-def load_timm(name: str, *, token: str | None = None) -> ModelAdapter:
+def load_timm(name: str, *, token: str | None = None, units: str = "neurons") -> ModelAdapter:
     """``timm.create_model(name, pretrained=True)`` wrapped in an adapter."""
     try:
         import timm
@@ -105,7 +107,7 @@ def load_timm(name: str, *, token: str | None = None) -> ModelAdapter:
         raise ModelLoadError(
             f"{option('model')}: timm could not create {name!r}: {error}"
         ) from error
-    adapter = from_timm_model(model, token=token, name=f"timm:{name}")
+    adapter = from_timm_model(model, token=token, name=f"timm:{name}", units=units)
     adapter.preprocess = TimmTransform(timm.data.resolve_data_config({}, model=model))
     return adapter
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, RunFormatError, option
+from ..pathformat import record_units, site_units
 
 THUMB = 112  # thumbnail size, pixels
 
@@ -69,18 +70,28 @@ def text(path: Path) -> str | None:
 
 class RunIndex:
     """What the page needs from a run's records, gathered in one streaming read: the images in
-    order, their labels, predictions, each method's path and final JAS, and how often each
-    neuron is on ``method``'s paths (the ``cards`` most frequent get a card, the first
-    ``detail_count`` images their details)."""
+    order, their labels, predictions, each method's path -- per layer ``(site, unit, label)``
+    of its first unit (:func:`neuronpath.pathformat.site_units`; ``sites``: the run's unit kind
+    and block of every site) -- and final JAS, and how often each unit is on ``method``'s paths
+    (the ``cards`` most frequent get a card, the first ``detail_count`` images their details)."""
 
     def __init__(
-        self, records: Iterable[dict], where: Path, method: str, detail_count: int, cards: int
+        self,
+        records: Iterable[dict],
+        where: Path,
+        method: str,
+        detail_count: int,
+        cards: int,
+        sites: tuple[list[str], list[int]],
     ):
+        kinds, blocks = sites
+        self.site_blocks, self.site_kinds = list(blocks), list(kinds)
         self.methods: list[str] = []
         self.order: list[str] = []
         rows: dict[str, dict] = {}
         counts: Counter = Counter()
         by_class: dict[tuple[int, int], Counter] = {}
+        self.labels: dict[tuple[int, int], str] = {}
         self.summary_rows = []
         for r in records:
             if r["method"] not in self.methods:
@@ -98,12 +109,13 @@ class RunIndex:
                     "paths": {},
                 }
             row["jas"][r["method"]] = r["jas"]
-            first = [p[0] if isinstance(p, list) else p for p in r["path"]]
+            first = site_units(r["path"], record_units(r), kinds, blocks)
             row["paths"][r["method"]] = first
             if r["method"] == method:
-                for layer, neuron in enumerate(first):
-                    counts[(layer, neuron)] += 1
-                    by_class.setdefault((layer, neuron), Counter())[r["label"]] += 1
+                for site, unit, label in first:
+                    counts[(site, unit)] += 1
+                    by_class.setdefault((site, unit), Counter())[r["label"]] += 1
+                    self.labels[(site, unit)] = label
             self.summary_rows.append(
                 {k: r[k] for k in ("image", "method", "jas", "pred", "label", "prob")}
             )
@@ -134,9 +146,14 @@ def page_data(
     method: str,
     readable: dict[str, str],
     layouts: list[dict],
+    attention: dict | None = None,
+    attention_note: str | None = None,
 ) -> dict:
     """The JSON the page's script renders: every image as columns, the explorer's details,
-    the neuron cards, and each layer's token layout (why a layer has no maps)."""
+    the unit cards (a head's with its attention pattern from the readout positions, where
+    ``attention`` has it, else ``attention_note`` says why not), and each site's token layout
+    (why a site has no maps)."""
+    attention = attention or {}
     classes = sorted({row["label"] for row in index.rows.values()})
     names = {
         row["label"]: readable.get(row["label_name"], row["label_name"] or str(row["label"]))
@@ -171,9 +188,9 @@ def page_data(
     cards = []
     total = index.images_with_method
     class_sizes = Counter(row["label"] for row in index.rows.values())
-    for c, (layer, neuron) in enumerate(index.cards):
-        count = index.counts[(layer, neuron)]
-        classes_top = index.by_class[(layer, neuron)].most_common(5)
+    for c, (site, unit) in enumerate(index.cards):
+        count = index.counts[(site, unit)]
+        classes_top = index.by_class[(site, unit)].most_common(5)
         tops = []
         for value, position in zip(values[c], positions[c]):
             if position < 0:
@@ -184,13 +201,17 @@ def page_data(
                     "image": image,
                     "value": float(value),
                     "map": maps.get((c, image)),
+                    "attention": attention.get((c, image)),
                     "label": names[index.rows[image]["label"]],
                 }
             )
         cards.append(
             {
-                "layer": layer,
-                "neuron": neuron,
+                "layer": index.site_blocks[site],
+                "neuron": unit,
+                "kind": index.site_kinds[site],
+                "site": site,
+                "name": index.labels[(site, unit)],
                 "count": count,
                 "share": count / total,
                 "classes": [[names[k], v, v / class_sizes[k]] for k, v in classes_top],
@@ -207,6 +228,8 @@ def page_data(
         "cards": cards,
         "thumbs": thumbs,
         "layouts": layouts,
+        "units": manifest["settings"].get("units", "neurons"),
+        "attentionNote": attention_note,
         "capped": {
             "images": len(order),
             "details": len(detail),

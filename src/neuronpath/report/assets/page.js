@@ -151,11 +151,13 @@ function select(id) {
     path.neurons.forEach((neuron, layer) => {
       const box = document.createElement("div");
       box.className = "layer";
-      box.appendChild(heatmap(detail.thumb, path.maps[layer], 90, layer));
+      const site = path.sites ? path.sites[layer] : layer;
+      box.appendChild(heatmap(detail.thumb, path.maps[layer], 90, site));
       const label = document.createElement("div");
       const share = path.share[layer];
-      label.textContent = `L${layer} · #${neuron} · a ${fmt(path.act[layer], 2)}` + (share === null ? "" : ` · ${fmt(share * 100, 0)} %`);
-      label.title = "layer, neuron, clean activation at the policy's tokens, share of the path's value sum";
+      const name = path.labels ? path.labels[layer].replace(" ", " · ") : `L${layer} · #${neuron}`;
+      label.textContent = `${name} · a ${fmt(path.act[layer], 2)}` + (share === null ? "" : ` · ${fmt(share * 100, 0)} %`);
+      label.title = "layer, unit (N: FFN neuron, H: attention head, whose value is its output's norm), clean value at the policy's tokens, share of the path's value sum";
       box.appendChild(label);
       const bar = document.createElement("div");
       bar.className = "bar";
@@ -173,7 +175,8 @@ function renderCards() {
     const div = document.createElement("div");
     div.className = "card";
     const h = document.createElement("h3");
-    h.textContent = `layer ${card.layer}, neuron ${card.neuron}`;
+    const head = card.name.includes(" H");
+    h.textContent = card.name.replace(/^L(\d+) ([NH])(\d+)$/, (_, l, k, i) => `layer ${l}, ${k === "H" ? "head" : "neuron"} ${i}`);
     div.appendChild(h);
     const p = document.createElement("p");
     p.textContent = `chosen on ${card.count} ${DATA.method} paths (${fmt(card.share * 100, 1)} % of images); most by ` +
@@ -183,9 +186,16 @@ function renderCards() {
     tops.className = "tops";
     card.top.forEach(t => {
       const figure = document.createElement("figure");
-      figure.appendChild(heatmap(DATA.thumbs[t.image], t.map, 96, card.layer));
+      figure.appendChild(heatmap(DATA.thumbs[t.image], t.map, 96, card.site));
+      if (head) {
+        const pattern = heatmap(DATA.thumbs[t.image], t.attention, 96, card.site);
+        pattern.classList.add("attention");
+        pattern.title = t.attention ? `attention from the readout positions, ${fmt(t.attention.lo)} .. ${fmt(t.attention.hi)}`
+          : `no attention pattern: ${DATA.attentionNote || "this head's attention is not over its own tokens (windowed, pooled or reduced)"}`;
+        figure.appendChild(pattern);
+      }
       const caption = document.createElement("figcaption");
-      caption.textContent = `${t.label} · ${fmt(t.value, 2)}`;
+      caption.textContent = `${t.label} · ${fmt(t.value, 2)}` + (head ? " · output norm | attention" : "");
       caption.title = t.image;
       figure.appendChild(caption);
       tops.appendChild(figure);
