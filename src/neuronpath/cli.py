@@ -28,6 +28,7 @@ from .experiments.common import Execution, parse_bytes
 from .experiments.evaluate import EditOptions, run_evaluate
 from .experiments.faithfulness import FaithfulnessOptions
 from .experiments.find import run_find
+from .experiments.neurons import AtlasOptions, run_neurons
 from .experiments.prune import DEFAULT_KEEP_RULES, run_prune
 from .experiments.ranks import leave_ranks
 from .experiments.report import run_report
@@ -434,6 +435,37 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--class-names", help="file mapping class labels to readable names")
     _add_execution_options(report, 16)
 
+    neurons = sub.add_parser(
+        "neurons",
+        help="a neuron atlas: each path unit's top and bottom images over an image folder, its "
+        "statistics, and text labels for zero-shot CLIP / SigLIP",
+    )
+    neurons.add_argument("run", nargs="?", help="find run whose path units to describe")
+    neurons.add_argument("--data", required=True, help="ImageFolder of the images to scan")
+    neurons.add_argument("--out", help="atlas folder (default: RUN/neurons)")
+    neurons.add_argument("--model", help="without a run: the model whose --units to describe")
+    neurons.add_argument(
+        "--units", help="without a run: LAYER:INDEX (a neuron) or LAYER:hINDEX (a head), ..."
+    )
+    neurons.add_argument(
+        "--methods", type=_methods, help="whose paths' units (default: every method of the run)"
+    )
+    neurons.add_argument("--layers", type=_ints, help="every unit of these layers instead")
+    neurons.add_argument("--limit", type=int, help="at most N images, round-robin over classes")
+    neurons.add_argument(
+        "--vocabulary", help="text labels from one word or phrase per line (zero-shot models)"
+    )
+    for name, default, what in (
+        ("top", AtlasOptions.top, "top images per unit"),
+        ("bottom", AtlasOptions.bottom, "bottom images per unit"),
+        ("sample", AtlasOptions.sample, "images whose values give quantiles and histograms"),
+        ("labels", AtlasOptions.labels, "text labels per unit"),
+    ):
+        neurons.add_argument(
+            f"--{name}", type=int, default=default, help=f"{what} (default: {default})"
+        )
+    _add_execution_options(neurons, 16)
+
     table = sub.add_parser("table", help="merge evaluated runs (one per model) into one Table 1")
     table.add_argument("runs", nargs="+", help="evaluated run folders")
     table.add_argument("--out", required=True, help="output stem: writes STEM.md and STEM.csv")
@@ -627,6 +659,22 @@ def _run(args, main_rank: bool = True) -> None:
         page = run_report(args.run, **chosen, execution=_execution(args))
         if page is not None:
             print(f"wrote {page}")
+    elif args.command == "neurons":
+        options = AtlasOptions(**_pick(args, "top", "bottom", "sample", "labels"))
+        chosen = _pick(args, "units", "methods", "layers", "out", "vocabulary", "limit")
+        if args.run is None and args.model is None:
+            raise InputError("neurons: give a find run, or --model M with --units L:I,...")
+        spec = ModelSpec(args.model) if args.model else None
+        where = run_neurons(
+            args.data,
+            run_dir=args.run,
+            spec=spec,
+            options=options,
+            execution=_execution(args),
+            **chosen,
+        )
+        if where is not None:
+            print(f"wrote {where / 'atlas.npz'}, {where / 'top.csv'}")
     elif args.command == "table":
         for path in run_table(args.runs, args.out, args.names.split(",") if args.names else None):
             print(f"wrote {path}")

@@ -12,9 +12,9 @@ necessity and sufficiency curves, their areas, and the reference statistics abla
   The **necessity** curve ablates the path's neurons cumulatively, k = 0 .. L; the
   **sufficiency** curve keeps only the first k of them, every other neuron of those layers
   ablated.  Areas are the trapezoid mean over k.
-* **Reference statistics** (:class:`ReferenceStats`): each neuron's mean over reference images
-  at every position it is read at (mean ablation), and a bounded, order-independent sample of
-  activation levels per layer whose quantiles bin neurons (the matched control).
+The reference statistics ablations need (each unit's mean coordinates over reference images,
+a bounded sample of activation levels per layer for the matched control's bins) are
+:class:`~neuronpath.analysis.unitstats.UnitStats`, which the neuron atlas uses too.
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..draws import seeded_generator
 from ..errors import InputError, option
 from .bootstrap import percentile_interval
 
 METRICS = ("prob", "logit", "logit-diff", "kl")
 ABLATIONS = ("zero", "mean", "resample")
-SAMPLE_PER_LAYER = 200_000  # activation levels kept per layer for the quantile bins
 
 
 def check_names(names: Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
@@ -139,48 +137,3 @@ def statistics(values: Mapping[str, np.ndarray], draws: np.ndarray) -> dict[str,
         "sufficiency": summarise(lambda i: sufficiency(i)[-1]),
         "sufficiency_area": summarise(lambda i: area(sufficiency(i))),
     }
-
-
-class ReferenceStats:
-    """Streaming statistics of every layer's units over reference images: the mean of the
-    site's coordinates at each position a unit is read at, (positions, coords) per layer, and
-    a bounded sample of activation levels (a unit's mean value over its positions) per layer.
-    The sample takes, from each image, the same seeded share of each layer's units whatever the
-    order images come in, so the statistics do not depend on batches.  ``counts``: units per
-    layer where they differ from the coordinates (attention heads)."""
-
-    def __init__(
-        self,
-        shapes: Sequence[tuple[int, int]],
-        images: int,
-        seed: int = 0,
-        counts: Sequence[int] | None = None,
-    ):
-        self.sums = [np.zeros(shape) for shape in shapes]
-        self.count = 0
-        self.seed = seed
-        counts = counts or [n for _, n in shapes]
-        self.take = [max(1, min(n, SAMPLE_PER_LAYER // max(images, 1))) for n in counts]
-        self.samples: list[list[np.ndarray]] = [[] for _ in shapes]
-
-    def add(
-        self, image: str, acts: Sequence[np.ndarray], levels: Sequence[np.ndarray] | None = None
-    ) -> None:
-        """One image's coordinates per layer, (positions, coords), and its unit values
-        (positions, n) where they differ (heads)."""
-        for l, values in enumerate(acts):
-            self.sums[l] += values
-            level = values if levels is None else levels[l]
-            chosen = torch.randperm(
-                level.shape[-1], generator=seeded_generator("reference", self.seed, image, l)
-            )[: self.take[l]].numpy()
-            self.samples[l].append(level.mean(0)[chosen])
-        self.count += 1
-
-    def means(self) -> list[np.ndarray]:
-        return [s / max(self.count, 1) for s in self.sums]
-
-    def edges(self, bins: int) -> list[np.ndarray]:
-        """Per layer, the ``bins - 1`` inner quantile edges of the sampled activation levels."""
-        quantiles = np.linspace(0, 1, bins + 1)[1:-1]
-        return [np.quantile(np.concatenate(s), quantiles) for s in self.samples]

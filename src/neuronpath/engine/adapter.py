@@ -121,6 +121,7 @@ class ModelAdapter:
         self.distillation_index = distillation_index
         self.input_shape = input_shape
         self.details: dict = {}  # family-specific facts for manifests (e.g. zero-shot classes)
+        self.embedding_head = None  # a contrastive tower's embedding head (engine/direct.py)
         self._forward = forward or model
         self._layout = layout
         self._readout: Readout | None = None

@@ -75,6 +75,15 @@ class TokenLayout:
             cells = placed
         return cells.reshape(self.height, self.width)
 
+    def cell(self, token: int) -> list[int] | None:
+        """The (row, column) in the image grid of token ``token`` (None: a special token, or a
+        layout without a grid)."""
+        if self.kind != "grid" or token < self.prefix:
+            return None
+        cell = token - self.prefix
+        cell = self.order[cell] if self.order is not None else cell
+        return [cell // self.width, cell % self.width]
+
     def describe(self) -> dict:
         if self.kind != "grid":
             return {"kind": self.kind, "why": self.why}

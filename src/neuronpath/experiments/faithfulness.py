@@ -35,7 +35,6 @@ from ..analysis.bootstrap import bootstrap_draws
 from ..analysis.faithfulness import (
     ABLATIONS,
     METRICS,
-    ReferenceStats,
     check_names,
     curve,
     metric_values,
@@ -43,6 +42,7 @@ from ..analysis.faithfulness import (
     statistics,
 )
 from ..analysis.records import group_by
+from ..analysis.unitstats import UnitStats
 from ..draws import seeded_generator
 from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons, record_neurons
@@ -167,7 +167,7 @@ def reference_items(run, options: FaithfulnessOptions) -> list[ImageItem]:
 
 def reference_statistics(
     run, options: FaithfulnessOptions, folder: Path, execution: Execution
-) -> ReferenceStats:
+) -> UnitStats:
     """The reference set's statistics, computed once by one streaming pass (main rank) and
     kept in ``folder/reference.npz`` with its identity; every rank then reads them."""
     items = reference_items(run, options)
@@ -194,23 +194,22 @@ def reference_statistics(
             adapter, layers = run.adapter, range(run.adapter.num_layers)
             with torch.inference_mode(), record_neurons(adapter, coordinates=True) as acts:
                 adapter.logits(batch.pixels.to(adapter.device, adapter.dtype))
-            levels = {l: adapter.units(l).values(acts[l]) for l in layers}
+            levels = [
+                adapter.units(l).values(acts[l]).double().mean(1).cpu().numpy() for l in layers
+            ]
             if stats is None:
                 shapes = [tuple(acts[l].shape[1:]) for l in layers]
-                counts = [levels[l].shape[-1] for l in layers]
-                stats = ReferenceStats(shapes, len(items), run.options.seed, counts)
-            for b, item in enumerate(batch.items):
-                stats.add(
-                    item.id,
-                    [acts[l][b].double().cpu().numpy() for l in layers],
-                    [levels[l][b].double().cpu().numpy() for l in layers],
-                )
+                counts = [level.shape[-1] for level in levels]
+                seed = run.options.seed
+                stats = UnitStats(counts, coordinates=shapes, layer_sample=len(items), seed=seed)
+            coords = [acts[l].double().cpu().numpy() for l in layers]
+            stats.add([it.id for it in batch.items], levels, coordinates=coords)
         for line in skipped:
             log.warning("reference: skipping %s", line)
         if stats is None:
             raise InputError(f"{option('reference')}: none of its {len(items)} images can be read")
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {f"mean{l}": m for l, m in enumerate(stats.means())}
+        arrays = {f"mean{l}": m for l, m in enumerate(stats.coordinate_means())}
         arrays |= {f"edges{l}": e for l, e in enumerate(stats.edges(options.bins))}
         tmp = folder / "reference.tmp.npz"
         np.savez(tmp, identity=json.dumps(identity), count=stats.count, **arrays)

@@ -34,6 +34,7 @@ from ..models.loading import load_run_model
 from ..report.data import RunIndex, page_data, png, quantised, text, thumbnail
 from ..report.page import write_page
 from .common import Execution, resolve_device, run_sites
+from .neurons import read_atlas
 from .ranks import Ranks, join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
@@ -150,8 +151,10 @@ def _activation_pass(
                         "share": [t / whole if whole else None for t in total],
                     }
             records.append(record)
-        np.savez(state_path.with_name(state_path.name + ".tmp.npz"), values=values, images=images)
-        Path(str(state_path) + ".tmp.npz").replace(state_path)
+        tmp = state_path.with_name(f".{state_path.name}.partial")  # not a state until renamed
+        with open(tmp, "wb") as handle:
+            np.savez(handle, values=values, images=images)
+        tmp.replace(state_path)
         store.append(records)
 
     prep, order = adapter.preprocess, index.order
@@ -210,6 +213,44 @@ def _card_maps(
                     pattern = weights[site][b, unit, queries].double().mean(0)
                     attention[(c, item.id)] = _map(adapter, site, pattern)
     return maps, thumbs, attention
+
+
+def _atlas(find_dir: Path, adapter, index: RunIndex, batch_size: int) -> tuple[dict, dict, str]:
+    """The atlas of ``find_dir/neurons`` (``neuronpath neurons``) for the card units: per card
+    unit its top and bottom images over the atlas's image set (with the peak token's cell),
+    histogram, statistics and text labels; the thumbnails of those images; and a note on the
+    atlas (or why there is none)."""
+    folder = find_dir / "neurons"
+    if not (folder / "atlas.npz").is_file():
+        return {}, {}, f"no atlas (neuronpath neurons {find_dir} --data DIR adds one)"
+    atlas, settings = read_atlas(folder), read_manifest(folder)["settings"]
+    root = Path(settings["data"])
+    by_site = {(entry["site"], unit): entry for (_, _, unit), entry in atlas.units.items()}
+    cards, wanted = {}, set()
+    for site, unit in index.cards:
+        entry = by_site.get((site, unit))
+        if entry is None:
+            continue
+        layout = adapter.layout(site)
+
+        def placed(image, value, peak):
+            wanted.add(image)
+            return {"image": image, "value": value, "peak": layout.cell(peak)}
+
+        cards[(site, unit)] = {
+            "top": [placed(*t) for t in entry["top"]],
+            "bottom": [placed(*t) for t in entry["bottom"]],
+            "histogram": entry["histogram"],
+            "stats": {k: entry[k] for k in ("mean", "min", "max", "active")},
+            "labels": entry.get("labels", [])[:5],
+        }
+    thumbs = {}
+    items = [ImageItem(i, root / i, -1, "") for i in sorted(wanted)]
+    for batch in image_batches(items, adapter.preprocess, batch_size):
+        for b, item in enumerate(batch.items):
+            thumbs[item.id] = thumbnail(batch.pixels[b], adapter.preprocess)
+    note = f"atlas over {atlas.images} images of {root}"
+    return cards, thumbs, note
 
 
 def _prune_paths(run_dir: Path, prune: dict) -> Path:
@@ -277,6 +318,7 @@ def run_report(
     if not ranks.main:
         return None
     maps, thumbs, attention = _card_maps(adapter, index, root, positions, execution.batch_size)
+    atlas, atlas_thumbs, atlas_note = _atlas(find_dir, adapter, index, execution.batch_size)
     readable = read_class_names(class_names) if class_names else {}
     layouts = [adapter.layout(l).describe() for l in range(adapter.num_layers)]
     data_json = page_data(
@@ -293,6 +335,7 @@ def run_report(
         layouts,
         attention,
         adapter.attention_note,
+        (atlas, atlas_thumbs, atlas_note),
     )
     overview = {
         "manifest": manifest,

@@ -97,6 +97,8 @@ def load_model(
         units=spec.units,
         **kwargs,
     )
+    if hasattr(model, "embedding_head"):  # zero-shot: its units' direct effects can be read
+        adapter.embedding_head = model.embedding_head(kwargs["details"]["zero_shot"]["class_names"])
     return adapter.to(device=device, dtype=model_dtype)
 
 

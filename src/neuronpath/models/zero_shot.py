@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine.direct import EmbeddingHead
 from ..engine.tokens import TokenPolicy
 from ..errors import InputError, ModelLoadError, option
 from ..io.labels import read_class_names
@@ -56,9 +57,30 @@ class ZeroShotClassifier(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pooled = self.vision_model(pixel_values=pixel_values).pooler_output
         image = self.visual_projection(pooled) if self.visual_projection is not None else pooled
+        return self.logits_of(image)
+
+    def logits_of(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits of (unnormalised) image embeddings."""
         image = image / image.norm(p=2, dim=-1, keepdim=True)
         logits = image @ self.text_embeddings.to(image.dtype).T * self.logit_scale.exp()
         return logits if self.logit_bias is None else logits + self.logit_bias
+
+    def embedding_of_residual(self, residual: torch.Tensor) -> torch.Tensor:
+        """The (unnormalised) image embedding as a function of the residual stream after the
+        last block, (rows, tokens, d): CLIP's final norm of the CLS token and its projection,
+        SigLIP's final norm and attention-pooling head."""
+        vision = self.vision_model
+        if getattr(vision, "head", None) is not None:  # SigLIP
+            pooled = vision.head(vision.post_layernorm(residual))
+        else:
+            pooled = vision.post_layernorm(residual[:, 0])
+        return self.visual_projection(pooled) if self.visual_projection is not None else pooled
+
+    def embedding_head(self, names: list[str]) -> EmbeddingHead:
+        """What the direct effects of the image tower's units on its embedding need."""
+        return EmbeddingHead(
+            self.vision_model.encoder, self.embedding_of_residual, self.text_embeddings, names
+        )
 
 
 def contrastive_family(config) -> str | None:
@@ -129,23 +151,7 @@ def build_zero_shot(
             f"{option('classes')}: the tokenizer knows no word of the class names "
             f"{unknown[:3]}; expected names in the model's language"
         )
-    texts = [prompt.format(name) for name in names.values()]
-    padding = (
-        {
-            "padding": "max_length",
-            "truncation": True,
-            "max_length": model.config.text_config.max_position_embeddings,
-        }
-        if family == "siglip"
-        else {"padding": True}
-    )
-    with torch.no_grad():
-        tokens = tokenizer(texts, return_tensors="pt", **padding)
-        inputs = {"input_ids": tokens["input_ids"]}
-        if family == "clip" and "attention_mask" in tokens:  # SigLIP is trained without one
-            inputs["attention_mask"] = tokens["attention_mask"]
-        text = _features(model.get_text_features(**inputs)).double()
-    text = text / text.norm(p=2, dim=-1, keepdim=True)
+    text = _embed(model, tokenizer, family, [prompt.format(name) for name in names.values()])
     vision = model.vision_model
     if family == "siglip" and getattr(vision, "head", None) is None:
         raise ModelLoadError(
@@ -171,6 +177,38 @@ def build_zero_shot(
         }
     }
     return classifier, dict(enumerate(names)), details
+
+
+def _embed(model, tokenizer, family: str, texts: list[str]) -> torch.Tensor:
+    """L2-normalised text embeddings (texts, d) in float64 (SigLIP's prompts padded to its
+    maximum length, as it was trained)."""
+    padding = (
+        {
+            "padding": "max_length",
+            "truncation": True,
+            "max_length": model.config.text_config.max_position_embeddings,
+        }
+        if family == "siglip"
+        else {"padding": True}
+    )
+    with torch.no_grad():
+        tokens = tokenizer(texts, return_tensors="pt", **padding)
+        inputs = {"input_ids": tokens["input_ids"]}
+        if family == "clip" and "attention_mask" in tokens:  # SigLIP is trained without one
+            inputs["attention_mask"] = tokens["attention_mask"]
+        text = _features(model.get_text_features(**inputs)).double()
+    return text / text.norm(p=2, dim=-1, keepdim=True)
+
+
+def embed_texts(folder: str | Path, texts: list[str], local_only: bool = True) -> torch.Tensor:
+    """The text tower of the CLIP or SigLIP model in ``folder`` on ``texts``: L2-normalised
+    embeddings (texts, d), float32 as the classifier holds its class texts."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(str(folder), local_files_only=local_only).eval()
+    family = contrastive_family(model.config)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=local_only)
+    return _embed(model, tokenizer, family, texts).to(torch.float32)
 
 
 def zero_shot_readout(family: str) -> tuple[TokenPolicy, str]:

@@ -148,12 +148,21 @@ def page_data(
     layouts: list[dict],
     attention: dict | None = None,
     attention_note: str | None = None,
+    atlas: tuple[dict, dict, str] | None = None,
 ) -> dict:
     """The JSON the page's script renders: every image as columns, the explorer's details,
     the unit cards (a head's with its attention pattern from the readout positions, where
     ``attention`` has it, else ``attention_note`` says why not), and each site's token layout
-    (why a site has no maps)."""
+    (why a site has no maps); ``atlas``: each card unit's atlas (top and bottom images over the
+    atlas's image set, histogram, statistics, text labels), those images' thumbnails, and a
+    note."""
     attention = attention or {}
+    atlas_cards, atlas_thumbs, atlas_note = atlas or ({}, {}, None)
+    using: dict[tuple[int, int], list[str]] = {key: [] for key in index.cards}
+    for image in index.order:  # the first 60 images whose paths use each card's unit
+        for site, unit, _ in index.rows[image]["paths"].get(method, []):
+            if len(using.get((site, unit), ())) < 60 and (site, unit) in using:
+                using[(site, unit)].append(image)
     classes = sorted({row["label"] for row in index.rows.values()})
     names = {
         row["label"]: readable.get(row["label_name"], row["label_name"] or str(row["label"]))
@@ -213,6 +222,8 @@ def page_data(
                 "site": site,
                 "name": index.labels[(site, unit)],
                 "count": count,
+                "atlas": atlas_cards.get((site, unit)),
+                "images": using.get((site, unit), []),
                 "share": count / total,
                 "classes": [[names[k], v, v / class_sizes[k]] for k, v in classes_top],
                 "top": tops,
@@ -230,6 +241,8 @@ def page_data(
         "layouts": layouts,
         "units": manifest["settings"].get("units", "neurons"),
         "attentionNote": attention_note,
+        "atlasThumbs": atlas_thumbs,
+        "atlasNote": atlas_note,
         "capped": {
             "images": len(order),
             "details": len(detail),

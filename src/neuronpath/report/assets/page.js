@@ -201,8 +201,107 @@ function renderCards() {
       tops.appendChild(figure);
     });
     div.appendChild(tops);
+    if (card.atlas) div.appendChild(atlasPart(card));
+    if (card.images && card.images.length) {
+      const uses = document.createElement("p");
+      uses.className = "uses";
+      uses.append(`images whose ${DATA.method} path uses it: `);
+      card.images.forEach(image => {
+        const a = document.createElement("a");
+        a.href = `#image=${encodeURIComponent(image)}`;
+        a.textContent = image.split("/").pop();
+        a.title = image;
+        uses.appendChild(a);
+      });
+      div.appendChild(uses);
+    }
+    div.dataset.search = [card.name, ...card.classes.map(c => c[0]), ...((card.atlas && card.atlas.labels) || []).map(l => l[0])].join(" ").toLowerCase();
     holder.appendChild(div);
   });
+  const search = document.getElementById("card-search");
+  const count = document.getElementById("card-count");
+  const filter = () => {
+    const words = search.value.toLowerCase().trim();
+    let shown = 0;
+    holder.querySelectorAll(".card").forEach(div => {
+      div.hidden = words !== "" && !div.dataset.search.includes(words);
+      shown += div.hidden ? 0 : 1;
+    });
+    count.textContent = `${shown} of ${DATA.cards.length} cards`;
+  };
+  search.oninput = filter;
+  filter();
+}
+
+// A unit's atlas over a larger image set: top and bottom images with the peak patch boxed,
+// a histogram of its values, its statistics and (zero-shot models) its text labels.
+function atlasPart(card) {
+  const a = card.atlas, part = document.createElement("div");
+  part.className = "atlas";
+  const h = document.createElement("h4");
+  h.textContent = `${DATA.atlasNote}: mean ${fmt(a.stats.mean, 3)}, active on ${fmt(a.stats.active * 100, 0)} % of images`;
+  part.appendChild(h);
+  [["top", a.top], ["bottom", a.bottom]].forEach(([name, list]) => {
+    const row = document.createElement("div");
+    row.className = "tops";
+    row.dataset.end = name;
+    list.forEach(t => {
+      const figure = document.createElement("figure");
+      figure.appendChild(boxed(DATA.atlasThumbs[t.image], t.peak, card.site, 72));
+      const caption = document.createElement("figcaption");
+      caption.textContent = `${name} · ${fmt(t.value, 2)}`;
+      caption.title = t.image;
+      figure.appendChild(caption);
+      row.appendChild(figure);
+    });
+    part.appendChild(row);
+  });
+  part.appendChild(histogram(a.histogram[0], a.histogram[1]));
+  if (a.labels && a.labels.length) {
+    const p = document.createElement("p");
+    p.className = "labels";
+    p.textContent = "text labels (direct effect on the image embedding only): " + a.labels.map(([w, v]) => `${w} ${fmt(v, 3)}`).join(", ");
+    part.appendChild(p);
+  }
+  return part;
+}
+
+function boxed(thumb, peak, site, size) {
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = size;
+  const context = canvas.getContext("2d");
+  const picture = new Image();
+  picture.onload = () => {
+    context.drawImage(picture, 0, 0, size, size);
+    const layout = DATA.layouts && DATA.layouts[site];
+    if (!peak || !layout || layout.kind !== "grid") return;
+    const w = size / layout.width, h = size / layout.height;
+    context.strokeStyle = "#ff2d2d";
+    context.lineWidth = 2;
+    context.strokeRect(peak[1] * w + 1, peak[0] * h + 1, w - 2, h - 2);
+  };
+  picture.src = thumb;
+  canvas.title = peak ? `peak at row ${peak[0]}, column ${peak[1]}` : "no peak patch (no token layout)";
+  return canvas;
+}
+
+function histogram(counts, edges) {
+  const canvas = document.createElement("canvas");
+  canvas.width = 360; canvas.height = 60;
+  canvas.className = "hist";
+  const context = canvas.getContext("2d");
+  const top = Math.max(1, ...counts), w = canvas.width / counts.length;
+  counts.forEach((c, k) => {
+    context.fillStyle = "#4a78c2";
+    context.fillRect(k * w + 1, canvas.height - 12 - (c / top) * (canvas.height - 14), w - 2, (c / top) * (canvas.height - 14));
+  });
+  context.fillStyle = "#556";
+  context.font = "10px sans-serif";
+  context.fillText(fmt(edges[0], 2), 0, canvas.height - 1);
+  const last = fmt(edges[edges.length - 1], 2);
+  context.fillText(last, canvas.width - context.measureText(last).width, canvas.height - 1);
+  canvas.title = "values on the atlas's sampled images";
+  return canvas;
 }
 
 function render() { renderHead(); renderTable(); }
@@ -231,7 +330,7 @@ function init() {
   document.getElementById("explorer-note").textContent =
     `${c.images} images; thumbnails, activations and heatmaps (each path neuron's activation over the patch grid) for the first ${c.details}.`;
   document.getElementById("neurons-note").textContent =
-    `The ${c.cards} most chosen of the ${c.neurons} neurons on ${DATA.method} paths, each with the run's images that activate it most (at the policy's tokens).`;
+    `The ${c.cards} most chosen of the ${c.neurons} units on ${DATA.method} paths, each with the run's images that activate it most (at the policy's tokens); ${DATA.atlasNote || "no atlas"}.`;
   render();
   renderCards();
   window.addEventListener("hashchange", showSection);

@@ -1,0 +1,502 @@
+"""``neuronpath neurons``: what a path unit responds to -- a neuron atlas over any image set.
+
+One streaming pass over an image folder (``--limit``, ``torchrun``, resumable, progress) keeps,
+for the units on a find run's paths (or all units of chosen layers, or the units named with
+``--units``), each unit's top-k and bottom-k images by its value at the read positions (the
+mean over them, as the page shows it) with the token where it peaks in each, and its
+statistics (:class:`~neuronpath.analysis.unitstats.UnitStats`); for a zero-shot CLIP or SigLIP
+model also each unit's **text labels**: the vocabulary entries (the run's class names, or
+``--vocabulary FILE``) its direct effect on the image embedding is most aligned with
+(:mod:`neuronpath.engine.direct`; the direct effect only).  Memory grows with units x k, never
+with the images.
+
+Writes ``OUT/`` (default ``RUN/neurons/``): ``manifest.json``, ``atlas.npz`` (what the page and
+:func:`read_atlas` read), ``top.csv`` (``layer,neuron,rank,image,value,peak_token``; bottom
+images have ranks -1, -2, ...), ``labels.csv`` (``layer,neuron,rank,label,score``) where there
+are labels.  Each rank checkpoints its accumulator after every batch
+(``state.rank{r}.npz``, atomically, with the images it holds), so a killed pass loses nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.unitstats import UnitStats
+from ..engine.direct import direct_effects
+from ..engine.interventions import record_neurons
+from ..errors import InputError, RunFormatError, option
+from ..io.images import interleave_classes, scan_image_folder
+from ..io.store import read_manifest, read_records, write_json_atomic
+from ..models.loading import load_model, load_run_model
+from ..models.spec import ModelSpec
+from ..pathformat import ABSENT, decode, record_units, unit_label
+from .common import Execution, resolve_device, run_sites, versions
+from .ranks import join_ranks, open_store, work_through
+
+log = logging.getLogger("neuronpath")
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+HISTOGRAM_BINS = 20
+STATE = "state.rank{}.npz"
+
+
+@dataclass(frozen=True)
+class AtlasOptions:
+    """What the atlas keeps: ``top`` and ``bottom`` images per unit, ``sample`` images whose
+    values give the quantiles and histograms, ``labels`` text labels per unit, the ``seed``
+    of the sample."""
+
+    top: int = 9
+    bottom: int = 3
+    sample: int = 1024
+    labels: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, low in (("top", 1), ("bottom", 0), ("sample", 1), ("labels", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise InputError(f"{option(name)}: expected an integer >= {low}, got {value!r}")
+
+
+def parse_units(text: str) -> list[tuple[int, str, int]]:
+    """``L:I,L:hI,...`` -> ``[(layer, kind, index)]``: neuron I of layer L, or (``hI``) its
+    head I."""
+    out = []
+    for item in (part.strip() for part in str(text).split(",") if part.strip()):
+        layer, sep, index = item.partition(":")
+        kind = "head" if index.startswith("h") else "neuron"
+        try:
+            out.append((int(layer), kind, int(index.removeprefix("h"))))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise InputError(
+                f"{option('units')}: expected LAYER:INDEX (a neuron) or LAYER:hINDEX (a head) "
+                f"items, got {item!r}"
+            )
+    if not out:
+        raise InputError(f"{option('units')}: expected LAYER:INDEX items, got {text!r}")
+    return out
+
+
+def unit_set_of(units: list[tuple[int, str, int]]) -> str:
+    kinds = {kind for _, kind, _ in units}
+    return "neurons+heads" if len(kinds) > 1 else ("heads" if kinds == {"head"} else "neurons")
+
+
+def sites_of(units: list[tuple[int, str, int]], adapter) -> dict[int, list[int]]:
+    """``{site: [units]}`` of ``(layer, kind, index)`` units, checked against the model's
+    layers and widths."""
+    widths, chosen = adapter.widths(), {}
+    for layer, kind, index in units:
+        site = next(
+            (
+                s
+                for s in range(adapter.num_layers)
+                if adapter.blocks[s] == layer and adapter.units(s).kind == kind
+            ),
+            None,
+        )
+        name = f"{layer}:{'h' if kind == 'head' else ''}{index}"
+        if site is None:
+            raise InputError(
+                f"{option('units')}: {name}: the model has layers 0..{adapter.num_blocks - 1}"
+            )
+        if not 0 <= index < widths[site]:
+            raise InputError(
+                f"{option('units')}: {name}: layer {layer} has {widths[site]} {kind}s "
+                f"(0..{widths[site] - 1})"
+            )
+        chosen.setdefault(site, []).append(index)
+    return {s: sorted(set(u)) for s, u in sorted(chosen.items())}
+
+
+def path_units(run_dir: Path, manifest: dict, methods: list[str] | None) -> dict[int, list[int]]:
+    """``{site: [units]}`` on the paths of ``methods`` (default: every method) of a find run."""
+    kinds, blocks = run_sites(manifest)
+    records = read_records(run_dir)
+    available = list(dict.fromkeys(r["method"] for r in records))
+    methods = methods or available
+    unknown = [m for m in methods if m not in available]
+    if unknown:
+        raise InputError(
+            f"{option('method')}: the run has no paths of {unknown}; it has "
+            f"{', '.join(available) or 'none yet'}"
+        )
+    chosen: dict[int, set[int]] = {}
+    for r in records:
+        if r["method"] in methods:
+            for site, entry in enumerate(decode(r["path"], record_units(r), kinds, blocks)):
+                for unit in entry if isinstance(entry, list) else [entry]:  # TopK: all K
+                    if unit != ABSENT:
+                        chosen.setdefault(site, set()).add(int(unit))
+    if not chosen:
+        raise RunFormatError(f"{run_dir}: the run has no paths of {', '.join(methods)} yet")
+    return {s: sorted(u) for s, u in sorted(chosen.items())}
+
+
+def _peaks(adapter, site: int, values: torch.Tensor) -> torch.Tensor:
+    """(rows, tokens, n) -> (rows, n): the token where each unit peaks, among the site's
+    image tokens (after its special tokens) where its layout states them, else among all."""
+    layout = adapter.layout(site, values.shape[1])
+    start = layout.prefix if layout.kind == "grid" else 0
+    return values[:, start:].argmax(1) + start
+
+
+def run_neurons(
+    data: str | Path,
+    *,
+    run_dir: str | Path | None = None,
+    spec: ModelSpec | str | None = None,
+    units: str | None = None,
+    methods: list[str] | None = None,
+    layers: list[int] | None = None,
+    out: str | Path | None = None,
+    vocabulary: str | Path | None = None,
+    limit: int | None = None,
+    options: AtlasOptions = AtlasOptions(),
+    execution: Execution = Execution(batch_size=16),
+) -> Path | None:
+    """The atlas of a find run's path units (``run_dir``; ``methods``: whose paths, default
+    all) or of a model's units (``spec`` with ``units`` ``L:I,...``), or of every unit of
+    ``layers`` (either way), over the images of ``data``; returns the atlas folder (None on the
+    other ranks of a ``torchrun`` job)."""
+    if (run_dir is None) == (spec is None):
+        raise InputError(
+            f"neurons: give a find run, or {option('model', 'M')} with "
+            f"{option('units', 'L:I,...')} (or {option('layers', 'L,...')}), not both"
+        )
+    if limit is not None and limit < 1:
+        raise InputError(f"{option('limit')}: expected a positive integer, got {limit}")
+    ranks = join_ranks(resolve_device(execution.device))
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        manifest = read_manifest(run_dir)
+        on_paths = path_units(run_dir, manifest, methods) if layers is None else None
+        adapter = load_run_model(run_dir, manifest["settings"], None, ranks.device)
+        source = {"find_settings_sha256": _sha(manifest["settings"])}
+        out = Path(out) if out else run_dir / "neurons"
+    else:
+        spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec)
+        named = parse_units(units) if units is not None else None
+        if named is not None:
+            spec = replace(spec, units=unit_set_of(named))
+        adapter = load_model(spec, device=ranks.device)
+        source = {"model": spec.settings(adapter, "auto")}
+        if out is None:
+            raise InputError(f"neurons: {option('out', 'DIR')} is needed without a find run")
+        out = Path(out)
+    if layers is not None:
+        bad = [l for l in layers if not 0 <= l < adapter.num_blocks]
+        if bad:
+            raise InputError(
+                f"{option('layers')}: {bad} outside the model's layers 0..{adapter.num_blocks - 1}"
+            )
+        tracked = {
+            s: list(range(adapter.widths()[s]))
+            for s in range(adapter.num_layers)
+            if adapter.blocks[s] in layers
+        }
+    elif run_dir is not None:
+        tracked = on_paths
+    elif units is not None:
+        tracked = sites_of(named, adapter)
+    else:
+        raise InputError(
+            f"neurons: name the units, {option('units', 'L:I,...')} or {option('layers', 'L,...')}"
+        )
+    texts, names = _vocabulary(adapter, vocabulary, run_dir, manifest if run_dir else None)
+    folder = scan_image_folder(data, adapter.id2label)
+    items = interleave_classes(folder.items)[:limit]
+    settings = {
+        **source,
+        "data": str(Path(data).expanduser().resolve()),
+        "images_sha256": _sha([it.id for it in items]),
+        "units": {str(s): u for s, u in tracked.items()},
+        "top": options.top,
+        "bottom": options.bottom,
+        "sample": options.sample,
+        "seed": options.seed,
+        "vocabulary_sha256": None if texts is None else _sha(names),
+    }
+    store = open_store(
+        ranks,
+        out,
+        {
+            "tool": "neuronpath neurons",
+            "settings": settings,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(),
+        },
+    )
+    sites = sorted(tracked)
+    counts = adapter.widths()
+
+    def fresh() -> UnitStats:
+        return UnitStats(
+            counts,
+            [tracked.get(s, []) for s in range(adapter.num_layers)],
+            top=options.top,
+            bottom=options.bottom,
+            sample=options.sample,
+            seed=options.seed,
+        )
+
+    mine_path = store.dir / STATE.format(ranks.rank)
+    stats, effects = (
+        fresh(),
+        {s: np.zeros((len(tracked[s]), 0 if texts is None else len(names))) for s in sites},
+    )
+    if mine_path.is_file():
+        state = np.load(mine_path)
+        stats.load(state)
+        effects = {s: state[f"effect{s}"] for s in sites}
+    done = set()
+    for path in _states(store.dir):
+        done |= set(str(np.load(path)["images"]).split("\n")) - {""}
+    pending = [it for it in items if it.id not in done]
+    log.info(
+        "neurons: %d units in %d layers, %d images, %d to do -> %s",
+        sum(len(u) for u in tracked.values()),
+        len(sites),
+        len(items),
+        len(pending),
+        store.dir,
+    )
+    index = {s: torch.tensor(tracked[s]) for s in sites}
+
+    def handle(batch):
+        pixels = batch.pixels.to(adapter.device, adapter.dtype)
+        with torch.inference_mode(), record_neurons(adapter, sites, all_tokens=True) as acts:
+            adapter.logits(pixels)
+        levels, peaks = [], []
+        for s in range(adapter.num_layers):
+            if s not in tracked:
+                levels.append(np.zeros((len(batch.items), counts[s])))
+                peaks.append(np.zeros((len(batch.items), counts[s]), dtype=np.int64))
+                continue
+            values = acts[s].double()
+            levels.append(adapter.token_at(s).select(values).mean(1).cpu().numpy())
+            peaks.append(_peaks(adapter, s, values).cpu().numpy())
+        if texts is not None:
+            found = direct_effects(adapter, adapter.embedding_head, pixels, index, texts)
+            for s in sites:
+                effects[s] = effects[s] + found[s].double().sum(0).cpu().numpy()
+        stats.add([it.id for it in batch.items], levels, peaks)
+        tmp = mine_path.with_name(f".{mine_path.name}.partial")  # not a state file until renamed
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **stats.to_arrays(), **{f"effect{s}": e for s, e in effects.items()})
+        tmp.replace(mine_path)
+
+    order = [it.id for it in items]
+    work_through(ranks, store, pending, adapter.preprocess, execution, handle, order, "atlas")
+    ranks.barrier()
+    if not ranks.main:
+        return None
+    merged, total = fresh(), {s: 0 for s in sites}
+    for path in _states(store.dir):
+        state = np.load(path)
+        part = fresh().load(state)
+        merged.merge(part)
+        total = {s: total[s] + state[f"effect{s}"] for s in sites}
+    _write(
+        store.dir, adapter, tracked, merged, total if texts is not None else None, names, options
+    )
+    return store.dir
+
+
+def _states(folder: Path) -> list[Path]:
+    """Every rank's checkpoint in ``folder`` (of this job or an earlier, killed one)."""
+    return sorted(
+        p for p in folder.glob("state.rank*.npz") if re.fullmatch(r"state\.rank\d+\.npz", p.name)
+    )
+
+
+def _vocabulary(adapter, vocabulary, run_dir, manifest):
+    """(text embeddings (C, d_e), names) of the labels, or (None, None) without a text tower:
+    the run's class names by default, or one word or phrase per line of ``vocabulary``."""
+    head = adapter.embedding_head
+    if head is None:
+        if vocabulary is not None:
+            raise InputError(
+                f"{option('vocabulary')}: text labels need a zero-shot CLIP or SigLIP model "
+                f"(a text tower); {type(adapter.model).__name__} has none"
+            )
+        return None, None
+    if vocabulary is None:
+        return head.texts, list(head.names)
+    path = Path(vocabulary).expanduser()
+    try:
+        words = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(
+            f"{option('vocabulary')}: cannot read {path} as a UTF-8 text file ({error}); "
+            f"expected one word or phrase per line"
+        ) from None
+    words = list(dict.fromkeys(w for w in words if w))
+    if not words:
+        raise InputError(f"{option('vocabulary')}: {path} has no words; expected one per line")
+    from ..models.zero_shot import embed_texts
+
+    prompt = adapter.details["zero_shot"]["prompt"]
+    folder = (manifest or {}).get("settings", {}).get("model") or adapter.name
+    return embed_texts(folder, [prompt.format(w) for w in words]), words
+
+
+def _sha(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _write(folder: Path, adapter, tracked, stats: UnitStats, effects, names, options) -> None:
+    """atlas.npz, top.csv and labels.csv from the merged statistics."""
+    arrays, rows, label_rows = {}, [], []
+    for s, units in sorted(tracked.items()):
+        block = adapter.blocks[s]
+        sample = stats.sample(s)
+        top, bottom = stats.top[s], stats.bottom[s]
+        histogram = [
+            np.histogram(sample[:, j], bins=HISTOGRAM_BINS)[0]
+            if len(sample)
+            else np.zeros(HISTOGRAM_BINS)
+            for j in range(len(units))
+        ]
+        edges = [
+            np.histogram_bin_edges(sample[:, j], bins=HISTOGRAM_BINS)
+            if len(sample)
+            else np.zeros(HISTOGRAM_BINS + 1)
+            for j in range(len(units))
+        ]
+        arrays |= {
+            f"units{s}": np.array(units),
+            f"mean{s}": stats.means()[s],
+            f"min{s}": stats.min[s],
+            f"max{s}": stats.max[s],
+            f"active{s}": stats.active[s] / max(stats.count, 1),
+            f"quantiles{s}": stats.quantiles(s, QUANTILES)
+            if len(sample)
+            else np.zeros((5, len(units))),
+            f"histogram{s}": np.array(histogram),
+            f"edges{s}": np.array(edges),
+            f"top_values{s}": top.values,
+            f"top_images{s}": top.images.astype(str),
+            f"top_peaks{s}": top.peaks,
+            f"bottom_values{s}": bottom.values,
+            f"bottom_images{s}": bottom.images.astype(str),
+            f"bottom_peaks{s}": bottom.peaks,
+        }
+        for j, unit in enumerate(units):
+            for ends, sign in ((top, 1), (bottom, -1)):
+                for r in range(ends.values.shape[1]):
+                    rows.append(
+                        [
+                            block,
+                            unit,
+                            sign * (r + 1),
+                            ends.images[j, r],
+                            f"{ends.values[j, r]:.6g}",
+                            int(ends.peaks[j, r]),
+                        ]
+                    )
+        if effects is not None:
+            mean = effects[s] / max(stats.count, 1)
+            arrays[f"labels{s}"] = mean
+            for j, unit in enumerate(units):
+                for r, c in enumerate(np.argsort(-mean[j], kind="stable")[: options.labels]):
+                    label_rows.append([block, unit, r + 1, names[c], f"{mean[j, c]:.6g}"])
+    sites = sorted(tracked)
+    meta = {
+        "sites": sites,
+        "blocks": [adapter.blocks[s] for s in sites],
+        "kinds": [adapter.units(s).kind for s in sites],
+        "names": {
+            str(s): [unit_label(adapter.blocks[s], adapter.units(s).kind, u) for u in tracked[s]]
+            for s in sites
+        },
+        "images": stats.count,
+        "quantiles": list(QUANTILES),
+        "vocabulary": names,
+    }
+    tmp = folder / "atlas.tmp.npz"
+    np.savez(tmp, meta=json.dumps(meta), **arrays)
+    tmp.replace(folder / "atlas.npz")
+    _csv(folder / "top.csv", ["layer", "neuron", "rank", "image", "value", "peak_token"], rows)
+    if effects is not None:
+        _csv(folder / "labels.csv", ["layer", "neuron", "rank", "label", "score"], label_rows)
+    write_json_atomic(
+        folder / "atlas.json",
+        {"images": stats.count, "units": sum(len(u) for u in tracked.values())},
+    )
+
+
+def _csv(path: Path, header: list[str], rows: list[list]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+@dataclass
+class Atlas:
+    """A neuron atlas read back (:func:`read_atlas`): per unit (``(layer, kind, index)``) its
+    statistics, top and bottom images with their peak tokens, and text labels where there are
+    any."""
+
+    images: int
+    units: dict[tuple[int, str, int], dict]
+
+    def __getitem__(self, key) -> dict:
+        return self.units[key]
+
+
+def read_atlas(folder: str | Path) -> Atlas:
+    """The atlas a ``neuronpath neurons`` pass wrote into ``folder``."""
+    path = Path(folder) / "atlas.npz"
+    if not path.is_file():
+        raise RunFormatError(f"{folder}: no atlas.npz (run neuronpath neurons first)")
+    data = np.load(path)
+    meta = json.loads(str(data["meta"]))
+    units = {}
+    for s, block, kind in zip(meta["sites"], meta["blocks"], meta["kinds"]):
+        for j, unit in enumerate(data[f"units{s}"].tolist()):
+            entry = {
+                "site": s,
+                "mean": float(data[f"mean{s}"][j]),
+                "min": float(data[f"min{s}"][j]),
+                "max": float(data[f"max{s}"][j]),
+                "active": float(data[f"active{s}"][j]),
+                "quantiles": dict(zip(meta["quantiles"], data[f"quantiles{s}"][:, j].tolist())),
+                "histogram": (data[f"histogram{s}"][j].tolist(), data[f"edges{s}"][j].tolist()),
+                "top": list(
+                    zip(
+                        data[f"top_images{s}"][j].tolist(),
+                        data[f"top_values{s}"][j].tolist(),
+                        data[f"top_peaks{s}"][j].tolist(),
+                    )
+                ),
+                "bottom": list(
+                    zip(
+                        data[f"bottom_images{s}"][j].tolist(),
+                        data[f"bottom_values{s}"][j].tolist(),
+                        data[f"bottom_peaks{s}"][j].tolist(),
+                    )
+                ),
+            }
+            if f"labels{s}" in data:
+                scores = data[f"labels{s}"][j]
+                order = np.argsort(-scores, kind="stable")
+                entry["labels"] = [(meta["vocabulary"][c], float(scores[c])) for c in order]
+            units[(block, kind, unit)] = entry
+    return Atlas(meta["images"], units)

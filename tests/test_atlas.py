@@ -1,0 +1,308 @@
+"""The neuron atlas (``neuronpath neurons``) against plain loops: top and bottom images, peak
+patches, text labels (direct effects) on tiny float64 models; resumable, torchrun-shared and
+bounded in memory; bad input gets one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import literal
+from conftest import make_image_folder, save_tiny_model
+from families import save_family
+from neuronpath.analysis.unitstats import UnitStats
+from neuronpath.cli import main
+from neuronpath.experiments.neurons import AtlasOptions, read_atlas, run_neurons
+from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
+from neuronpath.io.store import read_records
+from neuronpath.models.loading import load_model
+from test_distributed import _child_with_rank, finish, torchrun
+
+FIND = ["-q", "find", "--steps", "2", "--device", "cpu", "--dtype", "float64"]
+
+
+def _find(tmp_path, model, data, *extra, name="run"):
+    run = tmp_path / name
+    args = [*FIND, "--model", str(model), "--data", str(data), "--out", str(run), *extra]
+    assert main(args) == 0
+    return run
+
+
+def _plain_values(model, adapter, data):
+    """Per image, every FFN layer's post-activation values at every token, by a plain hook on
+    the activation module (not neuronpath's), on the images the adapter preprocesses."""
+    items = interleave_classes(scan_image_folder(data, adapter.id2label).items)
+    out = {}
+    for item in items:
+        x = adapter.preprocess(load_image(item.path))[None].double()
+        found = {}
+        hooks = [
+            site.register_forward_hook(
+                lambda m, i, o, l=l: found.__setitem__(l, o[0].detach().clone())
+            )
+            for l, site in enumerate(literal.sites(model))
+        ]
+        with torch.no_grad():
+            model(pixel_values=x)
+        for h in hooks:
+            h.remove()
+        out[item.id] = found
+    return out
+
+
+def test_top_bottom_and_peaks_equal_a_plain_loop(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=6)
+    run = _find(tmp_path, model_dir, data)
+    options = AtlasOptions(top=4, bottom=2, sample=5)
+    folder = run_neurons(data, run_dir=run, options=options, execution=_cpu())
+    atlas = read_atlas(folder)
+    adapter = load_model(str(model_dir), dtype=torch.float64)
+    values = _plain_values(adapter.model, adapter, data)
+    tracked = {(l, i) for r in read_records(run) for l, i in enumerate(r["path"])}
+    assert {(layer, unit) for layer, _, unit in atlas.units} == tracked
+    for layer, unit in tracked:
+        entry = atlas[(layer, "neuron", unit)]
+        cls = {image: float(v[layer][0, unit]) for image, v in values.items()}  # CLS readout
+        ranked = sorted(cls, key=lambda image: (-cls[image], image))
+        assert [t[0] for t in entry["top"]] == ranked[:4]
+        assert [t[1] for t in entry["top"]] == pytest.approx([cls[i] for i in ranked[:4]])
+        low = sorted(cls, key=lambda image: (cls[image], image))
+        assert [t[0] for t in entry["bottom"]] == low[:2]
+        for image, _, peak in entry["top"] + entry["bottom"]:  # the patch where it peaks
+            patches = values[image][layer][1:, unit]
+            assert peak == 1 + int(torch.argmax(patches))
+        mean = np.mean(list(cls.values()))
+        assert entry["mean"] == pytest.approx(mean) and entry["max"] == pytest.approx(
+            max(cls.values())
+        )
+        assert entry["active"] == pytest.approx(np.mean([v > 0 for v in cls.values()]))
+    rows = (folder / "top.csv").read_text().splitlines()
+    assert rows[0] == "layer,neuron,rank,image,value,peak_token"
+    assert len(rows) == 1 + len(tracked) * (4 + 2)
+
+
+def _cpu():
+    from neuronpath.experiments.common import Execution
+
+    return Execution("cpu", 4)
+
+
+def _residual_and_writes(adapter, x1, layer, unit):
+    """The residual stream after the last block of a zero-shot tower, and neuron ``unit`` of
+    block ``layer``'s write into the stream at every token (value x its column of fc2), both by
+    plain hooks."""
+    model = adapter.model
+    found = {}
+    vision = model.vision_model
+    act = [m for n, m in vision.named_modules() if n.endswith("mlp.activation_fn")][layer]
+    fc2 = [m for n, m in vision.named_modules() if n.endswith("mlp.fc2")][layer]
+    hooks = [
+        act.register_forward_hook(lambda m, i, o: found.__setitem__("h", o[0].detach().clone())),
+        vision.encoder.register_forward_hook(
+            lambda m, i, o: found.__setitem__("r", o.last_hidden_state[0].detach().clone())
+        ),
+    ]
+    with torch.no_grad():
+        model(x1)
+    for h in hooks:
+        h.remove()
+    write = found["h"][:, unit, None] * fc2.weight[:, unit][None, :]  # (tokens, d)
+    return found["r"], write
+
+
+def _embedding(model, residual):
+    """The image embedding from the residual stream, written with the towers' own modules:
+    CLIP's final norm of the CLS token and projection; SigLIP's final norm and pooling head."""
+    vision = model.vision_model
+    if getattr(vision, "head", None) is not None:
+        return vision.head(vision.post_layernorm(residual[None]))[0]
+    return model.visual_projection(vision.post_layernorm(residual[None, 0]))[0]
+
+
+@pytest.mark.parametrize("family", ["clip-zero-shot", "siglip-zero-shot"])
+def test_text_labels_equal_a_hand_computation_of_direct_effects(family, tmp_path):
+    folder = save_family(family, tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=2)
+    run = _find(tmp_path, folder, data, "--classes", str(folder / "classes.tsv"))
+    atlas_dir = run_neurons(
+        data, run_dir=run, options=AtlasOptions(top=2, bottom=1), execution=_cpu()
+    )
+    atlas = read_atlas(atlas_dir)
+    adapter = load_model(str(folder), dtype=torch.float64, classes=str(folder / "classes.tsv"))
+    texts = adapter.model.text_embeddings.double()
+    names = adapter.embedding_head.names
+    items = interleave_classes(scan_image_folder(data, adapter.id2label).items)
+    for (layer, kind, unit), entry in list(atlas.units.items())[:4]:
+        want = np.zeros(len(names))
+        for item in items:
+            x1 = adapter.preprocess(load_image(item.path))[None].double()
+            residual, write = _residual_and_writes(adapter, x1, layer, unit)
+            for c in range(len(names)):  # d<e(R + eps write), t_c>/d eps at eps = 0
+                eps = torch.zeros((), dtype=torch.float64, requires_grad=True)
+                score = _embedding(adapter.model, residual + eps * write) @ texts[c]
+                want[c] += torch.autograd.grad(score, eps)[0].item() / len(items)
+        got = dict(entry["labels"])
+        assert [got[n] for n in names] == pytest.approx(want.tolist(), rel=1e-6, abs=1e-9)
+        assert [w for w, _ in entry["labels"]] == [
+            names[c] for c in np.argsort(-want, kind="stable")
+        ]
+    assert (atlas_dir / "labels.csv").read_text().startswith("layer,neuron,rank,label,score")
+
+
+def test_unit_statistics_do_not_grow_with_the_images():
+    def state(images):
+        stats = UnitStats([6, 4], [[0, 3, 5], [1]], top=3, bottom=2, sample=8, seed=0)
+        rng = np.random.default_rng(0)
+        for start in range(0, images, 50):
+            ids = [f"img{i:06d}" for i in range(start, min(start + 50, images))]
+            levels = [rng.normal(size=(len(ids), 6)), rng.normal(size=(len(ids), 4))]
+            stats.add(ids, levels, [np.zeros((len(ids), 6), int), np.zeros((len(ids), 4), int)])
+        return {k: v.shape for k, v in stats.to_arrays().items() if k != "images"}
+
+    assert state(100) == state(5000)
+
+
+def test_the_pass_keeps_a_bounded_state_over_many_small_images(tmp_path):
+    model = save_tiny_model(tmp_path / "model")
+    few = make_image_folder(tmp_path / "few", per_class=7)  # more than the sample
+    many = make_image_folder(tmp_path / "many", per_class=60)
+    units = "0:1,1:2,2:3"
+    shapes = []
+    for data in (few, many):
+        out = tmp_path / f"atlas-{data.name}"
+        run_neurons(
+            data,
+            spec=str(model),
+            units=units,
+            out=out,
+            execution=_cpu(),
+            options=AtlasOptions(sample=16),
+        )
+        state = np.load(out / "state.rank0.npz")
+        shapes.append({k: state[k].shape for k in state.files if k != "images"})
+        assert read_atlas(out).images == (21 if data is few else 180)
+    assert shapes[0] == shapes[1]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_a_killed_pass_resumes_and_two_ranks_give_the_atlas_of_one_process(tmp_path):
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=20)
+    common = ["neurons", "--model", str(model), "--units", "0:1,1:2,2:h1", "--data", str(data)]
+    common += ["--device", "cpu", "--batch-size", "1", "--top", "3", "--sample", "10"]
+    out = tmp_path / "two"
+    process = torchrun(2, ["-q", *common, "--out", str(out)])
+    state = out / "state.rank1.npz"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        state.is_file() and "\n" in str(np.load(state)["images"])
+    ):
+        time.sleep(0.05)
+    victim = _child_with_rank(process.pid, 1)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    assert finish(process)[0] != 0
+    assert not (out / "atlas.npz").exists()
+    code, _, err = finish(torchrun(2, ["-q", *common, "--out", str(out)]))
+    assert code == 0, err
+    assert main(["-q", *common, "--out", str(tmp_path / "one")]) == 0
+    two, one = read_atlas(out), read_atlas(tmp_path / "one")
+    assert two.images == one.images == 60 and two.units.keys() == one.units.keys()
+    for key, entry in one.units.items():
+        got = two[key]
+        assert [t[0] for t in got["top"]] == [t[0] for t in entry["top"]]
+        assert [t[2] for t in got["top"]] == [t[2] for t in entry["top"]]
+        assert [t[0] for t in got["bottom"]] == [t[0] for t in entry["bottom"]]
+        for field in ("mean", "min", "max", "active"):
+            assert got[field] == pytest.approx(entry[field], rel=1e-9)
+        assert got["quantiles"] == pytest.approx(entry["quantiles"])
+
+
+def test_bad_atlas_input_gets_one_line(tmp_path, capsys):
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=2)
+
+    def error(*args):
+        capsys.readouterr()
+        assert main(["neurons", *args, "--data", str(data), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        return err
+
+    empty = _find(tmp_path, model, data)
+    (empty / "records.jsonl").write_text("")
+    assert "the run has no paths" in error(str(empty))
+    out = ["--out", str(tmp_path / "atlas")]
+    assert "layer 1 has 12 neurons (0..11)" in error("--model", str(model), "--units", "1:12", *out)
+    assert "the model has layers 0..2" in error("--model", str(model), "--units", "7:0", *out)
+    assert "expected LAYER:INDEX" in error("--model", str(model), "--units", "3", *out)
+    assert "outside the model's layers 0..2" in error("--model", str(model), "--layers", "5", *out)
+    words = tmp_path / "words.txt"
+    words.write_text("cat\n")
+    assert "text labels need a zero-shot CLIP or SigLIP model" in error(
+        "--model", str(model), "--units", "1:0", "--vocabulary", str(words), *out
+    )
+    clip = save_family("clip-zero-shot", tmp_path / "clip")
+    run = _find(tmp_path, clip, data, "--classes", str(clip / "classes.tsv"), name="clip-run")
+    (tmp_path / "blank.txt").write_text("\n \n")
+    assert "has no words" in error(str(run), "--vocabulary", str(tmp_path / "blank.txt"))
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00\x81")
+    assert "as a UTF-8 text file" in error(str(run), "--vocabulary", str(tmp_path / "binary.txt"))
+    words.write_text("cat\nfish\ncat\n")
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "-q",
+                "neurons",
+                str(run),
+                "--data",
+                str(data),
+                "--device",
+                "cpu",
+                "--vocabulary",
+                str(words),
+                "--out",
+                str(tmp_path / "v"),
+            ]
+        )
+        == 0
+    )
+    entry = next(iter(read_atlas(tmp_path / "v").units.values()))
+    assert sorted(w for w, _ in entry["labels"]) == ["cat", "fish"]  # a repeated word once
+
+
+def test_the_page_shows_each_cards_atlas_and_filters_cards(tmp_path):
+    from selenium.webdriver.common.by import By
+    from test_report import _browser
+
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=3)
+    run = _find(tmp_path, model, data, "--units", "heads")
+    assert main(["-q", "neurons", str(run), "--data", str(data), "--device", "cpu"]) == 0
+    assert main(["-q", "report", str(run), "--device", "cpu", "--cards", "4"]) == 0
+    browser = _browser()
+    try:
+        browser.get((run / "report" / "index.html").as_uri() + "#neurons")
+        cards = browser.find_elements(By.CSS_SELECTOR, "#cards .card")
+        assert len(cards) == 4
+        for card in cards:
+            atlas = card.find_element(By.CSS_SELECTOR, ".atlas")
+            assert atlas.find_elements(By.CSS_SELECTOR, '[data-end="top"] canvas')
+            assert atlas.find_elements(By.CSS_SELECTOR, "canvas.hist")
+            assert card.find_elements(By.CSS_SELECTOR, ".uses a")  # images whose paths use it
+        name = cards[0].find_element(By.TAG_NAME, "h3").text  # "layer L, head H"
+        layer, head = name.split(",")[0].split()[1], name.split()[-1]
+        browser.find_element(By.ID, "card-search").send_keys(f"L{layer} H{head}")
+        shown = [c for c in cards if c.is_displayed()]
+        assert shown == [cards[0]]
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        browser.quit()
