@@ -280,6 +280,7 @@ def test_bad_atlas_input_gets_one_line(tmp_path, capsys):
 
 def test_the_page_shows_each_cards_atlas_and_filters_cards(tmp_path):
     from selenium.webdriver.common.by import By
+
     from test_report import _browser
 
     model = save_tiny_model(tmp_path / "model")
