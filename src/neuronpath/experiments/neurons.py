@@ -34,12 +34,13 @@ import torch
 from ..analysis.unitstats import UnitStats
 from ..engine.direct import direct_effects
 from ..engine.interventions import record_neurons
-from ..errors import InputError, RunFormatError, option
-from ..io.images import interleave_classes, scan_image_folder
+from ..errors import ImageReadError, InputError, RunFormatError, option
+from ..io.images import interleave_classes, load_image, scan_image_folder
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..models.loading import load_model, load_run_model
 from ..models.spec import ModelSpec
 from ..pathformat import ABSENT, decode, record_units, unit_label
+from ..report.figures import atlas_figure
 from .common import Execution, resolve_device, run_sites, versions
 from .ranks import join_ranks, open_store, work_through
 
@@ -313,7 +314,57 @@ def run_neurons(
     _write(
         store.dir, adapter, tracked, merged, total if texts is not None else None, names, options
     )
+    _figure(store.dir, adapter, Path(data).expanduser())
     return store.dir
+
+
+FIGURE_UNITS = 24  # units drawn in atlas.png
+
+
+def _figure(folder: Path, adapter, root: Path) -> None:
+    """atlas.png/.svg: the first units of the atlas, each with its top and bottom images as the
+    model sees them, the peak patch boxed."""
+    atlas = read_atlas(folder)
+    chosen = list(atlas.units.items())[:FIGURE_UNITS]
+    wanted = sorted({t[0] for _, e in chosen for t in e["top"] + e["bottom"]})
+    pictures = {}
+    for image in wanted:
+        try:
+            x = adapter.preprocess(load_image(root / image))
+        except ImageReadError:
+            continue
+        pictures[image] = _view(x, adapter.preprocess)
+    rows, grid = [], None
+    for (layer, kind, unit), entry in chosen:
+        layout = adapter.layout(entry["site"])
+        grid = (layout.height, layout.width) if layout.kind == "grid" else grid
+
+        def cells(ends, layout=layout):
+            return [(pictures[i], v, layout.cell(p)) for i, v, p in ends if i in pictures]
+
+        labels = ", ".join(w for w, _ in entry.get("labels", [])[:3])
+        rows.append(
+            {
+                "name": unit_label(layer, kind, unit),
+                "top": cells(entry["top"]),
+                "bottom": cells(entry["bottom"]),
+                "labels": labels,
+            }
+        )
+    if rows:
+        atlas_figure(rows, folder / "atlas", grid)
+
+
+def _view(pixels: torch.Tensor, preprocess) -> np.ndarray:
+    """A preprocessed image de-normalised to (H, W, 3) in [0, 1], as the model sees it."""
+    x = pixels.double()
+    mean, std = getattr(preprocess, "mean", None), getattr(preprocess, "std", None)
+    if mean is not None and std is not None:
+        x = x * torch.tensor(std, dtype=x.dtype)[:, None, None]
+        x = x + torch.tensor(mean, dtype=x.dtype)[:, None, None]
+    else:
+        x = (x - x.amin()) / (x.amax() - x.amin() + 1e-12)
+    return x.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def _states(folder: Path) -> list[Path]:
@@ -406,6 +457,7 @@ def _write(folder: Path, adapter, tracked, stats: UnitStats, effects, names, opt
                             ends.images[j, r],
                             f"{ends.values[j, r]:.6g}",
                             int(ends.peaks[j, r]),
+                            adapter.units(s).kind,
                         ]
                     )
         if effects is not None:
@@ -430,7 +482,12 @@ def _write(folder: Path, adapter, tracked, stats: UnitStats, effects, names, opt
     tmp = folder / "atlas.tmp.npz"
     np.savez(tmp, meta=json.dumps(meta), **arrays)
     tmp.replace(folder / "atlas.npz")
-    _csv(folder / "top.csv", ["layer", "neuron", "rank", "image", "value", "peak_token"], rows)
+    header = ["layer", "neuron", "rank", "image", "value", "peak_token"]
+    if set(meta["kinds"]) == {"neuron"}:  # the columns of a neuron atlas; heads add their kind
+        rows = [row[:-1] for row in rows]
+    else:
+        header.append("kind")
+    _csv(folder / "top.csv", header, rows)
     if effects is not None:
         _csv(folder / "labels.csv", ["layer", "neuron", "rank", "label", "score"], label_rows)
     write_json_atomic(

@@ -269,3 +269,52 @@ def faithfulness_figure(
                 ax.set_ylabel("normalised faithfulness f(k)")
     axes[0][0].legend(fontsize=7, title="solid: ablated; dashed: only kept", title_fontsize=7)
     return _save(figure, out_stem)
+
+
+def atlas_figure(
+    rows: Sequence[Mapping], out_stem: str | Path, grid: tuple[int, int] | None = None
+) -> list[Path]:
+    """The atlas of some units, one row each: its top images then its bottom images (the model's
+    view of each, (H, W, 3) in [0, 1]), the patch where the unit peaks boxed (``grid``: the
+    layout's rows and columns), and the value under each.  ``rows[i]``: ``{"name", "top":
+    [(picture, value, cell)], "bottom": [...], "labels": str}``."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    width = max(len(r["top"]) + len(r["bottom"]) for r in rows) + 1
+    figure = Figure(figsize=(1.05 * width, 1.25 * len(rows)), layout="constrained")
+    axes = figure.subplots(len(rows), width, squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        ax_row[0].text(
+            0.5,
+            0.5,
+            row["name"] + ("\n" + row["labels"] if row.get("labels") else ""),
+            ha="center",
+            va="center",
+            fontsize=8,
+            wrap=True,
+        )
+        cells = [("top", *t) for t in row["top"]] + [("bottom", *b) for b in row["bottom"]]
+        for ax, (end, picture, value, cell) in zip(ax_row[1:], cells):
+            ax.imshow(picture, interpolation="nearest")
+            if cell is not None and grid is not None:
+                h, w = picture.shape[0] / grid[0], picture.shape[1] / grid[1]
+                ax.add_patch(
+                    Rectangle(
+                        (cell[1] * w - 0.5, cell[0] * h - 0.5),
+                        w,
+                        h,
+                        fill=False,
+                        edgecolor="red",
+                        linewidth=1.2,
+                    )
+                )
+            ax.set_title(
+                f"{'bottom ' if end == 'bottom' else ''}{value:.2f}",
+                fontsize=7,
+                pad=2,
+                color="#a03030" if end == "bottom" else "black",
+            )
+        for ax in ax_row:
+            ax.set_axis_off()
+    return _save(figure, out_stem)
