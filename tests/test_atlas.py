@@ -15,7 +15,7 @@ import torch
 import literal
 from conftest import make_image_folder, save_tiny_model
 from families import save_family
-from neuronpath.analysis.unitstats import UnitStats
+from neuronpath.analysis.unitstats import UnitStats, image_key
 from neuronpath.cli import main
 from neuronpath.experiments.neurons import AtlasOptions, read_atlas, run_neurons
 from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
@@ -69,10 +69,11 @@ def test_top_bottom_and_peaks_equal_a_plain_loop(tmp_path):
     for layer, unit in tracked:
         entry = atlas[(layer, "neuron", unit)]
         cls = {image: float(v[layer][0, unit]) for image, v in values.items()}  # CLS readout
-        ranked = sorted(cls, key=lambda image: (-cls[image], image))
+        key = {image: image_key(0, image) for image in cls}  # ties: the smaller seeded hash
+        ranked = sorted(cls, key=lambda image: (-cls[image], key[image]))
         assert [t[0] for t in entry["top"]] == ranked[:4]
         assert [t[1] for t in entry["top"]] == pytest.approx([cls[i] for i in ranked[:4]])
-        low = sorted(cls, key=lambda image: (cls[image], image))
+        low = sorted(cls, key=lambda image: (cls[image], key[image]))
         assert [t[0] for t in entry["bottom"]] == low[:2]
         for image, _, peak in entry["top"] + entry["bottom"]:  # the patch where it peaks
             patches = values[image][layer][1:, unit]

@@ -6,7 +6,8 @@ One implementation serves two passes:
 
 * the **neuron atlas** (``neuronpath neurons``): per tracked unit the count, mean, minimum,
   maximum and share of images where it is active (value > 0), its top-k and bottom-k images
-  (with the token where it peaks in each; ties go to the image id that sorts first), and its
+  (with the token where it peaks in each; ties go to the image with the smaller seeded hash of
+  its id), and its
   values on a fixed sample of images -- the ``sample`` images with the smallest seeded hash of
   their id, the same images for every unit -- from which quantiles and histograms come;
 * the **reference set** of ``evaluate``'s mean ablation and matched control: per layer the mean
@@ -66,8 +67,8 @@ class UnitStats:
         self.min = [np.full(s, np.inf) for s in sizes]
         self.max = [np.full(s, -np.inf) for s in sizes]
         self.active = [np.zeros(s, dtype=np.int64) for s in sizes]
-        self.top = [_Ends(s, top, largest=True) for s in sizes]
-        self.bottom = [_Ends(s, bottom, largest=False) for s in sizes]
+        self.top = [_Ends(s, top, largest=True, seed=seed) for s in sizes]
+        self.bottom = [_Ends(s, bottom, largest=False, seed=seed) for s in sizes]
         self.sample_keys: list[int] = []
         self.sample_images: list[str] = []
         self.sample_values: list[list[np.ndarray]] = [[] for _ in sizes]  # per layer, per image
@@ -219,13 +220,14 @@ class UnitStats:
 
 class _Ends:
     """Per unit, the k images with the largest (or smallest) values: (value, image, peak),
-    ties to the image id that sorts first."""
+    ties to the image with the smaller seeded hash of its id (:func:`image_key`)."""
 
-    def __init__(self, units: int, k: int, largest: bool):
-        self.k, self.largest = k, largest
+    def __init__(self, units: int, k: int, largest: bool, seed: int = 0):
+        self.k, self.largest, self.seed = k, largest, seed
         self.values = np.zeros((units, 0))
         self.images = np.zeros((units, 0), dtype=object)
         self.peaks = np.zeros((units, 0), dtype=np.int64)
+        self.keys = np.zeros((units, 0), dtype=np.int64)
 
     def add(self, values: np.ndarray, images: list[str], peaks: np.ndarray | None) -> None:
         """A batch: values and peaks (images, units)."""
@@ -233,10 +235,12 @@ class _Ends:
             return
         units = values.shape[1]
         peaks = np.full(values.shape, -1) if peaks is None else peaks
+        keys = np.array([image_key(self.seed, i) for i in images], dtype=np.int64)
         self._keep(
             np.concatenate([self.values, values.T], axis=1),
             np.concatenate([self.images, np.tile(np.array(images, dtype=object), (units, 1))], 1),
             np.concatenate([self.peaks, np.asarray(peaks, dtype=np.int64).T], axis=1),
+            np.concatenate([self.keys, np.tile(keys, (units, 1))], axis=1),
         )
 
     def merge(self, other: "_Ends") -> None:
@@ -245,23 +249,23 @@ class _Ends:
                 np.concatenate([self.values, other.values], axis=1),
                 np.concatenate([self.images, other.images], axis=1),
                 np.concatenate([self.peaks, other.peaks], axis=1),
+                np.concatenate([self.keys, other.keys], axis=1),
             )
 
-    def _keep(self, values, images, peaks) -> None:
-        """The k best columns of each row: by value, then by image id (a stable sort by value
-        of the columns put in image-id order first)."""
-        by_id = np.argsort(images.astype(str), axis=1, kind="stable")
-        values, images, peaks = (np.take_along_axis(a, by_id, 1) for a in (values, images, peaks))
-        order = np.argsort(-values if self.largest else values, axis=1, kind="stable")[:, : self.k]
+    def _keep(self, values, images, peaks, keys) -> None:
+        """The k best columns of each row: by value, then by key."""
+        order = np.lexsort((keys, -values if self.largest else values), axis=-1)[:, : self.k]
         self.values = np.take_along_axis(values, order, 1)
         self.images = np.take_along_axis(images, order, 1)
         self.peaks = np.take_along_axis(peaks, order, 1)
+        self.keys = np.take_along_axis(keys, order, 1)
 
     def arrays(self, prefix: str) -> dict:
         return {
             f"{prefix}_values": self.values,
             f"{prefix}_images": self.images.astype(str),
             f"{prefix}_peaks": self.peaks,
+            f"{prefix}_keys": self.keys,
         }
 
     def load(self, arrays, prefix: str) -> None:
@@ -269,3 +273,4 @@ class _Ends:
             self.values = arrays[f"{prefix}_values"].copy()
             self.images = arrays[f"{prefix}_images"].astype(object)
             self.peaks = arrays[f"{prefix}_peaks"].copy()
+            self.keys = arrays[f"{prefix}_keys"].copy()

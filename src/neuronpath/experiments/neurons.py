@@ -168,11 +168,12 @@ def run_neurons(
     limit: int | None = None,
     options: AtlasOptions = AtlasOptions(),
     execution: Execution = Execution(batch_size=16),
+    figure: bool = True,
 ) -> Path | None:
     """The atlas of a find run's path units (``run_dir``; ``methods``: whose paths, default
     all) or of a model's units (``spec`` with ``units`` ``L:I,...``), or of every unit of
     ``layers`` (either way), over the images of ``data``; returns the atlas folder (None on the
-    other ranks of a ``torchrun`` job)."""
+    other ranks of a ``torchrun`` job); ``figure``: also draw ``atlas.png``."""
     if (run_dir is None) == (spec is None):
         raise InputError(
             f"neurons: give a find run, or {option('model', 'M')} with "
@@ -314,15 +315,16 @@ def run_neurons(
     _write(
         store.dir, adapter, tracked, merged, total if texts is not None else None, names, options
     )
-    _figure(store.dir, adapter, Path(data).expanduser())
+    if figure:
+        _figure(store.dir, adapter, Path(data).expanduser())
     return store.dir
 
 
-FIGURE_UNITS = 24  # units drawn in atlas.png
+FIGURE_UNITS = 16  # units drawn in atlas.png
 
 
 def _figure(folder: Path, adapter, root: Path) -> None:
-    """atlas.png/.svg: the first units of the atlas, each with its top and bottom images as the
+    """atlas.png: the first units of the atlas, each with its top and bottom images as the
     model sees them, the peak patch boxed."""
     atlas = read_atlas(folder)
     chosen = list(atlas.units.items())[:FIGURE_UNITS]

@@ -282,8 +282,9 @@ def atlas_figure(
     from matplotlib.patches import Rectangle
 
     width = max(len(r["top"]) + len(r["bottom"]) for r in rows) + 1
-    figure = Figure(figsize=(1.05 * width, 1.25 * len(rows)), layout="constrained")
+    figure = Figure(figsize=(1.05 * width, 1.25 * len(rows)))
     axes = figure.subplots(len(rows), width, squeeze=False)
+    figure.subplots_adjust(left=0.01, right=0.99, top=0.97, bottom=0.01, wspace=0.08, hspace=0.3)
     for ax_row, row in zip(axes, rows):
         ax_row[0].text(
             0.5,
