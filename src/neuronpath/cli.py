@@ -34,6 +34,7 @@ from .experiments.ranks import leave_ranks
 from .experiments.report import run_report
 from .experiments.summary import summary_text
 from .experiments.table import run_table
+from .io.sources import DataSpec
 from .methods import CONTROLS, DEFAULT_METHODS, REGISTRY
 from .models.demo import demo_data_dir
 from .models.spec import DEMO, ModelSpec
@@ -149,6 +150,15 @@ def _add_search_options(p: argparse.ArgumentParser, methods_default, methods_hel
     _add_method_options(p)
 
 
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """A flat folder's labels file, a dataset's columns (the data spec, but for ``--data``)."""
+    _add_fields(p.add_argument_group("data options"), DataSpec, skip=("data",))
+
+
+def _data(args, data) -> DataSpec:
+    return DataSpec(data, **{k: v for k, v in _given(args, DataSpec).items() if k != "data"})
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """How the model is loaded and what it is shown (the model spec, but for ``--model``)."""
     _add_fields(p.add_argument_group("model options"), ModelSpec, skip=("model",))
@@ -201,10 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     find.add_argument(
         "--data",
-        help="ImageFolder: one sub-folder of images per class "
-        "(default: the built-in digits test set)",
+        help="ImageFolder (one sub-folder per class), a flat folder with --labels-file, or "
+        "hf:PATH_OR_ID[:SPLIT] (default: the built-in digits test set)",
     )
     find.add_argument("--out", help="run folder (resumable); default: neuronpath-demo for the demo")
+    _add_data_options(find)
     _add_find_options(find)
 
     demo = sub.add_parser(
@@ -340,8 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="class-specific pruning guided by TopK paths: Figure 6 and the Table 3 depth ablation",
     )
     prune.add_argument("--model", required=True)
-    prune.add_argument("--data", required=True)
+    prune.add_argument(
+        "--data", required=True, help=DataSpec.__dataclass_fields__["data"].metadata["help"]
+    )
     prune.add_argument("--out", required=True)
+    _add_data_options(prune)
     prune.add_argument(
         "--keep",
         type=_ints,
@@ -441,7 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
         "statistics, and text labels for zero-shot CLIP / SigLIP",
     )
     neurons.add_argument("run", nargs="?", help="find run whose path units to describe")
-    neurons.add_argument("--data", required=True, help="ImageFolder of the images to scan")
+    neurons.add_argument(
+        "--data", required=True, help=DataSpec.__dataclass_fields__["data"].metadata["help"]
+    )
+    _add_data_options(neurons)
     neurons.add_argument("--out", help="atlas folder (default: RUN/neurons)")
     neurons.add_argument("--model", help="without a run: the model whose --units to describe")
     neurons.add_argument(
@@ -569,7 +586,7 @@ def _find(args) -> Path:
         raise InputError(f"--methods: unknown {unknown}; expected some of {', '.join(REGISTRY)}")
     methods, execution = _method_options(args, args.methods), _execution(args)
     run = {"topk": args.topk, "limit": args.limit, "execution": execution, "command": sys.argv}
-    return run_find(spec, data, out, methods=methods, config=config, **run)
+    return run_find(spec, _data(args, data), out, methods=methods, config=config, **run)
 
 
 def _prune(args) -> dict | None:
@@ -585,7 +602,13 @@ def _prune(args) -> dict | None:
     spec = _spec(args, args.model)
     run["slim"] = SlimOptions(args.slim_steps, args.slim_lr, args.slim_lambda)
     return run_prune(
-        spec, args.data, args.out, settings, methods=methods, config=_config(args), **run
+        spec,
+        _data(args, args.data),
+        args.out,
+        settings,
+        methods=methods,
+        config=_config(args),
+        **run,
     )
 
 
@@ -666,7 +689,7 @@ def _run(args, main_rank: bool = True) -> None:
             raise InputError("neurons: give a find run, or --model M with --units L:I,...")
         spec = ModelSpec(args.model) if args.model else None
         where = run_neurons(
-            args.data,
+            _data(args, args.data),
             run_dir=args.run,
             spec=spec,
             options=options,

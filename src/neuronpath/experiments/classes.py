@@ -37,8 +37,8 @@ from ..analysis.classes import (
 )
 from ..analysis.records import layer_distribution, methods_with_top
 from ..errors import ImageReadError, InputError, option
-from ..io.images import load_image
 from ..io.labels import read_class_names, read_groups
+from ..io.sources import Reader
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..methods import REGISTRY
 from ..report.figures import (
@@ -52,13 +52,13 @@ from .common import counted, counted_widths
 log = logging.getLogger("neuronpath")
 
 
-def _thumbnails(root: Path, images: Sequence[str], count: int, size: int = 96) -> list:
+def _thumbnails(reader: Reader, images: Sequence[str], count: int, size: int = 96) -> list:
     out = []
     for image in images:
         if len(out) == count:
             break
         try:
-            picture = load_image(root / image)
+            picture = reader.load(image)
         except ImageReadError as error:
             log.warning("thumbnail skipped: %s", error)
             continue
@@ -211,7 +211,7 @@ def run_classes(
         similarity, display, out / "similarity", title=f"class similarity ({method} paths)"
     )
 
-    root = Path(data or manifest["settings"]["data"]).expanduser()
+    root = Reader.of(manifest["settings"], data)
     anchor = panel_class or names[0]
     if anchor not in names:
         raise InputError(f"{option('panel_class')}: {anchor!r} is not a class of the run")

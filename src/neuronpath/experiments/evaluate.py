@@ -28,6 +28,7 @@ from ..analysis.records import group_by
 from ..engine.editing import OPS, manipulate
 from ..errors import InputError, RunFormatError, option
 from ..io.images import ImageItem
+from ..io.sources import Reader
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..methods import CONTROLS
 from ..models.loading import load_run_model
@@ -92,7 +93,7 @@ class StoredPaths:
     by_image: dict[str, dict[str, dict]]
     adapter: object
     ranks: object
-    root: Path
+    reader: Reader
     options: EditOptions
     excluded: frozenset[str] = frozenset()  # images kept out of the evaluated set (a reference)
 
@@ -109,8 +110,8 @@ class StoredPaths:
         _check_complete(run_dir, manifest, by_image)
         ranks = join_ranks(resolve_device(device))
         adapter = load_run_model(run_dir, manifest["settings"], options.model, ranks.device)
-        root = Path(options.data or manifest["settings"]["data"]).expanduser()
-        return cls(run_dir, manifest, by_image, adapter, ranks, root, options)
+        reader = Reader.of(manifest["settings"], options.data)
+        return cls(run_dir, manifest, by_image, adapter, ranks, reader, options)
 
     @property
     def methods(self) -> list[str]:
@@ -128,16 +129,16 @@ class StoredPaths:
         every one of ``names`` (default: :attr:`methods`)."""
         found, names = set(self.manifest["settings"]["methods"]), set(names or self.methods)
         pending = [
-            ImageItem(i, self.root / i, rec[next(iter(rec))]["label"], "")
+            self.reader.item(i, rec[next(iter(rec))]["label"])
             for i, rec in self.by_image.items()
             if found <= set(rec)
             and i not in self.excluded
             and not names <= store.done.get(i, set())
         ]
-        if pending and not any(item.path.is_file() for item in pending):
+        if pending and not any(self.reader.exists(item.id) for item in pending):
             raise RunFormatError(
                 f"none of the run's {len(pending)} images to do is under "
-                f"{self.root}; pass {option('data', 'DIR')} with the run's "
+                f"{self.reader}; pass {option('data', 'DIR')} with the run's "
                 f"image folder"
             )
         return pending

@@ -46,8 +46,8 @@ from ..analysis.unitstats import UnitStats
 from ..draws import seeded_generator
 from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons, record_neurons
-from ..errors import InputError, option
-from ..io.images import IMAGE_EXTENSIONS, ImageItem, image_batches
+from ..errors import ImageReadError, InputError, option
+from ..io.images import IMAGE_EXTENSIONS, ImageItem, image_batches, load_image
 from ..io.store import read_records, write_json_atomic
 from ..methods import CONTROLS
 from ..pathformat import encode
@@ -139,29 +139,42 @@ def _digest(path: Path) -> str | None:
         return None
 
 
+def _pixels_digest(load) -> str | None:
+    """SHA-256 of a decoded image's pixels (None where it cannot be read)."""
+    try:
+        return hashlib.sha256(np.asarray(load()).tobytes()).hexdigest()
+    except ImageReadError:
+        return None
+
+
 def reference_items(run, options: FaithfulnessOptions) -> list[ImageItem]:
     """The reference images: a split of the run's, or every image file under a folder, which
     is refused when it holds images of the run (same file or same bytes) unless allowed."""
     if options.reference_split is not None:
-        return [ImageItem(i, run.root / i, -1, "") for i in run.excluded]
+        return [run.reader.item(i) for i in run.excluded]
     root = Path(options.reference).expanduser()
     if not root.is_dir():
         raise InputError(f"{option('reference')}: {root} is not a folder of images")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise InputError(f"{option('reference')}: no image files under {root}")
-    if not options.allow_overlap:
-        ours = [run.root / i for i in run.by_image]
+    if not options.allow_overlap and run.reader.dataset is not None:  # rows: by their pixels
+        theirs = {_pixels_digest(lambda p=p: load_image(p)) for p in paths} - {None}
+        same = {i for i in run.by_image if _pixels_digest(lambda i=i: run.reader.load(i)) in theirs}
+    elif not options.allow_overlap:
+        ours = [run.reader.root / i for i in run.by_image]
         same = {p.resolve() for p in ours} & {p.resolve() for p in paths}
         if not same:
             theirs = {_digest(p) for p in paths} - {None}
             same = {p for p in ours if _digest(p) in theirs}
-        if same:
-            raise InputError(
-                f"{option('reference')}: {len(same)} of its images are images of "
-                f"the run (e.g. {sorted(same)[0]}); a reference must be other "
-                f"images, or pass {option('allow_overlap')}"
-            )
+    else:
+        same = set()
+    if same:
+        raise InputError(
+            f"{option('reference')}: {len(same)} of its images are images of "
+            f"the run (e.g. {sorted(same)[0]}); a reference must be other "
+            f"images, or pass {option('allow_overlap')}"
+        )
     return [ImageItem(p.relative_to(root).as_posix(), p, -1, "") for p in paths]
 
 
@@ -459,7 +472,7 @@ def _sources(run, ablation, reference, clean_coords, images, donors):
             len(others), (1,), generator=seeded_generator("donor", run.options.seed, image)
         ).item()
         donor_of.append(others[pick])
-    items = [ImageItem(d, run.root / d, -1, "") for d in donor_of]
+    items = [run.reader.item(d) for d in donor_of]
     batch = next(image_batches(items, adapter.preprocess, len(items)))
     if batch.errors:
         raise InputError(

@@ -13,7 +13,8 @@ import torch
 
 from ..engine.attribution import AttributionConfig
 from ..errors import InputError, option
-from ..io.images import interleave_classes, scan_image_folder
+from ..io.images import interleave_classes
+from ..io.sources import DataSpec, as_data
 from ..methods import DEFAULT_METHODS, MethodOptions, check_units, find_paths, method_options
 from ..models.loading import load_model
 from ..models.spec import ModelSpec
@@ -60,7 +61,7 @@ def search_settings(settings: dict) -> dict:
 
 def run_find(
     spec: ModelSpec | str,
-    data: str | Path,
+    data: DataSpec | str | Path,
     out: str | Path,
     *,
     methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_METHODS,
@@ -71,7 +72,8 @@ def run_find(
     execution: Execution = Execution(),
     command: Sequence[str] | None = None,
 ) -> Path:
-    """Find paths for every image of an ImageFolder and write them to ``out`` (resumable).
+    """Find paths for every image of a source (``data``: an ImageFolder, or a
+    :class:`~neuronpath.io.sources.DataSpec`) and write them to ``out`` (resumable).
 
     ``spec``: the model (a :class:`ModelSpec`, or a model id with every other field at its
     default); ``methods``: names, or names with their options; ``config``: the attribution
@@ -106,7 +108,7 @@ def run_find(
             f"{'FFN width' if spec.units == 'neurons' else 'units per layer'} of "
             f"{type(adapter.model).__name__}), got {topk}"
         )
-    folder = scan_image_folder(data, adapter.id2label, spec.labels)
+    folder = as_data(data).open(adapter.id2label, spec.labels)
     items = [it for it in folder.items if only is None or it.id in only]
     items = interleave_classes(items)[:limit]
     manifest = {
@@ -114,7 +116,7 @@ def run_find(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {
             **spec.settings(adapter, folder.mapping),
-            "data": str(Path(data).expanduser().resolve()),
+            **folder.settings(),
             "methods": list(options),
             "options": {m: o.to_dict() for m, o in options.items()},
             "steps": config.steps,

@@ -35,7 +35,8 @@ from ..analysis.unitstats import UnitStats
 from ..engine.direct import direct_effects
 from ..engine.interventions import record_neurons
 from ..errors import ImageReadError, InputError, RunFormatError, option
-from ..io.images import interleave_classes, load_image, scan_image_folder
+from ..io.images import interleave_classes
+from ..io.sources import DataSpec, Reader, as_data
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..models.loading import load_model, load_run_model
 from ..models.spec import ModelSpec
@@ -156,7 +157,7 @@ def _peaks(adapter, site: int, values: torch.Tensor) -> torch.Tensor:
 
 
 def run_neurons(
-    data: str | Path,
+    data: DataSpec | str | Path,
     *,
     run_dir: str | Path | None = None,
     spec: ModelSpec | str | None = None,
@@ -219,11 +220,11 @@ def run_neurons(
             f"neurons: name the units, {option('units', 'L:I,...')} or {option('layers', 'L,...')}"
         )
     texts, names = _vocabulary(adapter, vocabulary, run_dir, manifest if run_dir else None)
-    folder = scan_image_folder(data, adapter.id2label)
+    folder = as_data(data).open(adapter.id2label)
     items = interleave_classes(folder.items)[:limit]
     settings = {
         **source,
-        "data": str(Path(data).expanduser().resolve()),
+        **folder.settings(),
         "images_sha256": _sha([it.id for it in items]),
         "units": {str(s): u for s, u in tracked.items()},
         "top": options.top,
@@ -316,14 +317,14 @@ def run_neurons(
         store.dir, adapter, tracked, merged, total if texts is not None else None, names, options
     )
     if figure:
-        _figure(store.dir, adapter, Path(data).expanduser())
+        _figure(store.dir, adapter, Reader.of(folder.settings()))
     return store.dir
 
 
 FIGURE_UNITS = 16  # units drawn in atlas.png
 
 
-def _figure(folder: Path, adapter, root: Path) -> None:
+def _figure(folder: Path, adapter, reader: Reader) -> None:
     """atlas.png: the first units of the atlas, each with its top and bottom images as the
     model sees them, the peak patch boxed."""
     atlas = read_atlas(folder)
@@ -332,7 +333,7 @@ def _figure(folder: Path, adapter, root: Path) -> None:
     pictures = {}
     for image in wanted:
         try:
-            x = adapter.preprocess(load_image(root / image))
+            x = adapter.preprocess(reader.load(image))
         except ImageReadError:
             continue
         pictures[image] = _view(x, adapter.preprocess)

@@ -35,7 +35,8 @@ from ..engine.editing import pruned_predictions
 from ..engine.neurons import top_k
 from ..engine.slimming import SlimOptions, train_masks
 from ..errors import InputError, RunConflictError, option
-from ..io.images import image_batches, scan_image_folder
+from ..io.images import image_batches
+from ..io.sources import DataSpec, as_data
 from ..io.store import read_manifest, read_records, write_json_atomic
 from ..methods import CONTROLS, MethodOptions, method_options
 from ..models.loading import load_model
@@ -54,7 +55,7 @@ DEFAULT_KEEP_RULES = ("jas", "activation", "random")  # two path methods and a c
 
 def run_prune(
     spec: ModelSpec | str,
-    data: str | Path,
+    data: DataSpec | str | Path,
     out: str | Path,
     settings: PruneSettings = PruneSettings(),
     *,
@@ -117,7 +118,7 @@ def run_prune(
             f"{option('keep')}: at most the {'FFN width' if spec.units == 'neurons' else 'heads'} "
             f"{min(widths)} per layer, got {max(keep)}"
         )
-    folder = scan_image_folder(data, adapter.id2label, spec.labels)
+    folder = as_data(data).open(adapter.id2label, spec.labels)
     model_settings = spec.settings(adapter, folder.mapping)
     by_class: dict[str, list[str]] = {}
     for item in folder.items:
@@ -223,7 +224,7 @@ def run_prune(
 
     report = {
         "model": spec.model,
-        "data": str(Path(data).expanduser().resolve()),
+        "data": folder.settings()["data"],
         "weights_sha256": model_settings["weights_sha256"],
         "keep": list(keep),
         "mask": list(mask),

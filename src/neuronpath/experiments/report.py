@@ -27,8 +27,9 @@ import torch
 from ..analysis.summary import summarize
 from ..engine.interventions import record_neurons
 from ..errors import InputError, RunFormatError
-from ..io.images import ImageItem, image_batches
+from ..io.images import image_batches
 from ..io.labels import read_class_names
+from ..io.sources import Reader
 from ..io.store import iter_records, read_manifest, write_json_atomic
 from ..models.loading import load_run_model
 from ..report.data import RunIndex, page_data, png, quantised, text, thumbnail
@@ -66,7 +67,7 @@ def _activation_pass(
     ranks: Ranks,
     adapter,
     index: RunIndex,
-    root: Path,
+    reader: Reader,
     out: Path,
     top: int,
     execution: Execution,
@@ -75,7 +76,7 @@ def _activation_pass(
     """Pass 1 (resumable): details of the explorer's images, top-activating images of the cards.
 
     Returns (details by image, top values (cards, top), top image positions (cards, top))."""
-    items = [ImageItem(i, root / i, index.rows[i]["label"], "") for i in index.order]
+    items = [reader.item(i, index.rows[i]["label"]) for i in index.order]
     manifest = {
         "tool": "neuronpath report",
         "settings": identity,
@@ -186,7 +187,7 @@ def _merged_top(folder: Path, cards: int, top: int) -> tuple[np.ndarray, np.ndar
 
 
 def _card_maps(
-    adapter, index: RunIndex, root: Path, images: np.ndarray, batch_size: int
+    adapter, index: RunIndex, reader: Reader, images: np.ndarray, batch_size: int
 ) -> tuple[dict, dict, dict]:
     """Pass 2: each card unit's map on each of its top images, their thumbnails, and for a
     head card the head's attention from the readout positions over the keys, where the
@@ -197,7 +198,7 @@ def _card_maps(
             if position >= 0:
                 wanted.setdefault(index.order[position], []).append((c, site, unit))
     head_sites = sorted({s for s, _ in index.cards if adapter.units(s).kind == "head"})
-    items = [ImageItem(i, root / i, index.rows[i]["label"], "") for i in wanted]
+    items = [reader.item(i, index.rows[i]["label"]) for i in wanted]
     maps, thumbs, attention = {}, {}, {}
     for batch in image_batches(items, adapter.preprocess, batch_size):
         pixels = batch.pixels.to(adapter.device, adapter.dtype)
@@ -224,7 +225,7 @@ def _atlas(find_dir: Path, adapter, index: RunIndex, batch_size: int) -> tuple[d
     if not (folder / "atlas.npz").is_file():
         return {}, {}, f"no atlas (neuronpath neurons {find_dir} --data DIR adds one)"
     atlas, settings = read_atlas(folder), read_manifest(folder)["settings"]
-    root = Path(settings["data"])
+    root = Reader.of(settings)
     by_site = {(entry["site"], unit): entry for (_, _, unit), entry in atlas.units.items()}
     cards, wanted = {}, set()
     for site, unit in index.cards:
@@ -245,7 +246,7 @@ def _atlas(find_dir: Path, adapter, index: RunIndex, batch_size: int) -> tuple[d
             "labels": entry.get("labels", [])[:5],
         }
     thumbs = {}
-    items = [ImageItem(i, root / i, -1, "") for i in sorted(wanted)]
+    items = [root.item(i) for i in sorted(wanted)]
     for batch in image_batches(items, adapter.preprocess, batch_size):
         for b, item in enumerate(batch.items):
             thumbs[item.id] = thumbnail(batch.pixels[b], adapter.preprocess)
@@ -301,7 +302,7 @@ def run_report(
     evaluation = _evaluation(find_dir)
     ranks = join_ranks(resolve_device(execution.device))
     adapter = load_run_model(find_dir, manifest["settings"], model, ranks.device)
-    root = Path(data or manifest["settings"]["data"]).expanduser()
+    root = Reader.of(manifest["settings"], data)
     folder = run_dir / "report"
     identity = {
         "find_settings_sha256": hashlib.sha256(

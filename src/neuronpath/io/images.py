@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +43,15 @@ class ImageItem:
 
 @dataclass
 class ImageFolder:
+    """A source's images with their labels (``kind``: ``folder``, ``flat`` or ``dataset``,
+    :mod:`.sources`; ``extra``: what identifies a flat folder's labels file or a dataset)."""
+
     root: Path
     items: list[ImageItem]
     class_to_label: dict[str, int]
     mapping: str
+    kind: str = "folder"
+    extra: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
         return {
@@ -54,7 +59,19 @@ class ImageFolder:
             "images": len(self.items),
             "mapping": self.mapping,
             "classes": self.class_to_label,
+            "source": self.kind,
+            **self.extra,
         }
+
+    def settings(self) -> dict:
+        """What a run's settings record of the source: the folder (as runs always did), and for
+        a flat folder its labels file, for a dataset its spec, columns and fingerprint."""
+        if self.kind == "dataset":
+            return {"data": self.extra["dataset"], "data_source": dict(self.extra)}
+        out = {"data": str(self.root.resolve())}
+        if self.kind == "flat":
+            out["data_source"] = {"kind": "flat", **self.extra}
+        return out
 
 
 def scan_image_folder(root: str | Path, id2label: dict[int, str], how: str = "auto") -> ImageFolder:
@@ -102,18 +119,24 @@ def interleave_classes(items: list[ImageItem]) -> list[ImageItem]:
     return out
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit and float images scaled to their maximum, palettes
+    through RGBA."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() if array.max() > 0 else 1.0
+        image = Image.fromarray((array / top * 255).astype(np.uint8), "L")
+    elif image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Read an image as 8-bit RGB (from L, LA, P, RGBA, CMYK, 16-bit or float modes)."""
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                array = np.asarray(image, dtype=np.float64)
-                top = array.max() if array.max() > 0 else 1.0
-                image = Image.fromarray((array / top * 255).astype(np.uint8), "L")
-            elif image.mode in ("P", "PA"):
-                image = image.convert("RGBA")
-            return image.convert("RGB")
+            return to_rgb(image)
     except Exception as error:  # PIL raises many types for bad files
         raise ImageReadError(
             f"{path}: cannot read image ({type(error).__name__}: {error})"
@@ -140,8 +163,10 @@ class _Decoded:
         return len(self.items)
 
     def __getitem__(self, i: int):
+        from .sources import open_item
+
         try:
-            return i, self.preprocess(load_image(self.items[i].path)), None
+            return i, self.preprocess(open_item(self.items[i])), None
         except ImageReadError as error:
             return i, None, error
 

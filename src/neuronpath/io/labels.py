@@ -6,7 +6,9 @@ stored in the run's manifest):
 1. ``label2id``: every folder name is a label name of the model;
 2. ``imagenet-synsets``: every folder is an ImageNet synset (``n01440764``) and the model
    has the 1000 ImageNet-1k classes, whose ids are the synsets in sorted order;
-3. ``sorted-folders``: the i-th folder in sorted order is class i (only when no folder
+3. ``label-ids``: every name is an integer, the model's label id itself (labels files and
+   datasets without class names);
+4. ``sorted-folders``: the i-th folder in sorted order is class i (only when no folder
    name matches a label, or when asked for explicitly).
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from ..errors import InputError, option
 
-LABEL_MAPPINGS = ("auto", "label2id", "imagenet-synsets", "sorted-folders")
+LABEL_MAPPINGS = ("auto", "label2id", "imagenet-synsets", "label-ids", "sorted-folders")
 SYNSET = re.compile(r"^n\d{8}$")
 
 
@@ -53,6 +55,17 @@ def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") 
             f"{option('data')}: labels 'imagenet-synsets' needs synset folders (n01440764 ...) "
             "and a model with 1000 classes"
         )
+    numbers = all(re.fullmatch(r"\d+", f) for f in folders)
+    if how == "label-ids" or (how == "auto" and numbers and not matched):
+        if not numbers:
+            raise InputError(f"{option('data')}: labels 'label-ids' needs integer labels")
+        bad = [f for f in folders if id2label and int(f) >= len(id2label)]
+        if bad:
+            raise InputError(
+                f"{option('data')}: label ids {bad[:3]} are not classes of the model "
+                f"(0..{len(id2label) - 1})"
+            )
+        return {f: int(f) for f in folders}, "label-ids"
     if how == "auto" and matched:
         missing = sorted(set(folders) - set(matched))
         raise InputError(

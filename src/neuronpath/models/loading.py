@@ -7,32 +7,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from ..engine.adapter import ModelAdapter
 from ..errors import ModelLoadError, RunFormatError, option
+from ..io.hub import hub_reachable
 from ..io.preprocessing import Preprocess
 from .huggingface import from_hf_model, load_hf
 from .spec import DEMO, ModelSpec
 
 log = logging.getLogger("neuronpath")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -107,7 +94,7 @@ def _load_from_hub(spec: str, classes: str | None, prompt: str | None):
         return load_hf(spec, True, classes, prompt)  # already in the local cache?
     except OSError:
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise ModelLoadError(
             f"model: {spec!r} is not a local folder and the Hugging Face Hub cannot be reached "
             f"(no network, or HF_HUB_OFFLINE is set). On a machine with network, download it "

@@ -1,0 +1,462 @@
+"""Where a run's images come from, behind one reader interface (an image key, a label, the
+decoded image):
+
+* an **ImageFolder**: one sub-folder of images per class (:func:`~.images.scan_image_folder`);
+* a **flat folder plus a labels file** (``--labels-file``): ImageNet's validation set as it
+  ships -- the devkit's ``ILSVRC2012_validation_ground_truth.txt`` (one ILSVRC2012_ID per
+  image, in file-number order; the devkit's ``meta.mat`` beside it maps the ids to synsets),
+  ``LOC_val_solution.csv`` (``ImageId,PredictionString``, the synset first), or any list of
+  ``path<TAB>label`` lines or ``path,label`` CSV rows;
+* a **Hugging Face dataset** (``--data hf:PATH_OR_ID[:SPLIT]``, with the ``datasets``
+  extra): a ``save_to_disk`` folder, parquet files, or a hub id where there is network; the
+  image and label columns are the dataset's ``Image`` and ``ClassLabel`` features, or named
+  (``--image-column``, ``--label-column``).
+
+Labels are class names or synsets (mapped to the model's ids as folder names are,
+:func:`~.labels.map_labels`) or, in a labels file or a dataset without class names, the model's
+label ids themselves.  Every source's image keys are stable (a file path relative to the
+folder; a dataset's row number), so resume, ``--limit``'s round-robin over classes and torchrun
+sharding behave the same for all.  The manifest records the source and its fingerprint
+(:meth:`DataSpec.settings`).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import ImageReadError, InputError, option
+from .hub import hub_reachable
+from .images import (
+    IMAGE_EXTENSIONS,
+    ImageFolder,
+    ImageItem,
+    load_image,
+    scan_image_folder,
+    to_rgb,
+)
+from .labels import map_labels
+
+DATASET_PREFIX = "hf:"
+VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The images a command reads (each field's ``help`` is its command-line help)."""
+
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "ImageFolder (one sub-folder per class), a flat folder with "
+            "--labels-file, or hf:PATH_OR_ID[:SPLIT] (a Hugging Face dataset)"
+        },
+    )
+    labels_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "a flat folder's labels: ILSVRC2012_validation_ground_truth.txt (with the "
+            "devkit's meta.mat beside it), LOC_val_solution.csv, or path<TAB>label lines / "
+            "path,label CSV rows"
+        },
+    )
+    image_column: str | None = field(
+        default=None, metadata={"help": "hf: datasets: the image column (default: found)"}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "hf: datasets: the label column (default: found)"}
+    )
+
+    @property
+    def is_dataset(self) -> bool:
+        return str(self.data).startswith(DATASET_PREFIX)
+
+    def open(self, id2label: dict[int, str], how: str = "auto") -> ImageFolder:
+        """The source's images and labels (:class:`~.images.ImageFolder` of its kind)."""
+        if self.data is None:
+            raise InputError(f"{option('data')}: expected the images to read")
+        if self.is_dataset:
+            if self.labels_file:
+                raise InputError(
+                    f"{option('labels_file')}: a dataset has its labels in a column; "
+                    f"pass {option('label_column')} to name it"
+                )
+            return open_dataset(self, id2label, how)
+        if self.image_column or self.label_column:
+            raise InputError(
+                f"{option('image_column')}, {option('label_column')}: for hf: datasets only"
+            )
+        if self.labels_file:
+            return open_flat(
+                Path(self.data).expanduser(), Path(self.labels_file).expanduser(), id2label, how
+            )
+        return scan_image_folder(self.data, id2label, how)
+
+
+# -- a flat folder plus a labels file --
+
+
+def _flat_files(root: Path) -> dict[str, Path]:
+    if not root.is_dir():
+        raise InputError(f"{option('data')}: {root} is not a folder")
+    files = {
+        p.relative_to(root).as_posix(): p
+        for p in sorted(root.rglob("*"))
+        if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_EXTENSIONS
+    }
+    if not files:
+        raise InputError(f"{option('data')}: no image files under {root}")
+    return files
+
+
+def _devkit_synsets(folder: Path) -> list[str]:
+    """The ILSVRC2012_ID -> synset table of the devkit (``meta.mat`` beside the ground truth,
+    or ``map_clsloc.txt`` lines ``synset id name``): synsets in id order 1..1000."""
+    meta = folder / "meta.mat"
+    if meta.is_file():
+        from scipy.io import loadmat
+
+        rows = loadmat(meta, squeeze_me=True)["synsets"]
+        table = {
+            int(r["ILSVRC2012_ID"]): str(r["WNID"]) for r in rows if int(r["ILSVRC2012_ID"]) <= 1000
+        }
+        return [table[i] for i in range(1, 1001)]
+    clsloc = folder / "map_clsloc.txt"
+    if clsloc.is_file():
+        pairs = [line.split()[:2] for line in clsloc.read_text().splitlines() if line.strip()]
+        table = {int(i): s for s, i in pairs}
+        return [table[i] for i in range(1, len(table) + 1)]
+    raise InputError(
+        f"{option('labels_file')}: the devkit's ground truth numbers classes by ILSVRC2012_ID; "
+        f"its meta.mat (in ILSVRC2012_devkit_t12/data, beside the ground truth file) maps "
+        f"them to synsets, and is not in {folder}"
+    )
+
+
+def read_labels_file(path: Path, files: dict[str, Path]) -> dict[str, str]:
+    """``{image key: label}`` of a labels file (see the module docstring), checked: every
+    image of the folder has one label, no image twice, every named image exists."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{option('labels_file')}: cannot read {path} as text ({error})") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise InputError(f"{option('labels_file')}: {path} is empty")
+    by_name = {Path(k).stem: k for k in files}
+    pairs: list[tuple[str, str]] = []
+    if all(line.strip().isdigit() for line in lines):  # the devkit's ground truth
+        synsets = _devkit_synsets(path.parent)
+        numbered = {}
+        for key in files:
+            match = VAL_NAME.search(key)
+            if match is None:
+                raise InputError(
+                    f"{option('labels_file')}: {path} is the devkit's ground truth (one class id "
+                    f"per line), which labels ILSVRC2012_val_NNNNNNNN files; {key} is not one"
+                )
+            numbered[int(match.group(1))] = key
+        for n, line in enumerate(lines, start=1):
+            if n in numbered:
+                pairs.append((numbered[n], synsets[int(line) - 1]))
+    else:
+        header = lines[0].lower().replace(" ", "")
+        if header.startswith("imageid,predictionstring"):  # LOC_val_solution.csv
+            for row in csv.reader(lines[1:]):
+                pairs.append(
+                    (
+                        by_name.get(row[0], row[0]),
+                        row[1].split()[0] if len(row) > 1 and row[1].split() else "",
+                    )
+                )
+        else:
+            rows = [
+                line.split("\t") if "\t" in line else next(csv.reader([line])) for line in lines
+            ]
+            if rows and [c.strip().lower() for c in rows[0][:2]] in (
+                ["path", "label"],
+                ["image", "label"],
+                ["file", "label"],
+            ):
+                rows = rows[1:]
+            for n, row in enumerate(rows, start=1):
+                if len(row) < 2 or not row[1].strip():
+                    raise InputError(
+                        f"{option('labels_file')}: line {n} of {path} is not 'path<TAB>label' "
+                        f"or 'path,label': {row!r}"
+                    )
+                key = row[0].strip()
+                pairs.append(
+                    (key if key in files else by_name.get(Path(key).stem, key), row[1].strip())
+                )
+    seen: dict[str, str] = {}
+    twice = []
+    for key, label in pairs:
+        if key in seen:
+            twice.append(key)
+        seen[key] = label
+    if twice:
+        raise InputError(
+            f"{option('labels_file')}: {path} labels {twice[0]} twice "
+            f"({len(twice)} images repeated)"
+        )
+    unknown = [k for k in seen if k not in files]
+    if unknown:
+        raise InputError(
+            f"{option('labels_file')}: {path} names {len(unknown)} images that are not in the "
+            f"folder, e.g. {unknown[0]}"
+        )
+    missing = [k for k in files if k not in seen]
+    if missing:
+        raise InputError(
+            f"{option('labels_file')}: {len(missing)} images of the folder have no label in "
+            f"{path}, e.g. {missing[0]}"
+        )
+    empty = [k for k, v in seen.items() if not v]
+    if empty:
+        raise InputError(f"{option('labels_file')}: {path} gives no label for {empty[0]}")
+    return seen
+
+
+def _label_ids(
+    names: list[str], id2label: dict[int, str], how: str, where: str
+) -> tuple[dict, str]:
+    """Class names (or integer label ids) -> the model's label ids, as folders are mapped."""
+    try:
+        return map_labels(names, id2label, how)
+    except InputError as error:
+        text = str(error).replace("folders", "labels").replace(option("data"), where)
+        raise InputError(text) from None
+
+
+def open_flat(root: Path, labels_file: Path, id2label: dict[int, str], how: str) -> ImageFolder:
+    """A flat folder of images with their labels in ``labels_file``."""
+    files = _flat_files(root)
+    if not labels_file.is_file():
+        raise InputError(f"{option('labels_file')}: no such file {labels_file}")
+    labels = read_labels_file(labels_file, files)
+    classes = sorted(set(labels.values()))
+    mapping, decided = _label_ids(classes, id2label, how, option("labels_file"))
+    items = [ImageItem(key, files[key], mapping[labels[key]], labels[key]) for key in sorted(files)]
+    items.sort(key=lambda it: (it.folder, it.id))
+    digest = hashlib.sha256(labels_file.read_bytes()).hexdigest()
+    return ImageFolder(
+        root,
+        items,
+        mapping,
+        decided,
+        kind="flat",
+        extra={"labels_file": str(labels_file.resolve()), "labels_file_sha256": digest},
+    )
+
+
+# -- a Hugging Face dataset --
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    """One row of a Hugging Face dataset: its image, decoded on demand (in any process)."""
+
+    spec: str
+    index: int
+    image_column: str
+
+    def load(self) -> Image.Image:
+        try:
+            value = _dataset(self.spec)[self.index][self.image_column]
+            if isinstance(value, dict):  # an undecoded image: bytes or a path
+                value = (
+                    Image.open(io.BytesIO(value["bytes"]))
+                    if value.get("bytes")
+                    else Image.open(value["path"])
+                )
+            if not isinstance(value, Image.Image):
+                raise TypeError(f"column {self.image_column!r} holds {type(value).__name__}")
+            value.load()
+            return to_rgb(value)
+        except Exception as error:  # noqa: BLE001 - any failure of one row is that row's
+            raise ImageReadError(
+                f"{self.spec} row {self.index}: cannot read image ({type(error).__name__}: {error})"
+            ) from error
+
+    def __str__(self) -> str:
+        return f"{self.spec}#{self.index}"
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    """``hf:PATH_OR_ID[:SPLIT]`` -> (path or id, split)."""
+    body = spec[len(DATASET_PREFIX) :]
+    if Path(body).expanduser().exists():
+        return body, None
+    head, sep, split = body.rpartition(":")
+    if sep and head and (Path(head).expanduser().exists() or "/" not in split):
+        return head, split
+    return body, None
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(spec: str):
+    """The dataset of ``spec`` (opened once per process)."""
+    try:
+        import datasets
+    except ImportError:
+        raise InputError(
+            f"{option('data')}: {spec} is a Hugging Face dataset; install the datasets extra "
+            f"(pip install -e '.[datasets]')"
+        ) from None
+    datasets.disable_progress_bars()
+    where, split = _split_spec(spec)
+    path = Path(where).expanduser()
+    if path.is_dir() and (
+        (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+    ):
+        loaded = datasets.load_from_disk(str(path))
+    elif path.is_dir() or path.suffix == ".parquet":
+        files = sorted(str(p) for p in ([path] if path.is_file() else path.rglob("*.parquet")))
+        if not files:
+            raise InputError(
+                f"{option('data')}: {path} is neither a save_to_disk folder nor holds parquet files"
+            )
+        loaded = datasets.load_dataset("parquet", data_files=files, split="train")
+    elif path.exists():
+        raise InputError(f"{option('data')}: {path} is not a dataset folder or a parquet file")
+    elif not hub_reachable():
+        raise InputError(
+            f"{option('data')}: {where!r} is not a local dataset folder or parquet file, and the "
+            f"Hugging Face Hub cannot be reached (no network, or HF_HUB_OFFLINE is set). On a "
+            f"machine with network, datasets.load_dataset({where!r}).save_to_disk(DIR), copy "
+            f"DIR here and pass {option('data', 'hf:DIR')}"
+        )
+    else:
+        try:
+            loaded = datasets.load_dataset(where, split=split)
+        except Exception as error:  # noqa: BLE001 - an unknown id, a gated dataset, ...
+            raise InputError(
+                f"{option('data')}: the hub could not give {where!r} ({error})"
+            ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split is None:
+            if len(loaded) != 1:
+                raise InputError(
+                    f"{option('data')}: {spec} has the splits {', '.join(loaded)}; name one "
+                    f"as {spec}:SPLIT"
+                )
+            split = next(iter(loaded))
+        if split not in loaded:
+            raise InputError(
+                f"{option('data')}: {spec} has no split {split!r} (it has {', '.join(loaded)})"
+            )
+        loaded = loaded[split]
+    return loaded
+
+
+def _columns(ds, spec: DataSpec) -> tuple[str, str, list[str] | None]:
+    """(image column, label column, class names or None) of a dataset."""
+    import datasets
+
+    features = ds.features
+    image = spec.image_column or next(
+        (name for name, f in features.items() if isinstance(f, datasets.Image)), None
+    )
+    if image is None or image not in features:
+        raise InputError(
+            f"{option('image_column')}: {spec.data} has no image column "
+            f"({'no column ' + repr(image) if image else 'no Image feature'}; columns: "
+            f"{', '.join(features)})"
+        )
+    label = spec.label_column or next(
+        (name for name, f in features.items() if isinstance(f, datasets.ClassLabel)),
+        next((n for n in ("label", "labels") if n in features), None),
+    )
+    if label is None or label not in features:
+        raise InputError(
+            f"{option('label_column')}: {spec.data} has no label column "
+            f"({'no column ' + repr(label) if label else 'no ClassLabel feature'}; columns: "
+            f"{', '.join(features)})"
+        )
+    names = features[label].names if isinstance(features[label], datasets.ClassLabel) else None
+    return image, label, names
+
+
+def open_dataset(spec: DataSpec, id2label: dict[int, str], how: str) -> ImageFolder:
+    """A Hugging Face dataset's rows as images with labels."""
+    ds = _dataset(spec.data)
+    image, label, names = _columns(ds, spec)
+    raw = ds[label]
+    classes = [names[v] for v in raw] if names else [str(v) for v in raw]
+    mapping, decided = _label_ids(sorted(set(classes)), id2label, how, option("label_column"))
+    width = max(6, len(str(len(raw))))
+    items = [
+        ImageItem(f"{i:0{width}d}", DatasetRow(spec.data, i, image), mapping[c], c)
+        for i, c in enumerate(classes)
+    ]
+    items.sort(key=lambda it: (it.folder, it.id))
+    where, split = _split_spec(spec.data)
+    return ImageFolder(
+        Path(where),
+        items,
+        mapping,
+        decided,
+        kind="dataset",
+        extra={
+            "dataset": spec.data,
+            "split": split,
+            "image_column": image,
+            "label_column": label,
+            "fingerprint": getattr(ds, "_fingerprint", None),
+            "rows": len(raw),
+        },
+    )
+
+
+def open_item(item: ImageItem) -> Image.Image:
+    """An item's decoded image, whatever its source."""
+    return item.path.load() if isinstance(item.path, DatasetRow) else load_image(item.path)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """The images of a run's source by key, for every command after ``find``: a folder's files
+    (``root / key``) or a dataset's rows (``spec``: the run's ``hf:`` source)."""
+
+    root: Path
+    dataset: dict | None = None
+
+    @classmethod
+    def of(cls, settings: dict, data: str | Path | None = None) -> "Reader":
+        """The reader of a run's ``settings`` (``data``: where its images are now, if they
+        moved: a folder, or an ``hf:`` dataset)."""
+        source = settings.get("data_source") or {}
+        if source.get("dataset"):
+            spec = str(data) if data else source["dataset"]
+            return cls(Path(_split_spec(spec)[0]), {**source, "dataset": spec})
+        return cls(Path(data or settings["data"]).expanduser())
+
+    def item(self, key: str, label: int = -1) -> ImageItem:
+        if self.dataset is not None:
+            row = DatasetRow(self.dataset["dataset"], int(key), self.dataset["image_column"])
+            return ImageItem(key, row, label, "")
+        return ImageItem(key, self.root / key, label, "")
+
+    def exists(self, key: str) -> bool:
+        if self.dataset is not None:
+            return 0 <= int(key) < len(_dataset(self.dataset["dataset"]))
+        return (self.root / key).is_file()
+
+    def load(self, key: str) -> Image.Image:
+        return open_item(self.item(key))
+
+    def __str__(self) -> str:
+        return self.dataset["dataset"] if self.dataset is not None else str(self.root)
+
+
+def as_data(data: DataSpec | str | Path) -> DataSpec:
+    """A :class:`DataSpec` from a spec or a bare ``--data`` value."""
+    return data if isinstance(data, DataSpec) else DataSpec(str(data))
