@@ -87,6 +87,19 @@ def resolve_device(device: str) -> torch.device:
     return parsed
 
 
+def peak_memory(device: torch.device) -> dict:
+    """This process's peak resident memory so far (bytes; Linux and macOS), and on CUDA the
+    peak memory torch allocated on the device."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"rss_bytes": rss if sys.platform == "darwin" else rss * 1024}
+    if device.type == "cuda":
+        out["cuda_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
 def versions() -> dict:
     """Python and package versions, for manifests."""
     out = {"python": platform.python_version(), "neuronpath": __version__}

@@ -18,7 +18,15 @@ from ..io.sources import DataSpec, as_data
 from ..methods import DEFAULT_METHODS, MethodOptions, check_units, find_paths, method_options
 from ..models.loading import load_model
 from ..models.spec import ModelSpec
-from .common import Execution, log_to, model_widths, path_fields, resolve_device, versions
+from .common import (
+    Execution,
+    log_to,
+    model_widths,
+    path_fields,
+    peak_memory,
+    resolve_device,
+    versions,
+)
 from .ranks import join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
@@ -165,4 +173,11 @@ def run_find(
     with log_to(store.dir / "find.log"):
         order = [it.id for it in items]
         work_through(ranks, store, pending, adapter.preprocess, execution, handle, order, "paths")
+        peak = peak_memory(device)
+        log.info(
+            "find: peak memory %.2f GiB resident%s (memory budget %.2f GiB per chunk)",
+            peak["rss_bytes"] / 2**30,
+            f", {peak['cuda_bytes'] / 2**30:.2f} GiB on {device}" if "cuda_bytes" in peak else "",
+            config.memory_budget / 2**30,
+        )
     return store.dir
