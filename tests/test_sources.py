@@ -64,7 +64,7 @@ def _assert_same_records(run, reference, rename):
 
 
 def _labels_files(world):
-    flat, same = world["flat"], world["same"]
+    same = world["same"]
     synset = {name: key.split("/")[0] for key, name in same.items()}
     tab = world["root"] / "labels.tsv"
     tab.write_text("".join(f"{n}\t{s}\n" for n, s in sorted(synset.items())))

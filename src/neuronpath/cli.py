@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap",
         type=int,
         default=1000,
-        help="bootstrap resamples for confidence intervals (default: 1000)",
+        help="bootstrap resamples for confidence intervals (default: 1000; 0: no intervals)",
     )
     study = evaluate.add_argument_group(
         "faithfulness study (any of these options runs it; RUN/evaluation/faithfulness.*)"
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bootstrap",
         type=int,
         default=1000,
-        help="bootstrap resamples over test images (default: 1000)",
+        help="bootstrap resamples over test images (default: 1000; 0: no intervals)",
     )
     slim = prune.add_argument_group("trained baselines (Table 2)")
     slim.add_argument(

@@ -217,5 +217,8 @@ def intra_class_clustering(cp: ClassPaths, shuffles: int = 20, seed: int = 0) ->
 def group_labels(names: Sequence[str], groups: Mapping[str, str]) -> list[str]:
     missing = [n for n in names if n not in groups]
     if missing:
-        raise InputError(f"groups: no group for classes {missing[:5]}")
+        raise InputError(
+            f"{option('groups')}: no group for the run's classes {missing[:5]}; expected lines "
+            f"'class<TAB>group' with the run's classes first"
+        )
     return [groups[n] for n in names]

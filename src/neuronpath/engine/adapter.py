@@ -367,6 +367,7 @@ class ModelAdapter:
             ],
             "site_blocks": list(self.blocks),
             "num_labels": len(self.id2label),
+            "label_names": [self.id2label[i] for i in sorted(self.id2label)],
             **self.details,
         }
 

@@ -37,9 +37,9 @@ from ..analysis.classes import (
 )
 from ..analysis.records import layer_distribution, methods_with_top
 from ..errors import ImageReadError, InputError, option
-from ..io.labels import read_class_names, read_groups
+from ..io.labels import read_groups
 from ..io.sources import Reader
-from ..io.store import read_manifest, read_records, write_json_atomic
+from ..io.store import read_find_manifest, read_records, write_json_atomic
 from ..methods import REGISTRY
 from ..report.figures import (
     layer_distribution_figure,
@@ -47,7 +47,7 @@ from ..report.figures import (
     similarity_heatmap,
     similarity_panel,
 )
-from .common import counted, counted_widths
+from .common import counted, counted_widths, run_class_names
 
 log = logging.getLogger("neuronpath")
 
@@ -113,7 +113,7 @@ def run_classes(
     fraction, permutations, kde = options.fraction, options.permutations, options.kde
     thumbnails, seed = options.thumbnails, options.seed
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
+    manifest = read_find_manifest(run_dir)
     records = counted(read_records(run_dir), manifest)
     methods = list(dict.fromkeys(r["method"] for r in records))
     if method not in methods:
@@ -127,7 +127,7 @@ def run_classes(
     cp = class_paths(records, method, widths)
     width = cp.width
     names = cp.names
-    readable = read_class_names(class_names) if class_names else {}
+    readable = run_class_names(class_names, manifest, records) if class_names else {}
     display = [readable.get(n, n) for n in names]
     out = Path(out) if out else run_dir / f"classes-{method}"
     out.mkdir(parents=True, exist_ok=True)

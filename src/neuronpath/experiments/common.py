@@ -194,3 +194,17 @@ def counted(records, manifest: dict) -> list[dict]:
         else {**r, "path": layer_units(r["path"], record_units(r), neurons)}
         for r in records
     ]
+
+
+def run_class_names(path, manifest: dict, records, what: str = "class_names") -> dict[str, str]:
+    """A ``--class-names`` file for a run, checked: every label must be one of the run's
+    classes or a label of its model (a file for all of ImageNet serves a 20-class run; one
+    with its columns swapped does not)."""
+    from ..io.labels import check_labels, read_class_names
+
+    names = read_class_names(path, what)
+    known = set(manifest.get("data", {}).get("classes", {}))
+    known |= set(manifest.get("model", {}).get("label_names") or [])
+    known |= {r.get("label_name") for r in records} | {r.get("pred_name") for r in records}
+    check_labels(names, known - {None}, path, what, "classes of the run or labels of its model")
+    return names

@@ -29,7 +29,7 @@ from ..engine.editing import OPS, manipulate
 from ..errors import InputError, RunFormatError, option
 from ..io.images import ImageItem
 from ..io.sources import Reader
-from ..io.store import read_manifest, read_records, write_json_atomic
+from ..io.store import read_find_manifest, read_manifest, read_records, write_json_atomic
 from ..methods import CONTROLS
 from ..models.loading import load_run_model
 from ..report.figures import probability_deviation_figure
@@ -102,7 +102,7 @@ class StoredPaths:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise RunFormatError(f"{run_dir}: no such run folder")
-        manifest = read_manifest(run_dir)
+        manifest = read_find_manifest(run_dir)
         by_image = {
             image: {r["method"]: r for r in rows}
             for image, rows in group_by(read_records(run_dir), "image").items()

@@ -93,6 +93,11 @@ class FaithfulnessOptions:
                 f"{option('reference')}, {option('reference_split')}: give one "
                 f"reference set, not both"
             )
+        if not self.enhance_factor >= 0:
+            raise InputError(
+                f"{option('enhance_factor')}: expected a factor >= 0 (2 doubles the path's "
+                f"units, 0 removes them), got {self.enhance_factor}"
+            )
         for name, low in (("reference_split", 1), ("matched_seeds", 1), ("bins", 2)):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < low):

@@ -14,6 +14,7 @@ import torch
 from ..engine.attribution import AttributionConfig
 from ..errors import InputError, option
 from ..io.images import interleave_classes
+from ..io.labels import check_labels
 from ..io.sources import DataSpec, as_data
 from ..methods import DEFAULT_METHODS, MethodOptions, check_units, find_paths, method_options
 from ..models.loading import load_model
@@ -59,6 +60,33 @@ def image_records(items, result, methods, adapter) -> list[dict]:
                 record[key] = values[row]
             records.append(record)
     return records
+
+
+def _open_data(data, adapter, spec: ModelSpec):
+    """The run's images; for a zero-shot model the class file's labels must be exactly the
+    image classes (no fallback to folder order)."""
+    source = as_data(data)
+    if spec.classes is None:
+        return source.open(adapter.id2label, spec.labels)
+    labels = {v: "" for v in adapter.id2label.values()}
+    try:
+        folder = source.open(adapter.id2label, "label2id")
+    except InputError:
+        logging.disable(logging.WARNING)  # not the fallback's note: this only names the classes
+        try:
+            classes = source.open({}, "sorted-folders").class_to_label
+        finally:
+            logging.disable(logging.NOTSET)
+        missing = sorted(set(classes) - set(labels))
+        raise InputError(
+            f"{option('classes')}: {spec.classes} has no line for the image classes "
+            f"{missing[:5]}{' ...' if len(missing) > 5 else ''} of {source.data}; expected "
+            f"one line 'label<TAB>class name' per class, the label its folder's name"
+        ) from None
+    check_labels(
+        labels, folder.class_to_label, spec.classes, "classes", f"classes of {source.data}"
+    )
+    return folder
 
 
 def search_settings(settings: dict) -> dict:
@@ -116,7 +144,7 @@ def run_find(
             f"{'FFN width' if spec.units == 'neurons' else 'units per layer'} of "
             f"{type(adapter.model).__name__}), got {topk}"
         )
-    folder = as_data(data).open(adapter.id2label, spec.labels)
+    folder = _open_data(data, adapter, spec)
     items = [it for it in folder.items if only is None or it.id in only]
     items = interleave_classes(items)[:limit]
     manifest = {

@@ -37,7 +37,7 @@ from ..engine.interventions import record_neurons
 from ..errors import ImageReadError, InputError, RunFormatError, option
 from ..io.images import interleave_classes
 from ..io.sources import DataSpec, Reader, as_data
-from ..io.store import read_manifest, read_records, write_json_atomic
+from ..io.store import read_find_manifest, read_records, write_json_atomic
 from ..models.loading import load_model, load_run_model
 from ..models.spec import ModelSpec
 from ..pathformat import ABSENT, decode, record_units, unit_label
@@ -185,7 +185,7 @@ def run_neurons(
     ranks = join_ranks(resolve_device(execution.device))
     if run_dir is not None:
         run_dir = Path(run_dir)
-        manifest = read_manifest(run_dir)
+        manifest = read_find_manifest(run_dir)
         on_paths = path_units(run_dir, manifest, methods) if layers is None else None
         adapter = load_run_model(run_dir, manifest["settings"], None, ranks.device)
         source = {"find_settings_sha256": _sha(manifest["settings"])}

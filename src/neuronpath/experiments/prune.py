@@ -37,7 +37,7 @@ from ..engine.slimming import SlimOptions, train_masks
 from ..errors import InputError, RunConflictError, option
 from ..io.images import image_batches
 from ..io.sources import DataSpec, as_data
-from ..io.store import read_manifest, read_records, write_json_atomic
+from ..io.store import read_find_manifest, read_manifest, read_records, write_json_atomic
 from ..methods import CONTROLS, MethodOptions, method_options
 from ..models.loading import load_model
 from ..models.spec import MODEL_KEYS, ModelSpec, model_differences
@@ -129,7 +129,7 @@ def run_prune(
     k = max(keep)
     run_dir = None
     if find_run is not None:
-        found = read_manifest(find_run)
+        found = read_find_manifest(find_run)
         check_same_model(find_run, found["settings"], model_settings)
         if found["settings"]["topk"] < k:
             raise InputError(

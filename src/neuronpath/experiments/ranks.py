@@ -176,6 +176,9 @@ def work_through(
         )
         if ranks.main and ranks.world > 1:
             store.consolidate({image: i for i, image in enumerate(order)})
+        if ranks.main:  # also those of the ranks of an earlier, killed job of another size
+            for path in store.dir.glob(PROGRESS.format("*")):
+                path.unlink(missing_ok=True)
     finally:
         store.close()
 

@@ -26,15 +26,14 @@ import torch
 
 from ..analysis.summary import summarize
 from ..engine.interventions import record_neurons
-from ..errors import InputError, RunFormatError
+from ..errors import InputError, RunFormatError, option
 from ..io.images import image_batches
-from ..io.labels import read_class_names
 from ..io.sources import Reader
-from ..io.store import iter_records, read_manifest, write_json_atomic
+from ..io.store import iter_records, read_find_manifest, read_manifest, write_json_atomic
 from ..models.loading import load_run_model
 from ..report.data import RunIndex, page_data, png, quantised, text, thumbnail
 from ..report.page import write_page
-from .common import Execution, resolve_device, run_sites
+from .common import Execution, resolve_device, run_class_names, run_sites
 from .neurons import read_atlas
 from .ranks import Ranks, join_ranks, open_store, work_through
 
@@ -293,12 +292,13 @@ def run_report(
     if (run_dir / "results.json").is_file() and not (run_dir / "manifest.json").is_file():
         prune = json.loads((run_dir / "results.json").read_text())
         find_dir = _prune_paths(run_dir, prune)
-    manifest = read_manifest(find_dir)
-    if images < 0 or cards < 0 or top < 1:
-        raise InputError(
-            f"images, cards: expected counts >= 0 and top >= 1, got {images}, {cards}, {top}"
-        )
+    manifest = read_find_manifest(find_dir)
+    for name, value, low in (("images", images, 0), ("cards", cards, 0), ("top", top, 1)):
+        if not isinstance(value, int) or value < low:
+            raise InputError(f"{option(name)}: expected a count >= {low}, got {value!r}")
     index = RunIndex(iter_records(find_dir), find_dir, method, images, cards, run_sites(manifest))
+    rows = list(index.rows.values())
+    readable = run_class_names(class_names, manifest, rows) if class_names else {}
     evaluation = _evaluation(find_dir)
     ranks = join_ranks(resolve_device(execution.device))
     adapter = load_run_model(find_dir, manifest["settings"], model, ranks.device)
@@ -320,7 +320,6 @@ def run_report(
         return None
     maps, thumbs, attention = _card_maps(adapter, index, root, positions, execution.batch_size)
     atlas, atlas_thumbs, atlas_note = _atlas(find_dir, adapter, index, execution.batch_size)
-    readable = read_class_names(class_names) if class_names else {}
     layouts = [adapter.layout(l).describe() for l in range(adapter.num_layers)]
     data_json = page_data(
         index,

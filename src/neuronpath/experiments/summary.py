@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..analysis.records import layer_distribution, methods_with_top
 from ..analysis.summary import summarize
-from ..io.store import read_manifest, read_records
+from ..io.store import read_find_manifest, read_records
 from ..methods import REGISTRY, method_title
 from ..report.text import format_summary
 
@@ -17,7 +17,7 @@ def summary_text(run_dir: str | Path) -> str:
     records = read_records(run_dir)
     summary = summarize(records)
     lines = [format_summary(summary, {m: method_title(m) for m in summary})]
-    manifest = read_manifest(run_dir)
+    manifest = read_find_manifest(run_dir)
     units = manifest["settings"].get("units", "neurons")
     for method in methods_with_top(records):
         layers = manifest["model"]["num_layers"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError, RunFormatError, option
+from ..io.store import read_json
 from ..report.tables import write_table
 
 
@@ -26,6 +26,6 @@ def run_table(
                 f"{run}: not evaluated yet (no evaluation/metrics.json); "
                 f"run `neuronpath evaluate {run}` first"
             )
-        metrics = json.loads(path.read_text())
-        merged[name or Path(metrics["model"]).name or metrics["model"]] = metrics["methods"]
+        metrics = read_json(path, f"re-run `neuronpath evaluate {run}`", ("model", "methods"))
+        merged[name or Path(str(metrics["model"])).name or metrics["model"]] = metrics["methods"]
     return write_table(merged, out)

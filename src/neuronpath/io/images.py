@@ -93,12 +93,15 @@ def scan_image_folder(root: str | Path, id2label: dict[int, str], how: str = "au
         log.warning("data: class ids taken from sorted folder order (%s -> 0, ...)", folders[0])
     items = []
     for folder in folders:
+        count = len(items)
         for path in sorted((root / folder).rglob("*")):
             # a dangling link is listed too: reading it fails, and it is reported and skipped
             if (path.is_file() or path.is_symlink()) and path.suffix.lower() in IMAGE_EXTENSIONS:
                 items.append(
                     ImageItem(path.relative_to(root).as_posix(), path, mapping[folder], folder)
                 )
+        if len(items) == count:
+            log.warning("data: the class folder %s has no images", root / folder)
     if not items:
         raise InputError(
             f"{option('data')}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}"

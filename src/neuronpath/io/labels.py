@@ -81,32 +81,68 @@ def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") 
     return {f: i for i, f in enumerate(folders)}, "sorted-folders"
 
 
-def read_two_columns(path: str | Path) -> dict[str, str]:
+def read_two_columns(path: str | Path, what: str = "classes") -> dict[str, str]:
     """``{key: value}`` from a file of lines ``key<TAB>value`` (or ``key value``: without a
     tab the first run of white space separates them).  Blank lines and ``#`` comments are
-    skipped; the value may be empty."""
-    pairs = {}
-    for line in Path(path).read_text().splitlines():
+    skipped; the value may be empty.  ``what`` names the option in messages.  A file that is
+    not UTF-8 text, or that lists a key twice, is refused naming its lines."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{option(what)}: no such file {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(
+            f"{option(what)}: cannot read {path} as a UTF-8 text file ({error}); expected "
+            f"lines 'label<TAB>value'"
+        ) from None
+    pairs: dict[str, str] = {}
+    lines: dict[str, list[int]] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         key, _, value = line.partition("\t") if "\t" in line else line.partition(" ")
-        pairs[key.strip()] = value.strip()
+        key = key.strip()
+        pairs[key] = value.strip()
+        lines.setdefault(key, []).append(n)
+    twice = {k: v for k, v in lines.items() if len(v) > 1}
+    if twice:
+        key, where = next(iter(twice.items()))
+        raise InputError(
+            f"{option(what)}: {path} lists the label {key!r} on lines "
+            f"{', '.join(map(str, where))}; expected each label once"
+        )
     return pairs
+
+
+def check_labels(pairs: dict[str, str], known, path, what: str, of: str) -> None:
+    """Refuse a label file whose labels are not all in ``known`` (``of`` names what they
+    must be), quoting the offending labels."""
+    known = set(known)
+    unknown = [k for k in pairs if k not in known]
+    if unknown:
+        listed = ", ".join(sorted(known)[:6]) + (" ..." if len(known) > 6 else "")
+        raise InputError(
+            f"{option(what)}: {path} has labels that are not {of}: "
+            f"{', '.join(repr(k) for k in unknown[:4])}{' ...' if len(unknown) > 4 else ''} "
+            f"(they are {listed}); expected lines 'label<TAB>name' with those labels first"
+        )
 
 
 def read_groups(path) -> dict[str, str]:
     """A two-column file: class (folder / label name) and group, tab- or space-separated."""
-    groups = read_two_columns(path)
+    groups = read_two_columns(path, "groups")
     empty = [name for name, group in groups.items() if not group]
     if empty:
         raise InputError(
-            f"groups: {path} has no group for {empty[:3]}; expected lines 'class<TAB>group'"
+            f"{option('groups')}: {path} has no group for {empty[:3]}; expected lines "
+            f"'class<TAB>group'"
         )
     return groups
 
 
-def read_class_names(path: str | Path) -> dict[str, str]:
+def read_class_names(path: str | Path, what: str = "class_names") -> dict[str, str]:
     """A two-column file: class (folder / label name) and a readable name (the class itself
     where the name is missing)."""
-    return {key: value or key for key, value in read_two_columns(path).items()}
+    return {key: value or key for key, value in read_two_columns(path, what).items()}

@@ -61,12 +61,80 @@ def read_manifest(run_dir: str | Path) -> dict:
             f"{path} is damaged (not valid JSON: {error}); restore it, or delete "
             f"{run_dir} to start the run over"
         ) from error
-    if not isinstance(manifest, dict) or "settings" not in manifest:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("settings"), dict):
         raise RunFormatError(
-            f"{path} is damaged (no settings); restore it, or delete {run_dir} "
-            f"to start the run over"
+            f"{path} is damaged (expected an object with a 'settings' object); restore it, or "
+            f"delete {run_dir} to start the run over"
         )
     return manifest
+
+
+def _text(value) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# What the commands after ``find`` read of a find run's manifest: key -> (check, what it is).
+FIND_MANIFEST = {
+    ("settings", "model"): (_text, "the model's id or folder (a string)"),
+    ("settings", "data"): (_text, "the image folder or dataset (a string)"),
+    (
+        "settings",
+        "methods",
+    ): (
+        lambda v: isinstance(v, list) and bool(v) and all(_text(m) for m in v),
+        "the list of the run's path methods (names)",
+    ),
+    ("settings", "weights_sha256"): (
+        lambda v: isinstance(v, str) and len(v) == 64,
+        "the SHA-256 of the model's weights (64 hex digits)",
+    ),
+    ("settings", "preprocess"): (lambda v: isinstance(v, dict), "the image preprocessing"),
+    ("settings", "token"): (_text, "the token policy's name"),
+    ("settings", "steps"): (_count, "the number of alpha steps (an integer >= 1)"),
+    ("settings", "topk"): (_count, "K, neurons per layer (an integer >= 1)"),
+    ("model", "num_layers"): (_count, "the model's number of layers (an integer >= 1)"),
+}
+
+
+def read_find_manifest(run_dir: str | Path) -> dict:
+    """A find run's manifest, checked against :data:`FIND_MANIFEST` (what every command after
+    ``find`` reads): a missing key or a wrong type is one line naming the file, the key and
+    what was expected."""
+    manifest = read_manifest(run_dir)
+    path = Path(run_dir) / MANIFEST
+    for (section, key), (check, what) in FIND_MANIFEST.items():
+        part = manifest.get(section)
+        if not isinstance(part, dict) or key not in part:
+            raise RunFormatError(
+                f"{path}: {section}.{key} is missing; expected {what} (the manifest is "
+                f"damaged: restore it, or re-run find into a new folder)"
+            )
+        if not check(part[key]):
+            raise RunFormatError(
+                f"{path}: {section}.{key} is {part[key]!r}; expected {what} (the manifest is "
+                f"damaged: restore it, or re-run find into a new folder)"
+            )
+    return manifest
+
+
+def read_json(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict:
+    """A JSON object a command wrote (``what`` says which and how to make it again), with
+    ``keys``: one line naming the file where it is damaged."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFormatError(f"{path} is damaged (not valid JSON: {error}); {what}") from None
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if not isinstance(data, dict) or missing:
+        raise RunFormatError(
+            f"{path} is damaged (expected an object with {', '.join(repr(k) for k in keys)}); "
+            f"{what}"
+        )
+    return data
 
 
 class RunLock:

@@ -104,7 +104,7 @@ def build_zero_shot(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    names = read_class_names(classes)
+    names = read_class_names(classes, "classes")
     if not names:
         raise InputError(
             f"{option('classes')}: {classes} lists no classes; expected lines "

@@ -96,9 +96,15 @@ def write_table(runs: Mapping[str, Mapping[str, Mapping]], out_stem: str | Path)
             cells = [_fmt(index.get((label, method, m))) for m in models]
             if any(c != "–" for c in cells):
                 lines.append(f"| {label} | {method} | " + " | ".join(cells) + " |")
+    intervals = any(r["ci_low"] is not None for r in rows)
+    note = (
+        "Cells: value [bootstrap 95 % CI over images]."
+        if intervals
+        else "Cells: value (no intervals: evaluated with --bootstrap 0)."
+    )
     return write_markdown_and_csv(
         stem,
-        lines + ["", "Cells: value [bootstrap 95 % CI over images]."],
+        lines + ["", note],
         rows,
         ["metric", "method", "model", "value", "ci_low", "ci_high"],
     )
