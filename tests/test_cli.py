@@ -5,12 +5,16 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import make_image_folder, save_tiny_model
 from neuronpath.cli import main
 from neuronpath.io.store import RECORDS, read_manifest, read_records
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def find(model, data, out, *extra):
@@ -195,19 +199,42 @@ def test_killed_process_resumes_to_the_same_records(tmp_path):
         assert by_key(resumed)[key] == record
 
 
-def test_demo_command_uses_the_cached_builtin_model(tmp_path, monkeypatch, capsys):
-    # pre-populate the cache with a tiny model and digits-like folders so no training runs
+def test_demo_prints_the_readme_block_with_one_thread_and_two(tmp_path, monkeypatch, capsys):
+    """The shipped demo weights: ``neuronpath demo`` prints exactly the README's block."""
+    monkeypatch.setenv("NEURONPATH_CACHE", str(tmp_path / "cache"))  # the digits, written here
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("What the demo prints")
+    opening = readme.index("```\n", start) + 4
+    block = readme[opening : readme.index("\n```", opening)]
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            capsys.readouterr()
+            assert main(["-q", "demo", "--out", str(tmp_path / f"demo{count}")]) == 0
+            out = capsys.readouterr().out.splitlines()
+            assert out[0].startswith("records: ")
+            assert "\n".join(out[1:]) == block, count
+    finally:
+        torch.set_num_threads(threads)
+    assert read_manifest(tmp_path / "demo1")["settings"]["model"] == "demo"
+
+
+def test_demo_retrain_uses_the_weights_trained_here(tmp_path, monkeypatch, capsys):
+    # the cache holds "retrained" weights (a tiny model) and digits-like folders: nothing trains
     from neuronpath.models import demo
 
     monkeypatch.setenv("NEURONPATH_CACHE", str(tmp_path / "cache"))
     model = save_tiny_model(demo.cache_dir() / f"demo-vit-digits-v{demo.DEMO_VERSION}")
     make_image_folder(demo.cache_dir() / f"digits-v{demo.DEMO_VERSION}" / "test", per_class=2)
-    assert main(["-q", "demo", "--out", str(tmp_path / "demo"), "--steps", "3"]) == 0
+    args = ["-q", "demo", "--retrain", "--out", str(tmp_path / "demo"), "--steps", "3"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "mean JAS" in out and "JAS path scores above the Activation path" in out
     manifest = read_manifest(tmp_path / "demo")
-    assert manifest["settings"]["model"] == "demo" and len(read_records(tmp_path / "demo")) == 12
-    assert model.is_dir()
+    assert (
+        manifest["settings"]["model"] == str(model) and len(read_records(tmp_path / "demo")) == 12
+    )
 
 
 def test_all_methods_and_topk_records(tiny_model_dir, image_folder, tmp_path, capsys):

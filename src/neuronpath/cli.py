@@ -36,7 +36,7 @@ from .experiments.summary import summary_text
 from .experiments.table import run_table
 from .io.sources import DataSpec
 from .methods import CONTROLS, DEFAULT_METHODS, REGISTRY
-from .models.demo import demo_data_dir
+from .models.demo import demo_data_dir, demo_model_dir
 from .models.spec import DEMO, ModelSpec
 from .report.text import format_class_report
 
@@ -222,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run find on the built-in digits ViT (no network) and print a summary"
     )
     demo.add_argument("--out", default="neuronpath-demo", help="run folder (default: %(default)s)")
+    demo.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train the demo ViT here instead of using the shipped weights (its figures then "
+        "depend on this machine)",
+    )
     _add_find_options(demo)
 
     summary = sub.add_parser("summary", help="print per-method statistics of a run")
@@ -567,6 +573,8 @@ def _find(args) -> Path:
     model, data, out = getattr(args, "model", None), getattr(args, "data", None), args.out
     if model is None and data is None:
         model, data, out = DEMO, demo_data_dir() / "test", out or "neuronpath-demo"
+        if getattr(args, "retrain", False):
+            model = str(demo_model_dir(retrain=True))
     if model is None or data is None or out is None:
         raise InputError(
             "find: give --model, --data and --out (or none of --model/--data for the built-in demo)"

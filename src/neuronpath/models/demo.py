@@ -1,10 +1,16 @@
 """The built-in default: a small ViT trained on scikit-learn's bundled digits, no network.
 
 On first use the 1,797 8x8 digit images that ship with scikit-learn are written as PNG files
-(an ImageFolder with ``train/`` and ``test/``, every fifth image of each class in ``test/``),
-a 6-layer ViT is trained on ``train/`` for a few seconds on a CPU, and both are cached under
-``$NEURONPATH_CACHE`` (default ``~/.cache/neuronpath``).  The model has real learned structure,
-unlike random weights, so its neuron paths mean something.
+(an ImageFolder with ``train/`` and ``test/``, every fifth image of each class in ``test/``) and
+cached under ``$NEURONPATH_CACHE`` (default ``~/.cache/neuronpath``).  The model is a 6-layer ViT
+trained on ``train/``; it has real learned structure, unlike random weights, so its neuron paths
+mean something.
+
+**Its weights ship with the package** (``demo_weights/``, 0.8 MB), so the demo prints the same
+figures on every machine: training depends on the machine (thread count, BLAS kernels) and on
+the versions an install resolves, so weights trained at first use made every user's first output
+differ from the README's.  ``neuronpath demo --retrain`` (:func:`train_demo_model`) trains them
+again into the cache, as they were made, for anyone who wants to see that step.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -83,14 +90,22 @@ def demo_data_dir() -> Path:
     return _atomic_dir(cache_dir() / f"digits-v{DEMO_VERSION}", build)
 
 
-def demo_model_dir() -> Path:
-    """A trained 6-layer ViT in Hugging Face format (trained on first use, then cached)."""
+def shipped_model_dir() -> Path:
+    """The demo ViT's weights as the package ships them (Hugging Face format)."""
+    return Path(str(resources.files("neuronpath.models").joinpath("demo_weights")))
+
+
+def demo_model_dir(retrain: bool = False) -> Path:
+    """The demo ViT in Hugging Face format: the shipped weights, or with ``retrain`` weights
+    trained here (once, then cached; they depend on the machine)."""
+    if not retrain:
+        return shipped_model_dir()
 
     def build(tmp: Path):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        log.info("training the demo ViT on scikit-learn digits (first use only)...")
+        log.info("training the demo ViT on scikit-learn digits (once, then cached)...")
         model = train_demo_model(demo_data_dir() / "train")
         model.save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2))

@@ -49,7 +49,7 @@ def load_model(
     name = spec.model
     kwargs: dict = {}
     if name == DEMO:
-        from .demo import demo_model_dir  # trains the demo model on first use
+        from .demo import demo_model_dir  # the shipped weights
 
         model, prep, kwargs = load_hf(str(demo_model_dir()), True)
     elif Path(name).expanduser().is_dir():
