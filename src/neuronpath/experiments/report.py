@@ -222,7 +222,7 @@ def _atlas(find_dir: Path, adapter, index: RunIndex, batch_size: int) -> tuple[d
     atlas (or why there is none)."""
     folder = find_dir / "neurons"
     if not (folder / "atlas.npz").is_file():
-        return {}, {}, f"no atlas (neuronpath neurons {find_dir} --data DIR adds one)"
+        return {}, {}, "no atlas (neuronpath neurons RUN --data DIR adds one)"
     atlas, settings = read_atlas(folder), read_manifest(folder)["settings"]
     root = Reader.of(settings)
     by_site = {(entry["site"], unit): entry for (_, _, unit), entry in atlas.units.items()}

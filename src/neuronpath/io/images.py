@@ -156,6 +156,12 @@ class Batch:
     errors: list[tuple[ImageItem, ImageReadError]]
 
 
+def open_item(item: ImageItem) -> Image.Image:
+    """An item's decoded image, whatever its source: a file, or a dataset row (any ``path``
+    with a ``load()`` method, see ``io/sources.DatasetRow``)."""
+    return item.path.load() if hasattr(item.path, "load") else load_image(item.path)
+
+
 class _Decoded:
     """Dataset over image items: (position, pixels or None, error or None)."""
 
@@ -166,8 +172,6 @@ class _Decoded:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from .sources import open_item
-
         try:
             return i, self.preprocess(open_item(self.items[i])), None
         except ImageReadError as error:

@@ -38,7 +38,7 @@ from .images import (
     IMAGE_EXTENSIONS,
     ImageFolder,
     ImageItem,
-    load_image,
+    open_item,
     scan_image_folder,
     to_rgb,
 )
@@ -414,11 +414,6 @@ def open_dataset(spec: DataSpec, id2label: dict[int, str], how: str) -> ImageFol
             "rows": len(raw),
         },
     )
-
-
-def open_item(item: ImageItem) -> Image.Image:
-    """An item's decoded image, whatever its source."""
-    return item.path.load() if isinstance(item.path, DatasetRow) else load_image(item.path)
 
 
 @dataclass(frozen=True)
