@@ -78,6 +78,7 @@ def main():
         u: load_model(args.model, device=args.device, units=u) for u in args.units.split(",")
     }
     adapter = adapters[next(iter(adapters))]
+    blocks = len(set(adapter.blocks))  # a mixed adapter has two sites per block
     folder = scan_image_folder(args.data, adapter.id2label)
     items = interleave_classes(folder.items)[: args.images]
     pixels = torch.stack([adapter.preprocess(load_image(i.path)) for i in items]).to(args.device)
@@ -116,7 +117,7 @@ def main():
     unit = statistics.mean(units)
 
     print(
-        f"model {args.model}: {adapter.num_layers} layers, m = {args.steps}, K = {args.topk}, "
+        f"model {args.model}: {blocks} blocks, m = {args.steps}, K = {args.topk}, "
         f"rerank {rerank}, "
         f"{len(items)} images, batch {args.batch_size}, device {args.device}, "
         f"{torch.get_num_threads()} threads"
