@@ -162,6 +162,10 @@ def work_through(
     ``handle`` gets the errors.  The run folder's lock is released at the end, also when the
     work fails."""
     try:
+        # Every rank has listed what it found done before any rank writes: each takes its share
+        # of the same list (a rank that listed after another's first write would skip an image
+        # the other never takes, and take one it did).
+        ranks.barrier()
         _work(
             ranks,
             store,
