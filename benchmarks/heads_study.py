@@ -16,12 +16,8 @@ import math
 
 import numpy as np
 
+from neuronpath.analysis.bootstrap import bootstrap_draws, mean_interval
 from neuronpath.io.store import read_json, read_records
-
-
-def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n: int) -> tuple[float, float]:
-    means = values[rng.integers(0, len(values), (n, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -55,13 +51,13 @@ def main():
             if units == "neurons+heads" and record["method"] == "jas":
                 mixed_paths[record["image"]] = record["path"]
     images = sorted(set.intersection(*(set(s) for s in scores.values())))
-    rng = np.random.default_rng(args.seed)
+    draws = bootstrap_draws(len(images), args.bootstrap, args.seed)  # the same for every path
 
     print(f"{len(images)} images in every run")
     print(f"{'path':<26}{'mean final JAS':>15}   95% CI")
     for name, by_image in scores.items():
         values = np.array([by_image[i] for i in images])
-        low, high = bootstrap_ci(values, rng, args.bootstrap)
+        low, high = mean_interval(values, draws)
         print(f"{name:<26}{values.mean():>15.4f}   [{low:.4f}, {high:.4f}]")
 
     print("\nfrom each run's evaluate (its own images; ΔP/P mean of class means, accuracy in pp)")
