@@ -44,12 +44,13 @@ def main():
     args = parser.parse_args()
     runs = {"neurons": args.neurons, "heads": args.heads, "neurons+heads": args.mixed}
     scores: dict[str, dict[str, float]] = {}
-    mixed_paths: dict[str, list] = {}
+    jas_paths: dict[str, dict[str, list]] = {units: {} for units in runs}
     for units, run in runs.items():
         for record in read_records(run):
             scores.setdefault(f"{record['method']} [{units}]", {})[record["image"]] = record["jas"]
-            if units == "neurons+heads" and record["method"] == "jas":
-                mixed_paths[record["image"]] = record["path"]
+            if record["method"] == "jas":
+                jas_paths[units][record["image"]] = record["path"]
+    mixed_paths = jas_paths["neurons+heads"]
     images = sorted(set.intersection(*(set(s) for s in scores.values())))
     draws = bootstrap_draws(len(images), args.bootstrap, args.seed)  # the same for every path
 
@@ -93,6 +94,32 @@ def main():
     print(
         f"heads per mixed path: mean {np.mean(heads_per_path):.2f}, "
         f"paths without a head {sum(h == 0 for h in heads_per_path) / len(paths) * 100:.1f} %"
+    )
+
+    same = {"head": [0, 0], "neuron": [0, 0]}  # [equal to the single-kind path's unit, all]
+    for image, path in mixed_paths.items():
+        for layer, (kind, index) in enumerate(path):
+            alone = jas_paths["heads" if kind == "head" else "neurons"].get(image)
+            if alone is not None:
+                other = alone[layer][1] if kind == "head" else alone[layer]
+                same[kind][0] += other == index
+                same[kind][1] += 1
+    for kind, (equal, total) in same.items():
+        print(f"mixed path's {kind}s equal to the {kind} path's unit: {equal} of {total}")
+    mixed, heads = scores["jas [neurons+heads]"], scores["jas [heads]"]
+    wins = [sum(op(heads[i], mixed[i]) for i in images) for op in (float.__gt__, float.__lt__)]
+    print(
+        f"final JAS, head path against mixed path: higher on {wins[0]}, lower on {wins[1]}, "
+        f"equal on {len(images) - sum(wins)} of {len(images)} images"
+    )
+    head_paths = list(jas_paths["heads"].values())
+    shares = []
+    for layer in range(layers):
+        counts = np.bincount([path[layer][1] for path in head_paths])
+        shares.append(counts.max() / len(head_paths) * 100)
+    print(
+        f"head paths: the most frequent head of a layer is chosen on "
+        f"{min(shares):.0f}-{max(shares):.0f} % of images"
     )
 
 
