@@ -66,6 +66,15 @@ def main():
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--models", default=",".join(SIZES))
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="units timed before and after find (median each)"
+    )
+    parser.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run the memory measurement's find beside the timing (with OMP_NUM_THREADS=1 on "
+        "two cores: half the wall time, each run on its own core)",
+    )
     args = parser.parse_args()
     rows = []
     for name in args.models.split(","):
@@ -76,20 +85,6 @@ def main():
             items = items[: args.images]
             pixels = torch.stack([adapter.preprocess(load_image(i.path)) for i in items])
             labels = torch.tensor([i.label for i in items])
-            unit_seconds(adapter, pixels, labels, args.steps, 1)  # warm-up
-            units = [unit_seconds(adapter, pixels, labels, args.steps, 3)]
-            start = time.perf_counter()
-            for b in range(len(items)):
-                find_paths(
-                    adapter,
-                    pixels[b : b + 1],
-                    labels[b : b + 1],
-                    ["jas", "activation"],
-                    AttributionConfig(steps=args.steps),
-                )
-            seconds = (time.perf_counter() - start) / len(items)
-            units.append(unit_seconds(adapter, pixels, labels, args.steps, 3))
-            unit = statistics.mean(units)
             out = Path(tmp) / "run"
             command = [
                 sys.executable,
@@ -111,12 +106,37 @@ def main():
                 "--batch-size",
                 "1",
             ]
-            subprocess.run(command, check=True, capture_output=True)
+            errors = Path(tmp) / "find.stderr"
+            memory_run = None
+            if args.concurrent:  # the memory run on another core, beside the timing
+                with errors.open("w") as handle:
+                    memory_run = subprocess.Popen(command, stdout=handle, stderr=handle)
+            unit_seconds(adapter, pixels, labels, args.steps, 1)  # warm-up
+            units = [unit_seconds(adapter, pixels, labels, args.steps, args.repeats)]
+            start = time.perf_counter()
+            for b in range(len(items)):
+                find_paths(
+                    adapter,
+                    pixels[b : b + 1],
+                    labels[b : b + 1],
+                    ["jas", "activation"],
+                    AttributionConfig(steps=args.steps),
+                )
+            seconds = (time.perf_counter() - start) / len(items)
+            units.append(unit_seconds(adapter, pixels, labels, args.steps, args.repeats))
+            unit = statistics.mean(units)
+            if memory_run is None:
+                subprocess.run(command, check=True, capture_output=True)
+            elif memory_run.wait() != 0:
+                raise SystemExit(f"the find run failed:\n{errors.read_text()}")
             logged = re.search(r"peak memory ([\d.]+) GiB", (out / "find.log").read_text())
             rows.append(
                 (name, adapter.num_layers, adapter.width(), unit, seconds, float(logged.group(1)))
             )
-    print(f"{torch.get_num_threads()} threads, m = {args.steps}, {args.images} images per model")
+    print(
+        f"{torch.get_num_threads()} threads, m = {args.steps}, {args.images} images per model"
+        f"{', memory run beside the timing' if args.concurrent else ''}"
+    )
     print(
         f"{'model':<10}{'layers':>7}{'FFN':>6}{'unit (s)':>10}{'s / image':>11}{'R':>7}"
         f"{'peak GiB':>10}"

@@ -101,6 +101,30 @@ def test_conflicting_second_run_is_refused(tiny_model_dir, image_folder, tmp_pat
     assert (tmp_path / "run" / RECORDS).read_text() == before
 
 
+def test_fast_preset_is_its_named_grid_and_refuses_a_second_grid(
+    tiny_model_dir, image_folder, tmp_path, capsys
+):
+    from neuronpath.engine.grids import PRESETS
+
+    rule, steps = PRESETS["fast"]
+    common = ["-q", "find", "--model", str(tiny_model_dir), "--data", str(image_folder)]
+    common += ["--batch-size", "4", "--device", "cpu", "--limit", "4"]
+    assert main([*common, "--out", str(tmp_path / "fast"), "--fast"]) == 0
+    explicit = ["--alphas", rule, "--steps", str(steps)]
+    assert main([*common, "--out", str(tmp_path / "explicit"), *explicit]) == 0
+    manifest = read_manifest(tmp_path / "fast")
+    assert manifest["alpha_grid"]["name"] == rule and manifest["settings"]["steps"] == steps
+    assert read_records(tmp_path / "fast") == read_records(tmp_path / "explicit")
+    assert main([*common, "--out", str(tmp_path / "default")]) == 0
+    official = read_manifest(tmp_path / "default")
+    assert official["alpha_grid"]["name"] == "left" and official["settings"]["steps"] == 20
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "both"), "--fast", "--steps", "7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--fast" in err and "--steps" in err
+    assert not (tmp_path / "both").exists()
+
+
 def test_bad_arguments_get_clear_errors(tiny_model_dir, image_folder, tmp_path, capsys):
     assert find(tiny_model_dir, tmp_path / "nowhere", tmp_path / "run") == 2
     assert "not a folder" in capsys.readouterr().err
