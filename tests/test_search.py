@@ -6,7 +6,7 @@ import torch
 
 import literal
 from conftest import tiny_vit
-from neuronpath.engine.attribution import AttributionConfig
+from neuronpath.engine.attribution import AttributionConfig, row_bytes, rows_per_chunk
 from neuronpath.methods import find_paths
 from neuronpath.models.huggingface import from_hf_model
 
@@ -54,6 +54,32 @@ def test_search_is_independent_of_chunking(vit64, batch64):
     for method in whole.paths:
         assert torch.equal(whole.paths[method], one_row.paths[method])
         torch.testing.assert_close(whole.scores[method], one_row.scores[method], rtol=1e-12, atol=0)
+
+
+def test_chunk_size_counts_what_each_row_adds_not_the_shared_weights():
+    # an FFN of 512 neurons on 5 tokens: the weights (saved by reference for every backward)
+    # are far larger than one row's activations; counting them made every chunk one row
+    model = tiny_vit(layers=2, hidden=32, ffn=512)
+    adapter = from_hf_model(model)
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def saved(rows):  # every byte autograd saves for a forward of ``rows`` rows, literally
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(pixel_values=x[:rows].clone().requires_grad_(True))
+        return total
+
+    per_row = saved(2) - saved(1)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert weights > 5 * per_row  # the case that matters
+    assert row_bytes(adapter, x) == pytest.approx(per_row, rel=0.05)
+    assert rows_per_chunk(adapter, x, int(10 * 1.5 * row_bytes(adapter, x))) == 10
 
 
 def test_unknown_method_is_rejected(vit64, batch64):

@@ -154,27 +154,39 @@ def clean_pass(
     return CleanPass(acts, logits.detach(), labels, targets, None if identity else coords)
 
 
-def rows_per_chunk(adapter: ModelAdapter, pixels: torch.Tensor, budget: int) -> int:
-    """How many rows of a gradient pass fit ``budget`` bytes of saved activations.
+def row_bytes(adapter: ModelAdapter, pixels: torch.Tensor) -> int:
+    """Bytes of activations autograd saves for one row of a gradient pass.
 
-    Measured once per adapter and input shape by counting the bytes autograd saves for one
-    row (the forward is run with the input requiring grad), with 50 % headroom.
+    Measured once per adapter and input shape by counting what a one-row forward (input requiring
+    grad) saves, less the model's own parameters and buffers: autograd keeps references to the
+    weights, which every row shares, so they cost nothing per row.
     """
     key = (tuple(pixels.shape[1:]), adapter.dtype, str(adapter.device))
     cache = adapter.__dict__.setdefault("_row_bytes", {})
     if key not in cache:
+        shared = {
+            t.untyped_storage().data_ptr()
+            for t in (*adapter.model.parameters(), *adapter.model.buffers())
+        }
         saved = 0
 
         def pack(t):
             nonlocal saved
-            saved += t.numel() * t.element_size()
+            if t.untyped_storage().data_ptr() not in shared:
+                saved += t.numel() * t.element_size()
             return t
 
         x = pixels[:1].to(adapter.device, adapter.dtype).clone().requires_grad_(True)
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             adapter.logits(x)
         cache[key] = max(saved, 1)
-    return max(1, int(budget // (cache[key] * 1.5)))
+    return cache[key]
+
+
+def rows_per_chunk(adapter: ModelAdapter, pixels: torch.Tensor, budget: int) -> int:
+    """How many rows of a gradient pass fit ``budget`` bytes of saved activations (50 %
+    headroom over :func:`row_bytes`)."""
+    return max(1, int(budget // (row_bytes(adapter, pixels) * 1.5)))
 
 
 def riemann_gradients(
