@@ -127,8 +127,7 @@ def _add_search_options(p: argparse.ArgumentParser, methods_default, methods_hel
     p.add_argument(
         "--alphas",
         choices=GRIDS,
-        help="alpha grid (default: left); 'left' = official code (k/m, k=0..m-1), "
-        "'right' = Eq. 3",
+        help="alpha grid (default: left); 'left' = official code (k/m, k=0..m-1), 'right' = Eq. 3",
     )
     rule, steps = PRESETS["fast"]
     p.add_argument(
