@@ -3,6 +3,10 @@ ViT-B/16 and ViT-L/16 at 224 px (197 tokens; 3,072 and 4,096 FFN neurons per lay
 
     python benchmarks/bench_realsize.py --data ../shared/data/imagenet20-dev --images 2
 
+    # one thread per process on a 2-core machine, the memory run on the second core:
+    OMP_NUM_THREADS=1 python benchmarks/bench_realsize.py --data ../shared/data/imagenet20-dev \
+        --images 1 --models ViT-B/16,ViT-L/16 --concurrent --repeats 2
+
 For each model, measured in one run: one unit (a forward + input-gradient backward on m = 20
 rows), the seconds per image of ``find``'s default (the JAS search and the final JAS of the JAS
 and Activation paths) and its ratio R to the unit, and the peak resident memory of a
