@@ -212,6 +212,8 @@ def test_a_killed_pass_resumes_and_two_ranks_give_the_atlas_of_one_process(tmp_p
     assert not (out / "atlas.npz").exists()
     code, _, err = finish(torchrun(2, ["-q", *common, "--out", str(out)]))
     assert code == 0, err
+    assert sorted(p.name for p in out.glob("state*")) == ["state.rank0.npz"]  # as one process
+    assert main(["-q", *common, "--out", str(out)]) == 0  # finished: nothing redone or recounted
     assert main(["-q", *common, "--out", str(tmp_path / "one")]) == 0
     two, one = read_atlas(out), read_atlas(tmp_path / "one")
     assert two.images == one.images == 60 and two.units.keys() == one.units.keys()

@@ -14,7 +14,8 @@ Writes ``OUT/`` (default ``RUN/neurons/``): ``manifest.json``, ``atlas.npz`` (wh
 :func:`read_atlas` read), ``top.csv`` (``layer,neuron,rank,image,value,peak_token``; bottom
 images have ranks -1, -2, ...), ``labels.csv`` (``layer,neuron,rank,label,score``) where there
 are labels.  Each rank checkpoints its accumulator after every batch
-(``state.rank{r}.npz``, atomically, with the images it holds), so a killed pass loses nothing.
+(``state.rank{r}.npz``, atomically, with the images it holds), so a killed pass loses nothing;
+when all are done the main rank merges them into one, as a single process leaves it.
 """
 
 from __future__ import annotations
@@ -308,11 +309,14 @@ def run_neurons(
     if not ranks.main:
         return None
     merged, total = fresh(), {s: 0 for s in sites}
-    for path in _states(store.dir):
+    states = _states(store.dir)
+    for path in states:
         state = np.load(path)
         part = fresh().load(state)
         merged.merge(part)
         total = {s: total[s] + state[f"effect{s}"] for s in sites}
+    if len(states) > 1:
+        _consolidate(store.dir, states, merged, total)
     _write(
         store.dir, adapter, tracked, merged, total if texts is not None else None, names, options
     )
@@ -368,6 +372,21 @@ def _view(pixels: torch.Tensor, preprocess) -> np.ndarray:
     else:
         x = (x - x.amin()) / (x.amax() - x.amin() + 1e-12)
     return x.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def _consolidate(folder: Path, states: list[Path], merged: UnitStats, total: dict) -> None:
+    """Leave one state file, as one process would: the merged accumulator as rank 0's.
+
+    Written aside first, the ranks' files removed, then renamed in: a kill at any point leaves
+    states that hold each image at most once (at worst the removed files' images are redone
+    by the next run), never one image twice."""
+    target = folder / STATE.format(0)
+    tmp = target.with_name(f".{target.name}.partial")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **merged.to_arrays(), **{f"effect{s}": e for s, e in total.items()})
+    for path in states:
+        path.unlink()
+    tmp.replace(target)
 
 
 def _states(folder: Path) -> list[Path]:
