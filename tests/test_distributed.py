@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_close_tree, make_image_folder, save_tiny_model
+from conftest import TINY_LABELS, assert_close_tree, make_image_folder, save_tiny_model
 from neuronpath.cli import main
 from neuronpath.io.store import RECORDS, read_manifest, read_records
 
@@ -294,3 +294,36 @@ def test_head_paths_under_two_ranks_survive_a_killed_rank_and_equal_one_process(
     for key, record in by_key(records).items():  # finished records were not redone
         if key in partial:
             assert record == partial[key]
+
+
+def test_every_rank_lists_what_is_done_before_any_rank_writes(tmp_path):
+    # The resume race: a rank that listed the done images after another rank's first write
+    # took its share of a different list (one image skipped, another done twice). work_through
+    # must meet the other ranks before it hands the first batch to be written.
+    import torch
+
+    from neuronpath.experiments.common import Execution
+    from neuronpath.experiments.ranks import Ranks, work_through
+    from neuronpath.io.images import scan_image_folder
+    from neuronpath.io.store import RunStore
+
+    events = []
+
+    class Logged(Ranks):
+        def barrier(self) -> None:
+            events.append("barrier")
+
+    folder = make_image_folder(tmp_path / "images", per_class=2)
+    items = scan_image_folder(folder, TINY_LABELS).items
+    store = RunStore(tmp_path / "run", {"settings": {"what": "test"}})
+    work_through(
+        Logged(),
+        store,
+        items,
+        lambda image: torch.zeros(3, 4, 4),
+        Execution("cpu", batch_size=2, workers=0, progress=False),
+        lambda batch: events.append("write"),
+        [it.id for it in items],
+        "test",
+    )
+    assert "write" in events and events.index("barrier") < events.index("write")
