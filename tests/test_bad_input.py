@@ -288,6 +288,33 @@ def test_two_finds_started_at_once_on_one_folder(tmp_path):
     assert (out / RECORDS).read_text().count("\n") == 2 * 120
 
 
+def test_a_refused_run_names_the_holder_that_has_just_taken_the_lock(tmp_path):
+    # the holder writes its name just after it takes the lock: a run refused in between waits
+    # for the name rather than saying "an unknown process" (seen once in CI)
+    import fcntl
+    import threading
+
+    from neuronpath.errors import RunLockedError
+    from neuronpath.io.store import RunLock
+
+    holder = open(tmp_path / ".lock", "a+")
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def write_name():
+        time.sleep(0.2)
+        holder.write("pid 4242 on somewhere\n")
+        holder.flush()
+
+    writer = threading.Thread(target=write_name)
+    writer.start()
+    try:
+        with pytest.raises(RunLockedError, match="pid 4242 on somewhere"):
+            RunLock(tmp_path)
+    finally:
+        writer.join()
+        holder.close()
+
+
 def test_a_lock_left_by_a_killed_process_does_not_block_the_next_run(tmp_path):
     model = save_tiny_model(tmp_path / "model")
     data = make_image_folder(tmp_path / "images", per_class=40)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,8 +152,7 @@ class RunLock:
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self._handle.seek(0)
-            holder = self._handle.read().strip() or "an unknown process"
+            holder = self._holder()
             self._handle.close()
             raise RunLockedError(
                 f"{folder} is in use by another neuronpath process ({holder}); "
@@ -163,6 +163,16 @@ class RunLock:
         self._handle.truncate()
         self._handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         self._handle.flush()
+
+    def _holder(self, wait: float = 2.0) -> str:
+        """The holder's line; it writes it just after it takes the lock, so wait for it."""
+        deadline = time.monotonic() + wait
+        while True:
+            self._handle.seek(0)
+            holder = self._handle.read().strip()
+            if holder or time.monotonic() > deadline:
+                return holder or "an unknown process"
+            time.sleep(0.01)
 
     def release(self) -> None:
         if not self._handle.closed:
