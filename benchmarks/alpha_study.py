@@ -109,21 +109,15 @@ def run(args):
     shard, shards = (int(v) for v in args.shard.split("/"))
     indices = indices[shard::shards]
     out = Path(args.out)
-    done = set()
-    if out.exists():
-        for line in out.read_text().splitlines():
-            try:
-                done.update(json.loads(line)["indices"])
-            except (json.JSONDecodeError, KeyError):
-                pass  # a line cut by a kill: its batch is done again
+    done = {i for row in read_rows([out]) for i in row["indices"]} if out.exists() else set()
     pending = [i for i in indices if i not in done]
     print(f"shard {shard}/{shards}: {len(indices)} images, {len(pending)} to do", flush=True)
     for s in range(0, len(pending), args.batch_size):
         batch = pending[s : s + args.batch_size]
         pixels = torch.stack([adapter.preprocess(load_image(items[i].path)) for i in batch])
         labels = torch.tensor([items[i].label for i in batch])
-        check_search = [i for i in batch if i < args.check_search]
-        row = study_batch(adapter, pixels.to(dtype), labels, bool(check_search))
+        check_search = any(i < args.check_search for i in batch)
+        row = study_batch(adapter, pixels.to(dtype), labels, check_search)
         row["indices"] = batch
         row["threads"] = torch.get_num_threads()
         row["dtype"] = args.dtype
@@ -133,6 +127,8 @@ def run(args):
 
 
 def read_rows(paths):
+    """Every batch's row of the JSON-lines files ``paths`` (a line cut by a kill is left out:
+    its batch is done again); an image in two rows is refused."""
     rows = []
     for path in paths:
         for line in Path(path).read_text().splitlines():
@@ -151,12 +147,11 @@ def read_rows(paths):
 def summarise(rows):
     """The study's table over every row (batch) of every shard."""
 
-    def stack(key, field=None):
-        parts = []
-        for row in rows:
-            entry = row["reference"] if key == "reference" else row["settings"][key]
-            parts.append(torch.tensor(entry[field], dtype=torch.float64))
-        return torch.cat(parts)
+    def entry(row, key):
+        return row["reference"] if key == "reference" else row["settings"][key]
+
+    def stack(key, field):
+        return torch.cat([torch.tensor(entry(r, key)[field], dtype=torch.float64) for r in rows])
 
     def agreement(a, b):
         same = a == b
@@ -165,14 +160,7 @@ def summarise(rows):
     def ratio(key):
         # each batch's seconds over its own unit, weighted by its images
         total = sum(row["images"] for row in rows)
-        return (
-            sum(
-                (row["reference"] if key == "reference" else row["settings"][key])["seconds"]
-                / row["unit_seconds"]
-                for row in rows
-            )
-            / total
-        )
+        return sum(entry(row, key)["seconds"] / row["unit_seconds"] for row in rows) / total
 
     n = sum(row["images"] for row in rows)
     ref_paths = stack("reference", "paths")

@@ -543,7 +543,7 @@ def _execution(args) -> Execution:
 
 def _grid(args) -> dict:
     """``alphas`` and ``steps``: given, the ``--fast`` preset's, or the official 'left', 20."""
-    if not getattr(args, "fast", False):
+    if not args.fast:
         return {"alphas": args.alphas or "left", "steps": 20 if args.steps is None else args.steps}
     given = [f"--{name}" for name in ("alphas", "steps") if getattr(args, name) is not None]
     if given:

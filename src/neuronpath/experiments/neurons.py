@@ -298,10 +298,7 @@ def run_neurons(
             for s in sites:
                 effects[s] = effects[s] + found[s].double().sum(0).cpu().numpy()
         stats.add([it.id for it in batch.items], levels, peaks)
-        tmp = mine_path.with_name(f".{mine_path.name}.partial")  # not a state file until renamed
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **stats.to_arrays(), **{f"effect{s}": e for s, e in effects.items()})
-        tmp.replace(mine_path)
+        _state_aside(mine_path, stats, effects).replace(mine_path)
 
     order = [it.id for it in items]
     work_through(ranks, store, pending, adapter.preprocess, execution, handle, order, "atlas")
@@ -381,12 +378,19 @@ def _consolidate(folder: Path, states: list[Path], merged: UnitStats, total: dic
     states that hold each image at most once (at worst the removed files' images are redone
     by the next run), never one image twice."""
     target = folder / STATE.format(0)
-    tmp = target.with_name(f".{target.name}.partial")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **merged.to_arrays(), **{f"effect{s}": e for s, e in total.items()})
+    tmp = _state_aside(target, merged, total)
     for path in states:
         path.unlink()
     tmp.replace(target)
+
+
+def _state_aside(path: Path, stats: UnitStats, effects: dict) -> Path:
+    """Write the state meant for ``path`` beside it, under a name that is not a state file
+    until the caller renames it in (so a kill mid-write leaves no damaged state)."""
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **stats.to_arrays(), **{f"effect{s}": e for s, e in effects.items()})
+    return tmp
 
 
 def _states(folder: Path) -> list[Path]:
