@@ -238,7 +238,9 @@ def test_bad_labels_files_and_datasets_get_one_line(world, tmp_path, capsys):
     gt.parent.mkdir()
     gt.write_text("1\n" * len(names))
     assert "its meta.mat" in error(*flat, "--labels-file", str(gt))
-    assert "no class sub-folders" in error(*flat)
+    flat_error = error(*flat)
+    assert "no class sub-folders" in flat_error and "directly" in flat_error
+    assert "--labels-file FILE" in flat_error
     datasets = pytest.importorskip("datasets")
     plain = datasets.Dataset.from_dict({"x": [1, 2], "label": [0, 1]})
     plain.save_to_disk(str(tmp_path / "noimage"))

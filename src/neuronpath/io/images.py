@@ -83,9 +83,16 @@ def scan_image_folder(root: str | Path, id2label: dict[int, str], how: str = "au
         )
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
+        loose = sum(1 for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        hint = (
+            f"; it holds {loose} images directly: name their labels with "
+            f"{option('labels_file', 'FILE')}"
+            if loose
+            else ""
+        )
         raise InputError(
             f"{option('data')}: {root} has no class sub-folders; expected the ImageFolder "
-            f"layout DIR/<class>/<image>"
+            f"layout DIR/<class>/<image>{hint}"
         )
     mapping, decided = map_labels(folders, id2label, how)
     log.info("data: class folders mapped to label ids by %s", decided)
