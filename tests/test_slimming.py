@@ -1,11 +1,13 @@
 """The ViT-Slim baseline of prune (Table 2): the L1 term empties the mask of a neuron the model
-does not use and keeps one it needs; prune --baselines vit-slim keeps each class's largest
-masks, writes Table 2, resumes, and refuses what it cannot do."""
+does not use and keeps one it needs; masks stay gates (never negative) and are ranked signed;
+prune --baselines vit-slim keeps each class's largest masks, saves them, writes Table 2,
+resumes, and refuses what it cannot do."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 
 from conftest import make_image_folder, save_tiny_model, tiny_vit
@@ -61,6 +63,21 @@ def test_l1_empties_an_unused_neurons_mask_and_keeps_a_needed_one():
     assert all(torch.equal(a, b) for a, b in zip(masks, again))  # nothing random
 
 
+def test_masks_stay_gates_and_are_ranked_signed():
+    """A mask is a gate in [0, inf): without the projection about half of the masks end below
+    zero under Adam (the L1 term's sign flips around zero every step), and ranking by |mask|
+    would keep a neuron the search wanted flipped."""
+    model = tiny_vit(layers=2, seed=4)
+    adapter = from_hf_model(model)
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.tensor([1, 1, 2, 2, 3, 3])
+    masks = train_masks(adapter, x, y, SlimOptions(steps=100, lr=0.05, l1=1e-2))
+    assert all(bool((m >= 0).all()) for m in masks)
+    assert any(bool((m == 0).any()) for m in masks)  # the L1 term closes some gates for good
+    # signed ranking: a large negative mask is the least kept, not the most
+    assert kept_by_mask([torch.tensor([-2.0, 0.5, 0.1, 0.5])], 2) == [[1, 3]]
+
+
 def test_prune_with_vit_slim_writes_table_2_and_resumes(tmp_path, monkeypatch, capsys):
     import neuronpath.experiments.prune as prune
 
@@ -99,9 +116,18 @@ def test_prune_with_vit_slim_writes_table_2_and_resumes(tmp_path, monkeypatch, c
     slim = {r["image"]: r for r in read_records(tmp_path / "run" / "slim")}
     for name, by_t in report["kept"]["vit-slim"].items():
         values = slim[name]["values"]
-        for layer, kept in enumerate(by_t["2"]):  # the two largest |mask| of the layer
+        saved = np.load(tmp_path / "run" / "slim" / slim[name]["masks"])  # every trained mask
+        assert slim[name]["masks"] == f"masks/{name}.npz"
+        for layer, kept in enumerate(by_t["2"]):  # the two largest signed masks of the layer
+            mask = saved[f"layer{layer}"]
             assert kept == sorted(slim[name]["top"][layer][:2])
-            assert abs(values[layer][0]) >= abs(values[layer][1])
+            assert (
+                list(slim[name]["top"][layer])
+                == sorted(range(len(mask)), key=lambda i: (-mask[i], i))[:2]
+            )
+            assert values[layer] == [float(mask[i]) for i in slim[name]["top"][layer]]
+            assert slim[name]["positive"][layer] == int((mask > 0).sum())
+            assert (mask >= 0).all()
     table = (tmp_path / "run" / "table2.md").read_text()
     assert "| vit-slim |" in table and "| unpruned |" in table and "| jas |" in table
     assert (tmp_path / "run" / "table2.csv").read_text().startswith("rule,keep,mask,depth")

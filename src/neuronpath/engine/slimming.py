@@ -5,10 +5,15 @@ minimise
 
     cross-entropy(label) + lambda * sum over every layer and neuron of |mask|
 
-(ViT-Slim's search objective, its L1 sparsity on the masks).  A layer's kept neurons are then
-those with the largest |mask|.  Full-batch Adam on the probe images (chunked to a row budget,
-gradients accumulated), so the masks depend on nothing random: the same probe images give the
-same masks on every run.
+(ViT-Slim's search objective, its L1 sparsity on the masks).  A mask is a gate: 1 keeps the
+neuron, 0 removes it, and a negative value would *flip* it, which no pruning does.  So after every
+Adam step the masks are projected back onto mask >= 0 (projected gradient descent; a mask the
+L1 term has driven to 0 with no cross-entropy gradient stays there instead of oscillating around
+zero by the learning rate), and a layer keeps the neurons with the largest *signed* mask, as
+ViT-Slim's released code keeps the dimensions whose mask clears a threshold (ties: lower index;
+with the projection every mask is >= 0, so signed and |mask| agree).  Full-batch Adam on the
+probe images (chunked to a row budget, gradients accumulated), so the masks depend on nothing
+random: the same probe images give the same masks on every run.
 """
 
 from __future__ import annotations
@@ -77,9 +82,18 @@ def train_masks(
         with torch.enable_grad():
             (options.l1 * sum(m.abs().sum() for m in masks)).backward()
         optimiser.step()
+        with torch.no_grad():
+            for m in masks:
+                m.clamp_(min=0.0)  # a gate, never a flip (the module docstring)
     return [m.detach() for m in masks]
 
 
+def ranked_by_mask(masks: list[torch.Tensor], t: int) -> list[list[int]]:
+    """Per layer, the t neurons with the largest signed mask, largest first (ties: lower
+    index)."""
+    return [top_k(m, t).tolist() for m in masks]
+
+
 def kept_by_mask(masks: list[torch.Tensor], t: int) -> list[list[int]]:
-    """Per layer, the t neurons with the largest |mask| (ties: lower index)."""
-    return [sorted(top_k(m.abs(), t).tolist()) for m in masks]
+    """Per layer, the t neurons with the largest signed mask, sorted by index."""
+    return [sorted(layer) for layer in ranked_by_mask(masks, t)]

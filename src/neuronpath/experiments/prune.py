@@ -3,7 +3,9 @@
 Writes into OUT: ``find/`` (the TopK paths of the probe images, a resumable find run),
 ``grid/`` (every test image's label probability and prediction under every setting, a
 resumable run folder too), ``results.json`` (every number, the split and the kept neurons),
-``figure6.png/.svg``, ``table3.md/.csv``.
+``figure6.png/.svg``, ``table3.md/.csv``; with ``--baselines vit-slim`` also ``slim/`` (one
+record per class: each layer's best masks and how many are positive) and ``slim/masks/CLASS.npz``
+(every trained mask of the class, ``layer0`` .. ``layer{L-1}``) and ``table2.md/.csv``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -32,8 +35,7 @@ from ..analysis.pruning import (
 )
 from ..engine.attribution import AttributionConfig
 from ..engine.editing import pruned_predictions
-from ..engine.neurons import top_k
-from ..engine.slimming import SlimOptions, train_masks
+from ..engine.slimming import SlimOptions, ranked_by_mask, train_masks
 from ..errors import InputError, RunConflictError, option
 from ..io.images import image_batches
 from ..io.sources import DataSpec, as_data
@@ -51,6 +53,7 @@ log = logging.getLogger("neuronpath")
 
 GRID_BATCH = 64  # test images per batch of the pruning grid
 DEFAULT_KEEP_RULES = ("jas", "activation", "random")  # two path methods and a control
+SLIM_RANKING = "signed mask, masks projected onto >= 0"  # engine/slimming.py
 
 
 def run_prune(
@@ -273,6 +276,7 @@ def _slim_masks(
     identity = {
         **{key: model_settings[key] for key in MODEL_KEYS if key in model_settings},
         "slim": dataclasses.asdict(slim),
+        "ranking": SLIM_RANKING,  # masks of an older rule (|mask|, unprojected) are not reused
         "k": k,
         "probes_sha256": hashlib.sha256(json.dumps(probes, sort_keys=True).encode()).hexdigest(),
     }
@@ -301,7 +305,8 @@ def _slim_masks(
             )
             labels = torch.tensor([it.label for it in batch.items])
             masks = train_masks(adapter, batch.pixels, labels, slim)
-            top = [top_k(m.abs(), k).tolist() for m in masks]
+            top = ranked_by_mask(masks, k)
+            saved = write_masks(store.dir / "masks", name, masks)
             store.append(
                 [
                     {
@@ -309,6 +314,8 @@ def _slim_masks(
                         "method": "vit-slim",
                         "top": top,
                         "values": [m[t].tolist() for m, t in zip(masks, top)],
+                        "positive": [int((m > 0).sum()) for m in masks],
+                        "masks": saved,
                     }
                 ]
             )
@@ -319,6 +326,28 @@ def _slim_masks(
         store.close()
     ranks.barrier()
     return {r["image"]: r["top"] for r in read_records(folder)}
+
+
+def mask_file_name(name: str) -> str:
+    """A file name for class ``name``'s masks: the name itself where it is a plain file name,
+    else its safe characters and a short hash of the name (two classes never share a file)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if safe != name or safe.startswith("."):
+        safe = f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return f"{safe}.npz"
+
+
+def write_masks(folder: Path, name: str, masks: list[torch.Tensor]) -> str:
+    """Write class ``name``'s trained masks to ``folder`` (``layer0``, ``layer1``, ... arrays)
+    atomically, before its record, so a record always has its file; returns the path
+    relative to the slim folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / mask_file_name(name)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **{f"layer{l}": m.cpu().numpy() for l, m in enumerate(masks)})
+    tmp.replace(path)
+    return f"{folder.name}/{path.name}"
 
 
 def check_same_model(find_run, theirs: dict, ours: dict) -> None:
