@@ -16,6 +16,18 @@ def test_label2id_mapping_is_used_when_every_folder_matches():
     assert how == "label2id" and mapping == {"cat": 0, "dog": 1}
 
 
+def test_a_name_the_model_gives_two_labels_is_refused_naming_both():
+    """ImageNet checkpoints call both 134 and 517 "crane": a folder of that name names no
+    single class (it was once mapped to the last id silently)."""
+    id2label = {i: f"class {i}" for i in range(600)} | {0: "cat", 134: "crane", 200: "dog"}
+    id2label[517] = "crane"
+    with pytest.raises(ValueError, match=r"'crane' is the model's label 134 and 517") as error:
+        map_labels(["cat", "crane"], id2label)
+    assert "label-ids" in str(error.value) and "\n" not in str(error.value)
+    assert map_labels(["cat", "dog"], id2label) == ({"cat": 0, "dog": 200}, "label2id")
+    assert map_labels(["134", "517"], id2label, "label-ids")[0] == {"134": 134, "517": 517}
+
+
 def test_imagenet_synsets_map_to_imagenet_ids():
     id2label = {i: f"name {i}" for i in range(1000)}
     mapping, how = map_labels(["n01440764", "n02099601", "n03888257"], id2label)

@@ -34,9 +34,23 @@ def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") 
     """Map class folder names to label ids; returns (mapping, how it was decided)."""
     if how not in LABEL_MAPPINGS:
         raise InputError(f"{option('labels')}: expected one of {LABEL_MAPPINGS}, got {how!r}")
-    label2id = {name: i for i, name in id2label.items()}
+    label2id: dict[str, int] = {}
+    twice: dict[str, list[int]] = {}
+    for i, name in sorted(id2label.items()):
+        if name in label2id:
+            twice.setdefault(name, [label2id[name]]).append(i)
+        label2id.setdefault(name, i)
     matched = [f for f in folders if f in label2id]
     if how in ("auto", "label2id") and matched and len(matched) == len(folders):
+        ambiguous = [f for f in folders if f in twice]
+        if ambiguous:
+            name, ids = ambiguous[0], twice[ambiguous[0]]
+            raise InputError(
+                f"{option('data')}: the class {name!r} is the model's label "
+                f"{' and '.join(map(str, ids))}, so it names no single class; label those "
+                f"images by id (folders or labels {', '.join(map(str, ids))} with "
+                f"{option('labels', 'label-ids')}) or by ImageNet synset"
+            )
         return {f: label2id[f] for f in folders}, "label2id"
     if how == "label2id":
         missing = sorted(set(folders) - set(matched))
