@@ -17,6 +17,7 @@ from conftest import make_image_folder, save_tiny_model
 from families import save_family
 from neuronpath.analysis.unitstats import UnitStats, image_key
 from neuronpath.cli import main
+from neuronpath.engine.direct import direct_effects
 from neuronpath.experiments.neurons import AtlasOptions, read_atlas, run_neurons
 from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
 from neuronpath.io.store import read_records
@@ -117,13 +118,56 @@ def _residual_and_writes(adapter, x1, layer, unit):
     return found["r"], write
 
 
-def _embedding(model, residual):
-    """The image embedding from the residual stream, written with the towers' own modules:
-    CLIP's final norm of the CLS token and projection; SigLIP's final norm and pooling head."""
+def _norm_frozen(norm, x, at):
+    """LayerNorm of ``x`` with its scale 1/sigma taken from ``at``."""
+    sigma = torch.sqrt(at.var(-1, unbiased=False, keepdim=True) + norm.eps)
+    return (x - x.mean(-1, keepdim=True)) / sigma * norm.weight + norm.bias
+
+
+def _embedding(model, residual, at):
+    """The image embedding from the residual stream (tokens, d), with every nonlinearity after
+    the last block frozen at the stream ``at`` -- written out with the towers' own weights:
+    CLIP's final norm of the CLS token and projection; SigLIP's final norm, then its pooling
+    head head by head (attention weights from ``at``), its norm and its MLP, whose activation
+    is the gate act(u)/u at ``at``."""
     vision = model.vision_model
-    if getattr(vision, "head", None) is not None:
-        return vision.head(vision.post_layernorm(residual[None]))[0]
-    return model.visual_projection(vision.post_layernorm(residual[None, 0]))[0]
+    if getattr(vision, "head", None) is None:
+        return model.visual_projection(_norm_frozen(vision.post_layernorm, residual[0], at[0]))
+    head, post = vision.head, vision.post_layernorm
+    x, x0 = _norm_frozen(post, residual, at), _norm_frozen(post, at, at)
+    mha = head.attention
+    d, n_heads = mha.embed_dim, mha.num_heads
+    size = d // n_heads
+    w_q, w_k, w_v = (
+        mha.in_proj_weight[:d],
+        mha.in_proj_weight[d : 2 * d],
+        mha.in_proj_weight[2 * d :],
+    )
+    b_q, b_k, b_v = mha.in_proj_bias[:d], mha.in_proj_bias[d : 2 * d], mha.in_proj_bias[2 * d :]
+    probe = head.probe[0, 0]
+
+    def pool(tokens, weights_of):
+        parts = []
+        for h in range(n_heads):
+            rows = slice(h * size, (h + 1) * size)
+            weights = weights_of[h]
+            values = [tokens[j] @ w_v[rows].T + b_v[rows] for j in range(tokens.shape[0])]
+            parts.append(sum(weights[j] * values[j] for j in range(len(values))))
+        return mha.out_proj(torch.cat(parts))
+
+    weights = []
+    with torch.no_grad():
+        for h in range(n_heads):
+            rows = slice(h * size, (h + 1) * size)
+            q = probe @ w_q[rows].T + b_q[rows]
+            scores = torch.stack([q @ (k @ w_k[rows].T + b_k[rows]) for k in x0]) / size**0.5
+            weights.append(scores.softmax(0))
+        pooled0 = pool(x0, weights)
+        u0 = head.mlp.fc1(head.layernorm(pooled0))
+        gate = head.mlp.activation_fn(u0) / u0
+    pooled = pool(x, weights)
+    u = head.mlp.fc1(_norm_frozen(head.layernorm, pooled, pooled0))
+    return pooled + head.mlp.fc2(gate * u)
 
 
 @pytest.mark.parametrize("family", ["clip-zero-shot", "siglip-zero-shot"])
@@ -146,7 +190,7 @@ def test_text_labels_equal_a_hand_computation_of_direct_effects(family, tmp_path
             residual, write = _residual_and_writes(adapter, x1, layer, unit)
             for c in range(len(names)):  # d<e(R + eps write), t_c>/d eps at eps = 0
                 eps = torch.zeros((), dtype=torch.float64, requires_grad=True)
-                score = _embedding(adapter.model, residual + eps * write) @ texts[c]
+                score = _embedding(adapter.model, residual + eps * write, residual) @ texts[c]
                 want[c] += torch.autograd.grad(score, eps)[0].item() / len(items)
         got = dict(entry["labels"])
         assert [got[n] for n in names] == pytest.approx(want.tolist(), rel=1e-6, abs=1e-9)
@@ -154,6 +198,65 @@ def test_text_labels_equal_a_hand_computation_of_direct_effects(family, tmp_path
             names[c] for c in np.argsort(-want, kind="stable")
         ]
     assert (atlas_dir / "labels.csv").read_text().startswith("layer,neuron,rank,label,score")
+
+
+@pytest.mark.parametrize("family", ["clip-zero-shot", "siglip-zero-shot"])
+def test_the_direct_effects_of_all_components_sum_to_the_image_text_score(family, tmp_path):
+    """Every unit's direct effect (every neuron and head of every block), plus those of the
+    rest of the stream (the embeddings and the output projections' biases) and the map's own
+    bias part, add up to <e, t> for every class text: the decomposition is complete.  Through
+    the live final norm they would sum to nearly nothing (its derivative at R applied to R is
+    zero)."""
+    folder = save_family(family, tmp_path / "model")
+    adapter = load_model(
+        str(folder),
+        dtype=torch.float64,
+        classes=str(folder / "classes.tsv"),
+        units="neurons+heads",
+    )
+    model, vision = adapter.model, adapter.model.vision_model
+    texts = model.text_embeddings.double()
+    size = vision.config.image_size
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3)).double()
+    every = {s: torch.arange(adapter.widths()[s]) for s in range(adapter.num_layers)}
+    units = sum(
+        e.sum(1) for e in direct_effects(adapter, adapter.embedding_head, x, every).values()
+    )
+    found = {"attention": [], "mlp": []}
+    attention = [m for n, m in vision.encoder.named_modules() if n.endswith("self_attn")]
+    mlps = [m for n, m in vision.encoder.named_modules() if n.endswith(".mlp")]
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, i, o, k=k: found[k].append(o[0] if isinstance(o, tuple) else o)
+        )
+        for k, ms in (("attention", attention), ("mlp", mlps))
+        for m in ms
+    ]
+    hooks.append(
+        vision.encoder.register_forward_hook(
+            lambda mod, i, o: found.__setitem__("residual", o.last_hidden_state)
+        )
+    )
+    with torch.no_grad():
+        image = (
+            model.visual_projection(vision(pixel_values=x).pooler_output)
+            if (model.visual_projection is not None)
+            else vision(pixel_values=x).pooler_output
+        )
+    for h in hooks:
+        h.remove()
+    residual = found["residual"]
+    biases = sum(a.out_proj.bias + m.fc2.bias for a, m in zip(attention, mlps))
+    embeddings = residual - sum(found["attention"]) - sum(found["mlp"])
+    rest = embeddings + biases  # what no unit writes
+    for b in range(x.shape[0]):
+        at = residual[b]
+        with torch.no_grad():
+            bias_part = _embedding(model, torch.zeros_like(at), at)
+            rest_part = _embedding(model, rest[b], at) - bias_part
+            assert torch.allclose(_embedding(model, at, at), image[b], rtol=1e-12, atol=1e-12)
+        total = units[b] + (rest_part + bias_part) @ texts.T
+        assert torch.allclose(total, image[b] @ texts.T, rtol=1e-9, atol=1e-11)
 
 
 def test_unit_statistics_do_not_grow_with_the_images():

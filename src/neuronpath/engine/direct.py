@@ -6,14 +6,20 @@ the FFN output projection, h_i w_i; a head its slice through the attention outpu
 W_o[:, h] z_h.  Its **direct effect** on the image embedding e is that write carried to e along
 the shortest route -- through the final norm and the pooling (CLIP: the CLS token's norm and
 projection; SigLIP: the norm and the attention-pooling head), *skipping every later block* --
-to first order, i.e. with the final part linearised at the image (its norm statistics, its
-pooling weights).  Its score for a text t (an L2-normalised text embedding) is the direct effect
-on <e, t>, the quantity the zero-shot logit ranks classes by:
+with every nonlinearity of that route **frozen at the image** (Gandelsman et al., ICLR 2024;
+direct logit attribution): each LayerNorm's scale 1/sigma, the pooling head's attention weights
+and its MLP's activation (as a gate act(u)/u).  The route is then an affine map e(R) = A R + b of
+the residual stream R after the last block, equal to the model's own embedding at the image,
+and a unit's score for a text t (an L2-normalised text embedding) is
 
-    score(unit, t) = sum over tokens of < d<e, t>/dR_token , write_token >,
+    score(unit, t) = sum over tokens of < A write_token , t >,
 
-R the residual stream after the last block.  This is the *direct* effect only: what the unit
-contributes through later blocks (its indirect effect) is not in it.
+its share of <e, t>, the quantity the zero-shot logit ranks classes by.  The shares of all the
+stream's components (the embeddings, every attention and FFN output, biases included) sum to
+<e, t> - <b, t> exactly.  Differentiating through the live norm instead would not: LayerNorm
+is blind to a rescaling of its input, so its derivative at R applied to R is zero, and every
+score would lose a multiple of the image's own text-similarity profile.  This is the *direct*
+effect only: what the unit contributes through later blocks (its indirect effect) is not in it.
 """
 
 from __future__ import annotations
@@ -32,12 +38,13 @@ LABEL_CHUNK = 32  # texts whose gradients are held at once
 @dataclass(frozen=True)
 class EmbeddingHead:
     """How an image tower's embedding is read off its residual stream: ``residual``, the
-    module whose output is the stream after the last block; ``embed``, the stream (rows,
-    tokens, d) -> the image embeddings (rows, d_e); ``texts`` (C, d_e), the L2-normalised
-    embeddings of the class texts, named ``names``."""
+    module whose output is the stream after the last block; ``embed(stream, frozen_at)``, the
+    stream (rows, tokens, d) -> the image embeddings (rows, d_e), its nonlinearities frozen at
+    the stream ``frozen_at`` (affine in ``stream``; the true embedding at ``frozen_at``);
+    ``texts`` (C, d_e), the L2-normalised embeddings of the class texts, named ``names``."""
 
     residual: nn.Module
-    embed: Callable[[torch.Tensor], torch.Tensor]
+    embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     texts: torch.Tensor
     names: list[str]
 
@@ -76,8 +83,8 @@ def direct_effects(
     finally:
         handle.remove()
     residual = found["residual"].requires_grad_(True)
-    with torch.enable_grad():
-        embedding = head.embed(residual)
+    with torch.enable_grad():  # affine in the stream: its gradient is the map A itself
+        embedding = head.embed(residual, found["residual"])
     texts = texts.to(embedding.device, embedding.dtype)
     out = {s: [] for s in units}
     for start in range(0, texts.shape[0], LABEL_CHUNK):

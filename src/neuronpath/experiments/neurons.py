@@ -233,6 +233,8 @@ def run_neurons(
         "sample": options.sample,
         "seed": options.seed,
         "vocabulary_sha256": None if texts is None else _sha(names),
+        # text labels from an older rule (through the live final norm) are not resumed
+        **({} if texts is None else {"text_labels": "direct effects, norms frozen at the image"}),
     }
     store = open_store(
         ranks,

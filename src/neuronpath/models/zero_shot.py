@@ -65,15 +65,28 @@ class ZeroShotClassifier(nn.Module):
         logits = image @ self.text_embeddings.to(image.dtype).T * self.logit_scale.exp()
         return logits if self.logit_bias is None else logits + self.logit_bias
 
-    def embedding_of_residual(self, residual: torch.Tensor) -> torch.Tensor:
+    def embedding_of_residual(
+        self, residual: torch.Tensor, frozen_at: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The (unnormalised) image embedding as a function of the residual stream after the
         last block, (rows, tokens, d): CLIP's final norm of the CLS token and its projection,
-        SigLIP's final norm and attention-pooling head."""
+        SigLIP's final norm and attention-pooling head.
+
+        With ``frozen_at`` (a residual stream of the same shape, normally the image's own),
+        every nonlinearity is frozen at that point: each LayerNorm's scale 1/sigma, the pooling
+        head's attention weights and its MLP's activation, taken as the gate act(u)/u.  The map
+        is then affine in ``residual`` -- e(R) = A R + b -- and equals the true embedding at
+        ``residual == frozen_at``, so the direct effects of the stream's components sum to
+        <e, t> - <b, t> (:mod:`neuronpath.engine.direct`)."""
         vision = self.vision_model
+        at = None if frozen_at is None else frozen_at.detach()
         if getattr(vision, "head", None) is not None:  # SigLIP
-            pooled = vision.head(vision.post_layernorm(residual))
+            normed = _norm(vision.post_layernorm, residual, at)
+            pooled = _pooling_head(
+                vision.head, normed, None if at is None else _norm(vision.post_layernorm, at, at)
+            )
         else:
-            pooled = vision.post_layernorm(residual[:, 0])
+            pooled = _norm(vision.post_layernorm, residual[:, 0], None if at is None else at[:, 0])
         return self.visual_projection(pooled) if self.visual_projection is not None else pooled
 
     def embedding_head(self, names: list[str]) -> EmbeddingHead:
@@ -81,6 +94,49 @@ class ZeroShotClassifier(nn.Module):
         return EmbeddingHead(
             self.vision_model.encoder, self.embedding_of_residual, self.text_embeddings, names
         )
+
+
+def _norm(norm: nn.LayerNorm, x: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
+    """``norm(x)``; with ``at``, its scale 1/sigma taken from ``at`` (no gradient through it),
+    so that it is affine in ``x``: (x - mean(x)) / sigma(at) * weight + bias."""
+    if at is None:
+        return norm(x)
+    sigma = (at.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
+    return (x - x.mean(-1, keepdim=True)) / sigma * norm.weight + norm.bias
+
+
+def _pooling_head(head: nn.Module, x: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
+    """SigLIP's attention-pooling head on normed tokens ``x`` (rows, tokens, d); with ``at``
+    (normed tokens too) its attention weights, its LayerNorm's scale and its MLP's activation
+    (as the gate act(u)/u) frozen at ``at``: affine in ``x``, exact at ``x == at``."""
+    if at is None:
+        return head(x)
+    attention = head.attention
+    d, heads = attention.embed_dim, attention.num_heads
+    w_q, w_k, w_v = attention.in_proj_weight.split(d)
+    b_q, b_k, b_v = attention.in_proj_bias.split(d)
+    probe = head.probe.expand(x.shape[0], -1, -1)
+
+    def split(z):  # (rows, tokens, d) -> (rows, heads, tokens, d / heads)
+        return z.unflatten(-1, (heads, d // heads)).transpose(1, 2)
+
+    with torch.no_grad():
+        query = split(probe @ w_q.T + b_q)
+        weights = (query @ split(at @ w_k.T + b_k).transpose(-1, -2) / (d // heads) ** 0.5).softmax(
+            -1
+        )
+    pooled = (weights @ split(x @ w_v.T + b_v)).transpose(1, 2).flatten(-2)
+    pooled = attention.out_proj(pooled)
+    with torch.no_grad():
+        pooled_at = attention.out_proj(
+            (weights @ split(at @ w_v.T + b_v)).transpose(1, 2).flatten(-2)
+        )
+        hidden_at = head.mlp.fc1(head.layernorm(pooled_at))
+        gate = torch.where(
+            hidden_at != 0, head.mlp.activation_fn(hidden_at) / hidden_at, 0.5
+        )  # act(u) = gate * u at u = hidden_at, whatever the activation
+    hidden = head.mlp.fc1(_norm(head.layernorm, pooled, pooled_at))
+    return (pooled + head.mlp.fc2(gate * hidden))[:, 0]
 
 
 def contrastive_family(config) -> str | None:
