@@ -521,6 +521,98 @@ def lu_influence_path(model, x1, label, steps):
     return path, scores_per_layer
 
 
+def lu_influence_path_positions(model, x1, label, steps, positions):
+    """:func:`lu_influence_path` for a neuron read at several token ``positions`` (a mean-
+    pooled model): each (position, neuron) is a node of the graph, so a pattern through the
+    neurons w^1 .. w^L sums over every choice of positions p_1 .. p_L the product
+
+        dw^1_{p_1}/dalpha * prod_l dw^l_{p_l}/dw^{l-1}_{p_{l-1}} * dF/dw^L_{p_L}
+
+    (Lu et al.'s sum over paths of the graph).  Every derivative of one node with respect to
+    one node (or to alpha) is its own autograd call, on a forward shared by the derivatives
+    that perturb the same node; the sum over positions is an explicit loop."""
+    n_layers = len(sites(model))
+
+    def run(alpha, added=None):
+        """Forward of alpha * x with ``added`` = (layer, index, tensor) added to that layer's
+        (tokens, n) output at ``index``; returns (logits, each layer's (tokens, n) output)."""
+        found = {}
+
+        def make(l):
+            def hook(module, inputs, output):
+                if added is not None and added[0] == l:
+                    output = output.clone()
+                    output[0][added[1]] = output[0][added[1]] + added[2]
+                found[l] = output[0]
+                return output
+
+            return hook
+
+        hooks = [s.register_forward_hook(make(l)) for l, s in enumerate(sites(model))]
+        try:
+            output = model(pixel_values=alpha * x1)
+        finally:
+            for h in hooks:
+                h.remove()
+        return getattr(output, "logits", output)[0], found
+
+    def grad(value, leaf):
+        if not value.requires_grad:
+            return 0.0
+        return torch.autograd.grad(value, leaf, retain_graph=True)[0].item()
+
+    alphas = [k / steps for k in range(steps)]
+    width = clean_patches(model, x1)[0].shape[1]
+    tokens = len(positions) + 1
+    path, scores_per_layer = [], []
+    chain = [{p: 1.0 for p in positions} for _ in alphas]  # per alpha: position -> product
+    for layer in range(n_layers):
+        previous = path[-1] if path else None
+        # dF / d h_layer[p, w] of every node, per alpha (one leaf per node)
+        output_gradient = {}
+        for k, a in enumerate(alphas):
+            leaf = torch.zeros(tokens, width, dtype=x1.dtype, requires_grad=True)
+            logits, _ = run(a, (layer, slice(None), leaf))
+            (g,) = torch.autograd.grad(logits.softmax(-1)[label], leaf)
+            for p in positions:
+                for w in range(width):
+                    output_gradient[(k, p, w)] = g[p, w].item()
+        # d h_layer[p, w] / d (alpha, or h_{layer-1}[q, previous]) of every pair of nodes
+        step = {}
+        for k, a in enumerate(alphas):
+            if layer == 0:
+                alpha = torch.tensor(a, dtype=x1.dtype, requires_grad=True)
+                _, h = run(alpha)
+                for p in positions:
+                    for w in range(width):
+                        step[(k, p, w, None)] = grad(h[0][p, w], alpha)
+                continue
+            for q in positions:
+                e = torch.zeros((), dtype=x1.dtype, requires_grad=True)
+                _, h = run(a, (layer - 1, (q, previous), e))
+                for p in positions:
+                    for w in range(width):
+                        step[(k, p, w, q)] = grad(h[layer][p, w], e)
+        scores, chains = [], {}
+        for w in range(width):
+            total = 0.0
+            for k in range(steps):
+                reach = {}
+                for p in positions:
+                    if layer == 0:
+                        reach[p] = step[(k, p, w, None)]
+                    else:
+                        reach[p] = sum(chain[k][q] * step[(k, p, w, q)] for q in positions)
+                chains[(w, k)] = reach
+                total += sum(reach[p] * output_gradient[(k, p, w)] for p in positions) / steps
+            scores.append(total)
+        best = max(range(width), key=lambda w: (scores[w], -w))
+        path.append(best)
+        chain = [chains[(best, k)] for k in range(steps)]
+        scores_per_layer.append(scores)
+    return path, scores_per_layer
+
+
 # --- attention heads: multi-head attention written out by hand, each head's output edited
 # before the output projection ---
 

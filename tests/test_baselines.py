@@ -156,3 +156,23 @@ def test_influence_pattern_lu_equals_a_plain_loop_of_one_neuron_derivatives():
         assert influence == pytest.approx(scores[-1][path[-1]], rel=1e-8, abs=1e-12)
     with pytest.raises(ValueError, match="one neuron per layer"):
         find_paths(adapter, x, y, ["influence-pattern-lu"], AttributionConfig(steps=steps), k=2)
+
+
+def test_influence_pattern_lu_at_several_positions_sums_over_the_paths_of_the_graph():
+    """A mean-pooled model reads each neuron at every patch token: Lu et al.'s pattern
+    influence is then a sum over every choice of positions of the chain's product, which
+    collapsing each factor to a sum over positions before multiplying does not give (a 1-layer
+    model would be off by the number of positions).  Path and I(x, P) against a literal loop
+    over (position, neuron) nodes."""
+    model = tiny_global_pool(layers=3, seed=4)
+    adapter = from_hf_model(model, token=TokenPolicy.patches(1))
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y, steps = torch.tensor([3, 0]), 2
+    result = find_paths(adapter, x, y, ["influence-pattern-lu"], AttributionConfig(steps=steps))
+    for b in range(len(y)):
+        path, scores = literal.lu_influence_path_positions(
+            model, x[b : b + 1], int(y[b]), steps, positions=[1, 2, 3, 4]
+        )
+        assert result.paths["influence-pattern-lu"][b].tolist() == path
+        influence = result.extras["influence-pattern-lu"]["influence"][b]
+        assert influence == pytest.approx(scores[-1][path[-1]], rel=1e-8, abs=1e-12)

@@ -3,11 +3,11 @@ every layer's neurons (reverse mode, one backward for all layers), and the deriv
 neuron of one layer along one direction -- the input, or one neuron of an earlier layer --
 (forward mode, one pass for all neurons of that layer).
 
-A neuron read at several positions is treated as the sum of its values there: its derivative
-is taken along a uniform change of all its positions, and its derivative is read as the sum
-over the positions of the layer it is read in (for a CLS policy: the CLS value itself).  Units
-of several coordinates (attention heads) move along their current direction and are read as
-their norm (:mod:`neuronpath.engine.units`).
+A neuron read at several positions is one node of the graph per position: every derivative is
+returned per read position, and a direction in an earlier layer's neuron is a vector over that
+layer's read positions (for a CLS policy: one position).  Units of several coordinates
+(attention heads) move along their current direction and are read as their norm
+(:mod:`neuronpath.engine.units`).
 
 Forward mode needs every operation to have a forward derivative; PyTorch's fused attention
 kernels have none on the CPU, so these passes run scaled-dot-product attention on its
@@ -30,8 +30,8 @@ from .attribution import objective
 def total_gradients(
     adapter: ModelAdapter, rows: torch.Tensor, targets: torch.Tensor, kind: str = "prob"
 ) -> list[torch.Tensor]:
-    """Per layer, dF/dh_l of each row summed over the layer's read positions, (rows, n_l): the
-    total derivative in the unedited network (a zero added to every layer's neurons is the
+    """Per layer, dF/dh_l of each row at each of the layer's read positions, (rows, P_l, n_l):
+    the total derivative in the unedited network (a zero added to every layer's neurons is the
     variable)."""
     layers = range(adapter.num_layers)
     zeros: dict[int, torch.Tensor] = {}
@@ -54,7 +54,7 @@ def total_gradients(
     with torch.enable_grad(), adapter.hooks({l: make(l) for l in layers}):
         f = objective(adapter.logits(rows), targets, kind).sum()
     grads = torch.autograd.grad(f, [zeros[l] for l in layers])
-    return [g.sum(1).detach() for g in grads]
+    return [g.detach() for g in grads]
 
 
 def directional_derivatives(
@@ -62,15 +62,17 @@ def directional_derivatives(
     rows: torch.Tensor,
     read: int,
     input_tangent: torch.Tensor | None = None,
-    neuron: tuple[int, torch.Tensor] | None = None,
+    neuron: tuple[int, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """d h_read / d t of every neuron of layer ``read`` (summed over its read positions),
-    (rows, n), along ``input_tangent`` (rows, C, H, W) of the input, or along a uniform change
-    of one neuron per row of an earlier layer (``neuron = (layer, index (rows,))``)."""
+    """d h_read / d t of every neuron of layer ``read`` at each of its read positions,
+    (rows, P_read, n), along ``input_tangent`` (rows, C, H, W) of the input, or along one
+    neuron per row of an earlier layer moved by a vector over that layer's read positions
+    (``neuron = (layer, index (rows,), tangent (rows, P_layer))``): the Jacobian from the
+    earlier layer's positions to this layer's, applied to that vector."""
     found: dict[str, torch.Tensor] = {}
     hooks = {}
     if neuron is not None:
-        layer, index = neuron
+        layer, index, along = neuron
         token, units = adapter.token_at(layer), adapter.units(layer)
 
         def seed(hidden):
@@ -79,7 +81,7 @@ def directional_derivatives(
             count = selected.shape[-1] if units.identity else units.count
             tangent = torch.zeros(selected.shape[:-1] + (count,), dtype=selected.dtype)
             tangent = tangent.to(selected.device)
-            tangent[torch.arange(len(index)), :, index.to(selected.device)] = 1.0
+            tangent[torch.arange(len(index)), :, index.to(selected.device)] = along.to(tangent)
             zero = torch.zeros_like(tangent)
             dual = units.embed(forward_ad.make_dual(zero, tangent), primal)
             return token.insert(hidden, selected + dual)
@@ -92,6 +94,7 @@ def directional_derivatives(
         if tangent is not None:
             tangent = adapter.units(read).project(tangent, selected.primal.detach())
         found["tangent"] = tangent
+        found["positions"] = selected.primal.shape[1]
 
     hooks[read] = take
     with contextlib.ExitStack() as stack:
@@ -107,6 +110,6 @@ def directional_derivatives(
         adapter.logits(pixels)
     tangent = found.get("tangent")
     if tangent is None:  # no path from the seed to the layer read
-        shape = (rows.shape[0], adapter.widths()[read])
+        shape = (rows.shape[0], found["positions"], adapter.widths()[read])
         return torch.zeros(shape, dtype=adapter.dtype, device=adapter.device)
-    return tangent.sum(1)
+    return tangent

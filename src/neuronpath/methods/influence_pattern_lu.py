@@ -16,9 +16,16 @@ the definition leaves room, and why:
 * **dw^l/dw^{l-1}** is the total derivative of layer l's neuron with respect to layer l-1's
   chosen neuron through everything between them (residual stream, attention, layer norms), in
   the unedited network at x_alpha.
-* **A neuron read at several positions** (mean-pooled heads) is the sum of its values there:
-  derivatives are taken along a uniform change of all its positions and read as sums
-  (:mod:`neuronpath.engine.derivatives`).
+* **A neuron read at several positions** (mean-pooled heads, ``patches``/``all`` policies) is
+  one node of the graph per position, so a pattern through the neurons w^1 .. w^L sums the
+  product over every choice of positions p_1 .. p_L -- Lu et al.'s sum over the paths of the
+  graph.  That sum is a chain of matrix-vector products: the chain c_l (a vector over layer l's
+  read positions) is c_1 = dw^1/dalpha per position and c_l = J_l c_{l-1}, J_l the Jacobian
+  from w^{l-1}'s positions to w^l's, and I = sum_p c_L[p] dF/dw^L_p.  Forward mode gives J_l c
+  for every candidate of layer l at once, seeded with c itself
+  (:mod:`neuronpath.engine.derivatives`).  Summing each factor over the positions *before*
+  multiplying, as an earlier version did, is not that sum (a one-layer model is off by the
+  number of positions); at one position (CLS) the two agree.
 * **The integral** uses the run's alpha grid (default: the official left sum, m = 20).
 
 Cost per batch: one forward and backward (dF/dh of every layer at every alpha) and L
@@ -77,18 +84,17 @@ def _greedy(adapter, rows, tangent, targets, weights, kind, steps):
     """The greedy pattern of the images of ``rows`` (images x steps rows, image-major)."""
     count = rows.shape[0] // steps
     w = weights.repeat(count)
-    gradients = total_gradients(adapter, rows, targets, kind)
-    chain = torch.ones(rows.shape[0], dtype=adapter.dtype, device=adapter.device)
-    chosen, path = None, []
+    gradients = total_gradients(adapter, rows, targets, kind)  # per layer (rows, P_l, n_l)
+    chosen, chain, path = None, None, []
     for l in range(adapter.num_layers):
-        if l == 0:
-            step = directional_derivatives(adapter, rows, 0, input_tangent=tangent)
+        if l == 0:  # the chain so far, carried to every candidate: (rows, P_l, n_l)
+            reach = directional_derivatives(adapter, rows, 0, input_tangent=tangent)
         else:
-            step = directional_derivatives(adapter, rows, l, neuron=(l - 1, chosen))
-        scores = (w * chain)[:, None] * step * gradients[l]
+            reach = directional_derivatives(adapter, rows, l, neuron=(l - 1, chosen, chain))
+        scores = w[:, None] * (reach * gradients[l]).sum(1)
         best = scores.reshape(count, steps, -1).sum(1).argmax(-1)  # first index on ties
         chosen = best.repeat_interleave(steps)
-        chain = chain * step.gather(1, chosen[:, None])[:, 0]
+        chain = reach.gather(2, chosen[:, None, None].expand(-1, reach.shape[1], 1))[..., 0]
         path.append(best)
         final = scores.gather(1, chosen[:, None])[:, 0].reshape(count, steps).sum(1)
     return torch.stack(path, dim=1), final
