@@ -729,18 +729,24 @@ def head_set_jas(model, x1, label, heads, steps, positions, aligned=True):
     return float(sum(values[l].sum() for l in heads) * sum(grads[l].sum() for l in heads))
 
 
-def mixed_set_jas(model, x1, label, units, steps):
+def mixed_set_jas(model, x1, label, units, steps, head_scale=1.0):
     """JAS of a set of neurons and heads of a CLS ViT, {block: ("neuron", i) or ("head", h)}, by
     a plain loop over the left grid: a neuron's block has its CLS FFN row frozen but for the
     neuron, scaled; a head's block has its heads' CLS outputs frozen but for the head, scaled;
-    every other site runs normally.  (sum of values) x (sum of alpha-averaged gradients), a
-    head's value its norm and its gradient read along its clean direction."""
+    every other site runs normally.  Per kind, (sum of values) x (sum of alpha-averaged
+    gradients), the products added; a head's value is ``head_scale`` x its norm and its
+    gradient is read along its clean direction, per unit of that value."""
     h_ffn, _ = clean_cls(model, x1)
     z = [heads[0, 0] for heads in clean_heads(model, x1)]  # (H, d) at CLS per block
-    value = sum(
-        h_ffn[l][i] if kind == "neuron" else z[l][i].norm() for l, (kind, i) in units.items()
-    )
-    grad = 0.0
+    value = {
+        kind: sum(
+            (h_ffn[l][i] if k == "neuron" else head_scale * z[l][i].norm())
+            for l, (k, i) in units.items()
+            if k == kind
+        )
+        for kind in ("neuron", "head")
+    }
+    grad = {"neuron": 0.0, "head": 0.0}
     for k in range(steps):
         alpha = k / steps
         leaves = {}
@@ -780,10 +786,11 @@ def mixed_set_jas(model, x1, label, units, steps):
         found = torch.autograd.grad(p, [leaves[l] for l in units])
         for (l, (kind, i)), g in zip(units.items(), found):
             if kind == "neuron":
-                grad = grad + g[i] / steps
+                grad["neuron"] = grad["neuron"] + g[i] / steps
             else:
-                grad = grad + (g[i] * z[l][i] / z[l][i].norm()).sum() / steps
-    return float(value * grad)
+                along = (g[i] * z[l][i] / z[l][i].norm()).sum() / head_scale
+                grad["head"] = grad["head"] + along / steps
+    return float(sum(value[kind] * grad[kind] for kind in value))
 
 
 def lu_head_path(model, x1, label, steps):

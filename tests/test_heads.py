@@ -3,6 +3,9 @@ on tiny float64 models of a CLS ViT, a mean-pooled BEiT and a windowed Swin."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 
@@ -214,6 +217,38 @@ def test_a_mixed_path_has_one_unit_per_block_and_its_jas_equals_a_plain_loop():
         want = literal.mixed_set_jas(model, x[b : b + 1], int(labels[b]), units, steps)
         assert float(result.scores["jas"][b]) == pytest.approx(want, rel=1e-8, abs=1e-12)
     assert set(kinds) == {"neuron", "head"}  # this model's paths mix both kinds
+
+
+def test_the_mixed_path_does_not_depend_on_the_unit_a_heads_value_is_read_in():
+    """A head's value read as |z| / sqrt(d) instead of |z| leaves every unit's own integrated
+    gradient unchanged, so it must leave the mixed path and its JAS unchanged too.  With the
+    official product of sums taken across kinds, the cross terms neuron value x head gradient
+    changed with the scale and flipped the choice between kinds."""
+    model, mixed, _ = _mixed()
+    size = next(mixed.units(l).size for l in range(mixed.num_layers) if not mixed.units(l).identity)
+    scaled = copy.copy(mixed)
+    scaled._units = [
+        dataclasses.replace(u, scale=size**-0.5) if u.kind == "head" else u for u in mixed._units
+    ]
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    labels, config = torch.tensor([0, 1, 2, 0, 1, 2]), AttributionConfig(steps=3)
+    one = find_paths(mixed, x, labels, ["jas"], config)
+    other = find_paths(scaled, x, labels, ["jas"], config)
+    assert torch.equal(one.paths["jas"], other.paths["jas"])
+    torch.testing.assert_close(one.scores["jas"], other.scores["jas"], rtol=1e-10, atol=1e-13)
+    path = one.paths["jas"]
+    for b in range(2):
+        units = {}
+        for block in range(path.shape[1] // 2):
+            head, neuron = path[b, 2 * block].item(), path[b, 2 * block + 1].item()
+            units[block] = ("head", head) if head != -1 else ("neuron", neuron)
+        want = literal.mixed_set_jas(model, x[b : b + 1], int(labels[b]), units, 3, size**-0.5)
+        assert float(other.scores["jas"][b]) == pytest.approx(want, rel=1e-8, abs=1e-12)
+    clean = clean_pass(scaled, x, labels, config)
+    heads = [l for l in range(scaled.num_layers) if scaled.units(l).kind == "head"]
+    torch.testing.assert_close(  # the scale is really in the values
+        clean.acts[heads[0]] * size**0.5, clean_pass(mixed, x, labels, config).acts[heads[0]]
+    )
 
 
 def test_methods_not_defined_for_mixed_paths_are_refused():

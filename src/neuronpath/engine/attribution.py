@@ -111,6 +111,11 @@ class CleanPass:
         return self.probs.gather(1, self.labels[:, None])[:, 0]
 
 
+def unit_kinds(adapter: ModelAdapter) -> dict[int, str]:
+    """The kind of every layer's (site's) units: ``{layer: "neuron" | "head"}``."""
+    return {l: adapter.units(l).kind for l in range(adapter.num_layers)}
+
+
 def autocast_context(adapter: ModelAdapter, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -281,17 +286,30 @@ def set_scores(
     grads: Mapping[int, torch.Tensor],
     index: Mapping[int, torch.Tensor],
     item_image: torch.Tensor,
+    kinds: Mapping[int, str] | None = None,
 ) -> torch.Tensor:
     """Eq. 2 as the official code forms it: (sum of clean values) x (sum of gradient integrals) over
     the neurons ``index``, per token, summed over tokens (docs/official-code.md#jas-search,
     docs/official-code.md#mae).  In hierarchical models (no shared tokens across layers) each
     layer's values and integrals are summed over its own tokens before the product
-    (``CleanPass.token_terms``)."""
-    values = sum(
-        gather_neurons(clean.token_terms(clean.acts[l][item_image]), index[l]) for l in index
-    )
-    integrals = sum(gather_neurons(clean.token_terms(grads[l]), index[l]) for l in index)
-    return (values * integrals).sum(1)
+    (``CleanPass.token_terms``).
+
+    A set of units of several kinds (``kinds[l]``: the kind of layer l's units; a mixed path's
+    neurons and heads) takes the product of the two sums *per kind* and adds the products:
+    a kind's values and gradients are read in its own unit (a head's norm, a neuron's value),
+    so only products within a kind are free of that choice (:mod:`neuronpath.engine.units`).
+    With one kind this is the official product of sums."""
+    groups: dict[str, list[int]] = {}
+    for l in index:
+        groups.setdefault("" if kinds is None else kinds[l], []).append(l)
+    total = 0
+    for layers in groups.values():
+        values = sum(
+            gather_neurons(clean.token_terms(clean.acts[l][item_image]), index[l]) for l in layers
+        )
+        integrals = sum(gather_neurons(clean.token_terms(grads[l]), index[l]) for l in layers)
+        total = total + values * integrals
+    return total.sum(1)
 
 
 def joint_attribution_scores(
@@ -347,7 +365,11 @@ def joint_attribution_scores(
             part = slice(j * n_images, (j + 1) * n_images)
             summed = {l: i[:, -1:] for l, i in indices[s].items()} if last_only else indices[s]
             scores = set_scores(
-                clean, {l: g[part] for l, g in grads.items()}, summed, item_image[part]
+                clean,
+                {l: g[part] for l, g in grads.items()},
+                summed,
+                item_image[part],
+                unit_kinds(adapter),
             )
             results[s] = scores / tokens
     return results
@@ -381,7 +403,8 @@ def extension_scores(
         adapter, pixels, clean, masks_for(index, widths, adapter.dtype, device), config, item_image
     )
     summed = {l: i[:, -1:] for l, i in index.items()} if last_only else index
-    return set_scores(clean, grads, summed, item_image).reshape(n_images, count)
+    scores = set_scores(clean, grads, summed, item_image, unit_kinds(adapter))
+    return scores.reshape(n_images, count)
 
 
 def joint_attribution_score(

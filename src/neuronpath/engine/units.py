@@ -20,6 +20,12 @@ is the same construction with a one-coordinate group, where every map below is t
 In the engine every value, gradient, mask and factor lives in unit space; coordinates appear
 only where a hook writes into the model (:meth:`UnitMap.embed`, :meth:`UnitMap.expand`) and
 where an ablation copies whole coordinate vectors (a reference mean, another image's values).
+
+A head's value could as well be read in another unit (``scale``: c = scale |z|, e.g. |z|/sqrt(d));
+value x gradient, and so every integrated-gradient contribution, does not change with it, and
+no score of neuronpath does: the JAS of a set holding both kinds is a product of sums *per kind*
+(:func:`neuronpath.engine.attribution.set_scores`), so the scale of one kind never multiplies a
+quantity of the other.
 """
 
 from __future__ import annotations
@@ -40,14 +46,15 @@ class UnitMap:
     kind: str  # "neuron" or "head"
     count: int | None  # None: one neuron per coordinate, however many the site has
     size: int = 1
+    scale: float = 1.0  # a head's value is scale x its norm (neurons: always 1)
 
     @classmethod
     def neurons(cls, count: int | None) -> "UnitMap":
         return cls("neuron", count, 1)
 
     @classmethod
-    def heads(cls, count: int, size: int) -> "UnitMap":
-        return cls("head", count, size)
+    def heads(cls, count: int, size: int, scale: float = 1.0) -> "UnitMap":
+        return cls("head", count, size, scale)
 
     @property
     def coords(self) -> int:
@@ -70,28 +77,29 @@ class UnitMap:
     def values(self, z: torch.Tensor) -> torch.Tensor:
         """Unit values (..., count) of coordinates (..., coords): the coordinates themselves for
         neurons, each head's norm."""
-        return z if self.identity else self._groups(z).norm(dim=-1)
+        return z if self.identity else self.scale * self._groups(z).norm(dim=-1)
 
     def project(self, g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """A gradient or tangent in coordinates (..., coords) read along each unit's direction
         in ``z``: (..., count)."""
         if self.identity:
             return g
-        return (self._groups(g) * self.directions(z)).sum(-1)
+        return (self._groups(g) * self.directions(z)).sum(-1) / self.scale
 
     def embed(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Unit values or deltas (..., count) placed along the unit directions of ``z``
         (..., coords): coordinates (..., coords).  ``embed(values(z), z) == z``."""
         if self.identity:
             return c
-        return (c[..., None] * self.directions(z)).flatten(-2)
+        return (c[..., None] / self.scale * self.directions(z)).flatten(-2)
 
     def expand(self, f: torch.Tensor) -> torch.Tensor:
         """A factor or mask per unit (..., count) -> per coordinate (..., coords)."""
         return f if self.identity else f.repeat_interleave(self.size, dim=-1)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "count": self.count, "size": self.size}
+        scale = {} if self.scale == 1.0 else {"scale": self.scale}
+        return {"kind": self.kind, "count": self.count, "size": self.size, **scale}
 
 
 def scatter_units(

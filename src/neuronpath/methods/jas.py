@@ -101,7 +101,11 @@ def layer_scores(
 ) -> torch.Tensor:
     """The official whole-layer candidate scores S_t (the module docstring) of every unit of
     ``layer`` given the path so far, ``prefix`` ({layer: (images, K)}; ``ABSENT`` entries of a
-    mixed path leave their site unedited): (images, n)."""
+    mixed path leave their site unedited): (images, n).  A prefix holding units of the other
+    kind (a mixed path) adds its own product of sums, (sum of its values) x (sum of its
+    integrals), as the JAS of a mixed set does
+    (:func:`~neuronpath.engine.attribution.set_scores`): the same for every candidate of the
+    layer, it matters only when the sites of a block are compared."""
     n_images, device, dtype = clean.labels.shape[0], adapter.device, adapter.dtype
     terms = clean.token_terms
     masks = masks_for(prefix, clean.widths, dtype, device)
@@ -109,12 +113,20 @@ def layer_scores(
     active = {l: (i != ABSENT).any(1) for l, i in prefix.items() if (i == ABSENT).any()}
     grads = integrated_gradients(adapter, pixels, clean, masks, config, active=active or None)
     summed = {l: i[:, -1:] if topk_mode == "official" else i for l, i in prefix.items()}
+    kind = adapter.units(layer).kind
     zero = torch.zeros((), dtype=dtype, device=device)
-    value_prefix = sum((gather_neurons(terms(clean.acts[l]), i) for l, i in summed.items()), zero)
-    grad_prefix = sum((gather_neurons(terms(grads[l]), i) for l, i in summed.items()), zero)
+
+    def sums(layers):
+        value = sum((gather_neurons(terms(clean.acts[l]), summed[l]) for l in layers), zero)
+        grad = sum((gather_neurons(terms(grads[l]), summed[l]) for l in layers), zero)
+        return value, grad
+
+    value_prefix, grad_prefix = sums([l for l in summed if adapter.units(l).kind == kind])
+    other_value, other_grad = sums([l for l in summed if adapter.units(l).kind != kind])
     return (
         (terms(clean.acts[layer]) + value_prefix[..., None])
         * (terms(grads[layer]) + grad_prefix[..., None])
+        + (other_value * other_grad)[..., None]
     ).sum(1)
 
 
@@ -181,10 +193,11 @@ def mixed_jas_path(
     """The layer-progressive search over neurons and heads (``find --units neurons+heads``): at
     block t each of its sites (heads, neurons) is scored as a whole layer is in Alg. 1, given
     the same path so far (the site of the other kind runs normally), and the block keeps the
-    single best unit of either kind; the site it did not choose holds ``ABSENT``.  Both scores
-    are JAS contributions to the same F (a head is a neuron along its own direction,
-    :mod:`neuronpath.engine.units`), so the larger wins; a tie goes to the neuron.  With
-    ``kinds=("neuron",)`` this is :func:`jas_path` exactly.  Returns (images, sites, 1)."""
+    single best unit of either kind; the site it did not choose holds ``ABSENT``.  Each score
+    is the JAS of the path so far with the candidate, in the form of a mixed set (a product of
+    sums per kind, :func:`layer_scores`), so the choice does not depend on the unit a head's
+    value is read in; the larger wins, a tie goes to the neuron.  With ``kinds=("neuron",)``
+    this is :func:`jas_path` exactly.  Returns (images, sites, 1)."""
     n_images, device = clean.labels.shape[0], adapter.device
     path = torch.full((n_images, adapter.num_layers, 1), ABSENT, dtype=torch.long, device=device)
     order = sorted(kinds, key=lambda kind: kind != "neuron")  # neurons first: they win ties
