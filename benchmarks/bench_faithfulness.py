@@ -5,7 +5,7 @@ measured in, ``bench_search.py``), both measured in this run; plus the reference
     python benchmarks/bench_faithfulness.py runs/s12-dev400 --images 20 --reference-split 40
 
 Each ablation runs on its own copy of the find run (its first ``--images`` evaluated images),
-with the run's methods, the random and matched-random controls and every metric; the reference
+with the run's methods, the random control and every method's matched-random control; the reference
 statistics come from one streaming pass over ``--reference-split`` of the run's images.
 """
 
@@ -76,8 +76,8 @@ def main():
     rows = run.adapter.num_layers
     print(
         f"run {args.run}: {rows} layers, {images} images per ablation, methods "
-        f"{', '.join(run.manifest['settings']['methods'])} + random + matched-random (3 "
-        f"seeds), {torch.get_num_threads()} threads, device {args.device}"
+        f"{', '.join(run.manifest['settings']['methods'])} + random + each method's "
+        f"matched-random (3 seeds), {torch.get_num_threads()} threads, device {args.device}"
     )
     print(f"unit (forward + input-gradient backward, {args.steps} rows): {unit * 1e3:.1f} ms")
     print(f"{'pass':<18}{'s / image':>10}{'R':>8}")

@@ -174,18 +174,60 @@ def test_resample_ablation_copies_the_recorded_donors_values(study):
         )
 
 
-def test_the_matched_control_falls_in_the_bins_of_the_path_neurons(study):
+def test_every_methods_matched_control_draws_among_the_nearest_levels(study):
+    """The default match: each path neuron's partner is one of the 8 other neurons of its layer
+    whose level on the image is nearest (never a path neuron, never twice), for every method's
+    path; each record holds the level pairs, and the achieved match in faithfulness.json/.csv is
+    their quantiles."""
+    adapter = study["adapter"]
+    summary = json.loads((study["run"] / "evaluation" / "faithfulness.json").read_text())
+    assert summary["match"] == "nearest" and summary["match_window"] == 8
+    for method in ("jas", "activation"):
+        own = {r["image"]: r["path"] for r in read_records(study["run"], method)}
+        pairs = []
+        for image, record in records(study["run"], "zero", f"matched-random:{method}").items():
+            h = hidden(adapter, study["data"] / image)
+            assert len(record["path"]) == 3  # three seeds, pooled
+            for path in record["path"]:
+                for l, (chosen,) in enumerate(path):
+                    mine = own[image][l]
+                    others = [j for j in range(len(h[l])) if j != mine]
+                    distance = {j: abs(h[l][j].item() - h[l][mine].item()) for j in others}
+                    nearest = sorted(others, key=lambda j: (distance[j], j))[:8]
+                    assert chosen in nearest
+                    pairs.append([h[l][mine].item(), h[l][chosen].item()])
+            assert record["unmatched"] == 0
+            np.testing.assert_allclose(
+                np.array(record["levels"]), np.array(pairs[-len(record["levels"]) :]), rtol=1e-9
+            )
+        pairs = np.array(pairs)
+        active = pairs[pairs[:, 0] > 0]
+        ratio = active[:, 1] / active[:, 0]
+        got = summary["matched_levels"][f"matched-random:{method}"]["zero"]
+        assert got["pairs"] == len(pairs) and got["active_pairs"] == len(active)
+        assert got["ratio_q50"] == pytest.approx(float(np.median(ratio)), rel=1e-9)
+        assert got["below_half"] == pytest.approx(float((ratio < 0.5).mean()))
+    rows = (study["run"] / "evaluation" / "faithfulness.csv").read_text().splitlines()
+    assert any(r.startswith("matched-random:jas,zero,match,ratio_q50,") for r in rows)
+    assert "**Achieved match**" in (study["run"] / "evaluation" / "faithfulness.md").read_text()
+
+
+def test_the_binned_match_falls_in_the_bins_of_the_path_neurons(study, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(study["plain"], run)
+    extra = ["--controls", "matched-random", "--match", "bins", "--reference"]
+    args = ["-q", "evaluate", str(run), "--device", "cpu", "--bootstrap", "0", *extra]
+    assert main([*args, str(study["reference"])]) == 0
     adapter = study["adapter"]
     files = sorted(p for p in study["reference"].rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     levels = [torch.stack(v) for v in zip(*(hidden(adapter, p) for p in files))]
     edges = [np.quantile(level.numpy().ravel(), np.linspace(0, 1, 11)[1:-1]) for level in levels]
-    stored = np.load(study["run"] / "evaluation" / "faithfulness" / "reference.npz")
+    stored = np.load(run / "evaluation" / "faithfulness" / "reference.npz")
     for l, e in enumerate(edges):  # the bins are the reference's quantiles (all values kept)
         np.testing.assert_allclose(stored[f"edges{l}"], e, rtol=1e-12)
-    jas = {r["image"]: r["path"] for r in read_records(study["run"], "jas")}
-    for image, record in records(study["run"], "zero", "matched-random").items():
+    jas = {r["image"]: r["path"] for r in read_records(run, "jas")}
+    for image, record in records(run, "zero", "matched-random:jas").items():
         h = hidden(adapter, study["data"] / image)
-        assert len(record["path"]) == 3  # three seeds, pooled
         misses = 0
         for path in record["path"]:
             for l, (chosen,) in enumerate(path):
@@ -196,6 +238,22 @@ def test_the_matched_control_falls_in_the_bins_of_the_path_neurons(study):
                 )
                 misses += bucket[0] != bucket[1]
         assert misses == record["unmatched"]
+
+
+def test_a_stored_reference_is_not_reused_with_other_bins(study, tmp_path):
+    """``--bins`` shapes the stored reference (its edges): deleting an ablation's records as the
+    docs advise and re-running with other bins recomputes it, never reuses the old edges
+    under records that claim the new bins."""
+    run = tmp_path / "run"
+    shutil.copytree(study["plain"], run)
+    base = ["-q", "evaluate", str(run), "--device", "cpu", "--bootstrap", "0"]
+    base += ["--ablation", "mean", "--reference", str(study["reference"])]
+    assert main([*base, "--bins", "10"]) == 0
+    folder = run / "evaluation" / "faithfulness"
+    assert len(np.load(folder / "reference.npz")["edges0"]) == 9
+    shutil.rmtree(folder / "mean")
+    assert main([*base, "--bins", "4"]) == 0
+    assert len(np.load(folder / "reference.npz")["edges0"]) == 3
 
 
 def test_logit_diff_and_kl_equal_hand_computations():
@@ -245,7 +303,9 @@ def test_zero_ablation_leaves_table_1_as_it_was_and_matches_its_removal(study):
             )
     rows = (run / "evaluation" / "faithfulness.csv").read_text().splitlines()
     assert rows[0] == "method,ablation,metric,statistic,value,lo,hi"
-    assert len(rows) == 1 + 4 * 3 * 4 * 6  # methods and controls x ablations x metrics x stats
+    # methods and controls x ablations x metrics x statistics, then the two matched controls'
+    # achieved match (nine numbers per ablation)
+    assert len(rows) == 1 + 5 * 3 * 4 * 6 + 2 * 3 * 9
 
 
 def test_an_interrupted_study_resumes_without_redoing_finished_images(study, tmp_path, monkeypatch):
@@ -278,7 +338,7 @@ def test_an_interrupted_study_resumes_without_redoing_finished_images(study, tmp
 
     monkeypatch.setattr(faithfulness, "_run_rows", interrupted)
     assert main(args) == 130
-    assert len(read_records(run / "evaluation" / "faithfulness" / "mean")) == 3 * 4
+    assert len(read_records(run / "evaluation" / "faithfulness" / "mean")) == 3 * 5
     calls.clear()
     monkeypatch.setattr(faithfulness, "_run_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert main(args) == 0
@@ -314,7 +374,12 @@ def test_bad_study_options_get_one_line(study, tmp_path, capsys):
     )
     assert "--metrics: expected some of prob, logit, logit-diff, kl" in error("--metrics", "acc")
     assert "mean ablation needs a reference set" in error("--ablation", "mean")
-    assert "the matched control needs a reference set" in error("--controls", "matched-random")
+    assert "the matched control's bins (--match bins) needs a reference set" in error(
+        "--controls", "matched-random", "--match", "bins"
+    )
+    assert "--match-window: expected an integer >= 1, got 0" in error(
+        "--controls", "matched-random", "--match-window", "0"
+    )
     assert "images of the run" in error("--ablation", "mean", "--reference", str(study["data"]))
     empty = tmp_path / "empty"
     (empty / "a").mkdir(parents=True)
@@ -362,6 +427,8 @@ def test_a_bin_without_a_partner_is_stated(study, tmp_path, caplog):
                 "0",
                 "--controls",
                 "matched-random",
+                "--match",
+                "bins",
                 "--reference-split",
                 "3",
                 "--bins",
@@ -372,7 +439,7 @@ def test_a_bin_without_a_partner_is_stated(study, tmp_path, caplog):
     )
     share = json.loads((run / "evaluation" / "faithfulness.json").read_text())[
         "matched_unmatched_share"
-    ]["zero"]
+    ]["zero"]["matched-random:jas"]
     assert share > 0 and "found no other neuron in their activation bin" in caplog.text
 
 

@@ -282,14 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--controls",
         type=_names,
-        help="comma-separated controls: random, matched-random (a random neuron "
-        "at the same activation level; needs a reference set); default "
-        "random, plus matched-random with a reference set",
+        help="comma-separated controls: random, matched-random (for every method's "
+        "path, per path neuron a random neuron of its layer at the same activation level "
+        "on the image); default random, plus matched-random with a reference set",
     )
     study.add_argument(
         "--reference",
-        help="folder of reference images (mean ablation and the "
-        "matched control's bins); not the run's images",
+        help="folder of reference images (mean ablation; the matched control's "
+        "bins with --match bins); not the run's images",
     )
     study.add_argument(
         "--reference-split",
@@ -315,10 +315,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="matched-random paths per image, pooled (default: 3)",
     )
     study.add_argument(
+        "--match",
+        choices=("nearest", "bins"),
+        default="nearest",
+        help="how the matched control matches a path neuron's level on the image: nearest "
+        "(default; drawn among the --match-window neurons of its layer nearest in level) "
+        "or bins (in its quantile bin of the reference set's levels, --bins)",
+    )
+    study.add_argument(
+        "--match-window",
+        type=int,
+        default=8,
+        help="--match nearest: the partner is drawn among this many nearest levels (default: 8)",
+    )
+    study.add_argument(
         "--bins",
         type=int,
         default=10,
-        help="activation-level quantile bins of the matched control (default: 10)",
+        help="--match bins: activation-level quantile bins of the matched control (default: 10)",
     )
     evaluate.add_argument(
         "--causal",
@@ -578,6 +592,8 @@ def _faithfulness(args) -> FaithfulnessOptions | None:
         "allow_overlap",
         "enhance_factor",
         "matched_seeds",
+        "match",
+        "match_window",
         "bins",
     )
     controls = args.controls or ["random"] + (

@@ -3,8 +3,10 @@ circuit researchers measure it (:mod:`neuronpath.analysis.faithfulness`).
 
 For each ablation (``zero``: the paper's; ``mean``: each neuron's mean over a reference set at
 the same positions; ``resample``: its value in another image of another class, seeded), on
-every image, for every path method and control (``random``; ``matched-random``, drawn per path
-neuron at the same activation level on the image, several seeds pooled):
+every image, for every path method and control (``random``; ``matched-random``, drawn for
+*every* method's path, ``matched-random:METHOD``: per path neuron a random neuron of its layer at
+the same activation level on the image -- among the ``match_window`` nearest levels by default --
+several seeds pooled, with the achieved match of levels reported):
 
 * stage 1: each layer's path neuron ablated alone, which orders the path by its neurons' own
   effect on P(label), largest drop first;
@@ -17,7 +19,8 @@ Every row's four metrics go into ``RUN/evaluation/faithfulness/<ablation>/record
 resumable run folder, shared out over ``torchrun`` ranks); the mean of a reference set (and the
 matched control's bins) into ``RUN/evaluation/faithfulness/reference.npz``, computed once.
 Outputs: ``RUN/evaluation/faithfulness.csv`` (one row per method x ablation x metric x
-statistic), ``faithfulness.md``, ``faithfulness.png/.svg`` (the curves), ``faithfulness.json``.
+statistic, and the matched controls' achieved match: quantiles of partner level / path level),
+``faithfulness.md``, ``faithfulness.png/.svg`` (the curves), ``faithfulness.json``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,18 @@ log = logging.getLogger("neuronpath")
 
 CLEAN, ALL, ALONE, NECESSITY, SUFFICIENCY, ENHANCE = range(6)
 MATCHED = "matched-random"
+MATCHES = ("nearest", "bins")
+RATIO_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)  # the achieved match, partner / path level
+
+
+def matched_name(method: str) -> str:
+    """The matched control of one method's paths: ``matched-random:METHOD``."""
+    return f"{MATCHED}:{method}"
+
+
+def matched_of(name: str) -> str | None:
+    """The method a matched control's name is drawn for, or None for any other name."""
+    return name[len(MATCHED) + 1 :] if name.startswith(MATCHED + ":") else None
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,10 @@ class FaithfulnessOptions:
     """The faithfulness study's settings (see the module docstring): ablations and metrics; the
     reference set -- an image folder (``reference``; it must not overlap the run's images
     unless ``allow_overlap``) or ``reference_split`` images of the run's own, kept out of the
-    evaluated set; the enhancement factor; the matched control's seeds and quantile bins."""
+    evaluated set; the enhancement factor; the matched control's seeds and how it matches:
+    ``nearest`` (default; among the ``match_window`` neurons of the layer nearest the path
+    neuron's level on the image) or ``bins`` (in the same of ``bins`` quantile bins of the
+    reference set's levels, the earlier rule)."""
 
     ablations: tuple[str, ...] = ("zero",)
     metrics: tuple[str, ...] = ("prob",)
@@ -77,6 +95,8 @@ class FaithfulnessOptions:
     allow_overlap: bool = False
     enhance_factor: float = 2.0
     matched_seeds: int = 3
+    match: str = "nearest"
+    match_window: int = 8
     bins: int = 10
 
     def __post_init__(self):
@@ -98,21 +118,32 @@ class FaithfulnessOptions:
                 f"{option('enhance_factor')}: expected a factor >= 0 (2 doubles the path's "
                 f"units, 0 removes them), got {self.enhance_factor}"
             )
-        for name, low in (("reference_split", 1), ("matched_seeds", 1), ("bins", 2)):
+        if self.match not in MATCHES:
+            raise InputError(f"{option('match')}: expected one of {MATCHES}, got {self.match!r}")
+        for name, low in (
+            ("reference_split", 1),
+            ("matched_seeds", 1),
+            ("match_window", 1),
+            ("bins", 2),
+        ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < low):
                 raise InputError(f"{option(name)}: expected an integer >= {low}, got {value!r}")
 
     @property
     def needs_reference(self) -> bool:
-        return "mean" in self.ablations or MATCHED in self.controls
+        return "mean" in self.ablations or (MATCHED in self.controls and self.match == "bins")
 
     def identity(self) -> dict:
         """The settings a store's records depend on (besides the ablation)."""
+        match = (
+            {"match_window": self.match_window} if self.match == "nearest" else {"bins": self.bins}
+        )
         return {
             "enhance_factor": self.enhance_factor,
             "matched_seeds": self.matched_seeds,
-            "bins": self.bins,
+            "match": self.match,
+            **match,
         }
 
 
@@ -196,6 +227,7 @@ def reference_statistics(
         "count": len(items),
         "token": run.adapter.token.name,
         "seed": run.options.seed,
+        "bins": options.bins,  # the matched control's edges are stored with the means
         **({"units": run.adapter.unit_set} if run.adapter.unit_set != "neurons" else {}),
         "source": str(options.reference)
         if options.reference
@@ -292,7 +324,11 @@ def check_study(run, options: FaithfulnessOptions) -> frozenset[str]:
             f"(neurons+heads) paths (Table 1's removal and enhancement work on them)"
         )
     if options.needs_reference and options.reference is None and options.reference_split is None:
-        why = "mean ablation" if "mean" in options.ablations else "the matched control"
+        why = (
+            "mean ablation"
+            if "mean" in options.ablations
+            else f"the matched control's bins ({option('match', 'bins')})"
+        )
         raise InputError(
             f"{option('reference')}: {why} needs a reference set; pass "
             f"{option('reference', 'DIR')} or {option('reference_split', 'N')}"
@@ -319,7 +355,12 @@ def run_faithfulness(run, options: FaithfulnessOptions, execution: Execution) ->
     images of :func:`check_study` kept out); returns every statistic (None on the other
     ranks)."""
     folder = run.run_dir / "evaluation" / "faithfulness"
-    methods = list(run.manifest["settings"]["methods"]) + list(options.controls)
+    found = list(run.manifest["settings"]["methods"])
+    methods = found + [
+        name
+        for control in options.controls
+        for name in ([matched_name(m) for m in found] if control == MATCHED else [control])
+    ]
     reference = None
     if options.needs_reference:
         reference = reference_statistics(run, options, folder, execution)
@@ -368,12 +409,13 @@ def _ablation_pass(run, options, ablation, reference, methods, folder, execution
         )
         paths = run.paths(images, [c for c in options.controls if CONTROLS[c].path is not None])
         rows = Rows(widths, options.enhance_factor)
-        owners, unmatched = {}, {}
+        owners, unmatched, levels = {}, {}, {}
         for b, image in enumerate(images):
             for name in methods:
                 drawn = _paths_of(run, name, b, image, paths, clean_acts, reference, options)
-                unmatched[(b, name)] = sum(u for _, u in drawn)
-                owners[(b, name)] = [rows.add_path(p) for p, _ in drawn]
+                unmatched[(b, name)] = sum(u for _, u, _ in drawn)
+                levels[(b, name)] = [pair for _, _, pairs in drawn for pair in pairs]
+                owners[(b, name)] = [rows.add_path(p) for p, _, _ in drawn]
         base = {b: (rows.add(b, 0, CLEAN), rows.add(b, 0, ALL)) for b in range(len(images))}
         alone = {
             (b, p): [rows.add(b, p, ALONE, l) for l in range(layers)]
@@ -417,7 +459,7 @@ def _ablation_pass(run, options, ablation, reference, methods, folder, execution
                     "label": int(labels[b]),
                     "method": name,
                     "path": [encoded(rows.paths[p]) for p in ps]
-                    if name == MATCHED
+                    if matched_of(name)
                     else encoded(rows.paths[ps[0]]),
                     "order": [int(l) for l in rows.rank[ps[0]].argsort().tolist()],
                     "jas": run.jas(image, name),
@@ -429,8 +471,9 @@ def _ablation_pass(run, options, ablation, reference, methods, folder, execution
                 )
                 if donor_of is not None:
                     record["donor"] = donor_of[b]
-                if name == MATCHED:
+                if matched_of(name):
                     record["unmatched"] = unmatched[(b, name)]
+                    record["levels"] = levels[(b, name)]  # [path level, partner level] pairs
                 records.append(record)
         store.append(records)
 
@@ -490,20 +533,55 @@ def _sources(run, ablation, reference, clean_coords, images, donors):
 
 
 def _paths_of(run, name, b, image, paths, clean_acts, reference, options):
-    """[(path (layers, K), unmatched count)] of one method or control on one image: one path,
-    or the matched control's ``matched_seeds`` paths, matched to the run's first method."""
-    if name != MATCHED:
-        return [(paths[name][b], 0)]
-    first = paths[run.manifest["settings"]["methods"][0]][b]
-    first = first.reshape(run.adapter.num_layers, -1)
-    levels = [clean_acts[l][b].double().mean(0).cpu() for l in range(run.adapter.num_layers)]
-    edges = [torch.from_numpy(reference[f"edges{l}"]) for l in range(run.adapter.num_layers)]
-    return [
-        CONTROLS[MATCHED].matched(
-            levels, first, edges, seeded_generator("matched", run.options.seed, s, image)
+    """[(path (layers, K), unmatched count, [[path level, partner level], ...])] of one method
+    or control on one image: one path, or a matched control's ``matched_seeds`` paths, matched
+    to its method's path on this image."""
+    method = matched_of(name)
+    if method is None:
+        return [(paths[name][b], 0, [])]
+    layers = run.adapter.num_layers
+    own = paths[method][b].reshape(layers, -1)
+    levels = [clean_acts[l][b].double().mean(0).cpu() for l in range(layers)]
+    edges = (
+        [torch.from_numpy(reference[f"edges{l}"]) for l in range(layers)]
+        if options.match == "bins"
+        else None
+    )
+    drawn = []
+    for s in range(options.matched_seeds):
+        generator = seeded_generator("matched", run.options.seed, s, image, method)
+        path, unmatched = CONTROLS[MATCHED].matched(
+            levels, own, generator, options.match_window, edges
         )
-        for s in range(options.matched_seeds)
-    ]
+        pairs = [
+            [float(levels[l][i]), float(levels[l][j])]
+            for l in range(layers)
+            for i, j in zip(own[l].tolist(), path[l].tolist())
+        ]
+        drawn.append((path, unmatched, pairs))
+    return drawn
+
+
+def match_summary(pairs: np.ndarray) -> dict:
+    """The achieved match of a matched control: quantiles of partner level / path level over
+    the pairs whose path neuron is active (level > 0; a ratio to a level at or below zero says
+    nothing), the share of those partners below half the path neuron's level, and the median
+    absolute difference of levels over all pairs."""
+    pairs = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+    active = pairs[pairs[:, 0] > 0]
+    ratio = active[:, 1] / active[:, 0] if len(active) else np.zeros(0)
+    return {
+        "pairs": int(len(pairs)),
+        "active_pairs": int(len(active)),
+        **{
+            f"ratio_q{round(100 * q):02d}": float(np.quantile(ratio, q)) if len(ratio) else None
+            for q in RATIO_QUANTILES
+        },
+        "below_half": float((ratio < 0.5).mean()) if len(ratio) else None,
+        "median_abs_difference": float(np.median(np.abs(pairs[:, 1] - pairs[:, 0])))
+        if len(pairs)
+        else None,
+    }
 
 
 def _fields(values, base, alone, curves) -> dict:
@@ -536,21 +614,27 @@ def write_faithfulness(
     results: dict = {}
     curves: dict = {}
     unmatched: dict = {}
+    matches: dict = {}
     for ablation in options.ablations:
         by_method = group_by(read_records(folder / "faithfulness" / ablation))
         for method in methods:
             rows = by_method.get(method, [])
             if not rows:
                 continue
-            if method == MATCHED:  # neurons whose bin held no partner (the nearest level taken)
+            if matched_of(method):  # how close the partners' levels came to the path's
+                matches.setdefault(method, {})[ablation] = match_summary(
+                    [pair for r in rows for pair in r["levels"]]
+                )
+            if matched_of(method) and options.match == "bins":  # bins that held no partner
                 drawn = sum(np.asarray(r["path"]).size for r in rows)
-                unmatched[ablation] = sum(r["unmatched"] for r in rows) / drawn
-                if unmatched[ablation]:
+                share = sum(r["unmatched"] for r in rows) / drawn
+                unmatched.setdefault(ablation, {})[method] = share
+                if share:
                     log.warning(
-                        "matched control: %.1f%% of its neurons found no other neuron in "
-                        "their activation bin and took the nearest level instead "
-                        "(--bins %d)",
-                        100 * unmatched[ablation],
+                        "%s: %.1f%% of its neurons found no other neuron in their activation "
+                        "bin and took the nearest level instead (--bins %d)",
+                        method,
+                        100 * share,
                         options.bins,
                     )
             draws = (
@@ -569,12 +653,19 @@ def write_faithfulness(
         "metrics": list(options.metrics),
         "bootstrap": edit.bootstrap,
         "enhance_factor": options.enhance_factor,
-        "matched_unmatched_share": unmatched,
+        "match": options.match,
+        **({"match_window": options.match_window} if options.match == "nearest" else {}),
+        **(
+            {"bins": options.bins, "matched_unmatched_share": unmatched}
+            if options.match == "bins"
+            else {}
+        ),
+        "matched_levels": matches,
         "results": results,
         "curves": curves,
     }
     write_json_atomic(folder / "faithfulness.json", summary)
-    write_faithfulness_table(results, options.metrics, folder / "faithfulness")
+    write_faithfulness_table(results, options.metrics, folder / "faithfulness", matches)
     faithfulness_figure(curves, folder / "faithfulness")
     return summary
 

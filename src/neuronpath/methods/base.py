@@ -95,8 +95,8 @@ class Control:
     """A registered control: paths or kept neurons drawn at random, seeded, to compare the
     methods' against.  ``path(image, seed, layers, widths, k)`` is one image's (layers, k)
     path for ``evaluate``; ``keep(name, seed, layers, widths, t)`` a class's kept neurons per
-    layer for ``prune``; ``matched(levels, path, edges, generator)`` a path matched to another
-    on one image (a control that needs the image's activations and a reference set)."""
+    layer for ``prune``; ``matched(levels, path, generator, window, edges)`` a path matched to
+    another on one image (a control that needs the image's activations)."""
 
     name: str
     summary: str

@@ -56,28 +56,39 @@ def random_keep(
 def matched_path(
     levels: Sequence[torch.Tensor],
     path: torch.Tensor,
-    edges: Sequence[torch.Tensor],
     generator: torch.Generator,
+    window: int = 8,
+    edges: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """A random path matched to ``path`` (layers, K) on one image: for each path neuron, a
-    uniformly drawn other neuron of its layer whose activation level on the image
-    (``levels[l]``, (n_l,)) falls in the same quantile bin (``edges[l]``: inner bin edges from a
-    reference set), never a path neuron and never twice.  Where the bin holds no such neuron
-    the one with the nearest level is taken instead, and counted: returns (the matched path,
-    the number of neurons that found no partner in their bin)."""
+    """A random path matched to ``path`` (layers, K) on one image: for each path neuron, another
+    neuron of its layer at the same activation level on the image (``levels[l]``, (n_l,)), never
+    a path neuron and never twice.
+
+    By default (``edges`` None) the partner is drawn uniformly among the ``window`` free neurons
+    whose level on this image is nearest the path neuron's (ties: lower index): as close as the
+    layer allows, everywhere -- path neurons sit mostly in the top decile of their layer, where
+    decile bins pooled over the layer leave partners at half their level.  With ``edges`` (inner
+    bin edges from a reference set) it is drawn uniformly among the free neurons in the path
+    neuron's quantile bin; where the bin holds none, the nearest level is taken instead, and
+    counted.  Returns (the matched path, the number of neurons that found no partner in their
+    bin; 0 without bins)."""
     chosen, unmatched = torch.empty_like(path), 0
     for l in range(path.shape[0]):
         level = levels[l].double()
-        bins = torch.bucketize(level, edges[l].double())
         free = torch.ones(level.shape[0], dtype=torch.bool)
         free[path[l]] = False
+        bins = None if edges is None else torch.bucketize(level, edges[l].double())
         for j, neuron in enumerate(path[l].tolist()):
-            same = torch.nonzero(free & (bins == bins[neuron])).flatten()
-            if len(same):
-                pick = same[torch.randint(len(same), (1,), generator=generator)].item()
+            distance = (level - level[neuron]).abs().masked_fill(~free, torch.inf)
+            if bins is None:
+                near = torch.sort(distance, stable=True).indices[: min(window, int(free.sum()))]
+                pick = near[torch.randint(len(near), (1,), generator=generator)].item()
             else:
-                distance = (level - level[neuron]).abs().masked_fill(~free, torch.inf)
-                pick, unmatched = int(distance.argmin()), unmatched + 1
+                same = torch.nonzero(free & (bins == bins[neuron])).flatten()
+                if len(same):
+                    pick = same[torch.randint(len(same), (1,), generator=generator)].item()
+                else:
+                    pick, unmatched = int(distance.argmin()), unmatched + 1
             chosen[l, j] = pick
             free[pick] = False
     return chosen, unmatched
@@ -92,6 +103,7 @@ RANDOM = Control(
 MATCHED = Control(
     "matched-random",
     "per path neuron, a random neuron of its layer at the same activation level on the image "
-    "(quantile bins of a reference set), seeded; evaluate's faithfulness study only",
+    "(among the nearest levels, or in the same quantile bin of a reference set), seeded, drawn "
+    "for every method; evaluate's faithfulness study only",
     matched=matched_path,
 )

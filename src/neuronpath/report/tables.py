@@ -219,9 +219,13 @@ FAITHFULNESS_COLUMNS = (
 )
 
 
-def write_faithfulness_table(results: Mapping, metrics, out_stem: str | Path) -> list[Path]:
+def write_faithfulness_table(
+    results: Mapping, metrics, out_stem: str | Path, matches: Mapping | None = None
+) -> list[Path]:
     """``out_stem.csv``: one row per method x ablation x metric x statistic with its 95 %
-    interval; ``out_stem.md``: per metric, one row per method and ablation."""
+    interval, and each matched control's achieved match (metric ``match``: quantiles of
+    partner level / path level, the share below half, no interval); ``out_stem.md``: per
+    metric, one row per method and ablation, then the achieved match."""
 
     def cell(s: Mapping) -> str:
         text = f"{s['value']:+.3f}"
@@ -263,6 +267,43 @@ def write_faithfulness_table(results: Mapping, metrics, out_stem: str | Path) ->
                         **stats[key],
                     }
                     for key, _ in FAITHFULNESS_COLUMNS
+                ]
+        lines.append("")
+    if matches:
+        lines += [
+            "**Achieved match** of the matched controls: partner level / path level over the "
+            "pairs whose path neuron is active (level > 0), its quantiles, the share of "
+            "partners below half the path neuron's level, and the median |difference| of levels "
+            "over all pairs",
+            "",
+            "| control | ablation | pairs | 5 % | 25 % | median | 75 % | 95 % | below half "
+            "| median abs. difference |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        keys = ["ratio_q05", "ratio_q25", "ratio_q50", "ratio_q75", "ratio_q95", "below_half"]
+        for control, by_ablation in matches.items():
+            for ablation, match in by_ablation.items():
+
+                def number(key):
+                    value = match[key]
+                    return "–" if value is None else f"{value:.3f}"
+
+                lines.append(
+                    f"| {control} | {ablation} | {match['active_pairs']} of {match['pairs']} | "
+                    + " | ".join(number(k) for k in keys + ["median_abs_difference"])
+                    + " |"
+                )
+                rows += [
+                    {
+                        "method": control,
+                        "ablation": ablation,
+                        "metric": "match",
+                        "statistic": key,
+                        "value": match[key],
+                        "lo": None,
+                        "hi": None,
+                    }
+                    for key in ["pairs", "active_pairs", *keys, "median_abs_difference"]
                 ]
         lines.append("")
     return write_markdown_and_csv(
