@@ -1,12 +1,16 @@
 """Head paths, neuron paths and mixed paths of one model side by side: final JAS (bootstrap 95 %
 CI over the images every run has), removal and enhancement from each run's ``evaluate``, and per
-layer how often the mixed search picks a head (Wilson 95 % interval).
+layer how often the mixed search picks a head (Wilson 95 % interval); with ``--sized``, the
+size-matched comparison: the head path against a neuron path of the same width per layer (the
+TopK JAS path with K = the head's dimension, e.g. 32 neurons per block against one head of 32
+dimensions), paired on the same images.
 
     python benchmarks/heads_study.py --neurons runs/s12-neurons100 --heads runs/s12-heads100 \
-        --mixed runs/s12-mixed100
+        --mixed runs/s12-mixed100 --sized runs/s12-neurons32x100
 
 Each run is a ``find`` run on the same model and images (``--units neurons``, ``heads`` and
-``neurons+heads``), each evaluated with ``neuronpath evaluate RUN``.
+``neurons+heads``; ``--sized``: ``--units neurons --topk 32``), each evaluated with
+``neuronpath evaluate RUN``.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import math
 
 import numpy as np
 
-from neuronpath.analysis.bootstrap import bootstrap_draws, mean_interval
-from neuronpath.io.store import read_json, read_records
+from neuronpath.analysis.bootstrap import bootstrap_draws, mean_interval, percentile_interval
+from neuronpath.io.store import read_find_manifest, read_json, read_records
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -39,10 +43,17 @@ def main():
     parser.add_argument("--neurons", required=True, help="find run with --units neurons")
     parser.add_argument("--heads", required=True, help="find run with --units heads")
     parser.add_argument("--mixed", required=True, help="find run with --units neurons+heads")
+    parser.add_argument(
+        "--sized", help="find run with --units neurons --topk D (D: a head's dimension)"
+    )
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     runs = {"neurons": args.neurons, "heads": args.heads, "neurons+heads": args.mixed}
+    sized = None
+    if args.sized:
+        sized = f"neurons, top {read_find_manifest(args.sized)['settings']['topk']}"
+        runs[sized] = args.sized
     scores: dict[str, dict[str, float]] = {}
     jas_paths: dict[str, dict[str, list]] = {units: {} for units in runs}
     for units, run in runs.items():
@@ -112,6 +123,16 @@ def main():
         f"final JAS, head path against mixed path: higher on {wins[0]}, lower on {wins[1]}, "
         f"equal on {len(images) - sum(wins)} of {len(images)} images"
     )
+    if sized is not None:
+        sized_jas, head_jas = scores[f"jas [{sized}]"], scores["jas [heads]"]
+        difference = np.array([head_jas[i] - sized_jas[i] for i in images])
+        low, high = percentile_interval(np.array([difference[d].mean() for d in draws]))
+        higher = int((difference > 0).sum())
+        print(
+            f"size-matched, final JAS of the head path minus the {sized} path: "
+            f"{difference.mean():+.4f} [{low:+.4f}, {high:+.4f}]; the head path higher on "
+            f"{higher} of {len(images)} images"
+        )
     head_paths = list(jas_paths["heads"].values())
     shares = []
     for layer in range(layers):
