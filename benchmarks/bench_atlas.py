@@ -16,7 +16,7 @@ import time
 import torch
 
 from neuronpath.experiments.common import Execution
-from neuronpath.experiments.neurons import run_neurons
+from neuronpath.experiments.neurons import NeuronsOptions, run_neurons
 from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
 from neuronpath.models.loading import load_model
 
@@ -25,7 +25,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--units", required=True, help="LAYER:INDEX,... as neurons --units")
+    parser.add_argument("--units", required=True, help="LAYER:INDEX,... as neurons --select")
     parser.add_argument("--layers", help="or every unit of these layers (comma-separated)")
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -47,16 +47,15 @@ def main():
     for _ in range(3):
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            run_neurons(
-                args.data,
-                spec=args.model,
-                units=None if layers else args.units,
+            options = NeuronsOptions(
+                select=None if layers else args.units,
                 layers=layers,
                 out=out,
                 limit=args.images,
-                execution=Execution("cpu", args.batch_size, progress=False),
                 figure=False,  # atlas.png is drawn once per pass, not per image
             )
+            execution = Execution("cpu", args.batch_size, progress=False)
+            run_neurons(args.data, spec=args.model, options=options, execution=execution)
             passes.append((time.perf_counter() - start) / len(items))
     atlas = statistics.median(passes)
     print(

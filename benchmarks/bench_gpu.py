@@ -21,11 +21,11 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from neuronpath.engine.attribution import AttributionConfig, objective
 from neuronpath.engine.editing import manipulate
-from neuronpath.experiments.common import parse_bytes
 from neuronpath.methods import find_paths
 from neuronpath.methods.controls import random_path
 from neuronpath.models.huggingface import from_hf_model
 from neuronpath.models.spec import ModelSpec
+from neuronpath.options import byte_size as parse_bytes
 
 
 def timed(fn, device, repeats):

@@ -18,7 +18,7 @@ PACKAGE = ROOT / "src" / "neuronpath"
 
 # layer -> the layers it may import (besides itself)
 ALLOWED = {
-    "base": set(),  # errors.py, version.py, draws.py, pathformat.py
+    "base": set(),  # errors.py, version.py, draws.py, pathformat.py, options.py
     "engine": {"base"},
     "io": {"base"},
     "models": {"base", "engine", "io"},
@@ -34,6 +34,7 @@ BASE_MODULES = {
     "neuronpath.version",
     "neuronpath.draws",
     "neuronpath.pathformat",
+    "neuronpath.options",
 }
 
 

@@ -18,7 +18,7 @@ from families import save_family
 from neuronpath.analysis.unitstats import UnitStats, image_key
 from neuronpath.cli import main
 from neuronpath.engine.direct import direct_effects
-from neuronpath.experiments.neurons import AtlasOptions, read_atlas, run_neurons
+from neuronpath.experiments.neurons import AtlasOptions, NeuronsOptions, read_atlas, run_neurons
 from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
 from neuronpath.io.store import read_records
 from neuronpath.models.loading import load_model
@@ -60,7 +60,7 @@ def test_top_bottom_and_peaks_equal_a_plain_loop(tmp_path):
     model_dir = save_tiny_model(tmp_path / "model")
     data = make_image_folder(tmp_path / "images", per_class=6)
     run = _find(tmp_path, model_dir, data)
-    options = AtlasOptions(top=4, bottom=2, sample=5)
+    options = NeuronsOptions(atlas=AtlasOptions(top=4, bottom=2, sample=5))
     folder = run_neurons(data, run_dir=run, options=options, execution=_cpu())
     atlas = read_atlas(folder)
     adapter = load_model(str(model_dir), dtype=torch.float64)
@@ -175,9 +175,8 @@ def test_text_labels_equal_a_hand_computation_of_direct_effects(family, tmp_path
     folder = save_family(family, tmp_path / "model")
     data = make_image_folder(tmp_path / "images", per_class=2)
     run = _find(tmp_path, folder, data, "--classes", str(folder / "classes.tsv"))
-    atlas_dir = run_neurons(
-        data, run_dir=run, options=AtlasOptions(top=2, bottom=1), execution=_cpu()
-    )
+    options = NeuronsOptions(atlas=AtlasOptions(top=2, bottom=1))
+    atlas_dir = run_neurons(data, run_dir=run, options=options, execution=_cpu())
     atlas = read_atlas(atlas_dir)
     adapter = load_model(str(folder), dtype=torch.float64, classes=str(folder / "classes.tsv"))
     texts = adapter.model.text_embeddings.double()
@@ -280,14 +279,8 @@ def test_the_pass_keeps_a_bounded_state_over_many_small_images(tmp_path):
     shapes = []
     for data in (few, many):
         out = tmp_path / f"atlas-{data.name}"
-        run_neurons(
-            data,
-            spec=str(model),
-            units=units,
-            out=out,
-            execution=_cpu(),
-            options=AtlasOptions(sample=16),
-        )
+        options = NeuronsOptions(select=units, out=out, atlas=AtlasOptions(sample=16))
+        run_neurons(data, spec=str(model), options=options, execution=_cpu())
         state = np.load(out / "state.rank0.npz")
         shapes.append({k: state[k].shape for k in state.files if k != "images"})
         assert read_atlas(out).images == (21 if data is few else 180)
@@ -298,7 +291,7 @@ def test_the_pass_keeps_a_bounded_state_over_many_small_images(tmp_path):
 def test_a_killed_pass_resumes_and_two_ranks_give_the_atlas_of_one_process(tmp_path):
     model = save_tiny_model(tmp_path / "model")
     data = make_image_folder(tmp_path / "images", per_class=20)
-    common = ["neurons", "--model", str(model), "--units", "0:1,1:2,2:h1", "--data", str(data)]
+    common = ["neurons", "--model", str(model), "--select", "0:1,1:2,2:h1", "--data", str(data)]
     common += ["--device", "cpu", "--batch-size", "1", "--top", "3", "--sample", "10"]
     out = tmp_path / "two"
     process = torchrun(2, ["-q", *common, "--out", str(out)])
@@ -345,15 +338,26 @@ def test_bad_atlas_input_gets_one_line(tmp_path, capsys):
     (empty / "records.jsonl").write_text("")
     assert "the run has no paths" in error(str(empty))
     out = ["--out", str(tmp_path / "atlas")]
-    assert "layer 1 has 12 neurons (0..11)" in error("--model", str(model), "--units", "1:12", *out)
-    assert "the model has layers 0..2" in error("--model", str(model), "--units", "7:0", *out)
-    assert "expected LAYER:INDEX" in error("--model", str(model), "--units", "3", *out)
+    assert "layer 1 has 12 neurons (0..11)" in error(
+        "--model", str(model), "--select", "1:12", *out
+    )
+    assert "the model has layers 0..2" in error("--model", str(model), "--select", "7:0", *out)
+    assert "--select: expected LAYER:INDEX" in error("--model", str(model), "--select", "3", *out)
     assert "outside the model's layers 0..2" in error("--model", str(model), "--layers", "5", *out)
     words = tmp_path / "words.txt"
     words.write_text("cat\n")
     assert "text labels need a zero-shot CLIP or SigLIP model" in error(
-        "--model", str(model), "--units", "1:0", "--vocabulary", str(words), *out
+        "--model", str(model), "--select", "1:0", "--vocabulary", str(words), *out
     )
+    capsys.readouterr()  # the old spelling --units still works, with a line saying it moved
+    assert (
+        main(
+            ["-q", "neurons", "--model", str(model), "--units", "1:0", *out[:1]]
+            + [str(tmp_path / "old"), "--data", str(data), "--device", "cpu"]
+        )
+        == 0
+    )
+    assert "--units is now --select" in capsys.readouterr().err
     clip = save_family("clip-zero-shot", tmp_path / "clip")
     run = _find(tmp_path, clip, data, "--classes", str(clip / "classes.tsv"), name="clip-run")
     (tmp_path / "blank.txt").write_text("\n \n")

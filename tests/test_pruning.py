@@ -1,5 +1,6 @@
 """Class-specific pruning: split, aggregation, masks, literal masked forwards, the command."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -319,12 +320,12 @@ def test_an_interrupted_pruning_grid_resumes_without_redoing_finished_images(
     from neuronpath.engine.attribution import AttributionConfig
     from neuronpath.experiments.common import Execution
 
-    common = dict(
+    options = prune.PruneOptions(
         settings=PruneSettings(keep=[1, 3], mask=[0.5, 1.0], depth=[3]),
         config=AttributionConfig(steps=3),
-        execution=Execution("cpu", progress=False),
     )
-    reference = prune.run_prune(str(tiny_model_dir), data, tmp_path / "ref", **common)
+    execution = Execution("cpu", progress=False)
+    reference = prune.run_prune(str(tiny_model_dir), data, tmp_path / "ref", options, execution)
     settings = 1 + 3 * 2 * 2  # unpruned + methods x keep x mask
     monkeypatch.setattr(prune, "GRID_BATCH", 2)
     calls = []
@@ -336,17 +337,17 @@ def test_an_interrupted_pruning_grid_resumes_without_redoing_finished_images(
             raise RuntimeError("interrupted")
         return real(*args, **kwargs)
 
-    run = dict(common, find_run=tmp_path / "ref" / "find")
+    reused = dataclasses.replace(options, find_run=tmp_path / "ref" / "find")
     monkeypatch.setattr(prune, "pruned_predictions", interrupted_after_one_batch)
     with pytest.raises(RuntimeError, match="interrupted"):
-        prune.run_prune(str(tiny_model_dir), data, tmp_path / "run", **run)
+        prune.run_prune(str(tiny_model_dir), data, tmp_path / "run", reused, execution)
     assert len(read_records(tmp_path / "run" / "grid")) == 2  # the first batch was kept
 
     calls.clear()
     monkeypatch.setattr(
         prune, "pruned_predictions", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
-    resumed = prune.run_prune(str(tiny_model_dir), data, tmp_path / "run", **run)
+    resumed = prune.run_prune(str(tiny_model_dir), data, tmp_path / "run", reused, execution)
     assert len(calls) == settings * 2  # the other 4 of 6 test images, in batches of 2
     assert resumed["test_images"] == reference["test_images"] == 6
     assert_close_tree(resumed["results"], reference["results"])

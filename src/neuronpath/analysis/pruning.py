@@ -24,6 +24,7 @@ import torch
 
 from ..draws import per_layer, seeded_generator
 from ..errors import InputError, option
+from ..options import floats, integers, names, setting
 from .bootstrap import mean_interval
 
 AGGREGATES = ("frequency", "slot-mode")
@@ -37,16 +38,36 @@ class PruneSettings:
     share of each class, the seed of every draw, the keep rule, the Table 3 cell and the
     bootstrap resamples."""
 
-    keep: tuple[int, ...] = (1, 5, 10, 30, 50)
-    mask: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)
-    depth: tuple[int, ...] | None = None
-    probe_fraction: float = 0.8
-    seed: int = 0
-    aggregate: str = "frequency"
-    table_keep: int = 5
-    table_mask: float = 1.0
-    bootstrap: int = 1000
-    baselines: tuple[str, ...] = ()
+    keep: tuple[int, ...] = setting((1, 5, 10, 30, 50), "kept neurons per layer", parse=integers)
+    mask: tuple[float, ...] = setting(
+        (0.1, 0.3, 0.5, 1.0), "share of the other neurons zeroed", parse=floats
+    )
+    depth: tuple[int, ...] | None = setting(
+        None,
+        "prune only the first d layers; several values give the Table 3 ablation (default: all)",
+        parse=integers,
+    )
+    probe_fraction: float = setting(
+        0.8, "share of each class's images whose paths choose the kept neurons", type=float
+    )
+    seed: int = setting(0, "seed of the probe/test split and of every mask", type=int)
+    aggregate: str = setting(
+        "frequency",
+        "frequency over pooled probe selections (App. E.2) or the official per-rank-slot mode "
+        "(docs/official-code.md#topk-and-pruning)",
+        choices=AGGREGATES,
+    )
+    table_keep: int = setting(5, "kept neurons of the Table 3 / Table 2 cell", type=int)
+    table_mask: float = setting(1.0, "mask share of the Table 3 / Table 2 cell", type=float)
+    bootstrap: int = setting(
+        1000, "bootstrap resamples over test images (0: no intervals)", type=int
+    )
+    baselines: tuple[str, ...] = setting(
+        (),
+        "comma-separated keep rules trained on each class's probe images: vit-slim (ViT-Slim's "
+        "soft masks on the FFN neurons, CE + L1)",
+        parse=names,
+    )
 
     def __post_init__(self):
         for name in ("keep", "mask", "depth"):

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError, option
+from ..options import byte_size, setting
 from .adapter import ModelAdapter
-from .grids import AlphaGrid, alpha_grid
+from .grids import GRIDS, OFFICIAL_GRID, PRESETS, AlphaGrid, alpha_grid
 from .interventions import record_neurons, replace_neurons
 from .neurons import NeuronSet, gather_neurons, masks_for, neuron_index
 from .units import ABSENT
@@ -38,17 +39,55 @@ class AttributionConfig:
     """Settings of every integrated-gradient computation.
 
     ``alphas='left'``, ``target='label'``, ``objective='prob'`` reproduce the official code;
-    ``alphas='right'`` is the paper's Eq. 3 grid.
+    ``alphas='right'`` is the paper's Eq. 3 grid; ``fast`` is the named preset
+    :data:`~neuronpath.engine.grids.PRESETS` ``["fast"]`` (it refuses a grid or steps of its own).
     """
 
-    steps: int = 20
-    alphas: str = "left"
-    target: str = "label"
-    objective: str = "prob"
-    memory_budget: int = 2 * 2**30  # bytes of saved activations per chunk of rows
-    autocast: torch.dtype | None = None  # e.g. torch.bfloat16 on GPU
+    steps: int | None = setting(
+        None, f"alpha steps m (default: {OFFICIAL_GRID[1]}, the official code's)", type=int
+    )
+    alphas: str | None = setting(
+        None,
+        f"alpha grid (default: {OFFICIAL_GRID[0]}); 'left' = official code (k/m, k=0..m-1), "
+        "'right' = Eq. 3",
+        choices=GRIDS,
+    )
+    fast: bool = setting(
+        False,
+        f"--alphas {PRESETS['fast'][0]} --steps {PRESETS['fast'][1]}: half the official grid's "
+        "cost, and closer to the converged integral (its paths on 100 of 100 images of the "
+        "shared model, where the official grid kept 92: docs/results/imagenet20-vit-s12/"
+        "alphas.md); not the official grid, so paths and JAS are not the paper's to the last "
+        "digit",
+    )
+    target: str = setting(
+        "label",
+        "class whose F is attributed: ground-truth label (official) or prediction",
+        choices=TARGETS,
+    )
+    objective: str = setting(
+        "prob", "F: softmax probability (official) or logit", choices=OBJECTIVES
+    )
+    memory_budget: int = setting(
+        2 * 2**30,
+        "bytes of saved activations per chunk of rows, e.g. 2GiB or 512MiB",
+        parse=byte_size,
+    )
+    autocast: torch.dtype | None = setting(None, cli=False)  # e.g. torch.bfloat16 on GPU
 
     def __post_init__(self):
+        if self.fast:  # a grid or steps of its own contradicts the preset
+            preset = dict(zip(("alphas", "steps"), PRESETS["fast"]))
+            given = [option(n) for n in preset if getattr(self, n) not in (None, preset[n])]
+            if given:
+                rule, steps = PRESETS["fast"]
+                raise InputError(
+                    f"{option('fast')} sets {option('alphas', rule)} {option('steps', str(steps))}"
+                    f"; give either {option('fast')} or {' and '.join(given)}, not both"
+                )
+        rule, steps = PRESETS["fast"] if self.fast else OFFICIAL_GRID
+        object.__setattr__(self, "alphas", rule if self.alphas is None else self.alphas)
+        object.__setattr__(self, "steps", steps if self.steps is None else self.steps)
         alpha_grid(self.alphas, self.steps)  # validates both
         if self.target not in TARGETS:
             raise InputError(f"{option('target')}: expected one of {TARGETS}, got {self.target!r}")

@@ -23,6 +23,7 @@ GRIDS = ("left", "right", "midpoint", "trapezoid", "gauss-legendre")
 # on 100 images of the shared model: half the official cost, and the converged paths on all 100
 # where the official grid kept 92 (docs/results/imagenet20-vit-s12/alphas.md, every rule and m).
 PRESETS = {"fast": ("gauss-legendre", 10)}
+OFFICIAL_GRID = ("left", 20)  # the released code's rule and steps: every default
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError, option
+from ..options import setting
 from .adapter import ModelAdapter
 from .interventions import multiply_neurons
 from .neurons import top_k
@@ -32,9 +33,9 @@ from .neurons import top_k
 class SlimOptions:
     """The search: Adam ``steps`` at learning rate ``lr``, L1 weight ``l1`` (lambda)."""
 
-    steps: int = 100
-    lr: float = 0.05
-    l1: float = 1e-4
+    steps: int = setting(100, "vit-slim: Adam steps", type=int, flag="slim_steps")
+    lr: float = setting(0.05, "vit-slim: learning rate", type=float, flag="slim_lr")
+    l1: float = setting(1e-4, "vit-slim: weight of the L1 term", type=float, flag="slim_lambda")
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 100_000:

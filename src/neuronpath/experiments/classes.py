@@ -41,6 +41,7 @@ from ..io.labels import read_groups
 from ..io.sources import Reader
 from ..io.store import read_find_manifest, read_records, write_json_atomic
 from ..methods import REGISTRY
+from ..options import names, nested, setting
 from ..report.figures import (
     layer_distribution_figure,
     neuron_violins,
@@ -69,15 +70,36 @@ def _thumbnails(reader: Reader, images: Sequence[str], count: int, size: int = 9
 
 @dataclass(frozen=True)
 class ClassesOptions:
-    """The statistics' settings: the share of most / least similar classes listed, the
-    permutations of the coherence test, Figure 4's line at the official KDE mode (``kde``)
-    instead of the exact most used neuron, Figure 5's thumbnails per class, and the seed."""
+    """The class statistics of one method's paths (``method``), written to ``out`` (default
+    ``RUN/classes-METHOD``): Figure 4 for ``plot_classes``, Figure 5 around ``panel_class``
+    with ``thumbnails`` per class, the coherence test of a ``groups`` file, readable
+    ``class_names``, the run's images where they are now (``data``), the share of most / least
+    similar classes listed, the permutations of the coherence test, Figure 4's line at the
+    official KDE mode (``kde``) instead of the exact most used neuron, and the seed."""
 
-    fraction: float = 0.05
-    permutations: int = 10000
-    kde: bool = False
-    thumbnails: int = 4
-    seed: int = 0
+    method: str = setting("jas", "whose paths")
+    out: str | None = setting(None, "output folder (default: RUN/classes-METHOD)")
+    plot_classes: tuple[str, ...] | None = setting(
+        None,
+        "comma-separated classes for Figure 4 (default: the first 4)",
+        parse=names,
+        old_flag="classes",
+    )
+    panel_class: str | None = setting(None, "class shown in Figure 5 (default: the first)")
+    groups: str | None = setting(
+        None, "file assigning classes to groups (class<TAB>group) for the coherence test"
+    )
+    class_names: str | None = setting(None, "file mapping class labels to readable names")
+    data: str | None = setting(None, "the run's image folder, if it moved (for thumbnails)")
+    fraction: float = setting(0.05, "share of most / least similar classes listed", type=float)
+    permutations: int = setting(10000, "permutations of the coherence test", type=int)
+    kde: bool = setting(
+        False,
+        "Figure 4 line at the Gaussian-KDE mode (official) instead of the exact most used neuron",
+        flag="kde_mode",
+    )
+    thumbnails: int = setting(4, "Figure 5's thumbnails per class", type=int)
+    seed: int = setting(0, "seed of the coherence test's permutations", type=int)
 
     def __post_init__(self):
         if not 0 < self.fraction <= 1:
@@ -94,24 +116,23 @@ class ClassesOptions:
             )
 
 
-def run_classes(
-    run_dir: str | Path,
-    *,
-    method: str = "jas",
-    out: str | Path | None = None,
-    plot_classes: Sequence[str] | None = None,
-    panel_class: str | None = None,
-    groups: str | Path | None = None,
-    class_names: str | Path | None = None,
-    data: str | Path | None = None,
-    options: ClassesOptions = ClassesOptions(),
-) -> dict:
-    """Class-level statistics of ``method``'s paths in a find run, written to ``out`` (default
-    ``RUN_DIR/classes-METHOD``): Figure 4 for ``plot_classes``, Figure 5 around
-    ``panel_class``, the coherence test of a ``groups`` file, readable ``class_names``;
-    ``data``: the run's image folder, if it moved (for thumbnails)."""
+@dataclass(frozen=True)
+class ClassesCommand:
+    """class-level neuron statistics, utilisation matrices, class similarity, Figures 2, 4
+    and 5"""
+
+    run: str = setting(None, "run folder written by find", positional=True)
+    options: ClassesOptions = nested(ClassesOptions)
+
+
+def run_classes(run_dir: str | Path, options: ClassesOptions = ClassesOptions()) -> dict:
+    """Class-level statistics of a find run's paths (:class:`ClassesOptions`: whose paths,
+    where to, the figures' classes, the tests' settings); returns every number."""
     fraction, permutations, kde = options.fraction, options.permutations, options.kde
     thumbnails, seed = options.thumbnails, options.seed
+    method, out, plot_classes = options.method, options.out, options.plot_classes
+    panel_class, groups, class_names = options.panel_class, options.groups, options.class_names
+    data = options.data
     run_dir = Path(run_dir)
     manifest = read_find_manifest(run_dir)
     records = counted(read_records(run_dir), manifest)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
-import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, option
+from ..options import setting
 from ..pathformat import decode, encode, layer_units, record_units
 from ..version import __version__
 
@@ -26,10 +26,14 @@ class Execution:
     decoding processes (default: 0 on a CPU, up to 4 beside a GPU) and the progress bar
     (default: on a terminal)."""
 
-    device: str = "auto"
-    batch_size: int = 8
-    workers: int | None = None
-    progress: bool | None = None
+    device: str = setting("auto", "cpu, cuda, cuda:N, mps or auto (cuda, then mps, then cpu)")
+    batch_size: int = setting(8, "images per batch", type=int)
+    workers: int | None = setting(
+        None,
+        "processes decoding images in the background (default: 0 on a CPU, up to 4 beside a GPU)",
+        type=int,
+    )
+    progress: bool | None = setting(None, cli=False)
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -40,20 +44,6 @@ class Execution:
             raise InputError(
                 f"{option('workers')}: expected a number of processes >= 0, got {self.workers}"
             )
-
-
-def parse_bytes(text: str | int) -> int:
-    """'2GiB', '512MiB', '1.5GB' or a plain number of bytes."""
-    if isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
-    if not match:
-        raise InputError(
-            f"{option('memory_budget')}: expected a size such as 2GiB or 512MiB, got {text!r}"
-        )
-    number, unit, binary = match.groups()
-    base = 1024 if binary or not unit else 1000
-    return int(float(number) * base ** " KMGT".index(unit.upper() or " "))
 
 
 def resolve_device(device: str) -> torch.device:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from ..io.sources import Reader
 from ..io.store import read_find_manifest, read_manifest, read_records, write_json_atomic
 from ..methods import CONTROLS
 from ..models.loading import load_run_model
+from ..options import names, nested, setting
 from ..report.figures import probability_deviation_figure
 from ..report.tables import write_table
 from .common import Execution, path_fields, path_tensor, resolve_device, run_widths, versions
@@ -62,11 +63,13 @@ class EditOptions:
     paths (names from :data:`~neuronpath.methods.CONTROLS`), their seed and the bootstrap
     resamples of every interval."""
 
-    model: str | None = None
-    data: str | Path | None = None
-    controls: tuple[str, ...] = ("random",)
-    seed: int = 0
-    bootstrap: int = 1000
+    model: str | None = setting(None, "the run's model, if it moved (its weights are checked)")
+    data: str | Path | None = setting(None, "the run's image folder, if it moved")
+    controls: tuple[str, ...] = setting(("random",), cli=False)
+    seed: int = setting(0, "seed of the controls", type=int)
+    bootstrap: int = setting(
+        1000, "bootstrap resamples for confidence intervals (0: no intervals)", type=int
+    )
 
     def __post_init__(self):
         controls = tuple(dict.fromkeys(self.controls))
@@ -81,6 +84,41 @@ class EditOptions:
             raise InputError(
                 f"{option('bootstrap')}: expected a number of resamples >= 0, got {self.bootstrap}"
             )
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What ``evaluate`` measures besides the edits' common options: the operations of Table 1,
+    whether the random control is drawn, and the causal checks (:mod:`.causal`)."""
+
+    ops: tuple[str, ...] = setting(tuple(OPS), "comma-separated operations", parse=names)
+    no_random: bool = setting(False, "skip the random-path control")
+    causal: bool = setting(
+        False,
+        "also the causal checks: each path removed whole, each layer's path neuron removed "
+        "alone, only the path kept (RUN/causal/)",
+    )
+
+
+@dataclass(frozen=True)
+class EvaluateCommand:
+    """remove (x0) / enhance (x2) every stored path's neurons: Table 1 and Fig. 3 for one
+    run; with any faithfulness option, the faithfulness study"""
+
+    run: str = setting(None, "run folder written by find", positional=True)
+    edit: EditOptions = nested(EditOptions)
+    options: EvaluateOptions = nested(EvaluateOptions)
+    study: FaithfulnessOptions | None = nested(
+        FaithfulnessOptions,
+        "faithfulness study (any of these options runs it; RUN/evaluation/faithfulness.*)",
+        optional=True,
+    )
+    execution: Execution = nested(Execution, "how it runs", defaults={"batch_size": 16})
+
+    @property
+    def edit_options(self) -> EditOptions:
+        """The edits' options, the random control left out with ``--no-random``."""
+        return replace(self.edit, controls=()) if self.options.no_random else self.edit
 
 
 @dataclass

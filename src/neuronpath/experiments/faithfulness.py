@@ -53,6 +53,7 @@ from ..errors import ImageReadError, InputError, option
 from ..io.images import IMAGE_EXTENSIONS, ImageItem, image_batches, load_image
 from ..io.store import read_records, write_json_atomic
 from ..methods import CONTROLS
+from ..options import names, setting
 from ..pathformat import encode
 from ..report.figures import faithfulness_figure
 from ..report.tables import write_faithfulness_table
@@ -87,22 +88,64 @@ class FaithfulnessOptions:
     neuron's level on the image) or ``bins`` (in the same of ``bins`` quantile bins of the
     reference set's levels, the earlier rule)."""
 
-    ablations: tuple[str, ...] = ("zero",)
-    metrics: tuple[str, ...] = ("prob",)
-    controls: tuple[str, ...] = ("random",)
-    reference: str | Path | None = None
-    reference_split: int | None = None
-    allow_overlap: bool = False
-    enhance_factor: float = 2.0
-    matched_seeds: int = 3
-    match: str = "nearest"
-    match_window: int = 8
-    bins: int = 10
+    ablations: tuple[str, ...] = setting(
+        ("zero",),
+        "comma-separated ablations of path neurons: zero (the paper's), mean (a reference set's "
+        "mean at the same positions), resample (another image's values, of another class, "
+        "seeded)",
+        parse=names,
+        flag="ablation",
+    )
+    metrics: tuple[str, ...] = setting(
+        ("prob",),
+        "comma-separated metrics reported: prob, logit, logit-diff (target logit minus the "
+        "strongest other class's), kl",
+        parse=names,
+    )
+    controls: tuple[str, ...] | None = setting(
+        None,
+        "comma-separated controls: random, matched-random (for every method's path, per path "
+        "neuron a random neuron of its layer at the same activation level on the image) "
+        "(default: random, plus matched-random with a reference set)",
+        parse=names,
+    )
+    reference: str | Path | None = setting(
+        None,
+        "folder of reference images (mean ablation; the matched control's bins with --match "
+        "bins); not the run's images",
+    )
+    reference_split: int | None = setting(
+        None,
+        "or: N of the run's own images as the reference, kept out of the evaluated set "
+        "(class-balanced, seeded)",
+        type=int,
+    )
+    allow_overlap: bool = setting(False, "accept a --reference folder that holds images of the run")
+    enhance_factor: float = setting(2.0, "enhancement multiplies path neurons by this", type=float)
+    matched_seeds: int = setting(3, "matched-random paths per image, pooled", type=int)
+    match: str = setting(
+        "nearest",
+        "how the matched control matches a path neuron's level on the image: nearest (drawn "
+        "among the --match-window neurons of its layer nearest in level) or bins (in its "
+        "quantile bin of the reference set's levels, --bins)",
+        choices=MATCHES,
+    )
+    match_window: int = setting(
+        8, "--match nearest: the partner is drawn among this many nearest levels", type=int
+    )
+    bins: int = setting(
+        10, "--match bins: activation-level quantile bins of the matched control", type=int
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "ablations", check_names(self.ablations, ABLATIONS, "ablation"))
         object.__setattr__(self, "metrics", check_names(self.metrics, METRICS, "metrics"))
-        object.__setattr__(self, "controls", tuple(dict.fromkeys(self.controls)))
+        if self.controls is None:  # with a reference set, the matched control too
+            has_reference = self.reference is not None or self.reference_split is not None
+            controls = ("random",) + ((MATCHED,) if has_reference else ())
+        else:
+            controls = tuple(dict.fromkeys(self.controls))
+        object.__setattr__(self, "controls", controls)
         unknown = [c for c in self.controls if c not in CONTROLS]
         if unknown:
             raise InputError(

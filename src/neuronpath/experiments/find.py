@@ -6,7 +6,7 @@ import datetime
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,9 +16,17 @@ from ..errors import InputError, option
 from ..io.images import interleave_classes
 from ..io.labels import check_labels
 from ..io.sources import DataSpec, as_data
-from ..methods import DEFAULT_METHODS, MethodOptions, check_units, find_paths, method_options
+from ..methods import (
+    DEFAULT_METHODS,
+    REGISTRY,
+    MethodOptions,
+    check_units,
+    find_paths,
+    method_options,
+)
 from ..models.loading import load_model
-from ..models.spec import ModelSpec
+from ..models.spec import DEMO, ModelSpec
+from ..options import names, nested, setting
 from .common import (
     Execution,
     log_to,
@@ -33,6 +41,69 @@ from .ranks import join_ranks, open_store, work_through
 log = logging.getLogger("neuronpath")
 
 SEARCH_KEYS = ("steps", "alphas", "target", "objective", "topk", "options")
+DEMO_OUT = "neuronpath-demo"
+
+
+def default_methods(units: str) -> list[str]:
+    """The default path methods that are defined for paths of ``units``."""
+    return [m for m in DEFAULT_METHODS if units in REGISTRY[m].units]
+
+
+def _methods_help() -> str:
+    return (
+        "comma-separated path methods (default: "
+        + ",".join(DEFAULT_METHODS)
+        + ", those defined for the units): "
+        + "; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values())
+    )
+
+
+@dataclass(frozen=True)
+class FindOptions:
+    """What ``find`` searches, besides the model, the images and how it runs: the path
+    methods (names, or names with their options objects; None: the defaults defined for the
+    model's units), the integral's settings, K units per layer, at most ``limit`` images
+    (round-robin over classes); ``only``: these image ids (its hash is part of the run's
+    identity); ``command``: the command line the manifest records."""
+
+    methods: Sequence[str] | Mapping[str, MethodOptions | None] | None = setting(
+        None, _methods_help(), parse=names
+    )
+    config: AttributionConfig = nested(AttributionConfig, "the integral (Eq. 3)")
+    topk: int = setting(1, "units per layer (TopK path, App. E.1)", type=int)
+    limit: int | None = setting(None, "at most N images, taken round-robin over classes", type=int)
+    only: frozenset[str] | None = setting(None, cli=False)
+    command: tuple[str, ...] | None = setting(None, cli=False)
+
+
+@dataclass(frozen=True)
+class FindCommand:
+    """find neuron paths for every image of a folder"""
+
+    spec: ModelSpec = nested(ModelSpec, "model options")
+    data: DataSpec = nested(DataSpec, "data options")
+    out: str | None = setting(None, f"run folder (resumable); default: {DEMO_OUT} for the demo")
+    options: FindOptions = nested(FindOptions)
+    execution: Execution = nested(Execution, "how it runs")
+
+    @property
+    def is_demo(self) -> bool:
+        """Neither a model nor images given: the built-in demo."""
+        return self.spec.model == DEMO and self.data.data is None
+
+
+@dataclass(frozen=True)
+class DemoCommand:
+    """run find on the built-in digits ViT (no network) and print a summary"""
+
+    out: str = setting(DEMO_OUT, "run folder")
+    retrain: bool = setting(
+        False,
+        "train the demo ViT here instead of using the shipped weights (its figures then depend "
+        "on this machine)",
+    )
+    options: FindOptions = nested(FindOptions)
+    execution: Execution = nested(Execution, "how it runs")
 
 
 def image_records(items, result, methods, adapter) -> list[dict]:
@@ -99,39 +170,43 @@ def run_find(
     spec: ModelSpec | str,
     data: DataSpec | str | Path,
     out: str | Path,
-    *,
-    methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_METHODS,
-    config: AttributionConfig = AttributionConfig(),
-    topk: int = 1,
-    limit: int | None = None,
-    only: set[str] | None = None,
+    options: FindOptions = FindOptions(),
     execution: Execution = Execution(),
-    command: Sequence[str] | None = None,
 ) -> Path:
     """Find paths for every image of a source (``data``: an ImageFolder, or a
     :class:`~neuronpath.io.sources.DataSpec`) and write them to ``out`` (resumable).
 
     ``spec``: the model (a :class:`ModelSpec`, or a model id with every other field at its
-    default); ``methods``: names, or names with their options; ``config``: the attribution
-    settings (its autocast follows the spec's dtype).  Re-running the same call skips finished
-    images; a call with other settings into the same ``out`` raises
-    :class:`~neuronpath.errors.RunConflictError`.  ``only`` restricts the run to these image
-    ids (its hash is part of the run's identity); ``command`` is the command line recorded in
-    the manifest.  Under ``torchrun`` every rank takes its share of the images (:mod:`.ranks`).
+    default); ``options``: the methods, the integral's settings (its autocast follows the
+    spec's dtype), K and the images (:class:`FindOptions`).  Re-running the same call skips
+    finished images; a call with other settings into the same ``out`` raises
+    :class:`~neuronpath.errors.RunConflictError`.  Under ``torchrun`` every rank takes its share
+    of the images (:mod:`.ranks`).
     """
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec)
-    options = method_options(methods)
+    topk, limit, only = options.topk, options.limit, options.only
+    methods = options.methods
+    if methods is None:  # the defaults that are defined for the paths' units
+        methods = default_methods(spec.units)
+        left = [m for m in DEFAULT_METHODS if m not in methods]
+        if left:
+            log.info(
+                "find: %s paths: %s (not defined for them) left out of the default methods",
+                spec.units,
+                ", ".join(left),
+            )
+    chosen = method_options(methods)
     if not isinstance(topk, int) or topk < 1:
         raise InputError(f"{option('topk')}: expected a positive integer, got {topk!r}")
-    for opts in options.values():
+    for opts in chosen.values():
         opts.check(topk)
     if limit is not None and limit < 1:
         raise InputError(f"{option('limit')}: expected a positive integer, got {limit}")
     ranks = join_ranks(resolve_device(execution.device))
     device = ranks.device
-    config = replace(config, autocast=spec.precision(device)[1])
+    config = replace(options.config, autocast=spec.precision(device)[1])
     adapter = load_model(spec, device=device)
-    check_units(options, adapter.unit_set)
+    check_units(chosen, adapter.unit_set)
     log.info(
         "find: each %s is read at token %s: %s",
         "unit" if spec.units == "neurons+heads" else spec.units.rstrip("s"),
@@ -153,8 +228,8 @@ def run_find(
         "settings": {
             **spec.settings(adapter, folder.mapping),
             **folder.settings(),
-            "methods": list(options),
-            "options": {m: o.to_dict() for m, o in options.items()},
+            "methods": list(chosen),
+            "options": {m: o.to_dict() for m, o in chosen.items()},
             "steps": config.steps,
             "alphas": config.alphas,
             "target": config.target,
@@ -177,12 +252,12 @@ def run_find(
             "limit": limit,
             "planned_images": len(items),
             "memory_budget": config.memory_budget,
-            "command": None if command is None else list(command),
+            "command": None if options.command is None else list(options.command),
         },
         "versions": versions(),
     }
     store = open_store(ranks, out, manifest)
-    pending = [it for it in items if not set(options) <= store.done.get(it.id, set())]
+    pending = [it for it in items if not set(chosen) <= store.done.get(it.id, set())]
     log.info(
         "find: %d images, %d already done, %d to do -> %s",
         len(items),
@@ -194,9 +269,9 @@ def run_find(
     def handle(batch):
         labels = torch.tensor([it.label for it in batch.items])
         result = find_paths(
-            adapter, batch.pixels.to(device, non_blocking=True), labels, options, config, topk
+            adapter, batch.pixels.to(device, non_blocking=True), labels, chosen, config, topk
         )
-        store.append(image_records(batch.items, result, options, adapter))
+        store.append(image_records(batch.items, result, chosen, adapter))
 
     with log_to(store.dir / "find.log"):
         order = [it.id for it in items]

@@ -41,6 +41,7 @@ from ..io.sources import DataSpec, Reader, as_data
 from ..io.store import read_find_manifest, read_records, write_json_atomic
 from ..models.loading import load_model, load_run_model
 from ..models.spec import ModelSpec
+from ..options import integers, names, nested, setting
 from ..pathformat import ABSENT, decode, record_units, unit_label
 from ..report.figures import atlas_figure
 from .common import Execution, resolve_device, run_sites, versions
@@ -59,11 +60,11 @@ class AtlasOptions:
     values give the quantiles and histograms, ``labels`` text labels per unit, the ``seed``
     of the sample."""
 
-    top: int = 9
-    bottom: int = 3
-    sample: int = 1024
-    labels: int = 5
-    seed: int = 0
+    top: int = setting(9, "top images per unit", type=int)
+    bottom: int = setting(3, "bottom images per unit", type=int)
+    sample: int = setting(1024, "images whose values give quantiles and histograms", type=int)
+    labels: int = setting(5, "text labels per unit (zero-shot models)", type=int)
+    seed: int = setting(0, "seed of the sample and of ties", type=int)
 
     def __post_init__(self):
         for name, low in (("top", 1), ("bottom", 0), ("sample", 1), ("labels", 1)):
@@ -85,11 +86,11 @@ def parse_units(text: str) -> list[tuple[int, str, int]]:
             sep = ""
         if not sep:
             raise InputError(
-                f"{option('units')}: expected LAYER:INDEX (a neuron) or LAYER:hINDEX (a head) "
+                f"{option('select')}: expected LAYER:INDEX (a neuron) or LAYER:hINDEX (a head) "
                 f"items, got {item!r}"
             )
     if not out:
-        raise InputError(f"{option('units')}: expected LAYER:INDEX items, got {text!r}")
+        raise InputError(f"{option('select')}: expected LAYER:INDEX items, got {text!r}")
     return out
 
 
@@ -114,11 +115,11 @@ def sites_of(units: list[tuple[int, str, int]], adapter) -> dict[int, list[int]]
         name = f"{layer}:{'h' if kind == 'head' else ''}{index}"
         if site is None:
             raise InputError(
-                f"{option('units')}: {name}: the model has layers 0..{adapter.num_blocks - 1}"
+                f"{option('select')}: {name}: the model has layers 0..{adapter.num_blocks - 1}"
             )
         if not 0 <= index < widths[site]:
             raise InputError(
-                f"{option('units')}: {name}: layer {layer} has {widths[site]} {kind}s "
+                f"{option('select')}: {name}: layer {layer} has {widths[site]} {kind}s "
                 f"(0..{widths[site] - 1})"
             )
         chosen.setdefault(site, []).append(index)
@@ -157,29 +158,66 @@ def _peaks(adapter, site: int, values: torch.Tensor) -> torch.Tensor:
     return values[:, start:].argmax(1) + start
 
 
+@dataclass(frozen=True)
+class NeuronsOptions:
+    """Which units the atlas describes -- a find run's path units (``methods``: whose paths,
+    default all), the units ``select`` of a model (``L:I`` a neuron, ``L:hI`` a head), or
+    every unit of ``layers`` -- over at most ``limit`` images, with text labels from
+    ``vocabulary`` (zero-shot models), written to ``out``, and what it keeps per unit
+    (``atlas``)."""
+
+    select: str | None = setting(
+        None,
+        "without a run: LAYER:INDEX (a neuron) or LAYER:hINDEX (a head), ...",
+        old_flag="units",
+    )
+    methods: tuple[str, ...] | None = setting(
+        None, "whose paths' units (default: every method of the run)", parse=names
+    )
+    layers: tuple[int, ...] | None = setting(
+        None, "every unit of these layers instead", parse=integers
+    )
+    out: str | None = setting(None, "atlas folder (default: RUN/neurons)")
+    vocabulary: str | None = setting(
+        None, "text labels from one word or phrase per line (zero-shot models)"
+    )
+    limit: int | None = setting(None, "at most N images, round-robin over classes", type=int)
+    atlas: AtlasOptions = nested(AtlasOptions, "what the atlas keeps")
+    figure: bool = setting(True, cli=False)  # also draw atlas.png
+
+
+@dataclass(frozen=True)
+class NeuronsCommand:
+    """a neuron atlas: each path unit's top and bottom images over an image folder, its
+    statistics, and text labels for zero-shot CLIP / SigLIP"""
+
+    run: str | None = setting(
+        None, "find run whose path units to describe", positional=True, nargs="?"
+    )
+    data: DataSpec = nested(DataSpec, "data options")
+    model: str | None = setting(None, "without a run: the model whose --select to describe")
+    options: NeuronsOptions = nested(NeuronsOptions)
+    execution: Execution = nested(Execution, "how it runs", defaults={"batch_size": 16})
+
+
 def run_neurons(
     data: DataSpec | str | Path,
-    *,
     run_dir: str | Path | None = None,
     spec: ModelSpec | str | None = None,
-    units: str | None = None,
-    methods: list[str] | None = None,
-    layers: list[int] | None = None,
-    out: str | Path | None = None,
-    vocabulary: str | Path | None = None,
-    limit: int | None = None,
-    options: AtlasOptions = AtlasOptions(),
+    options: NeuronsOptions = NeuronsOptions(),
     execution: Execution = Execution(batch_size=16),
-    figure: bool = True,
 ) -> Path | None:
-    """The atlas of a find run's path units (``run_dir``; ``methods``: whose paths, default
-    all) or of a model's units (``spec`` with ``units`` ``L:I,...``), or of every unit of
-    ``layers`` (either way), over the images of ``data``; returns the atlas folder (None on the
-    other ranks of a ``torchrun`` job); ``figure``: also draw ``atlas.png``."""
+    """The atlas (:class:`NeuronsOptions`) of a find run's path units (``run_dir``) or of a
+    model's units (``spec`` with ``options.select``), or of every unit of ``options.layers``
+    (either way), over the images of ``data``; returns the atlas folder (None on the other
+    ranks of a ``torchrun`` job)."""
+    units, methods, layers, out = options.select, options.methods, options.layers, options.out
+    vocabulary, limit, figure = options.vocabulary, options.limit, options.figure
+    atlas = options.atlas
     if (run_dir is None) == (spec is None):
         raise InputError(
             f"neurons: give a find run, or {option('model', 'M')} with "
-            f"{option('units', 'L:I,...')} (or {option('layers', 'L,...')}), not both"
+            f"{option('select', 'L:I,...')} (or {option('layers', 'L,...')}), not both"
         )
     if limit is not None and limit < 1:
         raise InputError(f"{option('limit')}: expected a positive integer, got {limit}")
@@ -218,7 +256,7 @@ def run_neurons(
         tracked = sites_of(named, adapter)
     else:
         raise InputError(
-            f"neurons: name the units, {option('units', 'L:I,...')} or {option('layers', 'L,...')}"
+            f"neurons: name the units, {option('select', 'L:I,...')} or {option('layers', 'L,...')}"
         )
     texts, names = _vocabulary(adapter, vocabulary, run_dir, manifest if run_dir else None)
     folder = as_data(data).open(adapter.id2label)
@@ -228,10 +266,10 @@ def run_neurons(
         **folder.settings(),
         "images_sha256": _sha([it.id for it in items]),
         "units": {str(s): u for s, u in tracked.items()},
-        "top": options.top,
-        "bottom": options.bottom,
-        "sample": options.sample,
-        "seed": options.seed,
+        "top": atlas.top,
+        "bottom": atlas.bottom,
+        "sample": atlas.sample,
+        "seed": atlas.seed,
         "vocabulary_sha256": None if texts is None else _sha(names),
         # text labels from an older rule (through the live final norm) are not resumed
         **({} if texts is None else {"text_labels": "direct effects, norms frozen at the image"}),
@@ -253,10 +291,10 @@ def run_neurons(
         return UnitStats(
             counts,
             [tracked.get(s, []) for s in range(adapter.num_layers)],
-            top=options.top,
-            bottom=options.bottom,
-            sample=options.sample,
-            seed=options.seed,
+            top=atlas.top,
+            bottom=atlas.bottom,
+            sample=atlas.sample,
+            seed=atlas.seed,
         )
 
     mine_path = store.dir / STATE.format(ranks.rank)
@@ -316,9 +354,7 @@ def run_neurons(
         total = {s: total[s] + state[f"effect{s}"] for s in sites}
     if len(states) > 1:
         _consolidate(store.dir, states, merged, total)
-    _write(
-        store.dir, adapter, tracked, merged, total if texts is not None else None, names, options
-    )
+    _write(store.dir, adapter, tracked, merged, total if texts is not None else None, names, atlas)
     if figure:
         _figure(store.dir, adapter, Reader.of(folder.settings()))
     return store.dir

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,14 @@ from ..errors import InputError, RunConflictError, option
 from ..io.images import image_batches
 from ..io.sources import DataSpec, as_data
 from ..io.store import read_find_manifest, read_manifest, read_records, write_json_atomic
-from ..methods import CONTROLS, MethodOptions, method_options
+from ..methods import CONTROLS, REGISTRY, MethodOptions, method_options
 from ..models.loading import load_model
 from ..models.spec import MODEL_KEYS, ModelSpec, model_differences
+from ..options import names, nested, setting
 from ..report.figures import pruning_figure
 from ..report.tables import write_depth_table, write_table2
 from .common import Execution, counted, model_widths, resolve_device
-from .find import run_find, search_settings
+from .find import FindOptions, run_find, search_settings
 from .ranks import join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
@@ -56,34 +58,71 @@ DEFAULT_KEEP_RULES = ("jas", "activation", "random")  # two path methods and a c
 SLIM_RANKING = "signed mask, masks projected onto >= 0"  # engine/slimming.py
 
 
+@dataclass(frozen=True)
+class PruneOptions:
+    """What ``prune`` does besides the model, the images and how it runs: the grid and its
+    statistics (:class:`~neuronpath.analysis.pruning.PruneSettings`), the keep rules --
+    registered path methods (their TopK paths of the probe images, found with ``config`` or
+    taken from ``find_run``, which must have read the same neurons; names, or names with their
+    options) and controls (``random``) -- and the trained baselines' search (``slim``);
+    ``command``: the command line the probe find run's manifest records."""
+
+    settings: PruneSettings = nested(PruneSettings, "the pruning grid")
+    methods: Sequence[str] | Mapping[str, MethodOptions | None] = setting(
+        DEFAULT_KEEP_RULES,
+        "comma-separated keep rules: path methods ("
+        + ", ".join(REGISTRY)
+        + ") and controls ("
+        + ", ".join(n for n, c in CONTROLS.items() if c.keep is not None)
+        + ")",
+        parse=names,
+    )
+    find_run: str | None = setting(None, "reuse a find run with TopK paths (K >= max keep)")
+    config: AttributionConfig = nested(AttributionConfig, "the integral (Eq. 3)")
+    slim: SlimOptions = nested(SlimOptions, "trained baselines (Table 2)")
+    command: tuple[str, ...] | None = setting(None, cli=False)
+
+
+@dataclass(frozen=True)
+class PruneCommand:
+    """class-specific pruning guided by TopK paths: Figure 6, Table 3's depth ablation and
+    Table 2"""
+
+    spec: ModelSpec = nested(ModelSpec, "model options")
+    data: DataSpec = nested(DataSpec, "data options")
+    out: str | None = setting(None, "output folder (resumable)")
+    options: PruneOptions = nested(PruneOptions)
+    execution: Execution = nested(Execution, "how it runs")
+
+
 def run_prune(
     spec: ModelSpec | str,
     data: DataSpec | str | Path,
     out: str | Path,
-    settings: PruneSettings = PruneSettings(),
-    *,
-    methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_KEEP_RULES,
-    find_run: str | Path | None = None,
-    config: AttributionConfig = AttributionConfig(),
-    slim: SlimOptions = SlimOptions(),
+    options: PruneOptions = PruneOptions(),
     execution: Execution = Execution(),
-    command: Sequence[str] | None = None,
 ) -> dict | None:
     """Run the pruning experiment into ``out`` and return every number.
 
-    ``settings.baselines`` adds trained keep rules (``vit-slim``: ViT-Slim's soft masks,
-    searched with ``slim`` on each class's probe images, :mod:`neuronpath.engine.slimming`).
-
-    ``methods``: the keep rules -- registered path methods (their TopK paths of the probe
-    images, found in ``out/find`` with ``config``, or taken from ``find_run``, which must have
-    read the same neurons) and controls (``random``).  The test images' outcomes under every
-    setting go to ``out/grid``; both folders are resumable, and under ``torchrun`` the ranks
-    share them (the main rank writes the results, the others return None).  ``command`` is
-    recorded in the probe find run's manifest.
+    ``options``: the grid, the keep rules and the baselines (:class:`PruneOptions`;
+    ``settings.baselines`` adds trained keep rules -- ``vit-slim``: ViT-Slim's soft masks,
+    searched with ``options.slim`` on each class's probe images,
+    :mod:`neuronpath.engine.slimming`).  The probe paths go to ``out/find`` (or come from
+    ``options.find_run``), the test images' outcomes under every setting to ``out/grid``; both
+    folders are resumable, and under ``torchrun`` the ranks share them (the main rank writes the
+    results, the others return None).
     """
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec)
-    names = list(methods)
-    controls = [m for m in names if m in CONTROLS]
+    settings, methods, find_run = options.settings, options.methods, options.find_run
+    config, slim, command = options.config, options.slim, options.command
+    unknown = [m for m in methods if m not in REGISTRY and m not in CONTROLS]
+    if unknown:
+        raise InputError(
+            f"{option('methods')}: unknown {unknown}; expected some of "
+            f"{', '.join([*REGISTRY, *CONTROLS])}"
+        )
+    rules = list(methods)
+    controls = [m for m in rules if m in CONTROLS]
     unkept = [c for c in controls if CONTROLS[c].keep is None]
     if unkept:
         rules = [n for n, c in CONTROLS.items() if c.keep is not None]
@@ -91,15 +130,15 @@ def run_prune(
             f"{option('methods')}: {unkept} draw no kept neurons; the controls of "
             f"prune are {', '.join(rules)}"
         )
-    options = (
+    chosen = (
         method_options(
             {
                 m: (methods[m] if isinstance(methods, Mapping) else None)
-                for m in names
+                for m in rules
                 if m not in CONTROLS
             }
         )
-        if len(controls) < len(names)
+        if len(controls) < len(rules)
         else {}
     )
     keep, mask = settings.keep, settings.mask
@@ -139,27 +178,27 @@ def run_prune(
                 f"{option('find_run')}: {find_run} has K = "
                 f"{found['settings']['topk']} < max keep {k}"
             )
-        missing = [m for m in options if m not in found["settings"]["methods"]]
+        missing = [m for m in chosen if m not in found["settings"]["methods"]]
         if missing:
             raise InputError(
                 f"{option('find_run')}: {find_run} has no paths of {missing}; it "
                 f"has {found['settings']['methods']}"
             )
         run_dir = Path(find_run)
-    elif options:
-        search = {"methods": options, "config": config, "topk": k, "only": probe}
-        run_dir = run_find(spec, data, out / "find", execution=execution, command=command, **search)
+    elif chosen:
+        search = FindOptions(chosen, config, k, only=frozenset(probe), command=command)
+        run_dir = run_find(spec, data, out / "find", search, execution)
     ranks.barrier()  # the probe paths are merged before any rank reads them
-    found = read_manifest(run_dir) if options else {}
-    records = counted(read_records(run_dir), found) if options else []
+    found = read_manifest(run_dir) if chosen else {}
+    records = counted(read_records(run_dir), found) if chosen else []
     unreadable = set(found.get("skipped", {}))  # probe images find reported and skipped
 
     # kept neurons per (keep rule, class, t)
-    kept: dict[str, dict[str, dict[int, list[list[int]]]]] = {m: {} for m in names}
+    kept: dict[str, dict[str, dict[int, list[list[int]]]]] = {m: {} for m in rules}
     rule = keep_by_frequency if settings.aggregate == "frequency" else keep_by_slot_mode
     for name, images in by_class.items():
         probe_images = sorted(i for i in images if split[i] == "probe" and i not in unreadable)
-        for m in names:
+        for m in rules:
             if m in CONTROLS:
                 kept[m][name] = {
                     t: CONTROLS[m].keep(name, settings.seed, num_layers, widths, t) for t in keep
@@ -176,7 +215,7 @@ def run_prune(
         masks = _slim_masks(
             ranks, adapter, out / "slim", folder, probes, k, slim, model_settings, execution
         )
-        names.insert(len(options), "vit-slim")
+        rules.insert(len(chosen), "vit-slim")
         kept["vit-slim"] = {
             name: {t: [sorted(layer[:t]) for layer in masks[name]] for t in keep}
             for name in by_class
@@ -185,7 +224,7 @@ def run_prune(
     # the grid: every test image under the unpruned model and every (rule, t, p, depth)
     tests = [it for it in folder.items if split[it.id] == "test"]
     configs = {"unpruned": None} | {
-        f"{m}|{t}|{p}|{d}": (m, t, p, d) for m in names for t in keep for p in mask for d in depths
+        f"{m}|{t}|{p}|{d}": (m, t, p, d) for m in rules for t in keep for p in mask for d in depths
     }
     grid = _prune_grid(
         ranks,
@@ -217,10 +256,10 @@ def run_prune(
     }
     t_table, p_table = settings.table_cell
     comparisons = {}
-    first = names[0]
+    first = rules[0]
     for d in depths:
         ours = f"{first}|{t_table}|{p_table}|{d}"
-        for other in [f"{m}|{t_table}|{p_table}|{d}" for m in names[1:]] + ["unpruned"]:
+        for other in [f"{m}|{t_table}|{p_table}|{d}" for m in rules[1:]] + ["unpruned"]:
             comparisons[f"{ours} - {other}"] = paired_difference(
                 per_image[ours], per_image[other], resamples
             )
@@ -235,8 +274,8 @@ def run_prune(
         "probe_fraction": settings.probe_fraction,
         "seed": settings.seed,
         "aggregate": settings.aggregate,
-        "methods": names,
-        "find_run": str(run_dir) if options else None,
+        "methods": rules,
+        "find_run": str(run_dir) if chosen else None,
         "search": search_settings(found.get("settings", {})),
         "layers": num_layers,
         **model_widths(adapter),
@@ -402,11 +441,11 @@ def _prune_grid(
     def handle(batch):
         labels_t = torch.tensor([it.label for it in batch.items])
         probs, preds = [], []
-        for setting in configs.values():
-            if setting is None:
+        for cell in configs.values():
+            if cell is None:
                 rows = [{}] * len(batch.items)
             else:
-                m, t, p, d = setting
+                m, t, p, d = cell
                 rows = [
                     prune_multipliers(item.id, seed, kept[m][item.folder][t], widths, p, d)
                     for item in batch.items

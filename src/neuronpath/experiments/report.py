@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..io.images import image_batches
 from ..io.sources import Reader
 from ..io.store import iter_records, read_find_manifest, read_manifest, write_json_atomic
 from ..models.loading import load_run_model
+from ..options import nested, setting
 from ..report.data import RunIndex, page_data, png, quantised, text, thumbnail
 from ..report.page import write_page
 from .common import Execution, resolve_device, run_class_names, run_sites
@@ -269,24 +271,40 @@ def _prune_paths(run_dir: Path, prune: dict) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class ReportOptions:
+    """The page: where it goes (``out``), ``images`` with details, ``cards`` of ``method``'s
+    most chosen units each with its ``top`` images, the run's model and images where they are
+    now (``model``, ``data``; checked), readable ``class_names``."""
+
+    out: str | None = setting(None, "the page (default: RUN/report/index.html)")
+    images: int = setting(200, "images with thumbnails, activations and maps", type=int)
+    method: str = setting("jas", "whose paths make the neuron cards")
+    cards: int = setting(48, "neuron cards", type=int)
+    top: int = setting(6, "top images per neuron card", type=int)
+    model: str | None = setting(None, "the run's model, if it moved (its weights are checked)")
+    data: str | None = setting(None, "the run's image folder, if it moved")
+    class_names: str | None = setting(None, "file mapping class labels to readable names")
+
+
+@dataclass(frozen=True)
+class ReportCommand:
+    """one self-contained web page for a run: overview, path explorer, neuron cards"""
+
+    run: str = setting(None, "run folder written by find (or by prune)", positional=True)
+    options: ReportOptions = nested(ReportOptions)
+    execution: Execution = nested(Execution, "how it runs", defaults={"batch_size": 16})
+
+
 def run_report(
     run_dir: str | Path,
-    *,
-    out: str | Path | None = None,
-    images: int = 200,
-    method: str = "jas",
-    cards: int = 48,
-    top: int = 6,
-    model: str | None = None,
-    data: str | Path | None = None,
-    class_names: str | Path | None = None,
+    options: ReportOptions = ReportOptions(),
     execution: Execution = Execution(batch_size=16),
 ) -> Path | None:
-    """Write ``RUN_DIR/report/index.html`` (or ``out``) for a find or prune run; returns its
-    path (None on the other ranks of a ``torchrun`` job).  ``images``: images with details;
-    ``cards``: neuron cards of ``method``'s most chosen neurons, each with its ``top`` images;
-    ``model`` and ``data``: where the run's model and images are now, if they moved;
-    ``class_names``: a file of lines ``label<TAB>readable name`` for the page."""
+    """Write ``RUN_DIR/report/index.html`` (or ``options.out``) for a find or prune run;
+    returns its path (None on the other ranks of a ``torchrun`` job)."""
+    out, images, method, cards = options.out, options.images, options.method, options.cards
+    top, model, data, class_names = options.top, options.model, options.data, options.class_names
     run_dir = Path(run_dir)
     prune, find_dir = None, run_dir
     if (run_dir / "results.json").is_file() and not (run_dir / "manifest.json").is_file():

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..analysis.records import layer_distribution, methods_with_top
 from ..analysis.summary import summarize
 from ..io.store import read_find_manifest, read_records
 from ..methods import REGISTRY, method_title
+from ..options import setting
 from ..report.text import format_summary
+
+
+@dataclass(frozen=True)
+class SummaryCommand:
+    """print per-method statistics of a run"""
+
+    run: str = setting(None, "run folder written by find", positional=True)
 
 
 def summary_text(run_dir: str | Path) -> str:

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError, RunFormatError, option
 from ..io.store import read_json
+from ..options import names, setting
 from ..report.tables import write_table
+
+
+@dataclass(frozen=True)
+class TableCommand:
+    """merge evaluated runs (one per model) into one Table 1"""
+
+    runs: tuple[str, ...] = setting((), "evaluated run folders", positional=True, nargs="+")
+    out: str | None = setting(None, "output stem: writes STEM.md and STEM.csv", required=True)
+    names: tuple[str, ...] | None = setting(
+        None, "comma-separated column names (default: model ids)", parse=names
+    )
 
 
 def run_table(
