@@ -76,7 +76,7 @@ def main():
     rows = run.adapter.num_layers
     print(
         f"run {args.run}: {rows} layers, {images} images per ablation, methods "
-        f"{', '.join(run.manifest['settings']['methods'])} + random + each method's "
+        f"{', '.join(run.find.methods)} + random + each method's "
         f"matched-random (3 seeds), {torch.get_num_threads()} threads, device {args.device}"
     )
     print(f"unit (forward + input-gradient backward, {args.steps} rows): {unit * 1e3:.1f} ms")

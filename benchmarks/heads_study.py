@@ -21,7 +21,8 @@ import math
 import numpy as np
 
 from neuronpath.analysis.bootstrap import bootstrap_draws, mean_interval, percentile_interval
-from neuronpath.io.store import read_find_manifest, read_json, read_records
+from neuronpath.experiments.run import Run
+from neuronpath.io.store import read_json, read_records
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -52,7 +53,7 @@ def main():
     runs = {"neurons": args.neurons, "heads": args.heads, "neurons+heads": args.mixed}
     sized = None
     if args.sized:
-        sized = f"neurons, top {read_find_manifest(args.sized)['settings']['topk']}"
+        sized = f"neurons, top {Run.open(args.sized).topk}"
         runs[sized] = args.sized
     scores: dict[str, dict[str, float]] = {}
     jas_paths: dict[str, dict[str, list]] = {units: {} for units in runs}

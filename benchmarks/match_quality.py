@@ -54,7 +54,7 @@ def main():
         reference = reference_statistics(run, options, Path(tmp), execution)
         edges = [torch.from_numpy(reference[f"edges{l}"]) for l in range(run.adapter.num_layers)]
     adapter, layers = run.adapter, run.adapter.num_layers
-    methods = list(run.manifest["settings"]["methods"])
+    methods = run.find.methods
     pairs = {(m, rule): [] for m in methods for rule in ("nearest", "bins")}
     top_bin = {m: [] for m in methods}
     items = [run.reader.item(i) for i in run.by_image if i not in run.excluded]

@@ -11,7 +11,8 @@ import itertools
 
 import numpy as np
 
-from neuronpath.io.store import read_manifest, read_records
+from neuronpath.experiments.run import Run
+from neuronpath.io.store import read_records
 
 
 def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, n: int) -> tuple[float, float]:
@@ -25,16 +26,16 @@ def main():
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    manifest = read_manifest(args.run)
+    run = Run.open(args.run)
     scores: dict[str, dict[str, float]] = {}
     for record in read_records(args.run):
         scores.setdefault(record["method"], {})[record["image"]] = record["jas"]
     images = sorted(set.intersection(*(set(s) for s in scores.values())))
     rng = np.random.default_rng(args.seed)
     print(
-        f"run {args.run}: model {manifest['settings']['model']}, {len(images)} images with "
-        f"every method, m = {manifest['settings']['steps']}, "
-        f"alphas {manifest['settings']['alphas']}"
+        f"run {args.run}: model {run.model_id}, {len(images)} images with "
+        f"every method, m = {run.search['steps']}, "
+        f"alphas {run.search['alphas']}"
     )
     print(f"{'method':<20}{'mean final JAS':>16}{'95% CI':>22}")
     means = {}

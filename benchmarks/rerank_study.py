@@ -15,7 +15,8 @@ import argparse
 import numpy as np
 
 from neuronpath.analysis.bootstrap import bootstrap_draws, mean_interval
-from neuronpath.io.store import read_manifest, read_records
+from neuronpath.experiments.run import Run
+from neuronpath.io.store import read_records
 
 
 def by_image(folder, method):
@@ -48,10 +49,7 @@ def main():
     )
     print("|---|---|---|---|---|---|---|---|")
     for run in args.reranked:
-        settings = read_manifest(run)["settings"]
-        rerank = (
-            (settings.get("options") or {}).get("jas", {}).get("rerank", settings.get("rerank", 0))
-        )
+        rerank = Run.open(run).method_options.get("jas", {}).get("rerank", 0)
         found, evaluated, causal = (
             by_image(run, "jas"),
             by_image(f"{run}/evaluation", "jas"),

@@ -215,14 +215,3 @@ def test_docs_architecture_lists_every_module_of_the_tree():
         if p.name != "__init__.py" or p.parent == PACKAGE
     }
     assert listed == tree
-
-
-def test_readme_layout_names_every_folder_of_the_package():
-    lines = _layout_block(ROOT / "README.md", "## Project layout")
-    listed = {
-        line.split()[0]
-        for line in lines[1:]
-        if line.startswith("  ") and line.split()[0].endswith("/")
-    }
-    folders = {f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    assert listed == folders

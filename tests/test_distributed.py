@@ -131,7 +131,8 @@ def test_find_and_evaluate_under_two_ranks_equal_one_process(setup, tmp_path):
     for ablation in ("mean", "resample"):
         got = by_key(read_records(two / "evaluation" / "faithfulness" / ablation))
         want = by_key(read_records(one / "evaluation" / "faithfulness" / ablation))
-        assert got.keys() == want.keys() and len(want) == 4 * 12  # 15 images - 3 reference
+        # jas, activation, random and both matched controls x (15 images - 3 reference)
+        assert got.keys() == want.keys() and len(want) == 5 * 12
         for key, record in want.items():
             assert got[key]["path"] == record["path"] and got[key].get("donor") == record.get(
                 "donor"

@@ -46,6 +46,8 @@ def test_every_flag_of_every_command_is_a_field_of_its_options():
                 flags.add(flag_of(f.metadata["old_flag"]))
         positional = {flag_name(f) for f in fields if f.metadata.get("positional")}
         for action in sub._actions:
+            if action.help != argparse.SUPPRESS:  # every listed flag says what it does
+                assert (action.help or "").strip(), (name, action.dest)
             if action.option_strings:
                 assert set(action.option_strings) <= flags, (name, action.option_strings)
                 if action.dest != "help":
@@ -57,7 +59,7 @@ def test_every_flag_of_every_command_is_a_field_of_its_options():
 def test_cli_writes_no_flag_default_or_help_of_its_own():
     text = CLI.read_text()
     assert len(re.findall(r"add_argument\(", text)) == 1  # -q, the command line's own flag
-    assert "default=" not in text and "help=\"" not in text.replace('help="only warnings', "")
+    assert "default=" not in text and 'help="' not in text.replace('help="only warnings', "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,3 +105,19 @@ def test_a_bad_value_is_the_options_own_one_line_error():
         from neuronpath.engine.attribution import AttributionConfig
 
         AttributionConfig(fast=True, steps=7)
+
+
+def test_no_module_but_the_run_type_reads_a_manifests_keys():
+    """The run type (experiments/run.py) owns the find manifest; the store (io/store.py) owns
+    the file format.  Nothing else indexes a manifest dict."""
+    package = CLI.parent
+    pattern = re.compile(r"manifest\[|manifest\.get\(|\[[\"']settings[\"']\]|\.get\([\"']settings")
+    allowed = {package / "experiments" / "run.py", package / "io" / "store.py"}
+    offenders = [
+        f"{path.relative_to(package)}:{n}"
+        for path in sorted(package.rglob("*.py"))
+        if path not in allowed
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not offenders, offenders

@@ -80,6 +80,12 @@ def test_the_page_is_self_contained_and_holds_every_image(full_run):
     for name in ("Figure 3", "figure4", "similarity"):
         assert name in text
     assert "not a prune run" in text
+    # the page leads with what the run found; its settings come last, folded
+    order = ["<h2>Paths", "<h2>Removal and enhancement", 'id="explorer"', 'id="neurons"']
+    order += ['id="experiments"', "<details><summary><h2>Settings of the run"]
+    assert [text.index(mark) for mark in order] == sorted(text.index(mark) for mark in order)
+    settings = text[text.index('id="settings"') :]
+    assert "<th>versions" not in text[: text.index('id="settings"')] and "<th>versions" in settings
 
 
 def test_path_details_and_cards_equal_a_literal_computation(full_run):
@@ -245,6 +251,19 @@ def test_the_live_page_in_headless_chromium(full_run):
         for strip in strips:  # one heatmap per layer
             assert len(strip.find_elements(By.CSS_SELECTOR, "canvas.heatmap")) == 3
         assert "removing the whole path" in browser.find_element(By.ID, "detail").text
+        sections = browser.find_elements(By.CSS_SELECTOR, "main > section")
+        assert [s.get_attribute("id") for s in sections] == [
+            "overview",
+            "explorer",
+            "neurons",
+            "experiments",
+            "settings",
+        ]
+        first = browser.find_element(By.CSS_SELECTOR, "main h2")
+        assert first.get_attribute("textContent") == "Paths"  # the findings first
+        assert (
+            browser.find_element(By.CSS_SELECTOR, "#settings details").get_attribute("open") is None
+        )
         browser.find_element(By.CSS_SELECTOR, 'header a[href="#neurons"]').click()
         cards = browser.find_elements(By.CSS_SELECTOR, "#cards .card")
         assert len(cards) == 5 and cards[0].find_elements(By.CSS_SELECTOR, ".tops canvas")
@@ -290,7 +309,8 @@ def test_a_50000_image_page_renders_one_page_of_rows_at_a_time(tmp_path):
         "capped": {"images": n, "details": 0, "neurons": 0, "cards": 0},
     }
     overview = {
-        "manifest": {"settings": {"model": "synthetic"}},
+        "facts": [("model", "synthetic")],
+        "title": "synthetic",
         "summary": {},
         "run": "RUN",
         "evaluation": None,

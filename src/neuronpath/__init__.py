@@ -13,6 +13,14 @@ from .engine.attribution import (
 from .engine.layout import TokenLayout
 from .engine.tokens import TokenPolicy
 from .errors import InputError, NeuronpathError
+from .experiments.classes import ClassesOptions, run_classes
+from .experiments.common import Execution
+from .experiments.evaluate import EditOptions, run_evaluate
+from .experiments.faithfulness import FaithfulnessOptions
+from .experiments.find import FindOptions, run_find
+from .experiments.prune import PruneOptions, run_prune
+from .experiments.run import Run
+from .io.sources import DataSpec
 from .io.store import read_manifest, read_records
 from .methods import (
     CONTROLS,
@@ -33,6 +41,18 @@ from .version import __version__
 __all__ = [
     "AttributionConfig",
     "CONTROLS",
+    "ClassesOptions",
+    "DataSpec",
+    "EditOptions",
+    "Execution",
+    "FaithfulnessOptions",
+    "FindOptions",
+    "PruneOptions",
+    "Run",
+    "run_classes",
+    "run_evaluate",
+    "run_find",
+    "run_prune",
     "InputError",
     "JASOptions",
     "MethodOptions",

@@ -8,7 +8,8 @@ default and no help text of its own, a run's manifest records the objects, and t
 takes the same objects.  A field is one flag named after it (``batch_size`` -> ``--batch-size``)
 unless its metadata says otherwise:
 
-* ``help``: the help text; the default is appended, ``(default: ...)``, from the field itself
+* ``help``: the help text (or a function returning it, for a list that can grow); the default
+  is appended, ``(default: ...)``, from the field itself
   (``shown``: how to show a default the field resolves later, e.g. None -> 20);
 * ``type`` / ``parse``: how the text is read (``parse``: any callable, e.g. :func:`names`);
   ``choices``: the allowed values;
@@ -139,6 +140,7 @@ def _shown(value: Any) -> str | None:
 def help_text(f: dataclasses.Field, defaults: Mapping[str, Any] = {}) -> str | None:
     """The field's help with its default appended (unless the help already states it)."""
     text = f.metadata.get("help") or ""
+    text = text() if callable(text) else text  # a help that lists what exists when it is shown
     shown = f.metadata.get("shown") or _shown(_default(f, defaults))
     if shown is not None and "default" not in text and not f.metadata.get("positional"):
         text = f"{text} (default: {shown})" if text else f"default: {shown}"

@@ -68,10 +68,8 @@ class AttributionConfig:
     objective: str = setting(
         "prob", "F: softmax probability (official) or logit", choices=OBJECTIVES
     )
-    memory_budget: int = setting(
-        2 * 2**30,
-        "bytes of saved activations per chunk of rows, e.g. 2GiB or 512MiB",
-        parse=byte_size,
+    memory_budget: int | str = setting(
+        2 * 2**30, "bytes of saved activations per chunk of rows, e.g. 2GiB or 512MiB"
     )
     autocast: torch.dtype | None = setting(None, cli=False)  # e.g. torch.bfloat16 on GPU
 
@@ -89,6 +87,7 @@ class AttributionConfig:
         object.__setattr__(self, "alphas", rule if self.alphas is None else self.alphas)
         object.__setattr__(self, "steps", steps if self.steps is None else self.steps)
         alpha_grid(self.alphas, self.steps)  # validates both
+        object.__setattr__(self, "memory_budget", byte_size(self.memory_budget))
         if self.target not in TARGETS:
             raise InputError(f"{option('target')}: expected one of {TARGETS}, got {self.target!r}")
         if self.objective not in OBJECTIVES:

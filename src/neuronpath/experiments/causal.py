@@ -44,7 +44,7 @@ def run_causal(
     run_dir: str | Path,
     *,
     options: EditOptions = EditOptions(),
-    execution: Execution = Execution(batch_size=16),
+    execution: Execution = Execution.forwards(),
 ) -> dict | None:
     """Causal checks of a find run's paths and of the controls of ``options`` (resumable);
     returns the metrics (None on the other ranks of a ``torchrun`` job)."""
@@ -114,7 +114,7 @@ def run_causal(
     if not run.ranks.main:
         return None
     metrics = causal_metrics(read_records(store.dir), bootstrap, seed)
-    name = run.manifest["settings"]["model"]
+    name = run.find.model_id
     write_json_atomic(
         store.dir / "metrics.json", {"model": name, "bootstrap": bootstrap, "methods": metrics}
     )

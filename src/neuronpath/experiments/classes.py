@@ -39,7 +39,7 @@ from ..analysis.records import layer_distribution, methods_with_top
 from ..errors import ImageReadError, InputError, option
 from ..io.labels import read_groups
 from ..io.sources import Reader
-from ..io.store import read_find_manifest, read_records, write_json_atomic
+from ..io.store import write_json_atomic
 from ..methods import REGISTRY
 from ..options import names, nested, setting
 from ..report.figures import (
@@ -48,7 +48,8 @@ from ..report.figures import (
     similarity_heatmap,
     similarity_panel,
 )
-from .common import counted, counted_widths, run_class_names
+from .common import run_class_names
+from .run import Run
 
 log = logging.getLogger("neuronpath")
 
@@ -133,24 +134,23 @@ def run_classes(run_dir: str | Path, options: ClassesOptions = ClassesOptions())
     method, out, plot_classes = options.method, options.out, options.plot_classes
     panel_class, groups, class_names = options.panel_class, options.groups, options.class_names
     data = options.data
-    run_dir = Path(run_dir)
-    manifest = read_find_manifest(run_dir)
-    records = counted(read_records(run_dir), manifest)
+    run = Run.of(run_dir)
+    records = run.counted_records()
     methods = list(dict.fromkeys(r["method"] for r in records))
     if method not in methods:
         raise InputError(
             f"{option('method')}: the run has no records of {method!r}; it has "
             f"{', '.join(methods) or 'none yet'}"
         )
-    widths = counted_widths(manifest) or 1 + max(
+    widths = run.counted_widths or 1 + max(
         int(np.max(r["path"])) for r in records if r["method"] == method
     )
     cp = class_paths(records, method, widths)
     width = cp.width
     names = cp.names
-    readable = run_class_names(class_names, manifest, records) if class_names else {}
+    readable = run_class_names(class_names, run, records) if class_names else {}
     display = [readable.get(n, n) for n in names]
-    out = Path(out) if out else run_dir / f"classes-{method}"
+    out = Path(out) if out else run.dir / f"classes-{method}"
     out.mkdir(parents=True, exist_ok=True)
 
     counts = neuron_counts(cp)
@@ -186,7 +186,7 @@ def run_classes(run_dir: str | Path, options: ClassesOptions = ClassesOptions())
                     writer.writerow([name, kind, rank, other, f"{s:.6f}"])
 
     report = {
-        "run": str(run_dir),
+        "run": str(run.dir),
         "method": method,
         "classes": len(names),
         "layers": cp.num_layers,
@@ -232,7 +232,7 @@ def run_classes(run_dir: str | Path, options: ClassesOptions = ClassesOptions())
         similarity, display, out / "similarity", title=f"class similarity ({method} paths)"
     )
 
-    root = Reader.of(manifest["settings"], data)
+    root = run.reader(data)
     anchor = panel_class or names[0]
     if anchor not in names:
         raise InputError(f"{option('panel_class')}: {anchor!r} is not a class of the run")

@@ -14,10 +14,13 @@ import torch
 
 from ..errors import InputError, option
 from ..options import setting
-from ..pathformat import decode, encode, layer_units, record_units
+from ..pathformat import decode, encode, record_units
 from ..version import __version__
 
 log = logging.getLogger("neuronpath")
+
+
+PASS_BATCH = 16  # images per batch of the commands that run forwards only (no gradients)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,11 @@ class Execution:
         type=int,
     )
     progress: bool | None = setting(None, cli=False)
+
+    @classmethod
+    def forwards(cls, **given) -> "Execution":
+        """The execution of a command that runs forwards only: larger batches."""
+        return cls(**{"batch_size": PASS_BATCH, **given})
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -121,16 +129,6 @@ def model_widths(adapter) -> dict:
     return {"width": widths[0] if len(set(widths)) == 1 else None, "widths": widths}
 
 
-def run_widths(manifest: dict) -> list[int] | None:
-    """Per-layer FFN widths recorded by a find run (None for a run that recorded none)."""
-    model = manifest.get("model", {})
-    if model.get("widths"):
-        return list(model["widths"])
-    if model.get("width"):
-        return [model["width"]] * model["num_layers"]
-    return None
-
-
 def path_fields(row: torch.Tensor, adapter) -> dict:
     """A record's path fields for one image's engine path (sites, or sites x K): ``"path"`` in
     the run's format, and ``"units"`` for head and mixed paths (:mod:`neuronpath.pathformat`)."""
@@ -146,55 +144,14 @@ def path_tensor(records, adapter) -> torch.Tensor:
     )
 
 
-def run_sites(manifest: dict) -> tuple[list[str], list[int]]:
-    """The unit kind and the block of every site of a run (runs made before heads existed:
-    one neuron site per block)."""
-    model = manifest.get("model", {})
-    sites = model.get("units_per_site")
-    if not sites:
-        return ["neuron"] * model["num_layers"], list(range(model["num_layers"]))
-    return [s["kind"] for s in sites], list(model["site_blocks"])
-
-
-def block_neurons(manifest: dict) -> list[int] | None:
-    """Each block's FFN neuron count, for a mixed run (None for other runs)."""
-    sites = manifest.get("model", {}).get("units_per_site") or []
-    counts = [s["count"] for s in sites if s["kind"] == "neuron"]
-    return counts if manifest["settings"].get("units") == "neurons+heads" else None
-
-
-def counted_widths(manifest: dict) -> list[int] | None:
-    """Per layer, how many values :func:`counted` paths take: the run's neurons or heads per
-    layer; for a mixed run each block's neurons plus heads."""
-    widths = run_widths(manifest)
-    if widths is None or manifest["settings"].get("units") != "neurons+heads":
-        return widths
-    blocks = manifest["model"]["site_blocks"]
-    return [sum(w for w, b in zip(widths, blocks) if b == block) for block in sorted(set(blocks))]
-
-
-def counted(records, manifest: dict) -> list[dict]:
-    """The records with ``"path"`` as one number per layer (the neuron or head index; a
-    mixed path's unit among its block's neurons, then heads), what every count over paths
-    reads (:func:`neuronpath.pathformat.layer_units`)."""
-    neurons = block_neurons(manifest)
-    return [
-        r
-        if record_units(r) == "neurons"
-        else {**r, "path": layer_units(r["path"], record_units(r), neurons)}
-        for r in records
-    ]
-
-
-def run_class_names(path, manifest: dict, records, what: str = "class_names") -> dict[str, str]:
-    """A ``--class-names`` file for a run, checked: every label must be one of the run's
-    classes or a label of its model (a file for all of ImageNet serves a 20-class run; one
-    with its columns swapped does not)."""
+def run_class_names(path, run, records, what: str = "class_names") -> dict[str, str]:
+    """A ``--class-names`` file for a :class:`~.run.Run`, checked: every label must be one of
+    the run's classes or a label of its model (a file for all of ImageNet serves a 20-class
+    run; one with its columns swapped does not)."""
     from ..io.labels import check_labels, read_class_names
 
     names = read_class_names(path, what)
-    known = set(manifest.get("data", {}).get("classes", {}))
-    known |= set(manifest.get("model", {}).get("label_names") or [])
+    known = run.known_labels
     known |= {r.get("label_name") for r in records} | {r.get("pred_name") for r in records}
     check_labels(names, known - {None}, path, what, "classes of the run or labels of its model")
     return names

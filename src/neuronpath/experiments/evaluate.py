@@ -14,8 +14,6 @@ random path: one random neuron per layer per image, seeded), and writes into
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -29,27 +27,26 @@ from ..engine.editing import OPS, manipulate
 from ..errors import InputError, RunFormatError, option
 from ..io.images import ImageItem
 from ..io.sources import Reader
-from ..io.store import read_find_manifest, read_manifest, read_records, write_json_atomic
+from ..io.store import read_records, write_json_atomic
 from ..methods import CONTROLS
-from ..models.loading import load_run_model
 from ..options import names, nested, setting
 from ..report.figures import probability_deviation_figure
 from ..report.tables import write_table
-from .common import Execution, path_fields, path_tensor, resolve_device, run_widths, versions
+from .common import PASS_BATCH, Execution, path_fields, path_tensor, resolve_device, versions
 from .faithfulness import FaithfulnessOptions, check_study, run_faithfulness
 from .ranks import join_ranks, open_store, work_through
+from .run import Run
 
 log = logging.getLogger("neuronpath")
 
 
-def _check_complete(run_dir: Path, manifest: dict, by_image: dict[str, dict]) -> None:
-    methods = set(manifest["settings"]["methods"])
+def _check_complete(run: Run, by_image: dict[str, dict]) -> None:
+    methods = set(run.methods)
     finished = sum(1 for records in by_image.values() if methods <= set(records))
-    planned = manifest.get("run", {}).get("planned_images")
-    skipped = len(manifest.get("skipped", {}))
+    planned, skipped = run.planned_images, len(run.skipped)
     if finished == 0 or (planned is not None and finished + skipped < planned):
         raise RunFormatError(
-            f"{run_dir}: the find run is incomplete ({finished} of {planned} "
+            f"{run.dir}: the find run is incomplete ({finished} of {planned} "
             f"images done, {skipped} skipped); finish it by re-running the same "
             f"find command, then evaluate"
         )
@@ -113,7 +110,7 @@ class EvaluateCommand:
         "faithfulness study (any of these options runs it; RUN/evaluation/faithfulness.*)",
         optional=True,
     )
-    execution: Execution = nested(Execution, "how it runs", defaults={"batch_size": 16})
+    execution: Execution = nested(Execution, "how it runs", defaults={"batch_size": PASS_BATCH})
 
     @property
     def edit_options(self) -> EditOptions:
@@ -123,11 +120,12 @@ class EvaluateCommand:
 
 @dataclass
 class StoredPaths:
-    """A finished find run ready for edited forwards: its model (checked by weights hash), its
-    images, and per batch every method's stored paths plus the controls' seeded paths."""
+    """A finished find run (``find``, a :class:`~.run.Run`) ready for edited forwards: its
+    model (checked by weights hash), its images, and per batch every method's stored paths
+    plus the controls' seeded paths."""
 
     run_dir: Path
-    manifest: dict
+    find: Run
     by_image: dict[str, dict[str, dict]]
     adapter: object
     ranks: object
@@ -140,32 +138,29 @@ class StoredPaths:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise RunFormatError(f"{run_dir}: no such run folder")
-        manifest = read_find_manifest(run_dir)
+        find = Run.open(run_dir)
         by_image = {
             image: {r["method"]: r for r in rows}
-            for image, rows in group_by(read_records(run_dir), "image").items()
+            for image, rows in group_by(find.records(), "image").items()
         }
-        _check_complete(run_dir, manifest, by_image)
+        _check_complete(find, by_image)
         ranks = join_ranks(resolve_device(device))
-        adapter = load_run_model(run_dir, manifest["settings"], options.model, ranks.device)
-        reader = Reader.of(manifest["settings"], options.data)
-        return cls(run_dir, manifest, by_image, adapter, ranks, reader, options)
+        adapter = find.load_model(options.model, ranks.device)
+        return cls(run_dir, find, by_image, adapter, ranks, find.reader(options.data), options)
 
     @property
     def methods(self) -> list[str]:
         """The run's methods, then the controls."""
-        return list(self.manifest["settings"]["methods"]) + list(self.options.controls)
+        return self.find.methods + list(self.options.controls)
 
     @property
     def find_sha(self) -> str:
-        return hashlib.sha256(
-            json.dumps(self.manifest["settings"], sort_keys=True).encode()
-        ).hexdigest()
+        return self.find.settings_sha256
 
     def pending(self, store, names: list[str] | None = None) -> list[ImageItem]:
         """Evaluated images with every method's path for which ``store`` has not finished
         every one of ``names`` (default: :attr:`methods`)."""
-        found, names = set(self.manifest["settings"]["methods"]), set(names or self.methods)
+        found, names = set(self.find.methods), set(names or self.methods)
         pending = [
             self.reader.item(i, rec[next(iter(rec))]["label"])
             for i, rec in self.by_image.items()
@@ -187,10 +182,10 @@ class StoredPaths:
         layers = self.adapter.num_layers
         paths = {
             m: path_tensor([self.by_image[i][m] for i in images], self.adapter)
-            for m in self.manifest["settings"]["methods"]
+            for m in self.find.methods
         }
         k = next(iter(paths.values())).reshape(len(images), layers, -1).shape[-1]
-        widths = run_widths(self.manifest) or self.adapter.widths()
+        widths = self.find.widths or self.adapter.widths()
         blocks = self.adapter.blocks if self.adapter.unit_set == "neurons+heads" else None
         for name in self.options.controls if controls is None else controls:
             paths[name] = torch.stack(
@@ -237,7 +232,7 @@ def run_evaluate(
     ops: Sequence[str] = tuple(OPS),
     options: EditOptions = EditOptions(),
     faithfulness: FaithfulnessOptions | None = None,
-    execution: Execution = Execution(batch_size=16),
+    execution: Execution = Execution.forwards(),
 ) -> dict | None:
     """Evaluate a find run (resumable): every stored path and every control of ``options``
     under each of ``ops`` (the paper's Table 1), and with ``faithfulness`` the faithfulness
@@ -297,7 +292,7 @@ def write_outputs(run_dir: Path, ops: Sequence[str], bootstrap: int, seed: int) 
     out = run_dir / "evaluation"
     records = read_records(out)
     metrics = all_metrics(records, ops, bootstrap, seed)
-    name = read_manifest(run_dir)["settings"]["model"]
+    name = Run.open(run_dir).model_id
     write_json_atomic(
         out / "metrics.json",
         {"model": name, "ops": list(ops), "bootstrap": bootstrap, "methods": metrics},

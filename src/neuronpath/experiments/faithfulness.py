@@ -398,7 +398,7 @@ def run_faithfulness(run, options: FaithfulnessOptions, execution: Execution) ->
     images of :func:`check_study` kept out); returns every statistic (None on the other
     ranks)."""
     folder = run.run_dir / "evaluation" / "faithfulness"
-    found = list(run.manifest["settings"]["methods"])
+    found = run.find.methods
     methods = found + [
         name
         for control in options.controls

@@ -40,7 +40,6 @@ from .ranks import join_ranks, open_store, work_through
 
 log = logging.getLogger("neuronpath")
 
-SEARCH_KEYS = ("steps", "alphas", "target", "objective", "topk", "options")
 DEMO_OUT = "neuronpath-demo"
 
 
@@ -67,7 +66,7 @@ class FindOptions:
     identity); ``command``: the command line the manifest records."""
 
     methods: Sequence[str] | Mapping[str, MethodOptions | None] | None = setting(
-        None, _methods_help(), parse=names
+        None, _methods_help, parse=names
     )
     config: AttributionConfig = nested(AttributionConfig, "the integral (Eq. 3)")
     topk: int = setting(1, "units per layer (TopK path, App. E.1)", type=int)
@@ -158,12 +157,6 @@ def _open_data(data, adapter, spec: ModelSpec):
         labels, folder.class_to_label, spec.classes, "classes", f"classes of {source.data}"
     )
     return folder
-
-
-def search_settings(settings: dict) -> dict:
-    """How a run's paths were searched (alpha grid, target, objective, K, each method's
-    options), as its manifest records them."""
-    return {key: settings.get(key) for key in SEARCH_KEYS}
 
 
 def run_find(

@@ -38,14 +38,15 @@ from ..engine.interventions import record_neurons
 from ..errors import ImageReadError, InputError, RunFormatError, option
 from ..io.images import interleave_classes
 from ..io.sources import DataSpec, Reader, as_data
-from ..io.store import read_find_manifest, read_records, write_json_atomic
-from ..models.loading import load_model, load_run_model
+from ..io.store import store_settings, write_json_atomic
+from ..models.loading import load_model
 from ..models.spec import ModelSpec
 from ..options import integers, names, nested, setting
 from ..pathformat import ABSENT, decode, record_units, unit_label
 from ..report.figures import atlas_figure
-from .common import Execution, resolve_device, run_sites, versions
+from .common import PASS_BATCH, Execution, resolve_device, versions
 from .ranks import join_ranks, open_store, work_through
+from .run import Run
 
 log = logging.getLogger("neuronpath")
 
@@ -126,10 +127,10 @@ def sites_of(units: list[tuple[int, str, int]], adapter) -> dict[int, list[int]]
     return {s: sorted(set(u)) for s, u in sorted(chosen.items())}
 
 
-def path_units(run_dir: Path, manifest: dict, methods: list[str] | None) -> dict[int, list[int]]:
+def path_units(run: Run, methods: list[str] | None) -> dict[int, list[int]]:
     """``{site: [units]}`` on the paths of ``methods`` (default: every method) of a find run."""
-    kinds, blocks = run_sites(manifest)
-    records = read_records(run_dir)
+    kinds, blocks = run.sites
+    records = run.records()
     available = list(dict.fromkeys(r["method"] for r in records))
     methods = methods or available
     unknown = [m for m in methods if m not in available]
@@ -146,7 +147,7 @@ def path_units(run_dir: Path, manifest: dict, methods: list[str] | None) -> dict
                     if unit != ABSENT:
                         chosen.setdefault(site, set()).add(int(unit))
     if not chosen:
-        raise RunFormatError(f"{run_dir}: the run has no paths of {', '.join(methods)} yet")
+        raise RunFormatError(f"{run.dir}: the run has no paths of {', '.join(methods)} yet")
     return {s: sorted(u) for s, u in sorted(chosen.items())}
 
 
@@ -197,7 +198,7 @@ class NeuronsCommand:
     data: DataSpec = nested(DataSpec, "data options")
     model: str | None = setting(None, "without a run: the model whose --select to describe")
     options: NeuronsOptions = nested(NeuronsOptions)
-    execution: Execution = nested(Execution, "how it runs", defaults={"batch_size": 16})
+    execution: Execution = nested(Execution, "how it runs", defaults={"batch_size": PASS_BATCH})
 
 
 def run_neurons(
@@ -205,7 +206,7 @@ def run_neurons(
     run_dir: str | Path | None = None,
     spec: ModelSpec | str | None = None,
     options: NeuronsOptions = NeuronsOptions(),
-    execution: Execution = Execution(batch_size=16),
+    execution: Execution = Execution.forwards(),
 ) -> Path | None:
     """The atlas (:class:`NeuronsOptions`) of a find run's path units (``run_dir``) or of a
     model's units (``spec`` with ``options.select``), or of every unit of ``options.layers``
@@ -224,10 +225,10 @@ def run_neurons(
     ranks = join_ranks(resolve_device(execution.device))
     if run_dir is not None:
         run_dir = Path(run_dir)
-        manifest = read_find_manifest(run_dir)
-        on_paths = path_units(run_dir, manifest, methods) if layers is None else None
-        adapter = load_run_model(run_dir, manifest["settings"], None, ranks.device)
-        source = {"find_settings_sha256": _sha(manifest["settings"])}
+        run = Run.open(run_dir)
+        on_paths = path_units(run, methods) if layers is None else None
+        adapter = run.load_model(None, ranks.device)
+        source = {"find_settings_sha256": run.settings_sha256}
         out = Path(out) if out else run_dir / "neurons"
     else:
         spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec)
@@ -258,7 +259,7 @@ def run_neurons(
         raise InputError(
             f"neurons: name the units, {option('select', 'L:I,...')} or {option('layers', 'L,...')}"
         )
-    texts, names = _vocabulary(adapter, vocabulary, run_dir, manifest if run_dir else None)
+    texts, names = _vocabulary(adapter, vocabulary, run if run_dir else None)
     folder = as_data(data).open(adapter.id2label)
     items = interleave_classes(folder.items)[:limit]
     settings = {
@@ -438,7 +439,7 @@ def _states(folder: Path) -> list[Path]:
     )
 
 
-def _vocabulary(adapter, vocabulary, run_dir, manifest):
+def _vocabulary(adapter, vocabulary, run: Run | None):
     """(text embeddings (C, d_e), names) of the labels, or (None, None) without a text tower:
     the run's class names by default, or one word or phrase per line of ``vocabulary``."""
     head = adapter.embedding_head
@@ -465,7 +466,7 @@ def _vocabulary(adapter, vocabulary, run_dir, manifest):
     from ..models.zero_shot import embed_texts
 
     prompt = adapter.details["zero_shot"]["prompt"]
-    folder = (manifest or {}).get("settings", {}).get("model") or adapter.name
+    folder = run.model_id if run is not None else adapter.name
     return embed_texts(folder, [prompt.format(w) for w in words]), words
 
 
@@ -573,13 +574,18 @@ def _csv(path: Path, header: list[str], rows: list[list]) -> None:
 class Atlas:
     """A neuron atlas read back (:func:`read_atlas`): per unit (``(layer, kind, index)``) its
     statistics, top and bottom images with their peak tokens, and text labels where there are
-    any."""
+    any; ``folder``: where it is."""
 
     images: int
     units: dict[tuple[int, str, int], dict]
+    folder: Path
 
     def __getitem__(self, key) -> dict:
         return self.units[key]
+
+    def reader(self) -> Reader:
+        """The images the atlas was made over."""
+        return Reader.of(store_settings(self.folder))
 
 
 def read_atlas(folder: str | Path) -> Atlas:
@@ -620,4 +626,4 @@ def read_atlas(folder: str | Path) -> Atlas:
                 order = np.argsort(-scores, kind="stable")
                 entry["labels"] = [(meta["vocabulary"][c], float(scores[c])) for c in order]
             units[(block, kind, unit)] = entry
-    return Atlas(meta["images"], units)
+    return Atlas(meta["images"], units, Path(folder))

@@ -40,16 +40,17 @@ from ..engine.slimming import SlimOptions, ranked_by_mask, train_masks
 from ..errors import InputError, RunConflictError, option
 from ..io.images import image_batches
 from ..io.sources import DataSpec, as_data
-from ..io.store import read_find_manifest, read_manifest, read_records, write_json_atomic
+from ..io.store import read_records, write_json_atomic
 from ..methods import CONTROLS, REGISTRY, MethodOptions, method_options
 from ..models.loading import load_model
 from ..models.spec import MODEL_KEYS, ModelSpec, model_differences
 from ..options import names, nested, setting
 from ..report.figures import pruning_figure
 from ..report.tables import write_depth_table, write_table2
-from .common import Execution, counted, model_widths, resolve_device
-from .find import FindOptions, run_find, search_settings
+from .common import Execution, model_widths, resolve_device
+from .find import FindOptions, run_find
 from .ranks import join_ranks, open_store, work_through
+from .run import SEARCH_KEYS, Run
 
 log = logging.getLogger("neuronpath")
 
@@ -70,11 +71,13 @@ class PruneOptions:
     settings: PruneSettings = nested(PruneSettings, "the pruning grid")
     methods: Sequence[str] | Mapping[str, MethodOptions | None] = setting(
         DEFAULT_KEEP_RULES,
-        "comma-separated keep rules: path methods ("
-        + ", ".join(REGISTRY)
-        + ") and controls ("
-        + ", ".join(n for n, c in CONTROLS.items() if c.keep is not None)
-        + ")",
+        lambda: (
+            "comma-separated keep rules: path methods ("
+            + ", ".join(REGISTRY)
+            + ") and controls ("
+            + ", ".join(n for n, c in CONTROLS.items() if c.keep is not None)
+            + ")"
+        ),
         parse=names,
     )
     find_run: str | None = setting(None, "reuse a find run with TopK paths (K >= max keep)")
@@ -171,27 +174,26 @@ def run_prune(
     k = max(keep)
     run_dir = None
     if find_run is not None:
-        found = read_find_manifest(find_run)
-        check_same_model(find_run, found["settings"], model_settings)
-        if found["settings"]["topk"] < k:
+        reused = Run.open(find_run)
+        check_same_model(find_run, reused.settings, model_settings)
+        if reused.topk < k:
             raise InputError(
-                f"{option('find_run')}: {find_run} has K = "
-                f"{found['settings']['topk']} < max keep {k}"
+                f"{option('find_run')}: {find_run} has K = {reused.topk} < max keep {k}"
             )
-        missing = [m for m in chosen if m not in found["settings"]["methods"]]
+        missing = [m for m in chosen if m not in reused.methods]
         if missing:
             raise InputError(
                 f"{option('find_run')}: {find_run} has no paths of {missing}; it "
-                f"has {found['settings']['methods']}"
+                f"has {reused.methods}"
             )
         run_dir = Path(find_run)
     elif chosen:
         search = FindOptions(chosen, config, k, only=frozenset(probe), command=command)
         run_dir = run_find(spec, data, out / "find", search, execution)
     ranks.barrier()  # the probe paths are merged before any rank reads them
-    found = read_manifest(run_dir) if chosen else {}
-    records = counted(read_records(run_dir), found) if chosen else []
-    unreadable = set(found.get("skipped", {}))  # probe images find reported and skipped
+    found = Run.open(run_dir) if chosen else None
+    records = found.counted_records() if found else []
+    unreadable = set(found.skipped if found else {})  # probe images find reported and skipped
 
     # kept neurons per (keep rule, class, t)
     kept: dict[str, dict[str, dict[int, list[list[int]]]]] = {m: {} for m in rules}
@@ -276,7 +278,7 @@ def run_prune(
         "aggregate": settings.aggregate,
         "methods": rules,
         "find_run": str(run_dir) if chosen else None,
-        "search": search_settings(found.get("settings", {})),
+        "search": found.search if found else dict.fromkeys(SEARCH_KEYS),
         "layers": num_layers,
         **model_widths(adapter),
         "test_images": len(good),

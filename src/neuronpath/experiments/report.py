@@ -30,14 +30,14 @@ from ..engine.interventions import record_neurons
 from ..errors import InputError, RunFormatError, option
 from ..io.images import image_batches
 from ..io.sources import Reader
-from ..io.store import iter_records, read_find_manifest, read_manifest, write_json_atomic
-from ..models.loading import load_run_model
+from ..io.store import iter_records, store_settings, write_json_atomic
 from ..options import nested, setting
 from ..report.data import RunIndex, page_data, png, quantised, text, thumbnail
 from ..report.page import write_page
-from .common import Execution, resolve_device, run_class_names, run_sites
+from .common import PASS_BATCH, Execution, resolve_device, run_class_names
 from .neurons import read_atlas
 from .ranks import Ranks, join_ranks, open_store, work_through
+from .run import Run
 
 log = logging.getLogger("neuronpath")
 
@@ -87,7 +87,7 @@ def _activation_pass(
     if (
         ranks.main
         and (cache / "manifest.json").is_file()
-        and read_manifest(cache).get("settings") != json.loads(json.dumps(identity))
+        and store_settings(cache) != json.loads(json.dumps(identity))
     ):
         shutil.rmtree(cache)  # a cache of another page (other images, cards or method)
     store = open_store(ranks, cache, manifest)
@@ -225,8 +225,8 @@ def _atlas(find_dir: Path, adapter, index: RunIndex, batch_size: int) -> tuple[d
     folder = find_dir / "neurons"
     if not (folder / "atlas.npz").is_file():
         return {}, {}, "no atlas (neuronpath neurons RUN --data DIR adds one)"
-    atlas, settings = read_atlas(folder), read_manifest(folder)["settings"]
-    root = Reader.of(settings)
+    atlas = read_atlas(folder)
+    root = atlas.reader()
     by_site = {(entry["site"], unit): entry for (_, _, unit), entry in atlas.units.items()}
     cards, wanted = {}, set()
     for site, unit in index.cards:
@@ -293,13 +293,13 @@ class ReportCommand:
 
     run: str = setting(None, "run folder written by find (or by prune)", positional=True)
     options: ReportOptions = nested(ReportOptions)
-    execution: Execution = nested(Execution, "how it runs", defaults={"batch_size": 16})
+    execution: Execution = nested(Execution, "how it runs", defaults={"batch_size": PASS_BATCH})
 
 
 def run_report(
     run_dir: str | Path,
     options: ReportOptions = ReportOptions(),
-    execution: Execution = Execution(batch_size=16),
+    execution: Execution = Execution.forwards(),
 ) -> Path | None:
     """Write ``RUN_DIR/report/index.html`` (or ``options.out``) for a find or prune run;
     returns its path (None on the other ranks of a ``torchrun`` job)."""
@@ -310,22 +310,20 @@ def run_report(
     if (run_dir / "results.json").is_file() and not (run_dir / "manifest.json").is_file():
         prune = json.loads((run_dir / "results.json").read_text())
         find_dir = _prune_paths(run_dir, prune)
-    manifest = read_find_manifest(find_dir)
+    run = Run.open(find_dir)
     for name, value, low in (("images", images, 0), ("cards", cards, 0), ("top", top, 1)):
         if not isinstance(value, int) or value < low:
             raise InputError(f"{option(name)}: expected a count >= {low}, got {value!r}")
-    index = RunIndex(iter_records(find_dir), find_dir, method, images, cards, run_sites(manifest))
+    index = RunIndex(run.iter_records(), find_dir, method, images, cards, run.sites)
     rows = list(index.rows.values())
-    readable = run_class_names(class_names, manifest, rows) if class_names else {}
+    readable = run_class_names(class_names, run, rows) if class_names else {}
     evaluation = _evaluation(find_dir)
     ranks = join_ranks(resolve_device(execution.device))
-    adapter = load_run_model(find_dir, manifest["settings"], model, ranks.device)
-    root = Reader.of(manifest["settings"], data)
+    adapter = run.load_model(model, ranks.device)
+    root = run.reader(data)
     folder = run_dir / "report"
     identity = {
-        "find_settings_sha256": hashlib.sha256(
-            json.dumps(manifest["settings"], sort_keys=True).encode()
-        ).hexdigest(),
+        "find_settings_sha256": run.settings_sha256,
         "method": method,
         "cards": [list(c) for c in index.cards],
         "top": top,
@@ -341,7 +339,7 @@ def run_report(
     layouts = [adapter.layout(l).describe() for l in range(adapter.num_layers)]
     data_json = page_data(
         index,
-        manifest,
+        {"layers": run.num_layers, "units": run.units},
         evaluation,
         details,
         values,
@@ -356,7 +354,8 @@ def run_report(
         (atlas, atlas_thumbs, atlas_note),
     )
     overview = {
-        "manifest": manifest,
+        "facts": run.facts(),
+        "title": run.model_id,
         "summary": summarize(index.summary_rows),
         "run": str(run_dir),
         "paths_run": str(find_dir),

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from ..analysis.records import layer_distribution, methods_with_top
 from ..analysis.summary import summarize
-from ..io.store import read_find_manifest, read_records
+from ..io.store import read_records
 from ..methods import REGISTRY, method_title
 from ..options import setting
 from ..report.text import format_summary
+from .run import Run
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,10 @@ def summary_text(run_dir: str | Path) -> str:
     records = read_records(run_dir)
     summary = summarize(records)
     lines = [format_summary(summary, {m: method_title(m) for m in summary})]
-    manifest = read_find_manifest(run_dir)
-    units = manifest["settings"].get("units", "neurons")
+    run = Run.open(run_dir)
+    units = run.units
     for method in methods_with_top(records):
-        layers = manifest["model"]["num_layers"]
+        layers = run.num_layers
         what = REGISTRY[method].top_neurons if method in REGISTRY else f"top {method} neurons"
         what = what.replace("neurons", units) if units != "neurons" else what
         lines.append(

@@ -101,6 +101,12 @@ FIND_MANIFEST = {
 }
 
 
+def store_settings(folder: str | Path) -> dict:
+    """The settings a run folder's manifest records (what identifies its results; None if it
+    records none)."""
+    return read_manifest(folder).get("settings")
+
+
 def read_find_manifest(run_dir: str | Path) -> dict:
     """A find run's manifest, checked against :data:`FIND_MANIFEST` (what every command after
     ``find`` reads): a missing key or a wrong type is one line naming the file, the key and

@@ -136,7 +136,7 @@ class RunIndex:
 
 def page_data(
     index: RunIndex,
-    manifest: dict,
+    shape: dict,
     evaluation: dict,
     details: dict,
     values: np.ndarray,
@@ -150,7 +150,8 @@ def page_data(
     attention_note: str | None = None,
     atlas: tuple[dict, dict, str] | None = None,
 ) -> dict:
-    """The JSON the page's script renders: every image as columns, the explorer's details,
+    """The JSON the page's script renders (``shape``: the run's ``layers`` and ``units``):
+    every image as columns, the explorer's details,
     the unit cards (a head's with its attention pattern from the readout positions, where
     ``attention`` has it, else ``attention_note`` says why not), and each site's token layout
     (why a site has no maps); ``atlas``: each card unit's atlas (top and bottom images over the
@@ -233,13 +234,13 @@ def page_data(
         "method": method,
         "methods": index.methods,
         "classes": [names[k] for k in classes],
-        "layers": manifest["model"]["num_layers"],
+        "layers": shape["layers"],
         "rows": rows,
         "details": detail,
         "cards": cards,
         "thumbs": thumbs,
         "layouts": layouts,
-        "units": manifest["settings"].get("units", "neurons"),
+        "units": shape["units"],
         "attentionNote": attention_note,
         "atlasThumbs": atlas_thumbs,
         "atlasNote": atlas_note,

@@ -9,22 +9,6 @@ import json
 from importlib import resources
 from pathlib import Path
 
-SETTINGS = (
-    "model",
-    "data",
-    "methods",
-    "steps",
-    "alphas",
-    "target",
-    "objective",
-    "token",
-    "dtype",
-    "topk",
-    "labels",
-    "classes",
-    "prompt",
-)
-
 
 def _asset(name: str) -> str:
     return resources.files("neuronpath.report").joinpath("assets", name).read_text()
@@ -77,28 +61,13 @@ def _missing(what: str, command: str) -> str:
     )
 
 
-def overview_html(overview: dict) -> str:
-    """Model, data, settings, versions, per-method summary, and the experiments' tables and
-    figures where they exist (saying which command makes the missing ones)."""
-    manifest = overview["manifest"]
+def overview_html(overview: dict) -> dict[str, str]:
+    """The page's static parts, in the order a reader wants them: ``findings`` (what the run
+    found: its paths per method, Table 1 and Figure 3), ``experiments`` (the faithfulness
+    study, the class figures, pruning -- or the command that makes each missing one) and
+    ``settings`` (model, data, search settings, versions)."""
     run = overview.get("paths_run") or overview["run"]  # a prune run's paths: its find run
-    model, settings = manifest.get("model", {}), manifest.get("settings", {})
-    facts = [
-        ("model", settings.get("model")),
-        ("class", model.get("class")),
-        ("layers", model.get("num_layers")),
-        ("FFN widths", ", ".join(map(str, sorted(set(model.get("widths") or [])))) or None),
-        ("token policy", f"{settings.get('token')} — {model.get('readout', '')}"),
-        ("images", manifest.get("run", {}).get("planned_images")),
-        ("skipped", len(manifest.get("skipped", {}))),
-    ]
-    facts += [(key, settings[key]) for key in SETTINGS[1:] if settings.get(key) is not None]
-    facts += [
-        (f"{method} options", ", ".join(f"{k} {v}" for k, v in values.items()))
-        for method, values in (settings.get("options") or {}).items()
-        if values
-    ]
-    facts += [("versions", ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items()))]
+    facts = overview["facts"]  # the run's settings (:meth:`~neuronpath.experiments.run.Run.facts`)
     rows = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in facts
@@ -110,20 +79,19 @@ def overview_html(overview: dict) -> str:
         f"<td>{s['mean_label_prob']:.3f}</td></tr>"
         for m, s in overview["summary"].items()
     )
-    parts = [
-        f"<h2>Run</h2><table class=facts>{rows}</table>",
+    findings = [
         "<h2>Paths</h2><table><thead><tr><th>method</th><th>images</th><th>mean JAS</th>"
         "<th>median JAS</th><th>accuracy</th><th>P(label)</th></tr></thead>"
         f"<tbody>{summary}</tbody></table>",
         "<h2>Removal and enhancement (Table 1, Figure 3)</h2>",
     ]
     evaluation = overview["evaluation"]
-    parts.append(
+    findings.append(
         markdown_table(evaluation["table"] or "") + _figure(evaluation["figure3"], "Figure 3")
         if evaluation
         else _missing("Table 1 and Figure 3", f"neuronpath evaluate {run}")
     )
-    parts.append("<h2>Faithfulness: ablations, metrics, necessity and sufficiency</h2>")
+    parts = ["<h2>Faithfulness: ablations, metrics, necessity and sufficiency</h2>"]
     study = overview.get("faithfulness")
     parts.append(
         markdown_table(study["table"] or "")
@@ -153,17 +121,21 @@ def overview_html(overview: dict) -> str:
             "neuronpath prune --model M --data D --out DIR",
         )
     )
-    return "\n".join(parts)
+    return {
+        "findings": "\n".join(findings),
+        "experiments": "\n".join(parts),
+        "settings": f"<table class=facts>{rows}</table>",
+    }
 
 
 def write_page(target: Path, overview: dict, data: dict) -> Path:
     """Write the self-contained page."""
-    title = f"neuronpath — {overview['manifest'].get('settings', {}).get('model', '')}"
+    title = f"neuronpath — {overview['title']}"
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     page = _asset("page.html").format(
         title=html.escape(title),
         css=_asset("page.css"),
-        overview=overview_html(overview),
+        **overview_html(overview),
         data=payload,
         script=_asset("page.js"),
     )
