@@ -189,8 +189,9 @@ def test_killed_process_resumes_to_the_same_records(tmp_path):
         "cpu",
     ]
     run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # every run on one thread: two fit side by side
     process = subprocess.Popen(
-        args + ["--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        args + ["--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
@@ -203,15 +204,15 @@ def test_killed_process_resumes_to_the_same_records(tmp_path):
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     partial = by_key(read_records(run))
     assert 4 <= len(partial) < 96
-    subprocess.run(
-        args + ["--out", str(run)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    subprocess.run(
-        args + ["--out", str(tmp_path / "reference")],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # the resumed run and an uninterrupted reference, side by side (one core each)
+    finishing = [
+        subprocess.Popen(
+            args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for out in (run, tmp_path / "reference")
+    ]
+    for process in finishing:
+        assert process.wait(timeout=600) == 0, process.stderr.read()
     resumed = read_records(run)
     reference = by_key(read_records(tmp_path / "reference"))
     assert len(resumed) == len(by_key(resumed)) == len(reference) == 96

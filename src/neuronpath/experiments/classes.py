@@ -135,6 +135,7 @@ def run_classes(run_dir: str | Path, options: ClassesOptions = ClassesOptions())
     panel_class, groups, class_names = options.panel_class, options.groups, options.class_names
     data = options.data
     run = Run.of(run_dir)
+    root = run.reader(data)  # the run's images, checked before anything is written
     records = run.counted_records()
     methods = list(dict.fromkeys(r["method"] for r in records))
     if method not in methods:
@@ -148,6 +149,8 @@ def run_classes(run_dir: str | Path, options: ClassesOptions = ClassesOptions())
     cp = class_paths(records, method, widths)
     width = cp.width
     names = cp.names
+    if panel_class is not None and panel_class not in names:  # before anything is written
+        raise InputError(f"{option('panel_class')}: {panel_class!r} is not a class of the run")
     readable = run_class_names(class_names, run, records) if class_names else {}
     display = [readable.get(n, n) for n in names]
     out = Path(out) if out else run.dir / f"classes-{method}"
@@ -232,10 +235,7 @@ def run_classes(run_dir: str | Path, options: ClassesOptions = ClassesOptions())
         similarity, display, out / "similarity", title=f"class similarity ({method} paths)"
     )
 
-    root = run.reader(data)
     anchor = panel_class or names[0]
-    if anchor not in names:
-        raise InputError(f"{option('panel_class')}: {anchor!r} is not a class of the run")
     i = names.index(anchor)
     rows = [(display[i], None, _thumbnails(root, cp.images[cp.classes[i]], thumbnails))]
     for kind in ("top", "bottom"):

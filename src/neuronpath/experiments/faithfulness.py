@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons, record_neurons
 from ..errors import ImageReadError, InputError, option
 from ..io.images import IMAGE_EXTENSIONS, ImageItem, image_batches, load_image
-from ..io.store import read_records, write_json_atomic
+from ..io.store import check_settings, read_records, reading, write_json_atomic
 from ..methods import CONTROLS
 from ..options import names, setting
 from ..pathformat import encode
@@ -156,13 +157,20 @@ class FaithfulnessOptions:
                 f"{option('reference')}, {option('reference_split')}: give one "
                 f"reference set, not both"
             )
-        if not self.enhance_factor >= 0:
+        if not (self.enhance_factor >= 0 and math.isfinite(self.enhance_factor)):
             raise InputError(
-                f"{option('enhance_factor')}: expected a factor >= 0 (2 doubles the path's "
-                f"units, 0 removes them), got {self.enhance_factor}"
+                f"{option('enhance_factor')}: expected a finite factor >= 0 (2 doubles the "
+                f"path's units, 0 removes them), got {self.enhance_factor}"
             )
         if self.match not in MATCHES:
             raise InputError(f"{option('match')}: expected one of {MATCHES}, got {self.match!r}")
+        default = FaithfulnessOptions.__dataclass_fields__
+        unused, other = ("bins", "bins") if self.match == "nearest" else ("match_window", "nearest")
+        if getattr(self, unused) != default[unused].default:  # accepted, it would do nothing
+            raise InputError(
+                f"{option(unused)}: an option of {option('match', other)}, and the matched "
+                f"control matches {self.match}"
+            )
         for name, low in (
             ("reference_split", 1),
             ("matched_seeds", 1),
@@ -230,7 +238,7 @@ def reference_items(run, options: FaithfulnessOptions) -> list[ImageItem]:
     """The reference images: a split of the run's, or every image file under a folder, which
     is refused when it holds images of the run (same file or same bytes) unless allowed."""
     if options.reference_split is not None:
-        return [run.reader.item(i) for i in run.excluded]
+        return [run.reader.item(i) for i in sorted(run.excluded)]  # an order of its own
     root = Path(options.reference).expanduser()
     if not root.is_dir():
         raise InputError(f"{option('reference')}: {root} is not a folder of images")
@@ -257,27 +265,40 @@ def reference_items(run, options: FaithfulnessOptions) -> list[ImageItem]:
     return [ImageItem(p.relative_to(root).as_posix(), p, -1, "") for p in paths]
 
 
-def reference_statistics(
-    run, options: FaithfulnessOptions, folder: Path, execution: Execution
-) -> UnitStats:
-    """The reference set's statistics, computed once by one streaming pass (main rank) and
-    kept in ``folder/reference.npz`` with its identity; every rank then reads them."""
+def reference_identity(run, options: FaithfulnessOptions) -> dict:
+    """What identifies the reference statistics: the images (in sorted order, whatever order a
+    set gives them in), the token policy, the seed, the units and ``bins`` (their edges are
+    stored with the means)."""
     items = reference_items(run, options)
-    identity = {
+    return {
         "images_sha256": hashlib.sha256(
-            "\n".join(str(it.path) for it in items).encode()
+            "\n".join(sorted(str(it.path) for it in items)).encode()
         ).hexdigest(),
         "count": len(items),
         "token": run.adapter.token.name,
         "seed": run.options.seed,
-        "bins": options.bins,  # the matched control's edges are stored with the means
+        "bins": options.bins,
         **({"units": run.adapter.unit_set} if run.adapter.unit_set != "neurons" else {}),
         "source": str(options.reference)
         if options.reference
         else f"split {options.reference_split}",
     }
+
+
+def reference_statistics(
+    run, options: FaithfulnessOptions, folder: Path, execution: Execution
+) -> UnitStats:
+    """The reference set's statistics, computed once by one streaming pass (main rank) and
+    kept in ``folder/reference.npz`` with its identity; every rank then reads them."""
+    items = sorted(reference_items(run, options), key=lambda it: str(it.path))
+    identity = reference_identity(run, options)
     path = folder / "reference.npz"
-    done = path.is_file() and json.loads(str(np.load(path)["identity"])) == identity
+    remedy = "delete it: the next evaluate computes it again"
+    if path.is_file():
+        with reading(path, remedy):
+            done = json.loads(str(np.load(path)["identity"])) == identity
+    else:
+        done = False
     if run.ranks.main and not done:
         shapes, stats, skipped = None, None, []
         for batch in image_batches(items, run.adapter.preprocess, execution.batch_size):
@@ -309,7 +330,8 @@ def reference_statistics(
         tmp.replace(path)
         log.info("reference: %d images (%d unreadable) -> %s", stats.count, len(skipped), path)
     run.ranks.barrier()
-    return np.load(path)
+    with reading(path, remedy):
+        return dict(np.load(path))
 
 
 class Rows:
@@ -404,6 +426,9 @@ def run_faithfulness(run, options: FaithfulnessOptions, execution: Execution) ->
         for control in options.controls
         for name in ([matched_name(m) for m in found] if control == MATCHED else [control])
     ]
+    identity = reference_identity(run, options) if options.needs_reference else None
+    for ablation in options.ablations:  # a refused study changes nothing, the reference included
+        check_settings(folder / ablation, _settings(run, options, ablation, methods, identity))
     reference = None
     if options.needs_reference:
         reference = reference_statistics(run, options, folder, execution)
@@ -414,9 +439,8 @@ def run_faithfulness(run, options: FaithfulnessOptions, execution: Execution) ->
     return write_faithfulness(run.run_dir, options, methods, run.options)
 
 
-def _ablation_pass(run, options, ablation, reference, methods, folder, execution) -> None:
-    adapter, widths = run.adapter, run.adapter.widths()
-    layers = adapter.num_layers
+def _settings(run, options, ablation, methods, reference: dict | None) -> dict:
+    """The manifest of one ablation's store (what its records depend on)."""
     settings = {
         "ablation": ablation,
         "seed": run.options.seed,
@@ -425,9 +449,16 @@ def _ablation_pass(run, options, ablation, reference, methods, folder, execution
         **options.identity(),
     }
     if reference is not None:
-        settings["reference"] = json.loads(str(reference["identity"]))
+        settings["reference"] = reference
+    return run.manifest_for("neuronpath evaluate --ablation", settings)
+
+
+def _ablation_pass(run, options, ablation, reference, methods, folder, execution) -> None:
+    adapter, widths = run.adapter, run.adapter.widths()
+    layers = adapter.num_layers
+    identity = None if reference is None else json.loads(str(reference["identity"]))
     store = open_store(
-        run.ranks, folder / ablation, run.manifest_for("neuronpath evaluate --ablation", settings)
+        run.ranks, folder / ablation, _settings(run, options, ablation, methods, identity)
     )
     pending = run.pending(store, methods)
     log.info(

@@ -16,6 +16,7 @@ from ..errors import InputError, option
 from ..io.images import interleave_classes
 from ..io.labels import check_labels
 from ..io.sources import DataSpec, as_data
+from ..io.store import iter_records, store_skipped
 from ..methods import (
     DEFAULT_METHODS,
     REGISTRY,
@@ -275,5 +276,13 @@ def run_find(
             peak["rss_bytes"] / 2**30,
             f", {peak['cuda_bytes'] / 2**30:.2f} GiB on {device}" if "cuda_bytes" in peak else "",
             config.memory_budget / 2**30,
+        )
+    if ranks.main and items and not any(r["image"] for r in iter_records(store.dir)):
+        skipped = store_skipped(store.dir)
+        example = next(iter(skipped.items()), ("", "unknown"))
+        raise InputError(
+            f"{option('data')}: none of the run's {len(items)} images could be read, so it has "
+            f"no paths (e.g. {example[0]}: {example[1]}); check the images"
+            + (f" and {option('image_column')}" if folder.kind == "dataset" else "")
         )
     return store.dir

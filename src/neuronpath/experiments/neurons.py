@@ -38,7 +38,7 @@ from ..engine.interventions import record_neurons
 from ..errors import ImageReadError, InputError, RunFormatError, option
 from ..io.images import interleave_classes
 from ..io.sources import DataSpec, Reader, as_data
-from ..io.store import store_settings, write_json_atomic
+from ..io.store import reading, store_settings, write_json_atomic
 from ..models.loading import load_model
 from ..models.spec import ModelSpec
 from ..options import integers, names, nested, setting
@@ -222,17 +222,29 @@ def run_neurons(
         )
     if limit is not None and limit < 1:
         raise InputError(f"{option('limit')}: expected a positive integer, got {limit}")
+    chosen = [n for n, v in (("select", units), ("layers", layers), ("methods", methods)) if v]
+    if len(chosen) > 1:  # each names which units: given together, one would be ignored
+        raise InputError(
+            f"{' and '.join(option(n) for n in chosen)}: each names the units to describe; give one"
+        )
     ranks = join_ranks(resolve_device(execution.device))
+    named = parse_units(units) if units is not None else None
     if run_dir is not None:
         run_dir = Path(run_dir)
         run = Run.open(run_dir)
-        on_paths = path_units(run, methods) if layers is None else None
+        on_paths = path_units(run, methods) if layers is None and named is None else None
         adapter = run.load_model(None, ranks.device)
         source = {"find_settings_sha256": run.settings_sha256}
         out = Path(out) if out else run_dir / "neurons"
+        missing = {kind for _, kind, _ in named or []} - set(run.sites[0])
+        if missing:
+            raise InputError(
+                f"{option('select')}: {units} names {' and '.join(sorted(missing))}s, and the "
+                f"run's model is read for {run.units}; describe them with "
+                f"{option('model', run.model_id)} {option('select', units)}"
+            )
     else:
         spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec)
-        named = parse_units(units) if units is not None else None
         if named is not None:
             spec = replace(spec, units=unit_set_of(named))
         adapter = load_model(spec, device=ranks.device)
@@ -251,10 +263,10 @@ def run_neurons(
             for s in range(adapter.num_layers)
             if adapter.blocks[s] in layers
         }
+    elif named is not None:  # with a run: these units of the run's model
+        tracked = sites_of(named, adapter)
     elif run_dir is not None:
         tracked = on_paths
-    elif units is not None:
-        tracked = sites_of(named, adapter)
     else:
         raise InputError(
             f"neurons: name the units, {option('select', 'L:I,...')} or {option('layers', 'L,...')}"
@@ -304,12 +316,14 @@ def run_neurons(
         {s: np.zeros((len(tracked[s]), 0 if texts is None else len(names))) for s in sites},
     )
     if mine_path.is_file():
-        state = np.load(mine_path)
-        stats.load(state)
-        effects = {s: state[f"effect{s}"] for s in sites}
+        with reading(mine_path, STATE_REMEDY):
+            state = np.load(mine_path)
+            stats.load(state)
+            effects = {s: state[f"effect{s}"] for s in sites}
     done = set()
     for path in _states(store.dir):
-        done |= set(str(np.load(path)["images"]).split("\n")) - {""}
+        with reading(path, STATE_REMEDY):
+            done |= set(str(np.load(path)["images"]).split("\n")) - {""}
     pending = [it for it in items if it.id not in done]
     log.info(
         "neurons: %d units in %d layers, %d images, %d to do -> %s",
@@ -349,10 +363,11 @@ def run_neurons(
     merged, total = fresh(), {s: 0 for s in sites}
     states = _states(store.dir)
     for path in states:
-        state = np.load(path)
-        part = fresh().load(state)
+        with reading(path, STATE_REMEDY):
+            state = np.load(path)
+            part = fresh().load(state)
+            total = {s: total[s] + state[f"effect{s}"] for s in sites}
         merged.merge(part)
-        total = {s: total[s] + state[f"effect{s}"] for s in sites}
     if len(states) > 1:
         _consolidate(store.dir, states, merged, total)
     _write(store.dir, adapter, tracked, merged, total if texts is not None else None, names, atlas)
@@ -362,6 +377,10 @@ def run_neurons(
 
 
 FIGURE_UNITS = 16  # units drawn in atlas.png
+STATE_REMEDY = (
+    "delete it and run the same command again: the images it held are read again (a kill "
+    "cannot leave it so -- it is written aside and renamed -- but a full disk or a copy can)"
+)
 
 
 def _figure(folder: Path, adapter, reader: Reader) -> None:
@@ -593,37 +612,38 @@ def read_atlas(folder: str | Path) -> Atlas:
     path = Path(folder) / "atlas.npz"
     if not path.is_file():
         raise RunFormatError(f"{folder}: no atlas.npz (run neuronpath neurons first)")
-    data = np.load(path)
-    meta = json.loads(str(data["meta"]))
-    units = {}
-    for s, block, kind in zip(meta["sites"], meta["blocks"], meta["kinds"]):
-        for j, unit in enumerate(data[f"units{s}"].tolist()):
-            entry = {
-                "site": s,
-                "mean": float(data[f"mean{s}"][j]),
-                "min": float(data[f"min{s}"][j]),
-                "max": float(data[f"max{s}"][j]),
-                "active": float(data[f"active{s}"][j]),
-                "quantiles": dict(zip(meta["quantiles"], data[f"quantiles{s}"][:, j].tolist())),
-                "histogram": (data[f"histogram{s}"][j].tolist(), data[f"edges{s}"][j].tolist()),
-                "top": list(
-                    zip(
-                        data[f"top_images{s}"][j].tolist(),
-                        data[f"top_values{s}"][j].tolist(),
-                        data[f"top_peaks{s}"][j].tolist(),
-                    )
-                ),
-                "bottom": list(
-                    zip(
-                        data[f"bottom_images{s}"][j].tolist(),
-                        data[f"bottom_values{s}"][j].tolist(),
-                        data[f"bottom_peaks{s}"][j].tolist(),
-                    )
-                ),
-            }
-            if f"labels{s}" in data:
-                scores = data[f"labels{s}"][j]
-                order = np.argsort(-scores, kind="stable")
-                entry["labels"] = [(meta["vocabulary"][c], float(scores[c])) for c in order]
-            units[(block, kind, unit)] = entry
-    return Atlas(meta["images"], units, Path(folder))
+    with reading(path, "run the neurons command again to write it"):
+        data = dict(np.load(path))
+        meta = json.loads(str(data["meta"]))
+        units = {}
+        for s, block, kind in zip(meta["sites"], meta["blocks"], meta["kinds"]):
+            for j, unit in enumerate(data[f"units{s}"].tolist()):
+                entry = {
+                    "site": s,
+                    "mean": float(data[f"mean{s}"][j]),
+                    "min": float(data[f"min{s}"][j]),
+                    "max": float(data[f"max{s}"][j]),
+                    "active": float(data[f"active{s}"][j]),
+                    "quantiles": dict(zip(meta["quantiles"], data[f"quantiles{s}"][:, j].tolist())),
+                    "histogram": (data[f"histogram{s}"][j].tolist(), data[f"edges{s}"][j].tolist()),
+                    "top": list(
+                        zip(
+                            data[f"top_images{s}"][j].tolist(),
+                            data[f"top_values{s}"][j].tolist(),
+                            data[f"top_peaks{s}"][j].tolist(),
+                        )
+                    ),
+                    "bottom": list(
+                        zip(
+                            data[f"bottom_images{s}"][j].tolist(),
+                            data[f"bottom_values{s}"][j].tolist(),
+                            data[f"bottom_peaks{s}"][j].tolist(),
+                        )
+                    ),
+                }
+                if f"labels{s}" in data:
+                    scores = data[f"labels{s}"][j]
+                    order = np.argsort(-scores, kind="stable")
+                    entry["labels"] = [(meta["vocabulary"][c], float(scores[c])) for c in order]
+                units[(block, kind, unit)] = entry
+        return Atlas(meta["images"], units, Path(folder))

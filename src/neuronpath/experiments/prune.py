@@ -44,7 +44,7 @@ from ..io.store import read_records, write_json_atomic
 from ..methods import CONTROLS, REGISTRY, MethodOptions, method_options
 from ..models.loading import load_model
 from ..models.spec import MODEL_KEYS, ModelSpec, model_differences
-from ..options import names, nested, setting
+from ..options import flag_name, names, nested, setting
 from ..report.figures import pruning_figure
 from ..report.tables import write_depth_table, write_table2
 from .common import Execution, model_widths, resolve_device
@@ -145,6 +145,30 @@ def run_prune(
         else {}
     )
     keep, mask = settings.keep, settings.mask
+    k = max(keep)
+    for name, opts in chosen.items():  # prune finds TopK paths with K = the largest keep
+        try:
+            opts.check(k)
+        except InputError as error:
+            raise InputError(
+                str(error).replace(option("topk"), option("keep"))
+                + f" (prune keeps the best t of TopK paths with K = the largest {option('keep')})"
+            ) from None
+    changed = [
+        flag_name(f)
+        for f in dataclasses.fields(SlimOptions)
+        if getattr(slim, f.name) != getattr(SlimOptions(), f.name)
+    ]
+    if changed and "vit-slim" not in settings.baselines:
+        raise InputError(
+            f"{', '.join(option(c) for c in changed)}: the ViT-Slim search's options, which act "
+            f"only with {option('baselines', 'vit-slim')}"
+        )
+    if "vit-slim" in settings.baselines and spec.units != "neurons":
+        raise InputError(
+            f"{option('baselines')}: vit-slim trains soft masks on the FFN neurons; a "
+            f"{spec.units} run keeps other units (pass {option('units', 'neurons')})"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if spec.units == "neurons+heads":
@@ -171,7 +195,6 @@ def run_prune(
     split = split_probe_test(by_class, settings.probe_fraction, settings.seed)
     probe = {i for i, s in split.items() if s == "probe"}
 
-    k = max(keep)
     run_dir = None
     if find_run is not None:
         reused = Run.open(find_run)

@@ -30,7 +30,7 @@ from ..engine.interventions import record_neurons
 from ..errors import InputError, RunFormatError, option
 from ..io.images import image_batches
 from ..io.sources import Reader
-from ..io.store import iter_records, store_settings, write_json_atomic
+from ..io.store import iter_records, reading, store_settings, write_json_atomic
 from ..options import nested, setting
 from ..report.data import RunIndex, page_data, png, quantised, text, thumbnail
 from ..report.page import write_page
@@ -40,6 +40,7 @@ from .ranks import Ranks, join_ranks, open_store, work_through
 from .run import Run
 
 log = logging.getLogger("neuronpath")
+CACHE_REMEDY = "delete the page's activations folder (RUN/report/activations): it is made again"
 
 
 def _map(adapter, site: int, values: torch.Tensor) -> dict | None:
@@ -96,8 +97,9 @@ def _activation_pass(
     values = np.full((cards, top), -np.inf)
     images = np.full((cards, top), -1, dtype=np.int64)
     if state_path.is_file():
-        state = np.load(state_path)
-        values, images = state["values"], state["images"]
+        with reading(state_path, CACHE_REMEDY):
+            state = np.load(state_path)
+            values, images = state["values"], state["images"]
     position = {image: i for i, image in enumerate(index.order)}
     detail_set = set(index.details)
     pending = [it for it in items if "pass" not in store.done.get(it.id, set())]
@@ -170,11 +172,15 @@ def _merged_top(folder: Path, cards: int, top: int) -> tuple[np.ndarray, np.ndar
     job), merged: each image once per card, highest first."""
     values = np.full((cards, top), -np.inf)
     images = np.full((cards, top), -1, dtype=np.int64)
-    parts = [np.load(path) for path in sorted(folder.glob("top.rank*.npz"))]
+    parts = []
+    for path in sorted(folder.glob("top.rank*.npz")):
+        with reading(path, CACHE_REMEDY):
+            parts.append(dict(np.load(path)))
     if not parts:
         return values, images
-    all_values = np.concatenate([p["values"] for p in parts], axis=1)
-    all_images = np.concatenate([p["images"] for p in parts], axis=1)
+    with reading(folder, CACHE_REMEDY):
+        all_values = np.concatenate([p["values"] for p in parts], axis=1)
+        all_images = np.concatenate([p["images"] for p in parts], axis=1)
     for c in range(cards):
         taken = []
         for k in np.argsort(-all_values[c], kind="stable"):

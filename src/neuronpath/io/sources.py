@@ -142,17 +142,33 @@ def _devkit_synsets(folder: Path) -> list[str]:
 
 def read_labels_file(path: Path, files: dict[str, Path]) -> dict[str, str]:
     """``{image key: label}`` of a labels file (see the module docstring), checked: every
-    image of the folder has one label, no image twice, every named image exists."""
+    image of the folder has one label, no image twice, every named image exists.  Line n of the
+    file is line n in every message; a byte-order mark is not part of the first line; in the
+    devkit's ground truth, where line n *is* image n, a blank or malformed line is refused, never
+    skipped (skipping would give every later image the next one's label)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{option('labels_file')}: cannot read {path} as text ({error})") from None
-    lines = [line for line in text.splitlines() if line.strip()]
+    numbered_lines = list(enumerate(text.splitlines(), start=1))
+    while numbered_lines and not numbered_lines[-1][1].strip():  # blank lines at the end
+        numbered_lines.pop()
+    lines = [(n, line) for n, line in numbered_lines if line.strip()]
     if not lines:
         raise InputError(f"{option('labels_file')}: {path} is empty")
     by_name = {Path(k).stem: k for k in files}
     pairs: list[tuple[str, str]] = []
-    if all(line.strip().isdigit() for line in lines):  # the devkit's ground truth
+
+    def bad(n: int, line: str, expected: str):
+        return InputError(
+            f"{option('labels_file')}: line {n} of {path} is {line.strip()!r}; expected {expected}"
+        )
+
+    digits = sum(line.strip().isdigit() for _, line in lines)
+    if digits > len(lines) / 2:  # the devkit's ground truth: line n is the class of image n
+        for n, line in numbered_lines:
+            if not line.strip().isdigit() or not 1 <= int(line) <= 1000:
+                raise bad(n, line, "one ILSVRC2012_ID (1..1000) per line, line n for image n")
         synsets = _devkit_synsets(path.parent)
         numbered = {}
         for key in files:
@@ -163,30 +179,29 @@ def read_labels_file(path: Path, files: dict[str, Path]) -> dict[str, str]:
                     f"per line), which labels ILSVRC2012_val_NNNNNNNN files; {key} is not one"
                 )
             numbered[int(match.group(1))] = key
-        for n, line in enumerate(lines, start=1):
+        for n, line in numbered_lines:
             if n in numbered:
                 pairs.append((numbered[n], synsets[int(line) - 1]))
     else:
-        header = lines[0].lower().replace(" ", "")
+        header = lines[0][1].lower().replace(" ", "")
         if header.startswith("imageid,predictionstring"):  # LOC_val_solution.csv
-            for row in csv.reader(lines[1:]):
-                pairs.append(
-                    (
-                        by_name.get(row[0], row[0]),
-                        row[1].split()[0] if len(row) > 1 and row[1].split() else "",
-                    )
-                )
+            for n, line in lines[1:]:
+                row = next(csv.reader([line]))
+                if len(row) < 2 or not row[1].split():
+                    raise bad(n, line, "'ImageId,PredictionString' with a synset first")
+                pairs.append((by_name.get(row[0], row[0]), row[1].split()[0]))
         else:
             rows = [
-                line.split("\t") if "\t" in line else next(csv.reader([line])) for line in lines
+                (n, line.split("\t") if "\t" in line else next(csv.reader([line])))
+                for n, line in lines
             ]
-            if rows and [c.strip().lower() for c in rows[0][:2]] in (
+            if [c.strip().lower() for c in rows[0][1][:2]] in (
                 ["path", "label"],
                 ["image", "label"],
                 ["file", "label"],
             ):
                 rows = rows[1:]
-            for n, row in enumerate(rows, start=1):
+            for n, row in rows:
                 if len(row) < 2 or not row[1].strip():
                     raise InputError(
                         f"{option('labels_file')}: line {n} of {path} is not 'path<TAB>label' "
@@ -228,12 +243,26 @@ def read_labels_file(path: Path, files: dict[str, Path]) -> dict[str, str]:
 def _label_ids(
     names: list[str], id2label: dict[int, str], how: str, where: str
 ) -> tuple[dict, str]:
-    """Class names (or integer label ids) -> the model's label ids, as folders are mapped."""
+    """Labels of a labels file or a dataset -> the model's label ids: its label names, ImageNet
+    synsets of a 1000-class model, or integer ids.  Unlike folder names, labels that are none of
+    these are refused, not numbered in sorted order, unless that is asked for
+    (``labels='sorted-folders'``): a file of readable names on a synset model would otherwise
+    label every image silently with another class."""
     try:
-        return map_labels(names, id2label, how)
+        mapping, decided = map_labels(names, id2label, how)
     except InputError as error:
-        text = str(error).replace("folders", "labels").replace(option("data"), where)
-        raise InputError(text) from None
+        text = re.sub(r"\bfolders\b", "labels", str(error)).replace("class labels", "labels")
+        raise InputError(text.replace(option("data"), where)) from None
+    if decided == "sorted-folders" and how == "auto" and id2label:
+        known = sorted(id2label.values())
+        raise InputError(
+            f"{where}: the labels {', '.join(repr(n) for n in names[:3])}"
+            f"{' ...' if len(names) > 3 else ''} are not classes of the model (its labels are "
+            f"e.g. {', '.join(repr(k) for k in known[:3])}); label the images with the model's "
+            f"label names, ImageNet synsets or label ids, or pass "
+            f"{option('labels', 'sorted-folders')} to number the labels in sorted order"
+        )
+    return mapping, decided
 
 
 def open_flat(root: Path, labels_file: Path, id2label: dict[int, str], how: str) -> ImageFolder:
@@ -270,7 +299,7 @@ class DatasetRow:
 
     def load(self) -> Image.Image:
         try:
-            value = _dataset(self.spec)[self.index][self.image_column]
+            value = _rows(self.spec)[self.index][self.image_column]
             if isinstance(value, dict):  # an undecoded image: bytes or a path
                 value = (
                     Image.open(io.BytesIO(value["bytes"]))
@@ -301,9 +330,33 @@ def _split_spec(spec: str) -> tuple[str, str | None]:
     return body, None
 
 
-@functools.lru_cache(maxsize=4)
+_LATEST: dict[str, object] = {}  # per spec, the dataset as it was last opened here
+
+
 def _dataset(spec: str):
-    """The dataset of ``spec`` (opened once per process)."""
+    """The dataset of ``spec``, opened once per process -- and again where its files changed
+    on disk since (a dataset re-saved at the same path is another dataset)."""
+    _LATEST[spec] = _opened(spec, _stamp(spec))
+    return _LATEST[spec]
+
+
+def _rows(spec: str):
+    """The dataset rows are read from: as it was last opened (checked) in this process."""
+    return _LATEST[spec] if spec in _LATEST else _dataset(spec)
+
+
+def _stamp(spec: str) -> tuple:
+    """What changes when a local dataset is re-saved: its files' sizes and modification times."""
+    path = Path(_split_spec(spec)[0]).expanduser()
+    if not path.exists():
+        return ()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+@functools.lru_cache(maxsize=4)
+def _opened(spec: str, stamp: tuple):
+    """The dataset of ``spec`` as its files are (``stamp``)."""
     try:
         import datasets
     except ImportError:
@@ -371,6 +424,13 @@ def _columns(ds, spec: DataSpec) -> tuple[str, str, list[str] | None]:
             f"({'no column ' + repr(image) if image else 'no Image feature'}; columns: "
             f"{', '.join(features)})"
         )
+    if not isinstance(features[image], datasets.Image):
+        kind = getattr(features[image], "dtype", type(features[image]).__name__)
+        raise InputError(
+            f"{option('image_column')}: column {image!r} of {spec.data} holds {kind}, not "
+            f"images; expected a column of the Image feature (columns: "
+            f"{', '.join(n for n, f in features.items() if isinstance(f, datasets.Image))})"
+        )
     label = spec.label_column or next(
         (name for name, f in features.items() if isinstance(f, datasets.ClassLabel)),
         next((n for n in ("label", "labels") if n in features), None),
@@ -431,6 +491,7 @@ class Reader:
         source = settings.get("data_source") or {}
         if source.get("dataset"):
             spec = str(data) if data else source["dataset"]
+            _check_unchanged(spec, source)
             return cls(Path(_split_spec(spec)[0]), {**source, "dataset": spec})
         return cls(Path(data or settings["data"]).expanduser())
 
@@ -442,7 +503,7 @@ class Reader:
 
     def exists(self, key: str) -> bool:
         if self.dataset is not None:
-            return 0 <= int(key) < len(_dataset(self.dataset["dataset"]))
+            return 0 <= int(key) < len(_rows(self.dataset["dataset"]))
         return (self.root / key).is_file()
 
     def load(self, key: str) -> Image.Image:
@@ -450,6 +511,23 @@ class Reader:
 
     def __str__(self) -> str:
         return self.dataset["dataset"] if self.dataset is not None else str(self.root)
+
+
+def _check_unchanged(spec: str, source: dict) -> None:
+    """A run reads a dataset's rows by number: refuse a dataset whose rows are not the ones the
+    run recorded (another fingerprint or row count: re-saved, filtered, shuffled), which would
+    pair other images with the run's labels and paths."""
+    recorded, rows = source.get("fingerprint"), source.get("rows")
+    if recorded is None and rows is None:
+        return
+    ds = _dataset(spec)
+    now = getattr(ds, "_fingerprint", None)
+    if (recorded is not None and now != recorded) or (rows is not None and len(ds) != rows):
+        raise InputError(
+            f"{option('data')}: {spec} is not the dataset the run was made on (fingerprint "
+            f"{now}, {len(ds)} rows; the run recorded {recorded}, {rows} rows): its rows may be "
+            f"other images; pass the run's dataset, or run find again on this one"
+        )
 
 
 def as_data(data: DataSpec | str | Path) -> DataSpec:

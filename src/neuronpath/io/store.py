@@ -20,10 +20,12 @@ reads the shards too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +101,58 @@ FIND_MANIFEST = {
     ("settings", "topk"): (_count, "K, neurons per layer (an integer >= 1)"),
     ("model", "num_layers"): (_count, "the model's number of layers (an integer >= 1)"),
 }
+# keys a find run may lack (runs made before they existed) but, where present, must be right
+FIND_MANIFEST_OPTIONAL = {
+    ("run", "planned_images"): (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "the number of images the run planned (an integer >= 0)",
+    ),
+    ("settings", "units"): (
+        lambda v: v in ("neurons", "heads", "neurons+heads"),
+        "the units of the paths (neurons, heads or neurons+heads)",
+    ),
+    ("model", "widths"): (
+        lambda v: isinstance(v, list) and all(_count(w) for w in v),
+        "the units per layer (a list of integers >= 1)",
+    ),
+}
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, remedy: str):
+    """Read a state file a command wrote (an ``.npz``): a file that cannot be read as what it
+    should be -- garbage, cut short, a missing array -- is one line naming it and ``remedy``
+    (what to do), never a traceback."""
+    try:
+        yield
+    except (ValueError, KeyError, EOFError, OSError, zipfile.BadZipFile) as error:
+        raise RunFormatError(
+            f"{path} is damaged ({type(error).__name__}: {error}); {remedy}"
+        ) from None
+
+
+def _check_same(folder: Path, old: dict, new: dict) -> None:
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise RunConflictError(
+            f"{folder} already holds a run with other settings ({details}). "
+            f"Use another folder ({option('out', 'DIR')}), or delete this one to start over."
+        )
+
+
+def check_settings(folder: str | Path, manifest: dict) -> None:
+    """Refuse, before anything is written, ``manifest`` for a run folder that holds a run with
+    other settings (what opening its store would refuse)."""
+    folder = Path(folder)
+    if (folder / MANIFEST).is_file():
+        new = json.loads(json.dumps(manifest))["settings"]
+        _check_same(folder, read_manifest(folder).get("settings", {}), new)
+
+
+def store_skipped(folder: str | Path) -> dict[str, str]:
+    """The images a run folder's manifest lists as skipped, with why."""
+    return dict(read_manifest(folder).get("skipped") or {})
 
 
 def store_settings(folder: str | Path) -> dict:
@@ -113,7 +167,17 @@ def read_find_manifest(run_dir: str | Path) -> dict:
     what was expected."""
     manifest = read_manifest(run_dir)
     path = Path(run_dir) / MANIFEST
-    for (section, key), (check, what) in FIND_MANIFEST.items():
+    if not isinstance(manifest.get("skipped", {}), dict):
+        raise RunFormatError(
+            f"{path}: skipped is {manifest['skipped']!r}; expected the skipped images with why "
+            f"(an object) (the manifest is damaged: restore it, or re-run find into a new folder)"
+        )
+    present = {
+        k: v
+        for k, v in FIND_MANIFEST_OPTIONAL.items()
+        if isinstance(manifest.get(k[0]), dict) and manifest[k[0]].get(k[1]) is not None
+    }
+    for (section, key), (check, what) in {**FIND_MANIFEST, **present}.items():
         part = manifest.get(section)
         if not isinstance(part, dict) or key not in part:
             raise RunFormatError(
@@ -298,13 +362,7 @@ class RunStore:
             self.lock.release()
 
     def _check_same(self, old: dict, new: dict) -> None:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if changed:
-            details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-            raise RunConflictError(
-                f"{self.dir} already holds a run with other settings ({details}). "
-                f"Use another folder ({option('out', 'DIR')}), or delete this one to start over."
-            )
+        _check_same(self.dir, old, new)
 
     def consolidate(self, order: dict[str, int] | None = None) -> None:
         """Main rank: cut partial last lines, merge every shard into ``records.jsonl`` (each
