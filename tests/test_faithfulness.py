@@ -247,11 +247,12 @@ def test_a_stored_reference_is_not_reused_with_other_bins(study, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(study["plain"], run)
     base = ["-q", "evaluate", str(run), "--device", "cpu", "--bootstrap", "0"]
-    base += ["--ablation", "mean", "--reference", str(study["reference"])]
+    base += ["--controls", "matched-random", "--match", "bins"]
+    base += ["--reference", str(study["reference"])]
     assert main([*base, "--bins", "10"]) == 0
     folder = run / "evaluation" / "faithfulness"
     assert len(np.load(folder / "reference.npz")["edges0"]) == 9
-    shutil.rmtree(folder / "mean")
+    shutil.rmtree(folder / "zero")
     assert main([*base, "--bins", "4"]) == 0
     assert len(np.load(folder / "reference.npz")["edges0"]) == 3
 
