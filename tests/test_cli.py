@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import make_image_folder, save_tiny_model
 from neuronpath.cli import main
@@ -223,34 +224,24 @@ def test_killed_process_resumes_to_the_same_records(tmp_path):
         assert by_key(resumed)[key] == record
 
 
-def test_demo_prints_the_readme_block_with_one_thread_and_two(tmp_path, monkeypatch):
-    """The shipped demo weights: ``neuronpath demo`` prints exactly the README's block with one
-    thread and with two.  The two demos run side by side, as two processes (the 2-core CI
-    machine then takes about the time of one and a half demos, not two)."""
-    from neuronpath.models.demo import demo_data_dir
-
+def test_demo_prints_the_readme_block_with_one_thread_and_two(tmp_path, monkeypatch, capsys):
+    """The shipped demo weights: ``neuronpath demo`` prints exactly the README's block."""
     monkeypatch.setenv("NEURONPATH_CACHE", str(tmp_path / "cache"))  # the digits, written here
-    demo_data_dir()  # once, before two processes read them
     readme = (ROOT / "README.md").read_text()
     start = readme.index("What the demo prints")
     opening = readme.index("```\n", start) + 4
     block = readme[opening : readme.index("\n```", opening)]
-    demos = {}
-    for count in (1, 2):
-        code = (
-            f"import sys, torch; torch.set_num_threads({count}); "
-            "from neuronpath.cli import main; "
-            f"sys.exit(main(['-q', 'demo', '--out', {str(tmp_path / f'demo{count}')!r}]))"
-        )
-        demos[count] = subprocess.Popen(
-            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    for count, process in demos.items():
-        out, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err
-        lines = out.splitlines()
-        assert lines[0].startswith("records: ")
-        assert "\n".join(lines[1:]) == block, count
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            capsys.readouterr()
+            assert main(["-q", "demo", "--out", str(tmp_path / f"demo{count}")]) == 0
+            out = capsys.readouterr().out.splitlines()
+            assert out[0].startswith("records: ")
+            assert "\n".join(out[1:]) == block, count
+    finally:
+        torch.set_num_threads(threads)
     assert read_manifest(tmp_path / "demo1")["settings"]["model"] == "demo"
 
 
