@@ -124,6 +124,7 @@ def _evaluate(command: EvaluateCommand, args) -> str | None:
         ops=command.options.ops,
         options=edit,
         faithfulness=study,
+        curves=command.options.curves,
         execution=execution,
     )
     causal = (
@@ -138,7 +139,13 @@ def _evaluate(command: EvaluateCommand, args) -> str | None:
         (out / "table.md").read_text(),
         f"wrote {out / 'metrics.json'}, {out / 'table.md'}, {out / 'figure3.png'}",
     ]
-    if study is not None:
+    if command.options.curves:
+        lines += [
+            (out / "curves.md").read_text(),
+            f"wrote {out / 'curves.csv'}, {out / 'cpr_cmd.csv'}, {out / 'curves.md'}, "
+            f"{out / 'curves.png'}",
+        ]
+    elif study is not None:
         lines += [
             (out / "faithfulness.md").read_text(),
             f"wrote {out / 'faithfulness.csv'}, {out / 'faithfulness.md'}, "

@@ -33,6 +33,7 @@ from ..options import names, nested, setting
 from ..report.figures import probability_deviation_figure
 from ..report.tables import write_table
 from .common import PASS_BATCH, Execution, path_fields, path_tensor, resolve_device, versions
+from .curves import check_curves, run_curves
 from .faithfulness import FaithfulnessOptions, check_study, run_faithfulness
 from .ranks import join_ranks, open_store, work_through
 from .run import Run
@@ -94,6 +95,13 @@ class EvaluateOptions:
         False,
         "also the causal checks: each path removed whole, each layer's path neuron removed "
         "alone, only the path kept (RUN/causal/)",
+    )
+    curves: bool = setting(
+        False,
+        "MIB's faithfulness curves over each method's whole ranking (a run found with "
+        "--save-scores): per layer the top k % of units kept, every other unit ablated by "
+        "each --ablation; CPR and CMD (RUN/evaluation/curves.*); the faithfulness options "
+        "then configure the curves, and the study itself is not run",
     )
 
 
@@ -232,17 +240,22 @@ def run_evaluate(
     ops: Sequence[str] = tuple(OPS),
     options: EditOptions = EditOptions(),
     faithfulness: FaithfulnessOptions | None = None,
+    curves: bool = False,
     execution: Execution = Execution.forwards(),
 ) -> dict | None:
     """Evaluate a find run (resumable): every stored path and every control of ``options``
     under each of ``ops`` (the paper's Table 1), and with ``faithfulness`` the faithfulness
-    study (:mod:`.faithfulness`).  Returns the Table 1 metrics (None on the other ranks of a
-    ``torchrun`` job, which share the images)."""
+    study (:mod:`.faithfulness`); with ``curves`` MIB's curves instead of the study
+    (:mod:`.curves`, the study's options configure them).  Returns the Table 1 metrics (None
+    on the other ranks of a ``torchrun`` job, which share the images)."""
     ops = list(dict.fromkeys(ops))
     unknown = [op for op in ops if op not in OPS]
     if unknown:
         raise InputError(f"{option('ops')}: unknown {unknown}; expected some of {list(OPS)}")
     run = StoredPaths.open(run_dir, options, execution.device)
+    if curves:
+        check_curves(run)
+        faithfulness = faithfulness or FaithfulnessOptions(controls=())
     study_excluded = check_study(run, faithfulness) if faithfulness is not None else None
     methods, seed = run.methods, options.seed
     settings = {
@@ -283,7 +296,10 @@ def run_evaluate(
     metrics = write_outputs(run.run_dir, ops, options.bootstrap, seed) if run.ranks.main else None
     if faithfulness is not None:  # a reference split is kept out of the study, not of Table 1
         run.excluded = study_excluded
-        run_faithfulness(run, faithfulness, execution)
+        if curves:
+            run_curves(run, faithfulness, execution)
+        else:
+            run_faithfulness(run, faithfulness, execution)
     return metrics
 
 

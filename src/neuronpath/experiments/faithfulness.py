@@ -468,7 +468,7 @@ def _ablation_pass(run, options, ablation, reference, methods, folder, execution
         len(pending),
         store.dir,
     )
-    donors = _donor_pool(run) if ablation == "resample" else None
+    donors = donor_pool(run) if ablation == "resample" else None
 
     def encoded(path):  # (layers, K) -> the record's format (pathformat)
         return encode(path.tolist(), adapter.unit_set, adapter.kinds, adapter.blocks)
@@ -478,7 +478,7 @@ def _ablation_pass(run, options, ablation, reference, methods, folder, execution
         with torch.inference_mode(), record_neurons(adapter, coordinates=True) as clean_coords:
             adapter.logits(pixels)
         clean_acts = {l: adapter.units(l).values(c) for l, c in clean_coords.items()}
-        source, per_image, donor_of = _sources(
+        source, per_image, donor_of = ablation_sources(
             run, ablation, reference, clean_coords, images, donors
         )
         paths = run.paths(images, [c for c in options.controls if CONTROLS[c].path is not None])
@@ -568,7 +568,7 @@ def _run_rows(adapter, pixels, rows: Rows, source, per_image: bool, start: int =
     )
 
 
-def _donor_pool(run) -> dict[int, list[str]]:
+def donor_pool(run) -> dict[int, list[str]]:
     """The evaluated images by label, for resample ablation's donors."""
     pool: dict[int, list[str]] = {}
     for image, records in sorted(run.by_image.items()):
@@ -577,7 +577,7 @@ def _donor_pool(run) -> dict[int, list[str]]:
     return pool
 
 
-def _sources(run, ablation, reference, clean_coords, images, donors):
+def ablation_sources(run, ablation, reference, clean_coords, images, donors):
     """Per layer, the coordinates ablated units take: zeros, the reference mean, or each
     image's donor's values (another image of another class, seeded by image)."""
     adapter, layers = run.adapter, run.adapter.num_layers

@@ -15,6 +15,7 @@ from ..engine.attribution import AttributionConfig
 from ..errors import InputError, option
 from ..io.images import interleave_classes
 from ..io.labels import check_labels
+from ..io.scores import SavedScores, write_scores
 from ..io.sources import DataSpec, as_data
 from ..io.store import iter_records, store_skipped
 from ..methods import (
@@ -72,6 +73,11 @@ class FindOptions:
     config: AttributionConfig = nested(AttributionConfig, "the integral (Eq. 3)")
     topk: int = setting(1, "units per layer (TopK path, App. E.1)", type=int)
     limit: int | None = setting(None, "at most N images, taken round-robin over classes", type=int)
+    save_scores: bool = setting(
+        False,
+        "also store every method's per-layer scores of every candidate unit, the ranking its "
+        "path is the top of (RUN/scores/; evaluate --curves and benchmark read them)",
+    )
     only: frozenset[str] | None = setting(None, cli=False)
     command: tuple[str, ...] | None = setting(None, cli=False)
 
@@ -194,6 +200,11 @@ def run_find(
         raise InputError(f"{option('topk')}: expected a positive integer, got {topk!r}")
     for opts in chosen.values():
         opts.check(topk)
+    if options.save_scores:
+        for name, opts in chosen.items():
+            why = opts.scores_undefined(spec.units)
+            if why is not None:
+                raise InputError(f"{option('save_scores')}: {name} has no scores to save: {why}")
     if limit is not None and limit < 1:
         raise InputError(f"{option('limit')}: expected a positive integer, got {limit}")
     ranks = join_ranks(resolve_device(execution.device))
@@ -232,6 +243,7 @@ def run_find(
             "subset_sha256": None
             if only is None
             else hashlib.sha256("\n".join(sorted(only)).encode()).hexdigest(),
+            **({"save_scores": True} if options.save_scores else {}),
         },
         "model": {
             **adapter.describe(),
@@ -251,7 +263,13 @@ def run_find(
         "versions": versions(),
     }
     store = open_store(ranks, out, manifest)
-    pending = [it for it in items if not set(chosen) <= store.done.get(it.id, set())]
+    scored = SavedScores(store.dir).file_of if options.save_scores else None
+    pending = [
+        it
+        for it in items
+        if not set(chosen) <= store.done.get(it.id, set())
+        or (scored is not None and it.id not in scored)
+    ]
     log.info(
         "find: %d images, %d already done, %d to do -> %s",
         len(items),
@@ -265,6 +283,14 @@ def run_find(
         result = find_paths(
             adapter, batch.pixels.to(device, non_blocking=True), labels, chosen, config, topk
         )
+        if options.save_scores:  # before the records: a finished image has its scores
+            unscored = [m for m in chosen if m not in result.ranked]
+            if unscored:
+                raise InputError(
+                    f"{option('save_scores')}: method {unscored[0]} returned no scores "
+                    f"(its MethodOutput.scores is None)"
+                )
+            write_scores(store.dir, [it.id for it in batch.items], result.ranked)
         store.append(image_records(batch.items, result, chosen, adapter))
 
     with log_to(store.dir / "find.log"):

@@ -92,6 +92,11 @@ class Run:
         return self._settings["model"]
 
     @property
+    def saved_scores(self) -> bool:
+        """Whether find stored every method's candidate scores (``find --save-scores``)."""
+        return self._settings.get("save_scores") is True
+
+    @property
     def settings(self) -> dict:
         """Everything that identifies the run (model, images, search): what a stored result
         derived from it checks, and what :class:`~neuronpath.models.spec.ModelSpec` and

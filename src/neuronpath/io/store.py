@@ -115,6 +115,10 @@ FIND_MANIFEST_OPTIONAL = {
         lambda v: isinstance(v, list) and all(_count(w) for w in v),
         "the units per layer (a list of integers >= 1)",
     ),
+    ("settings", "save_scores"): (
+        lambda v: v is True,
+        "true: the run saved every method's candidate scores",
+    ),
 }
 
 

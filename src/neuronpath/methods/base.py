@@ -30,6 +30,11 @@ class MethodOptions:
     def check(self, k: int) -> None:
         """Refuse options that cannot go with K neurons per layer (before any work)."""
 
+    def scores_undefined(self, units: str) -> str | None:
+        """Why this method, with these options, has no per-layer ranking of every candidate
+        to save (``find --save-scores``) on paths of ``units``; None: it has one."""
+        return None
+
     @property
     def final_terms_last_only(self) -> bool:
         """Whether the run's final JAS counts only the last of each layer's K neurons (the released
@@ -47,8 +52,13 @@ class MethodOptions:
 
 @dataclass
 class MethodOutput:
+    """A method's paths, its per-image extras, and (where it ranks every candidate of a layer)
+    the scores it ranked: (images, layers, widest layer), the path being each layer's top K of
+    them (``-inf`` past a narrower layer's width; ``find --save-scores`` stores them)."""
+
     path: torch.Tensor  # (images, layers, K)
     extras: dict[str, list] = field(default_factory=dict)  # per-image values, by record key
+    scores: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

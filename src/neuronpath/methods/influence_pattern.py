@@ -53,7 +53,8 @@ def influence_pattern_scores(
 
 def _path(adapter, pixels, clean, config, k, options) -> MethodOutput:
     """Per-layer top-k of the Influence Pattern scores: (images, layers, k)."""
-    return MethodOutput(top_k(influence_pattern_scores(adapter, pixels, clean, config), k))
+    scores = influence_pattern_scores(adapter, pixels, clean, config)
+    return MethodOutput(top_k(scores, k), scores=scores)
 
 
 METHOD = PathMethod(

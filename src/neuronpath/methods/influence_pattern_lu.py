@@ -42,6 +42,7 @@ import torch
 
 from ..engine.attribution import AttributionConfig, CleanPass, rows_per_chunk
 from ..engine.derivatives import directional_derivatives, total_gradients
+from ..engine.neurons import stack_layers
 from ..errors import InputError, option
 from .base import MethodOptions, MethodOutput, PathMethod
 
@@ -59,25 +60,35 @@ class LuOptions(MethodOptions):
 
 
 def lu_path(
-    adapter, pixels: torch.Tensor, clean: CleanPass, config: AttributionConfig = AttributionConfig()
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Alg. 2 with Eq. 9 for a batch: the path (images, layers, 1) and each image's I(x, P)."""
+    adapter,
+    pixels: torch.Tensor,
+    clean: CleanPass,
+    config: AttributionConfig = AttributionConfig(),
+    with_scores: bool = False,
+):
+    """Alg. 2 with Eq. 9 for a batch: the path (images, layers, 1) and each image's I(x, P);
+    ``with_scores``: also every candidate's score at its layer given the path before it
+    (images, layers, widest layer), the greedy step's ranking."""
     grid = config.grid
     steps = grid.steps
     alphas = torch.tensor(grid.points, dtype=adapter.dtype, device=adapter.device)
     weights = torch.tensor(grid.weights, dtype=adapter.dtype, device=adapter.device)
     pixels = pixels.to(adapter.device, adapter.dtype)
     per_chunk = max(1, rows_per_chunk(adapter, pixels, config.memory_budget) // steps)
-    paths, influence = [], []
+    paths, influence, ranked = [], [], []
     for start in range(0, pixels.shape[0], per_chunk):
         images = slice(start, min(start + per_chunk, pixels.shape[0]))
         x = pixels[images].repeat_interleave(steps, 0)  # rows: image-major, then alpha
         rows = x * alphas.repeat(pixels[images].shape[0])[:, None, None, None]
         targets = clean.targets[images].repeat_interleave(steps)
-        path, score = _greedy(adapter, rows, x, targets, weights, config.objective, steps)
+        path, score, layer_scores = _greedy(
+            adapter, rows, x, targets, weights, config.objective, steps
+        )
         paths.append(path)
         influence.append(score)
-    return torch.cat(paths)[..., None], torch.cat(influence)
+        ranked.append(stack_layers(layer_scores))
+    out = torch.cat(paths)[..., None], torch.cat(influence)
+    return (*out, torch.cat(ranked)) if with_scores else out
 
 
 def _greedy(adapter, rows, tangent, targets, weights, kind, steps):
@@ -85,24 +96,25 @@ def _greedy(adapter, rows, tangent, targets, weights, kind, steps):
     count = rows.shape[0] // steps
     w = weights.repeat(count)
     gradients = total_gradients(adapter, rows, targets, kind)  # per layer (rows, P_l, n_l)
-    chosen, chain, path = None, None, []
+    chosen, chain, path, ranked = None, None, [], []
     for l in range(adapter.num_layers):
         if l == 0:  # the chain so far, carried to every candidate: (rows, P_l, n_l)
             reach = directional_derivatives(adapter, rows, 0, input_tangent=tangent)
         else:
             reach = directional_derivatives(adapter, rows, l, neuron=(l - 1, chosen, chain))
         scores = w[:, None] * (reach * gradients[l]).sum(1)
-        best = scores.reshape(count, steps, -1).sum(1).argmax(-1)  # first index on ties
+        ranked.append(scores.reshape(count, steps, -1).sum(1))
+        best = ranked[-1].argmax(-1)  # first index on ties
         chosen = best.repeat_interleave(steps)
         chain = reach.gather(2, chosen[:, None, None].expand(-1, reach.shape[1], 1))[..., 0]
         path.append(best)
         final = scores.gather(1, chosen[:, None])[:, 0].reshape(count, steps).sum(1)
-    return torch.stack(path, dim=1), final
+    return torch.stack(path, dim=1), final, ranked
 
 
 def _method(adapter, pixels, clean, config, k, options) -> MethodOutput:
-    path, influence = lu_path(adapter, pixels, clean, config)
-    return MethodOutput(path, {"influence": influence.tolist()})
+    path, influence, scores = lu_path(adapter, pixels, clean, config, with_scores=True)
+    return MethodOutput(path, {"influence": influence.tolist()}, scores=scores)
 
 
 METHOD = PathMethod(

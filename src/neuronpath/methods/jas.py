@@ -26,7 +26,7 @@ from ..engine.attribution import (
     extension_scores,
     integrated_gradients,
 )
-from ..engine.neurons import gather_neurons, masks_for, top_k
+from ..engine.neurons import gather_neurons, masks_for, stack_layers, top_k
 from ..engine.units import ABSENT
 from ..errors import InputError, option
 from .base import MethodOptions, MethodOutput, PathMethod
@@ -89,6 +89,13 @@ class JASOptions(MethodOptions):
     def final_terms_last_only(self) -> bool:
         return self.topk_mode == "official"
 
+    def scores_undefined(self, units: str) -> str | None:
+        if units == "neurons+heads":
+            return "a mixed path compares the best unit of two sites per block, not one ranking"
+        if self.rerank not in (0, "all"):
+            return f"--rerank {self.rerank} scores only the best {self.rerank} candidates exactly"
+        return None
+
 
 def layer_scores(
     adapter: ModelAdapter,
@@ -138,14 +145,17 @@ def jas_path(
     k: int = 1,
     topk_mode: str = "all",
     rerank: int | str = 0,
-) -> torch.Tensor:
+    with_scores: bool = False,
+):
     """Layer-progressive search (Alg. 1 / Alg. 3), official whole-layer candidate scoring, or
     with ``rerank`` C > 0 its best C candidates re-scored exactly (``"all"``: every neuron).
 
     Re-scoring: candidate w of layer t scores JAS(P ∪ {w}) with only w scaled in layer t
     (:func:`~neuronpath.engine.attribution.extension_scores`); the K best are kept, ties to
     the better official rank (``"all"``: to the lower index).  Returns the path, a LongTensor
-    (images, layers, k).  On a mixed adapter (neurons and heads, two sites per block) the
+    (images, layers, k), and with ``with_scores`` (official scoring or ``rerank="all"``) each
+    layer's scores of every candidate given the path before it, (images, layers, widest
+    layer).  On a mixed adapter (neurons and heads, two sites per block) the
     search is :func:`mixed_jas_path`.
     """
     rerank = JASOptions(topk_mode, rerank).rerank  # validates both
@@ -164,7 +174,11 @@ def jas_path(
             f"{option('topk')}: expected 1 <= K <= {min(widths)} (the FFN width), got {k}"
         )
     JASOptions(topk_mode, rerank).check(k)
+    if with_scores and rerank not in (0, "all"):
+        why = JASOptions(topk_mode, rerank).scores_undefined(adapter.unit_set)
+        raise InputError(f"{option('rerank')}: no ranking of every candidate to return: {why}")
     path = torch.zeros(n_images, adapter.num_layers, k, dtype=torch.long, device=device)
+    ranked = []
     for t in range(adapter.num_layers):
         if rerank == "all":
             candidates = torch.arange(widths[t], device=device).expand(n_images, -1)
@@ -173,6 +187,7 @@ def jas_path(
             scores = layer_scores(adapter, pixels, clean, config, prefix, t, topk_mode)
             if not rerank:
                 path[:, t] = top_k(scores, k)
+                ranked.append(scores)
                 continue
             candidates = top_k(scores, min(rerank, widths[t]))
         prefix = {l: path[:, l] for l in range(t)}
@@ -180,7 +195,8 @@ def jas_path(
             adapter, pixels, clean, t, candidates, prefix, config, topk_mode == "official"
         )
         path[:, t] = candidates.gather(1, top_k(exact, k))
-    return path
+        ranked.append(exact)  # kept only for "all", where candidate i is unit i
+    return (path, stack_layers(ranked)) if with_scores else path
 
 
 def mixed_jas_path(
@@ -220,13 +236,22 @@ def mixed_jas_path(
     return path
 
 
+def _method(adapter, pixels, clean, config, k, options) -> MethodOutput:
+    if options.scores_undefined(adapter.unit_set) is not None:
+        return MethodOutput(
+            jas_path(adapter, pixels, clean, config, k, options.topk_mode, options.rerank)
+        )
+    path, scores = jas_path(
+        adapter, pixels, clean, config, k, options.topk_mode, options.rerank, with_scores=True
+    )
+    return MethodOutput(path, scores=scores)
+
+
 METHOD = PathMethod(
     "jas",
     "JAS path: layer-progressive search maximising the Joint Attribution Score "
     "(Alg. 1; TopK: Alg. 3)",
-    lambda adapter, pixels, clean, config, k, options: MethodOutput(
-        jas_path(adapter, pixels, clean, config, k, options.topk_mode, options.rerank)
-    ),
+    _method,
     options=JASOptions,
     title="JAS path",
     units=("neurons", "heads", "neurons+heads"),

@@ -53,7 +53,9 @@ def top_neurons(attribution: torch.Tensor, k: int = 5) -> list[list[tuple[int, i
 
 def _knowledge(adapter, pixels, clean, config, k, options) -> MethodOutput:
     attribution = knowledge_attribution(adapter, pixels, clean, config)
-    return MethodOutput(top_k(attribution, k), {"top": top_neurons(attribution, 5)})
+    return MethodOutput(
+        top_k(attribution, k), {"top": top_neurons(attribution, 5)}, scores=attribution
+    )
 
 
 METHOD = PathMethod(

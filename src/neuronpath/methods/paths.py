@@ -38,6 +38,7 @@ class PathResult:
     paths: dict[str, torch.Tensor]  # method -> (images, layers) for K = 1, else (images, layers, K)
     scores: dict[str, torch.Tensor]  # method -> (images,) final JAS
     extras: dict[str, dict] = field(default_factory=dict)  # method -> extra per-image outputs
+    ranked: dict[str, torch.Tensor] = field(default_factory=dict)  # method -> its scores
 
 
 def find_paths(
@@ -63,12 +64,14 @@ def find_paths(
     for name, opts in options.items():
         opts.check(k)
     clean = clean_pass(adapter, pixels, labels, config)
-    paths, extras = {}, {}
+    paths, extras, ranked = {}, {}, {}
     for method, opts in options.items():
         output = REGISTRY[method](adapter, pixels, clean, config, k, opts)
         paths[method] = output.path
         if output.extras:
             extras[method] = output.extras
+        if output.scores is not None:
+            ranked[method] = output.scores
     last_only = any(opts.final_terms_last_only for opts in options.values())
     finals = joint_attribution_scores(
         adapter,
@@ -80,4 +83,4 @@ def find_paths(
     )
     if k == 1:
         paths = {m: p[..., 0] for m, p in paths.items()}
-    return PathResult(clean, paths, dict(zip(options, finals)), extras)
+    return PathResult(clean, paths, dict(zip(options, finals)), extras, ranked)

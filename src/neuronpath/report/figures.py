@@ -319,3 +319,38 @@ def atlas_figure(
         for ax in ax_row:
             ax.set_axis_off()
     return _save(figure, out_stem)
+
+
+def curves_figure(results: Mapping, ks, out_stem: str | Path) -> list[Path]:
+    """MIB's faithfulness curves: f(k) over k (log scale), one panel per (metric, ablation),
+    one line per method with its 95 % band.  ``results[method][ablation][metric]`` holds
+    ``f``, ``f_lo``, ``f_hi``, ``cpr``, ``cmd``."""
+    from matplotlib.figure import Figure
+
+    pairs = list(
+        dict.fromkeys(
+            (metric, ablation)
+            for by_ablation in results.values()
+            for ablation, by_metric in by_ablation.items()
+            for metric in by_metric
+        )
+    )
+    figure = Figure(figsize=(3.8 * len(pairs), 3.2), layout="constrained")
+    axes = figure.subplots(1, len(pairs), squeeze=False)[0]
+    for ax, (metric, ablation) in zip(axes, pairs):
+        for i, (method, by_ablation) in enumerate(results.items()):
+            stats = by_ablation.get(ablation, {}).get(metric)
+            if stats is None:
+                continue
+            label = f"{method} (CPR {stats['cpr']['value']:.2f}, CMD {stats['cmd']['value']:.2f})"
+            ax.plot(ks, stats["f"], color=f"C{i}", marker="o", markersize=2.5, label=label)
+            if stats["f_lo"][0] is not None:
+                ax.fill_between(ks, stats["f_lo"], stats["f_hi"], color=f"C{i}", alpha=0.15)
+        ax.axhline(1, color="grey", linewidth=0.6, linestyle=":")
+        ax.axhline(0, color="grey", linewidth=0.6, linestyle=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("k: % of each layer's units kept (the method's top)", fontsize=8)
+        ax.set_ylabel("f(k)")
+        ax.set_title(f"{ablation} ablation, {metric}", fontsize=9)
+        ax.legend(fontsize=6)
+    return _save(figure, out_stem)

@@ -354,3 +354,61 @@ def write_table2(report: Mapping, out_stem: str | Path, t: int, p: float) -> lis
             }
         )
     return write_markdown_and_csv(out_stem, lines, rows)
+
+
+def write_curve_tables(results: Mapping, ks, folder: str | Path) -> list[Path]:
+    """``curves.csv`` (``method,ablation,metric,k,f,lo,hi``), ``cpr_cmd.csv``
+    (``method,ablation,metric,statistic,value,lo,hi``) and ``curves.md`` (CPR and CMD per
+    method, ablation and metric, with 95 % intervals) from :func:`write_curves`' results."""
+    folder = Path(folder)
+
+    def cell(s: Mapping) -> str:
+        text = f"{s['value']:.3f}"
+        return text + (f" [{s['lo']:.3f}, {s['hi']:.3f}]" if s["lo"] is not None else "")
+
+    curve_rows, area_rows = [], []
+    lines = [
+        "CPR: area under f(k); CMD: area under |1 - f(k)|; x = k / 100 (the fraction of each "
+        f"layer's units kept, k in {', '.join(f'{k:g}' for k in ks)} %), trapezoid rule. "
+        "Higher CPR and lower CMD are better.",
+        "",
+        f"| method | ablation | metric | images | CPR | CMD | f at k = {ks[0]:g} % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, by_ablation in results.items():
+        for ablation, by_metric in by_ablation.items():
+            for metric, stats in by_metric.items():
+                for k, f, lo, hi in zip(ks, stats["f"], stats["f_lo"], stats["f_hi"]):
+                    curve_rows.append(
+                        {
+                            "method": method,
+                            "ablation": ablation,
+                            "metric": metric,
+                            "k": k,
+                            "f": f,
+                            "lo": lo,
+                            "hi": hi,
+                        }
+                    )
+                for name in ("cpr", "cmd"):
+                    area_rows.append(
+                        {
+                            "method": method,
+                            "ablation": ablation,
+                            "metric": metric,
+                            "statistic": name,
+                            **stats[name],
+                        }
+                    )
+                first = {"value": stats["f"][0], "lo": stats["f_lo"][0], "hi": stats["f_hi"][0]}
+                lines.append(
+                    f"| {method} | {ablation} | {metric} | {stats['images']} | "
+                    f"{cell(stats['cpr'])} | {cell(stats['cmd'])} | {cell(first)} |"
+                )
+    written = write_markdown_and_csv(folder / "curves", lines, curve_rows)
+    area = folder / "cpr_cmd.csv"
+    with open(area, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(area_rows[0]))
+        writer.writeheader()
+        writer.writerows(area_rows)
+    return [*written, area]
