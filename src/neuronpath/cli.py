@@ -18,11 +18,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InputError, NeuronpathError, command_line_options
+from .experiments.benchmark import BenchmarkCommand, recovery_table, run_benchmark
 from .experiments.causal import run_causal
 from .experiments.classes import ClassesCommand, run_classes
 from .experiments.evaluate import EvaluateCommand, run_evaluate
 from .experiments.find import DemoCommand, FindCommand, default_methods, run_find
 from .experiments.neurons import NeuronsCommand, run_neurons
+from .experiments.plant import PlantCommand, run_plant
 from .experiments.prune import PruneCommand, PruneOptions, run_prune
 from .experiments.ranks import leave_ranks
 from .experiments.report import ReportCommand, run_report
@@ -195,6 +197,30 @@ def _summary(command: SummaryCommand, args) -> str:
     return summary_text(command.run)
 
 
+def _plant(command: PlantCommand, args) -> str | None:
+    if not _main_rank():  # one process plants; the others have nothing to do
+        return None
+    planted = run_plant(command.spec, command.data, command.out, command.options, command.execution)
+    checks = planted["verification"]["checks"]
+    lines = [f"  ({key}) {c['check']}: {c['value']:.3f} holds" for key, c in checks.items()]
+    units = ", ".join(f"L{l} N{n}" for l, n in planted["units"].items())
+    out = Path(command.out)
+    return "\n".join(
+        [f"planted path {units} -> {planted['target']['name']}", *lines,
+         f"wrote {out} ({out / 'planted.json'}, {out / 'images'}, {out / 'clean'})"]
+    )  # fmt: skip
+
+
+def _benchmark(command: BenchmarkCommand, args) -> str | None:
+    if not _main_rank():
+        return None
+    summary = run_benchmark(command.run, command.planted, command.bootstrap, command.seed)
+    units = {int(l): n for l, n in summary["units"].items()}
+    out = Path(command.run) / "benchmark"
+    table = recovery_table(summary["results"], units, summary["distractors"])
+    return f"{table}wrote {out / 'recovery.csv'}, {out / 'recovery.md'}"
+
+
 COMMANDS: dict[str, Command] = {
     "find": Command(FindCommand, _find, method_flags=True),
     "demo": Command(DemoCommand, _demo, method_flags=True),
@@ -205,6 +231,8 @@ COMMANDS: dict[str, Command] = {
     "report": Command(ReportCommand, _report),
     "neurons": Command(NeuronsCommand, _neurons, required=("data",)),
     "table": Command(TableCommand, _table),
+    "plant": Command(PlantCommand, _plant, required=("model", "data", "out")),
+    "benchmark": Command(BenchmarkCommand, _benchmark, required=("planted",)),
 }
 
 

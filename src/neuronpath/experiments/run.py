@@ -92,6 +92,11 @@ class Run:
         return self._settings["model"]
 
     @property
+    def weights_sha256(self) -> str | None:
+        """The hash of the weights the run read (:meth:`ModelAdapter.weights_hash`)."""
+        return self._settings.get("weights_sha256")
+
+    @property
     def saved_scores(self) -> bool:
         """Whether find stored every method's candidate scores (``find --save-scores``)."""
         return self._settings.get("save_scores") is True

@@ -1,0 +1,84 @@
+"""How well a method recovers a planted path (``neuronpath benchmark``): per planted layer the
+hit rate (the method's path unit is the planted unit; with K units per layer, among them), the
+whole path recovered, the planted unit's rank in the method's own ranking of its layer (1 =
+its top; ties go to the lower index, as the method's own ``top_k``), the ROC area of the
+method's scores against the planted units (per layer, and pooled over the planted layers as
+MIB scores a circuit: P(a planted unit outscores an unplanted one), ties counted half), and how
+often each distractor is picked.  Every statistic is a mean over images, with a bootstrap 95 %
+interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .bootstrap import mean_interval
+
+
+def planted_ranks(scores: np.ndarray, unit: int) -> np.ndarray:
+    """1-based rank of ``unit`` in each row's descending order of ``scores`` (images, n); a
+    tie goes to the lower index."""
+    own = scores[:, unit : unit + 1]
+    above = (scores > own).sum(1)
+    tied_before = (scores[:, :unit] == own).sum(1)
+    return 1 + above + tied_before
+
+
+def roc_area(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Per row of ``scores`` (images, n), P(a positive outscores a negative), ties counted
+    half; ``positive`` (n,) marks the positives."""
+    pos, neg = scores[:, positive], scores[:, ~positive]
+    greater = (pos[:, :, None] > neg[:, None, :]).mean((1, 2))
+    equal = (pos[:, :, None] == neg[:, None, :]).mean((1, 2))
+    return greater + 0.5 * equal
+
+
+def recovery(
+    paths: np.ndarray,
+    planted: Mapping[int, int],
+    distractors: Sequence[Mapping],
+    scores: np.ndarray | None,
+    widths: Sequence[int],
+    draws: np.ndarray,
+) -> list[dict]:
+    """Rows ``{statistic, layer, value, lo, hi}`` for one method: ``paths`` (images, layers,
+    K), ``planted`` {layer: unit}, ``distractors`` [{kind, layer, neuron}], ``scores``
+    (images, layers, widest) or None (no rank or ROC rows)."""
+    rows = []
+
+    def add(statistic, layer, per_image):
+        per_image = np.asarray(per_image, dtype=np.float64)
+        interval = mean_interval(per_image, draws) or [None, None]
+        rows.append(
+            {
+                "statistic": statistic,
+                "layer": layer,
+                "value": float(per_image.mean()),
+                "lo": interval[0],
+                "hi": interval[1],
+            }
+        )
+
+    layers = sorted(planted)
+    hits = {l: (paths[:, l, :] == planted[l]).any(1) for l in layers}
+    for l in layers:
+        add("hit", l, hits[l])
+    add("hit", "all", np.all([hits[l] for l in layers], axis=0))
+    for d in distractors:
+        add(f"pick:{d['kind']}", d["layer"], (paths[:, d["layer"], :] == d["neuron"]).any(1))
+    if scores is None:
+        return rows
+    ranks = {l: planted_ranks(scores[:, l, : widths[l]], planted[l]) for l in layers}
+    for l in layers:
+        add("rank", l, ranks[l])
+    add("rank", "all", np.mean([ranks[l] for l in layers], axis=0))
+    for l in layers:
+        positive = np.zeros(widths[l], dtype=bool)
+        positive[planted[l]] = True
+        add("auc", l, roc_area(scores[:, l, : widths[l]], positive))
+    pooled = np.concatenate([scores[:, l, : widths[l]] for l in layers], axis=1)
+    positive = np.concatenate([np.arange(widths[l]) == planted[l] for l in layers])
+    add("auc", "all", roc_area(pooled, positive))
+    return rows
