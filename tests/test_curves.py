@@ -16,10 +16,11 @@ import literal
 from conftest import make_image_folder, save_tiny_model
 from neuronpath.analysis.curves import KS, cpr_cmd, curve_statistics, kept_count
 from neuronpath.cli import main
-from neuronpath.io.images import IMAGE_EXTENSIONS, load_image
+from neuronpath.io.images import load_image
 from neuronpath.io.scores import SavedScores
 from neuronpath.io.store import read_records
 from neuronpath.models.loading import load_model
+from test_faithfulness import logits_with, reference_means
 
 STEPS = 3
 METHODS = "jas,activation,knowledge"
@@ -109,41 +110,6 @@ def test_saved_scores_are_each_methods_own_ranking(curves):
                 ]
             )
         np.testing.assert_allclose(scores, want.detach().numpy(), rtol=1e-5, atol=1e-7)
-
-
-def logits_with(adapter, path, values: dict[int, dict[int, float]]) -> torch.Tensor:
-    """Literal: one image's logits with neuron j of layer l at the CLS token set to
-    ``values[l][j]`` (a forward pre-hook on each layer's output projection)."""
-    modules = dict(adapter.model.named_modules())
-
-    def make(layer):
-        def hook(module, args):
-            x = args[0].clone()
-            for j, v in values.get(layer, {}).items():
-                x[0, 0, j] = v
-            return (x,)
-
-        return hook
-
-    hooks = [
-        modules[n].register_forward_pre_hook(make(l)) for l, n in enumerate(adapter.site_names)
-    ]
-    try:
-        with torch.no_grad():
-            return adapter.logits(pixels(adapter, path))[0]
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def reference_means(adapter, folder) -> list[torch.Tensor]:
-    """Literal: each neuron's mean CLS activation over the reference images, a plain loop."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    total = None
-    for path in files:
-        h = literal.clean_cls(adapter.model, pixels(adapter, path))[0]
-        total = h if total is None else [a + b for a, b in zip(total, h)]
-    return [t / len(files) for t in total]
 
 
 def test_a_kept_row_is_a_forward_with_every_other_unit_ablated(curves):
