@@ -195,3 +195,12 @@ def test_a_lost_scores_file_is_written_again_on_resume(curves, tmp_path):
     for i in ids:
         np.testing.assert_array_equal(again.get("jas", [i])[0], before[i])
     assert len(read_records(run)) == len(read_records(curves["untouched"]))
+
+
+def test_the_page_shows_the_curves(curves, tmp_path):
+    page = tmp_path / "page.html"
+    argv = ["-q", "report", str(curves["run"]), "--out", str(page), "--images", "2"]
+    assert main([*argv, "--cards", "2", "--device", "cpu"]) == 0
+    text = page.read_text()
+    assert "<h2>Curves over whole rankings: CPR and CMD</h2>" in text
+    assert "<th>CPR</th>" in text and "f(k) per method" in text

@@ -377,6 +377,12 @@ def run_report(
         }
         if (find_dir / "evaluation" / "faithfulness.json").is_file()
         else None,
+        "curves": {
+            "table": text(find_dir / "evaluation" / "curves.md"),
+            "figure": png(find_dir / "evaluation" / "curves.png"),
+        }
+        if (find_dir / "evaluation" / "curves.json").is_file()
+        else None,
         "classes": {
             name: png(find_dir / f"classes-{method}" / f"{name}.png")
             for name in ("figure4", "similarity", "figure5", "figure2")

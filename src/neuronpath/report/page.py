@@ -102,6 +102,16 @@ def overview_html(overview: dict) -> dict[str, str]:
             f"neuronpath evaluate {run} --ablation zero,mean,resample --reference-split 40",
         )
     )
+    parts.append("<h2>Curves over whole rankings: CPR and CMD</h2>")
+    curves = overview.get("curves")
+    parts.append(
+        markdown_table(curves["table"] or "") + _figure(curves["figure"], "f(k) per method")
+        if curves
+        else _missing(
+            "The curves (from a run found with --save-scores)",
+            f"neuronpath evaluate {run} --curves --ablation mean --reference-split 40",
+        )
+    )
     parts.append(f"<h2>Classes ({html.escape(overview['method'])} paths: Figures 4, 5, 2)</h2>")
     classes = overview["classes"]
     parts.append(
