@@ -328,3 +328,36 @@ def test_every_rank_lists_what_is_done_before_any_rank_writes(tmp_path):
         "test",
     )
     assert "write" in events and events.index("barrier") < events.index("write")
+
+
+def test_saved_scores_and_curves_under_two_ranks_equal_one_process(setup, tmp_path):
+    from neuronpath.io.scores import SavedScores
+
+    model, data = setup
+    common = ["--model", str(model), "--data", str(data), "--batch-size", "2", "--save-scores"]
+    code, _, err = finish(torchrun(2, ["-q", *FIND, *common, "--out", str(tmp_path / "two")]))
+    assert code == 0, err
+    assert main(["-q", *FIND, *common, "--out", str(tmp_path / "one")]) == 0
+    two, one = tmp_path / "two", tmp_path / "one"
+    images = sorted({r["image"] for r in read_records(one)})
+    for method in ("jas", "activation"):
+        got, want = SavedScores(two).get(method, images), SavedScores(one).get(method, images)
+        assert got.shape == want.shape and abs(got - want).max() <= 1e-5 * abs(want).max()
+    curves = ["--curves", "--ablation", "resample", "--reference-split", "3"]
+    curves += ["--bootstrap", "20", "--metrics", "prob,kl"]
+    code, _, err = finish(
+        torchrun(2, ["-q", "evaluate", str(two), "--device", "cpu", "--batch-size", "2", *curves])
+    )
+    assert code == 0, err
+    assert main(["-q", "evaluate", str(one), "--device", "cpu", *curves]) == 0
+    got = by_key(read_records(two / "evaluation" / "curves" / "resample"))
+    want = by_key(read_records(one / "evaluation" / "curves" / "resample"))
+    assert got.keys() == want.keys() and len(want) == 2 * (15 - 3)
+    for key, record in want.items():
+        assert got[key]["donor"] == record["donor"]
+        assert_close_tree(got[key]["prob"], record["prob"])
+    assert_close_tree(
+        json.loads((two / "evaluation" / "curves.json").read_text()),
+        json.loads((one / "evaluation" / "curves.json").read_text()),
+    )
+    assert not list(two.glob("**/*.rank*"))
