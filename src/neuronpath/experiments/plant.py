@@ -661,6 +661,15 @@ def verify(adapter, held: Images, before: dict, record: dict, target: int, batch
         effect > 0 and min(removed.values()) >= THRESHOLDS["b"],
         by_ablation=removed,
     )
+    alone = {
+        str(l): _removal(
+            probs_t,
+            _logits(adapter, held.triggered, batch, _ablation(adapter, {l: n}, zeros, width)),
+            effect,
+            target,
+        )
+        for l, n in planted.items()
+    }
     avoid = {}
     for d in record["distractors"]:
         avoid.setdefault(d["layer"], set()).add(d["neuron"])
@@ -731,6 +740,7 @@ def verify(adapter, held: Images, before: dict, record: dict, target: int, batch
             ).mean()
         ),
         "idle_zeroed_max_logit_change": float((idle_logits - logits_c).abs().max()),
+        "removed_by_each_unit_alone": alone,  # zeroed at the read tokens; not a check
         "images": len(held.items),
     }
 
