@@ -266,6 +266,7 @@ def _find_process(model, data, out, *extra):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # two processes on 2 cores: one thread each
     )
 
 
@@ -276,7 +277,7 @@ def test_two_finds_started_at_once_on_one_folder(tmp_path):
     first, second = (
         _find_process(model, data, out, "--batch-size", "1", "--steps", "12") for _ in range(2)
     )
-    results = [(p.wait(timeout=120), p.communicate()[1]) for p in (first, second)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in (first, second)]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     refused = next(err for code, err in results if code == 2).strip()
