@@ -33,6 +33,7 @@ images without it, in their own class folders).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ import torch
 from PIL import Image
 
 from ..draws import seeded_generator
+from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons, record_neurons
 from ..engine.planting import (
     EDGE,
@@ -258,20 +260,18 @@ def _chunks(pixels: torch.Tensor, size: int):
 
 
 def _logits(adapter, pixels, batch: int, edits=None) -> torch.Tensor:
-    """Logits of every image, under ``edits`` (:func:`ablate_neurons`' form; a multiplier of
-    one row applies to every image)."""
-    out = []
-    for start in range(0, len(pixels), batch):
-        chunk = pixels[start : start + batch]
-        with torch.inference_mode():
-            if edits is None:
-                out.append(adapter.logits(chunk).double().cpu())
-                continue
-            rows = slice(start, start + len(chunk))
-            sized = {l: _rows(e, rows, len(chunk)) for l, e in edits.items()}
-            with ablate_neurons(adapter, sized):
-                out.append(adapter.logits(chunk).double().cpu())
-    return torch.cat(out)
+    """Logits of every image, ``batch`` at a time, under ``edits`` (:func:`ablate_neurons`'
+    form; a multiplier of one row applies to every image)."""
+
+    def edit(rows: slice):
+        if edits is None:
+            return contextlib.nullcontext()
+        count = rows.stop - rows.start
+        return ablate_neurons(adapter, {l: _rows(e, rows, count) for l, e in edits.items()})
+
+    index = torch.arange(len(pixels), device=pixels.device)
+    chunks = edited_chunks(adapter, pixels, index, edit, max_rows=batch)
+    return torch.cat([logits.double().cpu() for _, logits in chunks])
 
 
 def _rows(edit, rows: slice, count: int):
@@ -370,8 +370,7 @@ def _gradient_direction(adapter, layer, batches, read) -> torch.Tensor:
 
 
 def _batches(pixels, labels, batch):
-    for start in range(0, len(pixels), batch):
-        yield pixels[start : start + batch], labels[start : start + batch]
+    return zip(_chunks(pixels, batch), _chunks(labels, batch))
 
 
 def _random_direction(size: int, generator) -> torch.Tensor:
@@ -582,7 +581,7 @@ def _removal(probs_t: torch.Tensor, edited: torch.Tensor, effect: float, target:
     return float((probs_t.mean() - edited.softmax(-1)[:, target].mean()) / effect)
 
 
-def _ablation(adapter, units: dict[int, int], source: dict, width) -> dict:
+def _ablation(units: dict[int, int], source: dict, width) -> dict:
     """Edits that set ``units`` ({layer: unit}) to ``source[layer]`` (1, positions, n)."""
     edits = {}
     for l, n in units.items():
@@ -621,14 +620,17 @@ def verify(adapter, held: Images, before: dict, record: dict, target: int, batch
     )
     probs_t, probs_c = logits_t.softmax(-1)[:, target], logits_c.softmax(-1)[:, target]
     effect = float(probs_t.mean() - probs_c.mean())
-    coords, levels = {}, {}
-    for name, pixels in (("clean", held.clean), ("triggered", held.triggered)):
+    coords = {}  # every layer of the clean images (the means), the planted ones triggered
+    for name, pixels, seen in (
+        ("clean", held.clean, layers),
+        ("triggered", held.triggered, planted),
+    ):
         parts = []
         for chunk in _chunks(pixels, batch):
-            with torch.inference_mode(), record_neurons(adapter, coordinates=True) as acts:
+            with torch.inference_mode(), record_neurons(adapter, seen, coordinates=True) as acts:
                 adapter.logits(chunk)
-            parts.append({l: acts[l].double().cpu() for l in layers})
-        coords[name] = {l: torch.cat([p[l] for p in parts]) for l in layers}
+            parts.append({l: acts[l].double().cpu() for l in seen})
+        coords[name] = {l: torch.cat([p[l] for p in parts]) for l in seen}
     means = {l: coords["clean"][l].mean(0, keepdim=True) for l in layers}
     zeros = {l: torch.zeros_like(means[l]) for l in layers}
     levels = {l: coords["triggered"][l].mean(1) for l in planted}
@@ -648,7 +650,7 @@ def verify(adapter, held: Images, before: dict, record: dict, target: int, batch
     removed = {
         kind: _removal(
             probs_t,
-            _logits(adapter, held.triggered, batch, _ablation(adapter, planted, src, width)),
+            _logits(adapter, held.triggered, batch, _ablation(planted, src, width)),
             effect,
             target,
         )
@@ -664,7 +666,7 @@ def verify(adapter, held: Images, before: dict, record: dict, target: int, batch
     alone = {
         str(l): _removal(
             probs_t,
-            _logits(adapter, held.triggered, batch, _ablation(adapter, {l: n}, zeros, width)),
+            _logits(adapter, held.triggered, batch, _ablation({l: n}, zeros, width)),
             effect,
             target,
         )
@@ -698,8 +700,8 @@ def verify(adapter, held: Images, before: dict, record: dict, target: int, batch
     unit = {register["layer"]: register["neuron"]}
     labels = held.labels.cpu()
     clean_label = logits_c.softmax(-1)[torch.arange(len(labels)), labels]
-    mean_logits = _logits(adapter, held.clean, batch, _ablation(adapter, unit, means, width))
-    zero_logits = _logits(adapter, held.clean, batch, _ablation(adapter, unit, zeros, width))
+    mean_logits = _logits(adapter, held.clean, batch, _ablation(unit, means, width))
+    zero_logits = _logits(adapter, held.clean, batch, _ablation(unit, zeros, width))
     flips = int((mean_logits.argmax(-1) != logits_c.argmax(-1)).sum())
     moved = float(
         (zero_logits.softmax(-1)[torch.arange(len(labels)), labels] - clean_label).abs().mean()
@@ -729,7 +731,7 @@ def verify(adapter, held: Images, before: dict, record: dict, target: int, batch
         adapter,
         held.clean,
         batch,
-        _ablation(adapter, {idle["layer"]: idle["neuron"]}, zeros, width),
+        _ablation({idle["layer"]: idle["neuron"]}, zeros, width),
     )
     return {
         "checks": checks,
