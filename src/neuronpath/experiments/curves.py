@@ -53,9 +53,8 @@ def check_curves(run) -> None:
     if not run.find.saved_scores:
         raise InputError(
             f"{option('curves')}: {run.run_dir} was found without {option('save_scores')}, so "
-            f"it holds no ranking of every unit to keep the top of; run find again with "
-            f"{option('save_scores')} (into a new folder, or the same command plus the flag "
-            f"into a copy) and evaluate that run"
+            f"it holds no ranking of every unit to keep the top of; run the same find with "
+            f"{option('save_scores')} into a new folder and evaluate that run"
         )
 
 
