@@ -78,7 +78,7 @@ class ClassesOptions:
     similar classes listed, the permutations of the coherence test, Figure 4's line at the
     official KDE mode (``kde``) instead of the exact most used neuron, and the seed."""
 
-    method: str = setting("jas", "whose paths")
+    method: str | None = setting(None, "whose paths (default: jas, else the run's first method)")
     out: str | None = setting(None, "output folder (default: RUN/classes-METHOD)")
     plot_classes: tuple[str, ...] | None = setting(
         None,
@@ -135,6 +135,7 @@ def run_classes(run_dir: str | Path, options: ClassesOptions = ClassesOptions())
     panel_class, groups, class_names = options.panel_class, options.groups, options.class_names
     data = options.data
     run = Run.of(run_dir)
+    method = method or run.default_method
     root = run.reader(data)  # the run's images, checked before anything is written
     records = run.counted_records()
     methods = list(dict.fromkeys(r["method"] for r in records))

@@ -285,7 +285,9 @@ class ReportOptions:
 
     out: str | None = setting(None, "the page (default: RUN/report/index.html)")
     images: int = setting(200, "images with thumbnails, activations and maps", type=int)
-    method: str = setting("jas", "whose paths make the neuron cards")
+    method: str | None = setting(
+        None, "whose paths make the neuron cards (default: jas, else the run's first method)"
+    )
     cards: int = setting(48, "neuron cards", type=int)
     top: int = setting(6, "top images per neuron card", type=int)
     model: str | None = setting(None, "the run's model, if it moved (its weights are checked)")
@@ -317,6 +319,7 @@ def run_report(
         prune = json.loads((run_dir / "results.json").read_text())
         find_dir = _prune_paths(run_dir, prune)
     run = Run.open(find_dir)
+    method = method or run.default_method
     for name, value, low in (("images", images, 0), ("cards", cards, 0), ("top", top, 1)):
         if not isinstance(value, int) or value < low:
             raise InputError(f"{option(name)}: expected a count >= {low}, got {value!r}")

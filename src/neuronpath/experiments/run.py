@@ -68,6 +68,12 @@ class Run:
         return list(self._settings["methods"])
 
     @property
+    def default_method(self) -> str:
+        """The method a command reads when none is named: jas, or the run's first method when
+        it has no JAS paths."""
+        return "jas" if "jas" in self.methods else self.methods[0]
+
+    @property
     def topk(self) -> int:
         return int(self._settings["topk"])
 
