@@ -114,6 +114,9 @@ class CleanPass:
     labels: torch.Tensor  # (images,) ground truth
     targets: torch.Tensor  # (images,) the class whose F is attributed
     coords: list[torch.Tensor] | None = None  # per layer, (images, tokens, coords); None: = acts
+    # per layer, (tokens, coords): a reference set's mean at the read positions, the state that
+    # mean ablation and a mean baseline move units to (``find --reference``); None: no reference
+    reference: list[torch.Tensor] | None = None
 
     def coordinates(self, layer: int) -> torch.Tensor:
         """Layer ``layer``'s site coordinates (the unit values themselves for neurons)."""
@@ -283,6 +286,7 @@ def integrated_gradients(
     config: AttributionConfig,
     item_image: torch.Tensor | None = None,
     active: Mapping[int, torch.Tensor] | None = None,
+    baseline: Mapping[int, torch.Tensor] | None = None,
 ) -> dict[int, torch.Tensor]:
     """Riemann-sum gradients of F w.r.t. the replaced neuron vectors.
 
@@ -293,20 +297,30 @@ def integrated_gradients(
     derivative along each head's clean direction, :mod:`neuronpath.engine.units`).
     ``active[l]`` (items,) bool: items for which layer l is not edited at all but runs
     normally (mixed paths with no unit at that site); their G_l is zero.
+    ``baseline[l]`` (tokens, n): where the scaled units of layer l start, u = b + alpha (h - b)
+    (default zero, the paper's Eq. 3; neuron sites only).
     """
     pixels = pixels.to(adapter.device, adapter.dtype)
     layers = sorted(masks)
     if not layers:
         return {}
     masks = {l: masks[l].to(adapter.device, adapter.dtype) for l in layers}
+    if baseline is not None and not all(adapter.units(l).identity for l in baseline):
+        raise InputError("baseline: a non-zero baseline is defined for neuron sites only")
+    start = {
+        l: baseline[l].to(adapter.device, adapter.dtype)
+        for l in layers
+        if baseline is not None and l in baseline
+    }
     if item_image is None:
         item_image = torch.arange(masks[layers[0]].shape[0], device=adapter.device)
 
     def build(items, images, alpha):
         alpha = alpha[:, None, None]
-        values = {
+        scale = {l: (alpha - 1) * masks[l][items][:, None, :] for l in layers}
+        values = {  # h (1 + (alpha - 1) mask) - (alpha - 1) mask b = b + alpha (h - b) if masked
             l: (
-                clean.acts[l][images] * (1 + (alpha - 1) * masks[l][items][:, None, :])
+                clean.acts[l][images] * (1 + scale[l]) - (scale[l] * start[l] if l in start else 0)
             ).requires_grad_(True)
             for l in layers
         }

@@ -39,6 +39,7 @@ from .common import (
     versions,
 )
 from .ranks import join_ranks, open_store, work_through
+from .reference import reference_files, reference_identity, reference_means
 
 log = logging.getLogger("neuronpath")
 
@@ -77,6 +78,11 @@ class FindOptions:
         False,
         "also store every method's per-layer scores of every candidate unit, the ranking its "
         "path is the top of (RUN/scores/; evaluate --curves and benchmark read them)",
+    )
+    reference: str | None = setting(
+        None,
+        "folder of reference images (not the run's): each unit's mean over them, where the "
+        "methods that need one start (jas --baseline mean, causal --causal-ablation mean)",
     )
     only: frozenset[str] | None = setting(None, cli=False)
     command: tuple[str, ...] | None = setting(None, cli=False)
@@ -205,6 +211,17 @@ def run_find(
             why = opts.scores_undefined(spec.units)
             if why is not None:
                 raise InputError(f"{option('save_scores')}: {name} has no scores to save: {why}")
+    needing = [name for name, opts in chosen.items() if opts.needs_reference]
+    if needing and options.reference is None:
+        raise InputError(
+            f"{option('reference')}: {needing[0]}'s options start from each unit's mean over "
+            f"a reference set; expected a folder of reference images (not the run's)"
+        )
+    if options.reference is not None and not needing:
+        raise InputError(
+            f"{option('reference')}: none of the methods {', '.join(chosen)} uses a reference "
+            f"with these options (jas --baseline mean, causal --causal-ablation mean do)"
+        )
     if limit is not None and limit < 1:
         raise InputError(f"{option('limit')}: expected a positive integer, got {limit}")
     ranks = join_ranks(resolve_device(execution.device))
@@ -227,6 +244,9 @@ def run_find(
     folder = _open_data(data, adapter, spec)
     items = [it for it in folder.items if only is None or it.id in only]
     items = interleave_classes(items)[:limit]
+    if options.reference is not None:
+        ours = {it.path.resolve() for it in items if isinstance(it.path, Path)}
+        reference = reference_files(options.reference, ours)
     manifest = {
         "tool": "neuronpath find",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -244,6 +264,11 @@ def run_find(
             if only is None
             else hashlib.sha256("\n".join(sorted(only)).encode()).hexdigest(),
             **({"save_scores": True} if options.save_scores else {}),
+            **(
+                {"reference": reference_identity(options.reference, reference)}
+                if options.reference is not None
+                else {}
+            ),
         },
         "model": {
             **adapter.describe(),
@@ -278,10 +303,20 @@ def run_find(
         store.dir,
     )
 
+    means = None
+    if options.reference is not None and pending:
+        means = reference_means(adapter, reference, execution.batch_size)
+
     def handle(batch):
         labels = torch.tensor([it.label for it in batch.items])
         result = find_paths(
-            adapter, batch.pixels.to(device, non_blocking=True), labels, chosen, config, topk
+            adapter,
+            batch.pixels.to(device, non_blocking=True),
+            labels,
+            chosen,
+            config,
+            topk,
+            means,
         )
         if options.save_scores:  # before the records: a finished image has its scores
             unscored = [m for m in chosen if m not in result.ranked]

@@ -81,6 +81,11 @@ class PruneOptions:
         parse=names,
     )
     find_run: str | None = setting(None, "reuse a find run with TopK paths (K >= max keep)")
+    reference: str | None = setting(
+        None,
+        "folder of reference images for the path methods that start from each unit's mean "
+        "(find --reference)",
+    )
     config: AttributionConfig = nested(AttributionConfig, "the integral (Eq. 3)")
     slim: SlimOptions = nested(SlimOptions, "trained baselines (Table 2)")
     command: tuple[str, ...] | None = setting(None, cli=False)
@@ -211,7 +216,9 @@ def run_prune(
             )
         run_dir = Path(find_run)
     elif chosen:
-        search = FindOptions(chosen, config, k, only=frozenset(probe), command=command)
+        search = FindOptions(
+            chosen, config, k, reference=options.reference, only=frozenset(probe), command=command
+        )
         run_dir = run_find(spec, data, out / "find", search, execution)
     ranks.barrier()  # the probe paths are merged before any rank reads them
     found = Run.open(run_dir) if chosen else None

@@ -119,6 +119,10 @@ FIND_MANIFEST_OPTIONAL = {
         lambda v: v is True,
         "true: the run saved every method's candidate scores",
     ),
+    ("settings", "reference"): (
+        lambda v: isinstance(v, dict) and {"folder", "images", "sha256"} <= set(v),
+        "the reference set of find --reference (folder, images, sha256)",
+    ),
 }
 
 

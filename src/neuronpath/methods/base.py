@@ -36,6 +36,12 @@ class MethodOptions:
         return None
 
     @property
+    def needs_reference(self) -> bool:
+        """Whether these options need a reference set's mean of every unit
+        (``find --reference``; it reaches the method as ``CleanPass.reference``)."""
+        return False
+
+    @property
     def final_terms_last_only(self) -> bool:
         """Whether the run's final JAS counts only the last of each layer's K neurons (the released
         TopK code's rule, ``docs/official-code.md#topk-and-pruning``)."""

@@ -32,6 +32,7 @@ from ..errors import InputError, option
 from .base import MethodOptions, MethodOutput, PathMethod
 
 TOPK_MODES = ("all", "official")
+BASELINES = ("zero", "mean")
 
 
 def parse_rerank(value: int | str) -> int | str:
@@ -72,12 +73,32 @@ class JASOptions(MethodOptions):
         },
     )
 
+    baseline: str = field(
+        default="zero",
+        metadata={
+            "choices": BASELINES,
+            "help": "where the integral of Eq. 3 starts: zero (the paper's: alpha scales the "
+            "unit from 0) or mean (from its mean over find --reference's images, "
+            "u = m + alpha (h - m); the values in Eq. 2 become h - m; neuron paths, official "
+            "scoring only)",
+        },
+    )
+
     def __post_init__(self):
+        if self.baseline not in BASELINES:
+            raise InputError(
+                f"{option('baseline')}: expected one of {BASELINES}, got {self.baseline!r}"
+            )
         if self.topk_mode not in TOPK_MODES:
             raise InputError(
                 f"{option('topk_mode')}: expected one of {TOPK_MODES}, got {self.topk_mode!r}"
             )
         object.__setattr__(self, "rerank", parse_rerank(self.rerank))
+        if self.baseline != "zero" and self.rerank != 0:
+            raise InputError(
+                f"{option('baseline')} {self.baseline}: defined for the official whole-layer "
+                f"scoring; expected {option('rerank')} 0, got {self.rerank!r}"
+            )
 
     def check(self, k: int) -> None:
         if self.rerank != "all" and 0 < self.rerank < k:
@@ -88,6 +109,18 @@ class JASOptions(MethodOptions):
     @property
     def final_terms_last_only(self) -> bool:
         return self.topk_mode == "official"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.baseline == "mean"
+
+    def to_dict(self) -> dict:
+        """The manifest's record; ``baseline`` only when it is not zero, so runs made before
+        the option existed resume."""
+        out = super().to_dict()
+        if out["baseline"] == "zero":
+            del out["baseline"]
+        return out
 
     def scores_undefined(self, units: str) -> str | None:
         if units == "neurons+heads":
@@ -105,6 +138,7 @@ def layer_scores(
     prefix: dict[int, torch.Tensor],
     layer: int,
     topk_mode: str = "all",
+    baseline: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The official whole-layer candidate scores S_t (the module docstring) of every unit of
     ``layer`` given the path so far, ``prefix`` ({layer: (images, K)}; ``ABSENT`` entries of a
@@ -112,26 +146,31 @@ def layer_scores(
     kind (a mixed path) adds its own product of sums, (sum of its values) x (sum of its
     integrals), as the JAS of a mixed set does
     (:func:`~neuronpath.engine.attribution.set_scores`): the same for every candidate of the
-    layer, it matters only when the sites of a block are compared."""
+    layer, it matters only when the sites of a block are compared.  ``baseline`` (per layer,
+    (tokens, n)): the integral runs from it, u = b + alpha (h - b), and the values are h - b."""
     n_images, device, dtype = clean.labels.shape[0], adapter.device, adapter.dtype
     terms = clean.token_terms
+    values = clean.acts if baseline is None else [a - b for a, b in zip(clean.acts, baseline)]
     masks = masks_for(prefix, clean.widths, dtype, device)
     masks[layer] = torch.ones(n_images, clean.widths[layer], dtype=dtype, device=device)
     active = {l: (i != ABSENT).any(1) for l, i in prefix.items() if (i == ABSENT).any()}
-    grads = integrated_gradients(adapter, pixels, clean, masks, config, active=active or None)
+    starts = None if baseline is None else {l: baseline[l] for l in masks}
+    grads = integrated_gradients(
+        adapter, pixels, clean, masks, config, active=active or None, baseline=starts
+    )
     summed = {l: i[:, -1:] if topk_mode == "official" else i for l, i in prefix.items()}
     kind = adapter.units(layer).kind
     zero = torch.zeros((), dtype=dtype, device=device)
 
     def sums(layers):
-        value = sum((gather_neurons(terms(clean.acts[l]), summed[l]) for l in layers), zero)
+        value = sum((gather_neurons(terms(values[l]), summed[l]) for l in layers), zero)
         grad = sum((gather_neurons(terms(grads[l]), summed[l]) for l in layers), zero)
         return value, grad
 
     value_prefix, grad_prefix = sums([l for l in summed if adapter.units(l).kind == kind])
     other_value, other_grad = sums([l for l in summed if adapter.units(l).kind != kind])
     return (
-        (terms(clean.acts[layer]) + value_prefix[..., None])
+        (terms(values[layer]) + value_prefix[..., None])
         * (terms(grads[layer]) + grad_prefix[..., None])
         + (other_value * other_grad)[..., None]
     ).sum(1)
@@ -146,6 +185,7 @@ def jas_path(
     topk_mode: str = "all",
     rerank: int | str = 0,
     with_scores: bool = False,
+    baseline: list[torch.Tensor] | None = None,
 ):
     """Layer-progressive search (Alg. 1 / Alg. 3), official whole-layer candidate scoring, or
     with ``rerank`` C > 0 its best C candidates re-scored exactly (``"all"``: every neuron).
@@ -159,6 +199,11 @@ def jas_path(
     search is :func:`mixed_jas_path`.
     """
     rerank = JASOptions(topk_mode, rerank).rerank  # validates both
+    if baseline is not None and (rerank or adapter.unit_set != "neurons"):
+        raise InputError(
+            f"{option('baseline')}: a baseline other than zero is defined for neuron paths "
+            f"with the official scoring (no {option('rerank')})"
+        )
     if adapter.unit_set == "neurons+heads":
         if k != 1 or rerank:
             raise InputError(
@@ -184,7 +229,7 @@ def jas_path(
             candidates = torch.arange(widths[t], device=device).expand(n_images, -1)
         else:
             prefix = {l: path[:, l] for l in range(t)}
-            scores = layer_scores(adapter, pixels, clean, config, prefix, t, topk_mode)
+            scores = layer_scores(adapter, pixels, clean, config, prefix, t, topk_mode, baseline)
             if not rerank:
                 path[:, t] = top_k(scores, k)
                 ranked.append(scores)
@@ -236,13 +281,44 @@ def mixed_jas_path(
     return path
 
 
+def reference_of(clean: CleanPass, needed_by: str) -> list[torch.Tensor]:
+    """The reference means a method's options need (``find --reference``), or one line why
+    there are none."""
+    if clean.reference is None:
+        raise InputError(
+            f"{option('reference')}: {needed_by} starts from each unit's mean over a reference "
+            f"set; expected a folder of reference images (not the run's)"
+        )
+    return clean.reference
+
+
 def _method(adapter, pixels, clean, config, k, options) -> MethodOutput:
+    baseline = None
+    if options.baseline == "mean":
+        baseline = reference_of(clean, f"{option('baseline')} mean")
     if options.scores_undefined(adapter.unit_set) is not None:
         return MethodOutput(
-            jas_path(adapter, pixels, clean, config, k, options.topk_mode, options.rerank)
+            jas_path(
+                adapter,
+                pixels,
+                clean,
+                config,
+                k,
+                options.topk_mode,
+                options.rerank,
+                baseline=baseline,
+            )
         )
     path, scores = jas_path(
-        adapter, pixels, clean, config, k, options.topk_mode, options.rerank, with_scores=True
+        adapter,
+        pixels,
+        clean,
+        config,
+        k,
+        options.topk_mode,
+        options.rerank,
+        with_scores=True,
+        baseline=baseline,
     )
     return MethodOutput(path, scores=scores)
 

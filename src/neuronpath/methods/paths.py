@@ -48,6 +48,7 @@ def find_paths(
     methods: Sequence[str] | Mapping[str, MethodOptions | None] = DEFAULT_METHODS,
     config: AttributionConfig = AttributionConfig(),
     k: int = 1,
+    reference: list[torch.Tensor] | None = None,
 ) -> PathResult:
     """Find each method's path for a batch of images and its final JAS
     (``docs/official-code.md#final-jas``).
@@ -57,13 +58,15 @@ def find_paths(
     mapping from names to options (``{"jas": JASOptions(...), "activation": None}``; None:
     the defaults).
     One clean forward is shared by every method; the final JAS of all paths comes from one
-    batched pass.
+    batched pass.  ``reference``: per layer, (tokens, coords) each unit's mean over a reference
+    set (``CleanPass.reference``), for the methods whose options start from it.
     """
     options = method_options(methods)
     check_units(options, adapter.unit_set)
     for name, opts in options.items():
         opts.check(k)
     clean = clean_pass(adapter, pixels, labels, config)
+    clean.reference = reference
     paths, extras, ranked = {}, {}, {}
     for method, opts in options.items():
         output = REGISTRY[method](adapter, pixels, clean, config, k, opts)

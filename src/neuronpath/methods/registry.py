@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from ..errors import InputError, option
-from . import activation, controls, influence_pattern, influence_pattern_lu, jas, knowledge
+from . import (
+    activation,
+    causal,
+    controls,
+    influence_pattern,
+    influence_pattern_lu,
+    jas,
+    knowledge,
+)
 from .base import Control, MethodOptions, PathMethod
 
 REGISTRY: dict[str, PathMethod] = {
@@ -22,6 +30,7 @@ REGISTRY: dict[str, PathMethod] = {
         influence_pattern.METHOD,
         influence_pattern_lu.METHOD,
         knowledge.METHOD,
+        causal.METHOD,
     )
 }
 CONTROLS: dict[str, Control] = {c.name: c for c in (controls.RANDOM, controls.MATCHED)}
