@@ -1,6 +1,6 @@
 """The path finders added to judge against ground truth (issue: a path finder the measurements
-put first): JAS from the reference mean (``jas --baseline mean``) and the causal search
-(``causal``), each against a deliberately literal loop on a tiny float64 ViT -- plain forward
+put first): JAS from the reference mean (``jas --baseline mean``), the causal search
+(``causal``) and the learned path (``learned``), each against a deliberately literal loop on a tiny float64 ViT -- plain forward
 hooks written here, one image, one candidate and one alpha at a time -- and their saved rankings;
 bad input."""
 
@@ -21,6 +21,7 @@ from test_faithfulness import hidden, logits_with, reference_means
 
 STEPS = 3
 CANDIDATES = 4
+LEARNED_STEPS = 12
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,9 @@ def runs(tmp_path_factory):
         "causal-mean": [
             "--methods", "causal", "--causal-prior", "activation", "--causal-candidates",
             str(CANDIDATES), *with_reference,
+        ],
+        "learned-mean": [
+            "--methods", "learned", "--learned-steps", str(LEARNED_STEPS), *with_reference,
         ],
         "causal-zero": [
             "--methods", "knowledge,causal", "--causal-ablation", "zero", "--causal-score",
@@ -216,6 +220,55 @@ def test_causal_search_with_zero_ablation_ranks_the_knowledge_candidates(runs):
         assert record["path"] == path
 
 
+def soft_forward(adapter, image, label, theta, means, side):
+    """Literal: F of one image with every layer's CLS FFN row x (as the forward computes it)
+    replaced by b + s (x - b) (kept) or x - s (x - b) (removed), s = softmax(theta[l])."""
+    modules = dict(adapter.model.named_modules())
+
+    def make(l):
+        def hook(module, args):
+            x = args[0].clone()
+            s, row = theta[l].softmax(-1), x[0, 0]
+            x[0, 0] = (
+                means[l] + s * (row - means[l]) if side == "kept" else row - s * (row - means[l])
+            )
+            return (x,)
+
+        return hook
+
+    hooks = [
+        modules[n].register_forward_pre_hook(make(l)) for l, n in enumerate(adapter.site_names)
+    ]
+    try:
+        logits = adapter.logits(adapter.preprocess(load_image(image))[None])[0]
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits.softmax(-1)[label]
+
+
+def test_the_learned_path_equals_a_literal_training_loop(runs):
+    """The objective F(kept) - F(removed) by plain hooks, one image at a time, trained with the
+    same optimiser from theta = 0: the saved logits are the library's, the path their argmax."""
+    adapter, run, means = runs["adapter"], runs["root"] / "learned-mean", runs["means"]
+    saved = SavedScores(run)
+    for image, record in {r["image"]: r for r in read_records(run)}.items():
+        theta = [torch.zeros(w, dtype=torch.float64, requires_grad=True) for w in adapter.widths()]
+        optimiser = torch.optim.Adam(theta, lr=0.1)
+        for _ in range(LEARNED_STEPS):
+            file, label = runs["data"] / image, record["label"]
+            kept = soft_forward(adapter, file, label, theta, means, "kept")
+            removed = soft_forward(adapter, file, label, theta, means, "removed")
+            optimiser.zero_grad()
+            (removed - kept).backward()
+            optimiser.step()
+        want = torch.stack([t.detach() for t in theta]).float()
+        got = torch.from_numpy(saved.get("learned", [image])[0])
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        assert record["path"] == [int(t.argmax()) for t in theta]
+        assert any(t.abs().max() > 0.5 for t in theta)  # it did move off the uniform start
+
+
 @pytest.mark.parametrize(
     "extra, expected",
     [
@@ -231,6 +284,11 @@ def test_causal_search_with_zero_ablation_ranks_the_knowledge_candidates(runs):
          "--reference: 6 of its images are images of the run"),
         (["--methods", "causal", "--causal-ablation", "zero", "--units", "heads"],
          "--methods: causal is not defined for heads paths"),
+        (["--methods", "learned", "--learned-ablation", "zero", "--learned-steps", "0"],
+         "--learned-steps: expected a positive integer"),
+        (["--methods", "learned", "--learned-ablation", "zero", "--learned-lr", "-1"],
+         "--learned-lr: expected a positive number"),
+        (["--methods", "learned"], "--reference: learned's options start from"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line(runs, tmp_path, capsys, extra, expected):

@@ -102,10 +102,11 @@ class CausalOptions(MethodOptions):
         return self.causal_ablation == "mean"
 
 
-def _sources(adapter, clean, ablation: str) -> list[torch.Tensor]:
-    """Per layer, (1, positions, coords): what an ablated unit takes."""
+def ablated_values(adapter, clean, ablation: str, flag: str) -> list[torch.Tensor]:
+    """Per layer, (1, positions, coords): what an ablated unit takes under ``ablation`` (zero,
+    or the reference mean, which the option ``flag`` asked for)."""
     if ablation == "mean":
-        means = reference_of(clean, f"{option('causal_ablation')} mean")
+        means = reference_of(clean, f"{option(flag)} mean")
         return [m.to(adapter.device, adapter.dtype)[None] for m in means]
     return [torch.zeros_like(clean.coordinates(l)[:1]) for l in range(adapter.num_layers)]
 
@@ -158,7 +159,7 @@ def causal_path(adapter, pixels, clean, config, k: int = 1, options=CausalOption
     options.check(k)
     pixels = pixels.to(adapter.device, adapter.dtype)
     n_images, device = clean.labels.shape[0], adapter.device
-    sources = _sources(adapter, clean, options.causal_ablation)
+    sources = ablated_values(adapter, clean, options.causal_ablation, "causal_ablation")
     sides = {"both": ("removed", "kept"), "necessity": ("removed",)}.get(
         options.causal_score, ("kept",)
     )

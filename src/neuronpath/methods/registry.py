@@ -19,6 +19,7 @@ from . import (
     influence_pattern_lu,
     jas,
     knowledge,
+    learned,
 )
 from .base import Control, MethodOptions, PathMethod
 
@@ -31,6 +32,7 @@ REGISTRY: dict[str, PathMethod] = {
         influence_pattern_lu.METHOD,
         knowledge.METHOD,
         causal.METHOD,
+        learned.METHOD,
     )
 }
 CONTROLS: dict[str, Control] = {c.name: c for c in (controls.RANDOM, controls.MATCHED)}
