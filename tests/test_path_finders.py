@@ -1,8 +1,8 @@
-"""The path finders added to judge against ground truth (issue: a path finder the measurements
-put first): JAS from the reference mean (``jas --baseline mean``), the causal search
-(``causal``) and the learned path (``learned``), each against a deliberately literal loop on a tiny float64 ViT -- plain forward
-hooks written here, one image, one candidate and one alpha at a time -- and their saved rankings;
-bad input."""
+"""The path finders added to be judged against ground truth: JAS from the reference mean
+(``jas-mean``), the causal search (``causal``) and the learned path (``learned``), each against a
+deliberately literal loop on a tiny float64 ViT (plain forward hooks written here, one image,
+one candidate and one alpha at a time), their saved rankings, every downstream command, and bad
+input."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def runs(tmp_path_factory):
     find += ["--steps", str(STEPS), "--dtype", "float64", "--save-scores"]
     with_reference = ["--reference", str(reference)]
     made = {
-        "jas-mean": ["--methods", "jas", "--baseline", "mean", *with_reference],
+        "jas-mean": ["--methods", "jas,jas-mean", *with_reference],
         "causal-mean": [
             "--methods", "causal", "--causal-prior", "activation", "--causal-candidates",
             str(CANDIDATES), *with_reference,
@@ -120,7 +120,7 @@ def literal_mean_baseline_scores(adapter, image, label, means, path):
 def test_jas_from_the_mean_equals_a_literal_search_and_saves_its_scores(runs):
     adapter, run = runs["adapter"], runs["root"] / "jas-mean"
     saved = SavedScores(run)
-    records = {r["image"]: r for r in read_records(run)}
+    records = {r["image"]: r for r in read_records(run) if r["method"] == "jas-mean"}
     assert len(records) == 6
     for image, record in records.items():
         path, rows = [], []
@@ -131,22 +131,19 @@ def test_jas_from_the_mean_equals_a_literal_search_and_saves_its_scores(runs):
             rows.append(scores)
             path.append(int(torch.argmax(scores)))
         assert record["path"] == path
-        got = torch.from_numpy(saved.get("jas", [image])[0])
+        got = torch.from_numpy(saved.get("jas-mean", [image])[0])
         want = torch.stack(rows).float()  # stored compactly, in float32
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["settings"]["options"]["jas"]["baseline"] == "mean"
     assert manifest["settings"]["reference"]["images"] == 6
+    assert len(manifest["settings"]["reference"]["sha256"]) == 64
 
 
 def test_the_mean_baseline_moves_the_path_off_the_zero_baseline_on_some_image(runs):
-    """Not a tautology of the option: starting from the mean changes what is chosen."""
-    zero = runs["root"] / "jas-zero"
-    assert main([*runs["find"], "--out", str(zero), "--methods", "jas"]) == 0
-    mean = paths_of(runs["root"] / "jas-mean", "jas")
-    assert any(paths_of(zero, "jas")[i] != p for i, p in mean.items())
-    options = json.loads((zero / "manifest.json").read_text())["settings"]["options"]["jas"]
-    assert "baseline" not in options  # zero is not recorded: runs made before it resume
+    """Not a tautology: starting from the mean changes what is chosen."""
+    run = runs["root"] / "jas-mean"
+    zero, mean = paths_of(run, "jas"), paths_of(run, "jas-mean")
+    assert any(zero[i] != p for i, p in mean.items())
 
 
 def literal_causal(adapter, image, label, values, candidates_of, score):
@@ -273,17 +270,17 @@ def test_the_learned_path_equals_a_literal_training_loop(runs):
     "extra, expected",
     [
         (["--methods", "causal"], "--reference: causal's options start from"),
-        (["--methods", "jas", "--baseline", "mean"], "--reference: jas's options start from"),
+        (["--methods", "jas-mean"], "--reference: jas-mean's options start from"),
         (["--methods", "jas", "--reference", "REF"], "--reference: none of the methods jas"),
         (["--methods", "causal", "--causal-candidates", "0"], "--causal-candidates: expected a"),
         (["--methods", "causal", "--causal-ablation", "zero", "--causal-candidates", "2",
           "--topk", "3"], "--causal-candidates: expected at least K = 3"),
-        (["--methods", "jas", "--baseline", "mean", "--rerank", "4", "--reference", "REF"],
-         "--baseline mean: defined for the official whole-layer scoring"),
-        (["--methods", "jas", "--baseline", "mean", "--reference", "DATA"],
+        (["--methods", "jas-mean", "--reference", "DATA"],
          "--reference: 6 of its images are images of the run"),
         (["--methods", "causal", "--causal-ablation", "zero", "--units", "heads"],
          "--methods: causal is not defined for heads paths"),
+        (["--methods", "jas-mean", "--reference", "REF", "--units", "heads"],
+         "--methods: jas-mean is not defined for heads paths"),
         (["--methods", "learned", "--learned-ablation", "zero", "--learned-steps", "0"],
          "--learned-steps: expected a positive integer"),
         (["--methods", "learned", "--learned-ablation", "zero", "--learned-lr", "-1"],

@@ -82,7 +82,7 @@ class FindOptions:
     reference: str | None = setting(
         None,
         "folder of reference images (not the run's): each unit's mean over them, where the "
-        "methods that need one start (jas --baseline mean, causal --causal-ablation mean)",
+        "methods that need one start (jas-mean; causal, learned with mean ablation)",
     )
     only: frozenset[str] | None = setting(None, cli=False)
     command: tuple[str, ...] | None = setting(None, cli=False)
@@ -220,7 +220,7 @@ def run_find(
     if options.reference is not None and not needing:
         raise InputError(
             f"{option('reference')}: none of the methods {', '.join(chosen)} uses a reference "
-            f"with these options (jas --baseline mean, causal --causal-ablation mean do)"
+            f"with these options (jas-mean, and causal and learned with mean ablation, do)"
         )
     if limit is not None and limit < 1:
         raise InputError(f"{option('limit')}: expected a positive integer, got {limit}")

@@ -19,6 +19,7 @@ import torch
 
 from ..engine.adapter import ModelAdapter
 from ..engine.attribution import AttributionConfig, CleanPass
+from ..errors import InputError, option
 
 
 @dataclass(frozen=True)
@@ -119,3 +120,14 @@ class Control:
     path: Callable[..., torch.Tensor] | None = None
     keep: Callable[..., list[list[int]]] | None = None
     matched: Callable[..., tuple[torch.Tensor, int]] | None = None
+
+
+def reference_of(clean: CleanPass, needed_by: str) -> list[torch.Tensor]:
+    """The reference means a method needs (``find --reference``, ``CleanPass.reference``), or
+    one line why there are none."""
+    if clean.reference is None:
+        raise InputError(
+            f"{option('reference')}: {needed_by} starts from each unit's mean over a reference "
+            f"set; expected a folder of reference images (not the run's)"
+        )
+    return clean.reference

@@ -33,8 +33,8 @@ from ..engine.interventions import ablate_neurons
 from ..engine.neurons import stack_layers, top_k
 from ..errors import InputError, option
 from .activation import activation_scores
-from .base import MethodOptions, MethodOutput, PathMethod
-from .jas import layer_scores, reference_of
+from .base import MethodOptions, MethodOutput, PathMethod, reference_of
+from .jas import layer_scores
 from .knowledge import knowledge_attribution
 
 PRIORS = ("knowledge", "activation", "jas")

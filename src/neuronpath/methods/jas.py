@@ -32,7 +32,6 @@ from ..errors import InputError, option
 from .base import MethodOptions, MethodOutput, PathMethod
 
 TOPK_MODES = ("all", "official")
-BASELINES = ("zero", "mean")
 
 
 def parse_rerank(value: int | str) -> int | str:
@@ -73,32 +72,12 @@ class JASOptions(MethodOptions):
         },
     )
 
-    baseline: str = field(
-        default="zero",
-        metadata={
-            "choices": BASELINES,
-            "help": "where the integral of Eq. 3 starts: zero (the paper's: alpha scales the "
-            "unit from 0) or mean (from its mean over find --reference's images, "
-            "u = m + alpha (h - m); the values in Eq. 2 become h - m; neuron paths, official "
-            "scoring only)",
-        },
-    )
-
     def __post_init__(self):
-        if self.baseline not in BASELINES:
-            raise InputError(
-                f"{option('baseline')}: expected one of {BASELINES}, got {self.baseline!r}"
-            )
         if self.topk_mode not in TOPK_MODES:
             raise InputError(
                 f"{option('topk_mode')}: expected one of {TOPK_MODES}, got {self.topk_mode!r}"
             )
         object.__setattr__(self, "rerank", parse_rerank(self.rerank))
-        if self.baseline != "zero" and self.rerank != 0:
-            raise InputError(
-                f"{option('baseline')} {self.baseline}: defined for the official whole-layer "
-                f"scoring; expected {option('rerank')} 0, got {self.rerank!r}"
-            )
 
     def check(self, k: int) -> None:
         if self.rerank != "all" and 0 < self.rerank < k:
@@ -109,18 +88,6 @@ class JASOptions(MethodOptions):
     @property
     def final_terms_last_only(self) -> bool:
         return self.topk_mode == "official"
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.baseline == "mean"
-
-    def to_dict(self) -> dict:
-        """The manifest's record; ``baseline`` only when it is not zero, so runs made before
-        the option existed resume."""
-        out = super().to_dict()
-        if out["baseline"] == "zero":
-            del out["baseline"]
-        return out
 
     def scores_undefined(self, units: str) -> str | None:
         if units == "neurons+heads":
@@ -201,8 +168,8 @@ def jas_path(
     rerank = JASOptions(topk_mode, rerank).rerank  # validates both
     if baseline is not None and (rerank or adapter.unit_set != "neurons"):
         raise InputError(
-            f"{option('baseline')}: a baseline other than zero is defined for neuron paths "
-            f"with the official scoring (no {option('rerank')})"
+            "baseline: a baseline other than zero is defined for neuron paths with the "
+            "official scoring (no rerank)"
         )
     if adapter.unit_set == "neurons+heads":
         if k != 1 or rerank:
@@ -281,44 +248,15 @@ def mixed_jas_path(
     return path
 
 
-def reference_of(clean: CleanPass, needed_by: str) -> list[torch.Tensor]:
-    """The reference means a method's options need (``find --reference``), or one line why
-    there are none."""
-    if clean.reference is None:
-        raise InputError(
-            f"{option('reference')}: {needed_by} starts from each unit's mean over a reference "
-            f"set; expected a folder of reference images (not the run's)"
-        )
-    return clean.reference
-
-
-def _method(adapter, pixels, clean, config, k, options) -> MethodOutput:
-    baseline = None
-    if options.baseline == "mean":
-        baseline = reference_of(clean, f"{option('baseline')} mean")
+def jas_output(adapter, pixels, clean, config, k, options, baseline=None) -> MethodOutput:
+    """The JAS search's path, with its scores where ``options`` rank every candidate."""
     if options.scores_undefined(adapter.unit_set) is not None:
-        return MethodOutput(
-            jas_path(
-                adapter,
-                pixels,
-                clean,
-                config,
-                k,
-                options.topk_mode,
-                options.rerank,
-                baseline=baseline,
-            )
+        path = jas_path(
+            adapter, pixels, clean, config, k, options.topk_mode, options.rerank, baseline=baseline
         )
+        return MethodOutput(path)
     path, scores = jas_path(
-        adapter,
-        pixels,
-        clean,
-        config,
-        k,
-        options.topk_mode,
-        options.rerank,
-        with_scores=True,
-        baseline=baseline,
+        adapter, pixels, clean, config, k, options.topk_mode, options.rerank, True, baseline
     )
     return MethodOutput(path, scores=scores)
 
@@ -327,7 +265,7 @@ METHOD = PathMethod(
     "jas",
     "JAS path: layer-progressive search maximising the Joint Attribution Score "
     "(Alg. 1; TopK: Alg. 3)",
-    _method,
+    jas_output,
     options=JASOptions,
     title="JAS path",
     units=("neurons", "heads", "neurons+heads"),

@@ -18,6 +18,7 @@ from . import (
     influence_pattern,
     influence_pattern_lu,
     jas,
+    jas_mean,
     knowledge,
     learned,
 )
@@ -33,6 +34,7 @@ REGISTRY: dict[str, PathMethod] = {
         knowledge.METHOD,
         causal.METHOD,
         learned.METHOD,
+        jas_mean.METHOD,
     )
 }
 CONTROLS: dict[str, Control] = {c.name: c for c in (controls.RANDOM, controls.MATCHED)}
