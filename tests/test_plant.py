@@ -248,3 +248,30 @@ def test_benchmark_refuses_a_run_not_made_on_the_planted_images(planted, tmp_pat
     assert "is not the planted model" in err and len(err.splitlines()) == 1
     assert main(["benchmark", str(other), "--planted", str(tmp_path)]) == 2
     assert "has no planted.json" in capsys.readouterr().err
+
+
+def test_plant_and_benchmark_under_two_ranks_equal_one_process(planted, tmp_path):
+    """Under torchrun the main rank plants and scores (the others have nothing to share): the
+    same weights, units and verification, and the same recovery table, as one process."""
+    from test_distributed import finish, torchrun
+
+    out = tmp_path / "planted"
+    argv = [*planted["argv"][:5], "--out", str(out), *PLANT]
+    code, _, err = finish(torchrun(2, ["-q", *argv]), timeout=300)
+    assert code == 0, err
+    got, want = (json.loads((f / "planted.json").read_text()) for f in (out, planted["out"]))
+    for key in ("identity", "units", "distractors", "weights_sha256"):
+        assert got[key] == want[key], key
+    for key, check in want["verification"]["checks"].items():
+        assert got["verification"]["checks"][key]["value"] == pytest.approx(check["value"])
+    assert sorted(p.name for p in (out / "images").rglob("*")) == sorted(
+        p.name for p in (planted["out"] / "images").rglob("*")
+    )
+    run = planted["run"]
+    assert main(["-q", "benchmark", str(run), "--planted", str(planted["out"])]) == 0
+    one = (run / "benchmark" / "recovery.csv").read_text()
+    code, _, err = finish(
+        torchrun(2, ["-q", "benchmark", str(run), "--planted", str(planted["out"])]), timeout=300
+    )
+    assert code == 0, err
+    assert (run / "benchmark" / "recovery.csv").read_text() == one
