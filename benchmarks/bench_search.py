@@ -8,7 +8,12 @@ R counts everything ``find`` does per image: the clean forward, the search, and 
 headline row is ``jas+activation`` (``find``'s default: JAS path search plus the final JAS of both
 paths); the official code costs about 44 such units per image for a 12-layer model with m = 20
 (docs/official-code.md#cost).  Each other row is one method run alone (its clean pass, search,
-final JAS).
+final JAS).  Methods that start from a reference mean (``jas-mean``; ``causal`` and ``learned``
+with their default mean ablation) need ``--reference DIR``; computing the means is not timed.
+
+    python benchmarks/bench_search.py --model ../shared/models/vit-s12-imagenet20 \
+        --data ../shared/data/imagenet20-dev --images 20 --threads 1 \
+        --methods knowledge,jas,causal,jas-mean,learned --reference runs/dev-heldout
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 import torch
 
 from neuronpath.engine.attribution import AttributionConfig, objective
+from neuronpath.experiments.reference import reference_files, reference_means
 from neuronpath.io.images import interleave_classes, load_image, scan_image_folder
 from neuronpath.methods import REGISTRY, JASOptions, find_paths
 from neuronpath.models.loading import load_model
@@ -59,6 +65,7 @@ def main():
         help="comma-separated runs; '+' joins methods run together",
     )
     parser.add_argument("--topk", type=int, default=1)
+    parser.add_argument("--reference", help="reference images, for methods that need their means")
     parser.add_argument(
         "--units",
         default="neurons",
@@ -85,6 +92,12 @@ def main():
     labels = torch.tensor([i.label for i in items], device=args.device)
     config = AttributionConfig(steps=args.steps)
     rerank = args.rerank if args.rerank == "all" else int(args.rerank)
+    means = {
+        u: reference_means(a, reference_files(args.reference), args.batch_size)
+        if args.reference
+        else None
+        for u, a in adapters.items()
+    }
 
     unit_seconds(adapter, pixels, labels, args.steps, 3)  # warm-up
     units = [unit_seconds(adapter, pixels, labels, args.steps, 10)]
@@ -106,6 +119,7 @@ def main():
                     chosen,
                     config,
                     k=args.topk,
+                    reference=means[unit_set],
                 )
                 for m in methods:
                     scores[m] += result.scores[m].tolist()

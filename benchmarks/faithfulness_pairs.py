@@ -3,6 +3,14 @@ metric, method A minus method B on the same images (removal change, f with the p
 f with only the path kept), with bootstrap 95 % intervals over images.
 
     python benchmarks/faithfulness_pairs.py runs/s12-dev400 knowledge jas
+
+``--b-run OTHER`` reads method B from another run's study of the same model and reference set
+(the images both runs evaluated are paired).  Zero and mean ablation are then the same edits of
+the same images; resample ablation draws each image's donor from its own run's images, so with
+runs of different image sets the donors differ (still one image, two draws).
+
+    python benchmarks/faithfulness_pairs.py runs/s12-dev100-new causal knowledge \
+        --b-run runs/s12-dev400
 """
 
 from __future__ import annotations
@@ -23,8 +31,10 @@ def main():
     parser.add_argument("a")
     parser.add_argument("b")
     parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--b-run", help="read method B from this run's study")
     args = parser.parse_args()
     folder = Path(args.run) / "evaluation" / "faithfulness"
+    b_folder = Path(args.b_run or args.run) / "evaluation" / "faithfulness"
     print(
         f"| ablation | metric | {args.a} - {args.b}: removal | f, path ablated | "
         f"f, only path kept |"
@@ -36,7 +46,11 @@ def main():
         rows = {}
         for r in read_records(folder / ablation):
             rows.setdefault(r["method"], {})[r["image"]] = r
-        images = sorted(set(rows[args.a]) & set(rows[args.b]))
+        b_rows = {}
+        for r in read_records(b_folder / ablation):
+            b_rows.setdefault(r["method"], {})[r["image"]] = r
+        rows = {args.a: rows[args.a], "B": b_rows[args.b]}
+        images = sorted(set(rows[args.a]) & set(rows["B"]))
         draws = bootstrap_draws(len(images), args.bootstrap, 0)
         for metric in METRICS:
 
@@ -46,7 +60,7 @@ def main():
                     key: np.array([g[key] for g in get]) for key in ("clean", "ablated", "removed")
                 } | {"only": np.array([g["sufficiency"][-1] for g in get])}
 
-            a, b = arrays(args.a), arrays(args.b)
+            a, b = arrays(args.a), arrays("B")
 
             def stats(index):
                 ra = change(metric, a["removed"][index], a["clean"][index]).mean()
