@@ -12,7 +12,7 @@ them per method (``find_paths(..., methods={"jas": JASOptions(...), "activation"
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -131,3 +131,40 @@ def reference_of(clean: CleanPass, needed_by: str) -> list[torch.Tensor]:
             f"set; expected a folder of reference images (not the run's)"
         )
     return clean.reference
+
+
+def check_fields(
+    options: MethodOptions,
+    choices: dict[str, Sequence[str]] = {},  # noqa: B006 (read only)
+    counts: Sequence[str] = (),
+    positive: Sequence[str] = (),
+) -> None:
+    """Refuse, with one line naming the flag, an option outside its ``choices``, a ``counts``
+    option that is not an integer >= 1, or a ``positive`` one that is not a number > 0."""
+    for name, allowed in choices.items():
+        if getattr(options, name) not in allowed:
+            raise InputError(
+                f"{option(name)}: expected one of {tuple(allowed)}, got {getattr(options, name)!r}"
+            )
+    for name in counts:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{option(name)}: expected a positive integer, got {value!r}")
+    for name in positive:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e308:
+            raise InputError(f"{option(name)}: expected a positive number, got {value!r}")
+
+
+ABLATIONS = ("mean", "zero")
+
+
+def ablation_field() -> object:
+    """The ``ablation`` option of a method that ablates units (``causal``, ``learned``)."""
+    return field(
+        default="mean",
+        metadata={
+            "choices": ABLATIONS,
+            "help": "what an ablated unit takes: its mean over find --reference's images, or zero",
+        },
+    )

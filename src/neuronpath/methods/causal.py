@@ -33,12 +33,19 @@ from ..engine.interventions import ablate_neurons
 from ..engine.neurons import stack_layers, top_k
 from ..errors import InputError, option
 from .activation import activation_scores
-from .base import MethodOptions, MethodOutput, PathMethod, reference_of
+from .base import (
+    ABLATIONS,
+    MethodOptions,
+    MethodOutput,
+    PathMethod,
+    ablation_field,
+    check_fields,
+    reference_of,
+)
 from .jas import layer_scores
 from .knowledge import knowledge_attribution
 
 PRIORS = ("knowledge", "activation", "jas")
-ABLATIONS = ("mean", "zero")
 SCORES = ("both", "necessity", "sufficiency")
 
 
@@ -58,13 +65,7 @@ class CausalOptions(MethodOptions):
             "activation, or jas (Alg. 1's whole-layer scores given the path so far)",
         },
     )
-    causal_ablation: str = field(
-        default="mean",
-        metadata={
-            "choices": ABLATIONS,
-            "help": "what an ablated unit takes: its mean over find --reference's images, or zero",
-        },
-    )
+    causal_ablation: str = ablation_field()
     causal_score: str = field(
         default="both",
         metadata={
@@ -75,20 +76,8 @@ class CausalOptions(MethodOptions):
     )
 
     def __post_init__(self):
-        for name, allowed in (
-            ("causal_prior", PRIORS),
-            ("causal_ablation", ABLATIONS),
-            ("causal_score", SCORES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise InputError(
-                    f"{option(name)}: expected one of {allowed}, got {getattr(self, name)!r}"
-                )
-        count = self.causal_candidates
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise InputError(
-                f"{option('causal_candidates')}: expected a positive integer, got {count!r}"
-            )
+        choices = {"causal_prior": PRIORS, "causal_ablation": ABLATIONS, "causal_score": SCORES}
+        check_fields(self, choices, counts=["causal_candidates"])
 
     def check(self, k: int) -> None:
         if self.causal_candidates < k:

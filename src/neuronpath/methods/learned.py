@@ -27,8 +27,8 @@ from ..engine.attribution import autocast_context, objective, rows_per_chunk
 from ..engine.interventions import ablate_neurons
 from ..engine.neurons import stack_layers, top_k
 from ..errors import InputError, option
-from .base import MethodOptions, MethodOutput, PathMethod
-from .causal import ABLATIONS, SCORES, ablated_values
+from .base import ABLATIONS, MethodOptions, MethodOutput, PathMethod, ablation_field, check_fields
+from .causal import SCORES, ablated_values
 
 SIDES = {"both": ("removed", "kept"), "necessity": ("removed",), "sufficiency": ("kept",)}
 
@@ -43,13 +43,7 @@ class LearnedOptions(MethodOptions):
     learned_lr: float = field(
         default=0.1, metadata={"type": float, "help": "Adam's learning rate on the logits"}
     )
-    learned_ablation: str = field(
-        default="mean",
-        metadata={
-            "choices": ABLATIONS,
-            "help": "what an ablated unit takes: its mean over find --reference's images, or zero",
-        },
-    )
+    learned_ablation: str = ablation_field()
     learned_score: str = field(
         default="both",
         metadata={
@@ -60,19 +54,8 @@ class LearnedOptions(MethodOptions):
     )
 
     def __post_init__(self):
-        for name, allowed in (("learned_ablation", ABLATIONS), ("learned_score", SCORES)):
-            if getattr(self, name) not in allowed:
-                raise InputError(
-                    f"{option(name)}: expected one of {allowed}, got {getattr(self, name)!r}"
-                )
-        steps = self.learned_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise InputError(
-                f"{option('learned_steps')}: expected a positive integer, got {steps!r}"
-            )
-        lr = self.learned_lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
-            raise InputError(f"{option('learned_lr')}: expected a positive number, got {lr!r}")
+        choices = {"learned_ablation": ABLATIONS, "learned_score": SCORES}
+        check_fields(self, choices, counts=["learned_steps"], positive=["learned_lr"])
 
     @property
     def needs_reference(self) -> bool:
