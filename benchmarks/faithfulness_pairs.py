@@ -4,7 +4,8 @@ f with only the path kept), with bootstrap 95 % intervals over images.
 
     python benchmarks/faithfulness_pairs.py runs/s12-dev400 knowledge jas
 
-``--b-run OTHER`` reads method B from another run's study of the same model and reference set
+``--b-run OTHER`` (repeatable: each ablation from the first that has it) reads method B from
+another run's study of the same model and reference set
 (the images both runs evaluated are paired).  Zero and mean ablation are then the same edits of
 the same images; resample ablation draws each image's donor from its own run's images, so with
 runs of different image sets the donors differ (still one image, two draws).
@@ -31,10 +32,15 @@ def main():
     parser.add_argument("a")
     parser.add_argument("b")
     parser.add_argument("--bootstrap", type=int, default=1000)
-    parser.add_argument("--b-run", help="read method B from this run's study")
+    parser.add_argument(
+        "--b-run",
+        action="append",
+        help="read method B from this run's study (repeatable: each ablation from the first "
+        "run that has it)",
+    )
     args = parser.parse_args()
     folder = Path(args.run) / "evaluation" / "faithfulness"
-    b_folder = Path(args.b_run or args.run) / "evaluation" / "faithfulness"
+    b_folders = [Path(r) / "evaluation" / "faithfulness" for r in args.b_run or [args.run]]
     print(
         f"| ablation | metric | {args.a} - {args.b}: removal | f, path ablated | "
         f"f, only path kept |"
@@ -46,6 +52,9 @@ def main():
         rows = {}
         for r in read_records(folder / ablation):
             rows.setdefault(r["method"], {})[r["image"]] = r
+        b_folder = next((f for f in b_folders if (f / ablation).is_dir()), None)
+        if b_folder is None:
+            continue
         b_rows = {}
         for r in read_records(b_folder / ablation):
             b_rows.setdefault(r["method"], {})[r["image"]] = r
