@@ -51,7 +51,7 @@ from ..draws import seeded_generator
 from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons, record_neurons
 from ..errors import ImageReadError, InputError, option
-from ..io.images import IMAGE_EXTENSIONS, ImageItem, image_batches, load_image
+from ..io.images import ImageItem, image_batches, load_image
 from ..io.store import check_settings, read_records, reading, write_json_atomic
 from ..methods import CONTROLS
 from ..options import names, setting
@@ -60,6 +60,7 @@ from ..report.figures import faithfulness_figure
 from ..report.tables import write_faithfulness_table
 from .common import Execution
 from .ranks import open_store
+from .reference import reference_files
 
 log = logging.getLogger("neuronpath")
 
@@ -240,11 +241,7 @@ def reference_items(run, options: FaithfulnessOptions) -> list[ImageItem]:
     if options.reference_split is not None:
         return [run.reader.item(i) for i in sorted(run.excluded)]  # an order of its own
     root = Path(options.reference).expanduser()
-    if not root.is_dir():
-        raise InputError(f"{option('reference')}: {root} is not a folder of images")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not paths:
-        raise InputError(f"{option('reference')}: no image files under {root}")
+    paths = reference_files(root)  # its image files; the overlap is checked here, by content too
     if not options.allow_overlap and run.reader.dataset is not None:  # rows: by their pixels
         theirs = {_pixels_digest(lambda p=p: load_image(p)) for p in paths} - {None}
         same = {i for i in run.by_image if _pixels_digest(lambda i=i: run.reader.load(i)) in theirs}

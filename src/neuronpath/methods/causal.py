@@ -47,6 +47,7 @@ from .knowledge import knowledge_attribution
 
 PRIORS = ("knowledge", "activation", "jas")
 SCORES = ("both", "necessity", "sufficiency")
+SIDES = {"both": ("removed", "kept"), "necessity": ("removed",), "sufficiency": ("kept",)}
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,7 @@ def causal_path(adapter, pixels, clean, config, k: int = 1, options=CausalOption
     pixels = pixels.to(adapter.device, adapter.dtype)
     n_images, device = clean.labels.shape[0], adapter.device
     sources = ablated_values(adapter, clean, options.causal_ablation, "causal_ablation")
-    sides = {"both": ("removed", "kept"), "necessity": ("removed",)}.get(
-        options.causal_score, ("kept",)
-    )
+    sides = SIDES[options.causal_score]
     prior = None
     if options.causal_prior == "knowledge":
         prior = knowledge_attribution(adapter, pixels, clean, config)

@@ -28,9 +28,7 @@ from ..engine.interventions import ablate_neurons
 from ..engine.neurons import stack_layers, top_k
 from ..errors import InputError, option
 from .base import ABLATIONS, MethodOptions, MethodOutput, PathMethod, ablation_field, check_fields
-from .causal import SCORES, ablated_values
-
-SIDES = {"both": ("removed", "kept"), "necessity": ("removed",), "sufficiency": ("kept",)}
+from .causal import SCORES, SIDES, ablated_values
 
 
 @dataclass(frozen=True)
