@@ -47,7 +47,8 @@ def total_gradients(
                 device=selected.device,
                 requires_grad=True,
             )
-            return token.insert(hidden, selected + units.embed(zeros[layer], selected.detach()))
+            delta = units.embed_delta(zeros[layer], selected.detach())
+            return token.insert(hidden, selected + delta)
 
         return hook
 
@@ -83,7 +84,7 @@ def directional_derivatives(
             tangent = tangent.to(selected.device)
             tangent[torch.arange(len(index)), :, index.to(selected.device)] = along.to(tangent)
             zero = torch.zeros_like(tangent)
-            dual = units.embed(forward_ad.make_dual(zero, tangent), primal)
+            dual = units.embed_delta(forward_ad.make_dual(zero, tangent), primal)
             return token.insert(hidden, selected + dual)
 
         hooks[layer] = seed

@@ -100,7 +100,7 @@ def add_to_neurons(adapter: ModelAdapter, deltas: Mapping[int, torch.Tensor]) ->
 
         def hook(hidden):
             selected = token.select(hidden)
-            return token.insert(hidden, selected + units.embed(delta, selected.detach()))
+            return token.insert(hidden, selected + units.embed_delta(delta, selected.detach()))
 
         return hook
 
@@ -119,7 +119,7 @@ def _multiplying(
 
         def hook(hidden):
             selected = token.select(hidden)
-            return token.insert(hidden, selected * units.expand(factor_of(selected))[:, None, :])
+            return token.insert(hidden, units.multiply(selected, factor_of(selected)[:, None, :]))
 
         return hook
 
@@ -147,9 +147,10 @@ def ablate_neurons(
     """Edit each row's units at the adapter's token(s), downstream recomputed:
     ``edits[l] = (multiplier, ablated, source, which)`` sets layer l's units of row r to
     ``h * multiplier[r] + source[which[r]] * ablated[r]`` -- ``multiplier`` and ``ablated``
-    (rows, n) per unit, ``source`` (sources, positions, coords) the coordinates ablated units
-    take (zeros, a reference mean, another image's values: zero, mean and resample ablation),
-    ``which`` (rows,) the source of each row."""
+    (rows, n) per unit, ``source`` (sources, positions, width) what ablated units take (zeros,
+    a reference mean, another image's values: zero, mean and resample ablation) in the unit
+    map's source space (``UnitMap.source``: coordinates; an SAE's latent values), ``which``
+    (rows,) the source of each row."""
 
     def make(layer, multiplier, ablated, source, which):
         token, units = adapter.token_at(layer), adapter.units(layer)
@@ -158,9 +159,11 @@ def ablate_neurons(
             selected = token.select(hidden)
             like = {"device": selected.device, "dtype": selected.dtype}
             values = source.to(**like)[which.to(selected.device)]
-            new = (
-                selected * units.expand(multiplier.to(**like))[:, None, :]
-                + values * units.expand(ablated.to(**like))[:, None, :]
+            new = units.ablate(
+                selected,
+                multiplier.to(**like)[:, None, :],
+                ablated.to(**like)[:, None, :],
+                values,
             )
             return token.insert(hidden, new)
 

@@ -7,6 +7,9 @@ A site's hidden state has ``coords`` coordinates per token (:mod:`neuronpath.eng
 * an **attention head**: one head's slice of a block's attention output before the output
   projection, ``size`` (= head_dim) contiguous coordinates -- every supported family lays the
   heads out head-major there.
+* a **sparse-autoencoder latent**: :class:`neuronpath.engine.sae.LatentMap`, with the same
+  interface (values, project, embed, embed_delta, multiply, ablate, source), moves the site along
+  the latent's decoder row and keeps the SAE's error term.
 
 Every score of the paper is written for scalar units, so a head is read as one: its **value**
 at a token is the norm of its slice, c = |z|, and scaling the head by alpha moves it along its
@@ -36,7 +39,7 @@ import torch
 
 from ..pathformat import ABSENT
 
-KINDS = ("neuron", "head")
+KINDS = ("neuron", "head", "latent")
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,28 @@ class UnitMap:
             return c
         return (c[..., None] / self.scale * self.directions(z)).flatten(-2)
 
+    def embed_delta(self, d: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Unit deltas (..., count) as a change of the coordinates ``z`` (linear in ``d``;
+        for neurons and heads the same map as :meth:`embed`)."""
+        return self.embed(d, z)
+
     def expand(self, f: torch.Tensor) -> torch.Tensor:
         """A factor or mask per unit (..., count) -> per coordinate (..., coords)."""
         return f if self.identity else f.repeat_interleave(self.size, dim=-1)
+
+    def multiply(self, z: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """``z`` (..., coords) with each unit multiplied by its factor (..., count)."""
+        return z * self.expand(factors)
+
+    def ablate(self, z, multiplier, ablated, source) -> torch.Tensor:
+        """``z * multiplier + source * ablated`` per unit: ``source`` (..., coords) is what an
+        ablated unit takes (:meth:`source` of zeros, a mean, another image)."""
+        return z * self.expand(multiplier) + source * self.expand(ablated)
+
+    def source(self, z: torch.Tensor) -> torch.Tensor:
+        """What an ablation copies from coordinates ``z``: the coordinates themselves (an SAE's
+        latents copy their values, :class:`neuronpath.engine.sae.LatentMap`)."""
+        return z
 
     def describe(self) -> dict:
         scale = {} if self.scale == 1.0 else {"scale": self.scale}

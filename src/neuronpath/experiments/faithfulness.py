@@ -308,6 +308,7 @@ def reference_statistics(
             levels = [
                 adapter.units(l).values(acts[l]).double().mean(1).cpu().numpy() for l in layers
             ]
+            acts = {l: adapter.units(l).source(acts[l]) for l in layers}  # what ablation copies
             if stats is None:
                 shapes = [tuple(acts[l].shape[1:]) for l in layers]
                 counts = [level.shape[-1] for level in levels]
@@ -578,7 +579,7 @@ def ablation_sources(run, ablation, reference, clean_coords, images, donors):
     """Per layer, the coordinates ablated units take: zeros, the reference mean, or each
     image's donor's values (another image of another class, seeded by image)."""
     adapter, layers = run.adapter, run.adapter.num_layers
-    shapes = [tuple(clean_coords[l].shape[1:]) for l in range(layers)]
+    shapes = [tuple(adapter.units(l).source(clean_coords[l][:1]).shape[1:]) for l in range(layers)]
     if ablation == "zero":
         return [torch.zeros((1, *s), dtype=torch.float64) for s in shapes], False, None
     if ablation == "mean":
@@ -600,7 +601,8 @@ def ablation_sources(run, ablation, reference, clean_coords, images, donors):
         )
     with torch.inference_mode(), record_neurons(adapter, coordinates=True) as donor_acts:
         adapter.logits(batch.pixels.to(adapter.device, adapter.dtype))
-    return [donor_acts[l].double().cpu() for l in range(layers)], True, donor_of
+    sources = [adapter.units(l).source(donor_acts[l]) for l in range(layers)]
+    return [s.double().cpu() for s in sources], True, donor_of
 
 
 def _paths_of(run, name, b, image, paths, clean_acts, reference, options):

@@ -60,7 +60,8 @@ def reference_means(adapter, files: list[Path], batch_size: int) -> list[torch.T
             continue
         with torch.inference_mode(), record_neurons(adapter, coordinates=True) as acts:
             adapter.logits(batch.pixels.to(adapter.device, adapter.dtype))
-        sums = [acts[l].double().sum(0) for l in range(adapter.num_layers)]
+        units = [adapter.units(l) for l in range(adapter.num_layers)]
+        sums = [m.source(acts[l]).double().sum(0) for l, m in enumerate(units)]
         totals = sums if totals is None else [a + b for a, b in zip(totals, sums)]
         count += len(batch.items)
     if totals is None:

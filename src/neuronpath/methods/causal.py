@@ -98,7 +98,10 @@ def ablated_values(adapter, clean, ablation: str, flag: str) -> list[torch.Tenso
     if ablation == "mean":
         means = reference_of(clean, f"{option(flag)} mean")
         return [m.to(adapter.device, adapter.dtype)[None] for m in means]
-    return [torch.zeros_like(clean.coordinates(l)[:1]) for l in range(adapter.num_layers)]
+    return [
+        torch.zeros_like(adapter.units(l).source(clean.coordinates(l)[:1]))
+        for l in range(adapter.num_layers)
+    ]
 
 
 def candidate_outputs(adapter, pixels, clean, config, sources, path, layer, candidates, sides):
@@ -141,10 +144,10 @@ def candidate_outputs(adapter, pixels, clean, config, sources, path, layer, cand
 def causal_path(adapter, pixels, clean, config, k: int = 1, options=CausalOptions()):
     """The causal search (module docstring): the path (images, layers, k) and each layer's
     ranking as scores (images, layers, widest layer)."""
-    if adapter.unit_set != "neurons":
+    if adapter.unit_set not in ("neurons", "sae"):
         raise InputError(
-            f"{option('units')}: the causal search is defined for neuron paths, got "
-            f"{adapter.unit_set}"
+            f"{option('units')}: the causal search is defined for paths of neurons or SAE latents, "
+            f"got {adapter.unit_set}"
         )
     options.check(k)
     pixels = pixels.to(adapter.device, adapter.dtype)
@@ -190,6 +193,6 @@ METHOD = PathMethod(
     _method,
     options=CausalOptions,
     title="causal path",
-    units=("neurons",),
+    units=("neurons", "sae"),
     undefined="its candidates are ablated as neurons",
 )
