@@ -7,6 +7,9 @@
   entries per layer).
 * **neurons+heads** (mixed paths, one unit per block): ``"units": "neurons+heads"`` and one
   entry per block, ``["neuron", i]`` or ``["head", h]``.
+* **sae** (sparse-autoencoder latents, ``find --units sae``): ``"units": "sae"`` and one entry
+  per layer, ``["latent", i]`` at a layer read through an SAE, ``["neuron", i]`` at a layer
+  without one (K > 1: a list of K entries per layer).
 
 Inside the engine a path is one row of unit indices per *site* (a mixed adapter has two sites
 per block, heads first; the site a block did not choose holds ``ABSENT``).  This module converts
@@ -21,13 +24,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 ABSENT = -1  # the engine's "no unit at this site" (neuronpath.engine.units.ABSENT)
-UNIT_SETS = ("neurons", "heads", "neurons+heads")
+UNIT_SETS = ("neurons", "heads", "neurons+heads", "sae")
 
 
 def unit_set(kinds: Sequence[str], blocks: Sequence[int]) -> str:
     """The run's unit set from its sites' kinds and blocks."""
     if len(set(blocks)) < len(blocks):
         return "neurons+heads"
+    if "latent" in kinds:
+        return "sae"
     return "heads" if set(kinds) == {"head"} else "neurons"
 
 
@@ -36,12 +41,10 @@ def encode(row: Sequence, units: str, kinds: Sequence[str], blocks: Sequence[int
     record's ``"path"``."""
     if units == "neurons":
         return list(row)
-    if units == "heads":
+    if units in ("heads", "sae"):
         return [
-            [["head", int(i)] for i in entries]
-            if isinstance(entries, list)
-            else ["head", int(entries)]
-            for entries in row
+            [[kind, int(i)] for i in entries] if isinstance(entries, list) else [kind, int(entries)]
+            for entries, kind in zip(row, kinds)
         ]
     out: dict[int, list] = {}
     for site, entries in enumerate(row):
@@ -56,7 +59,7 @@ def decode(path: Sequence, units: str, kinds: Sequence[str], blocks: Sequence[in
     site."""
     if units == "neurons":
         return list(path)
-    if units == "heads":
+    if units in ("heads", "sae"):
         return [
             [int(e[1]) for e in entry] if isinstance(entry[0], list) else int(entry[1])
             for entry in path
@@ -79,14 +82,15 @@ def layer_units(path: Sequence, units: str, neurons: Sequence[int] | None = None
     each block's neuron count)."""
     if units == "neurons":
         return list(path)
-    if units == "heads":
+    if units in ("heads", "sae"):
         return [[e[1] for e in entry] if isinstance(entry[0], list) else entry[1] for entry in path]
     return [i if kind == "neuron" else neurons[b] + i for b, (kind, i) in enumerate(path)]
 
 
 def unit_label(layer: int, kind: str, index: int) -> str:
-    """How a page or a table names one unit: ``L3 N17`` (a neuron), ``L3 H2`` (a head)."""
-    return f"L{layer} {'H' if kind == 'head' else 'N'}{index}"
+    """How a page or a table names one unit: ``L3 N17`` (a neuron), ``L3 H2`` (a head),
+    ``L3 F905`` (an SAE latent, a feature)."""
+    return f"L{layer} {({'head': 'H', 'latent': 'F'}).get(kind, 'N')}{index}"
 
 
 def site_units(

@@ -20,10 +20,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, option
 from ..pathformat import unit_set
 from .layout import TokenLayout
 from .readout import Readout, probe, settle_readout
+from .sae import LatentMap, SparseAutoencoder
 from .tokens import TokenPolicy
 from .units import UnitMap
 
@@ -115,6 +116,7 @@ class ModelAdapter:
         self.site_names = names
         self.reads_input = ffn_inputs is not None
         self._sites = sites
+        self._output_sites: set[int] = set()  # sites read at a module's output despite reads_input
         self.preprocess = preprocess
         self.id2label = dict(id2label or {})
         self.name = name
@@ -244,7 +246,68 @@ class ModelAdapter:
 
     def to(self, device=None, dtype=None) -> "ModelAdapter":
         self.model.to(device=device, dtype=dtype)
+        if self._units is not None:  # an SAE's weights follow the model
+            self._units = tuple(
+                LatentMap(m.sae.to(self.device, self.dtype)) if isinstance(m, LatentMap) else m
+                for m in self._units
+            )
         return self
+
+    def use_saes(self, saes: Mapping[int, SparseAutoencoder]) -> None:
+        """Read layer l through ``saes[l]``: the SAE's latents become the layer's units
+        (:mod:`neuronpath.engine.sae`); an SAE of the residual stream moves the layer's site to
+        the output of its block.  Every other layer keeps its units."""
+        if self.unit_set != "neurons":
+            raise InputError(
+                f"SAE latents replace neurons; this adapter's units are {self.unit_set}"
+            )
+        maps = [self.units(l) for l in range(self.num_layers)]
+        for layer, sae in sorted(saes.items()):
+            if not 0 <= layer < self.num_layers:
+                raise InputError(
+                    f"{option('sae')}: layer {layer} out of range; the model has layers "
+                    f"0..{self.num_layers - 1}"
+                )
+            if sae.site == "resid":
+                self.read_residual([layer])
+            maps[layer] = LatentMap(sae.to(self.device, self.dtype))
+        self._units = None
+        found = probe(self).widths
+        for layer, sae in saes.items():
+            if found[layer] != sae.d_in:
+                where = "the residual stream" if sae.site == "resid" else "the FFN hidden state"
+                raise InputError(
+                    f"{option('sae')}: the SAE of layer {layer} ({sae.origin.get('file')}) reads "
+                    f"{sae.d_in} coordinates, but {where} of layer {layer} has {found[layer]}"
+                )
+        self._units = tuple(
+            m if m.count is not None else UnitMap.neurons(found[l]) for l, m in enumerate(maps)
+        )
+
+    def read_residual(self, layers) -> None:
+        """Move the sites of ``layers`` from the FFN hidden state to the residual stream after
+        their block (the output of the block's module), as residual-stream SAEs read it."""
+        modules = dict(self.model.named_modules())
+        for layer in layers:
+            if layer in self._output_sites:
+                continue
+            parts = self.site_names[layer].split(".")
+            last = max(i for i, p in enumerate(parts) if p.isdigit())
+            block = ".".join(parts[: last + 1])
+            self._sites[layer], self.site_names[layer] = modules[block], block
+            self._output_sites.add(layer)
+        self.__dict__.pop("_probe", None)  # the sites' shapes changed
+        if self._units is not None:
+            self._units = tuple(
+                UnitMap.neurons(None) if l in self._output_sites and m.kind == "neuron" else m
+                for l, m in enumerate(self._units)
+            )
+
+    def saes(self) -> dict[int, SparseAutoencoder]:
+        """``{layer: its SAE}`` of the layers read through one."""
+        return {
+            l: m.sae for l in range(self.num_layers) if isinstance(m := self.units(l), LatentMap)
+        }
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         self._rows = pixels.shape[0]
@@ -265,7 +328,7 @@ class ModelAdapter:
         try:
             for layer, fn in layer_fns.items():
                 site, fn = self.site(layer), self._unfolding(layer, fn)
-                if self.reads_input:
+                if self.reads_input and layer not in self._output_sites:
                     handles.append(site.register_forward_pre_hook(_on_input(fn), with_kwargs=True))
                 else:
                     handles.append(site.register_forward_hook(_on_output(fn)))
@@ -356,6 +419,7 @@ class ModelAdapter:
             "num_layers": self.num_layers,
             "sites": self.site_names,
             "site_reads": "input" if self.reads_input else "output",
+            **({"output_sites": sorted(self._output_sites)} if self._output_sites else {}),
             "token": self.token.describe(),
             "readout": self._readout.reason,
             "readout_per_block": self._readout.describe()["per_block"],
@@ -387,9 +451,13 @@ def _on_input(fn: Callable) -> Callable:
 
 
 def _on_output(fn: Callable) -> Callable:
-    """A forward hook running ``fn`` on a module's output."""
+    """A forward hook running ``fn`` on a module's output (the first item of a tuple: a block
+    that also returns attention weights)."""
 
     def hook(module, inputs, output):
+        if isinstance(output, tuple):
+            new = fn(output[0])
+            return None if new is None else (new, *output[1:])
         return fn(output)
 
     return hook

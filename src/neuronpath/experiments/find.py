@@ -231,7 +231,7 @@ def run_find(
     check_units(chosen, adapter.unit_set)
     log.info(
         "find: each %s is read at token %s: %s",
-        "unit" if spec.units == "neurons+heads" else spec.units.rstrip("s"),
+        {"neurons+heads": "unit", "sae": "unit"}.get(spec.units, spec.units.rstrip("s")),
         adapter.token.name,
         adapter.readout.reason,
     )

@@ -32,7 +32,8 @@ def summary_text(run_dir: str | Path) -> str:
     for method in methods_with_top(records):
         layers = run.num_layers
         what = REGISTRY[method].top_neurons if method in REGISTRY else f"top {method} neurons"
-        what = what.replace("neurons", units) if units != "neurons" else what
+        plural = {"sae": "units (latents and neurons)"}.get(units, units)
+        what = what.replace("neurons", plural) if units != "neurons" else what
         lines.append(
             f"{what or f'top {method} neurons'} per layer (Fig. 2): "
             + " ".join(str(c) for c in layer_distribution(records, layers, method))

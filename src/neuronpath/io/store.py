@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import RunConflictError, RunFormatError, RunLockedError, option
+from ..pathformat import UNIT_SETS
 
 log = logging.getLogger("neuronpath")
 
@@ -108,8 +109,8 @@ FIND_MANIFEST_OPTIONAL = {
         "the number of images the run planned (an integer >= 0)",
     ),
     ("settings", "units"): (
-        lambda v: v in ("neurons", "heads", "neurons+heads"),
-        "the units of the paths (neurons, heads or neurons+heads)",
+        lambda v: v in UNIT_SETS,
+        f"the units of the paths ({', '.join(UNIT_SETS)})",
     ),
     ("model", "widths"): (
         lambda v: isinstance(v, list) and all(_count(w) for w in v),

@@ -85,7 +85,7 @@ class PathMethod:
     options: type[MethodOptions] = MethodOptions
     title: str = ""
     top_neurons: str = ""
-    units: tuple[str, ...] = ("neurons", "heads")
+    units: tuple[str, ...] = ("neurons", "heads", "sae")
     undefined: str = (
         "its scores are not comparable between a neuron and a head, so it cannot choose "
         "between them"

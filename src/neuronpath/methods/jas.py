@@ -268,5 +268,5 @@ METHOD = PathMethod(
     jas_output,
     options=JASOptions,
     title="JAS path",
-    units=("neurons", "heads", "neurons+heads"),
+    units=("neurons", "heads", "neurons+heads", "sae"),
 )

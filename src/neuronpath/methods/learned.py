@@ -86,10 +86,10 @@ def soft_outputs(adapter, pixels, targets, config, sources, theta, sides):
 def learned_path(adapter, pixels, clean, config, k: int = 1, options=LearnedOptions()):
     """The learned path (module docstring): (images, layers, k) and the final logits theta
     (images, layers, widest layer)."""
-    if adapter.unit_set != "neurons":
+    if adapter.unit_set not in ("neurons", "sae"):
         raise InputError(
-            f"{option('units')}: the learned path is defined for neuron paths, got "
-            f"{adapter.unit_set}"
+            f"{option('units')}: the learned path is defined for paths of neurons or SAE latents, "
+            f"got {adapter.unit_set}"
         )
     pixels = pixels.to(adapter.device, adapter.dtype)
     n_images = clean.labels.shape[0]
@@ -136,6 +136,6 @@ METHOD = PathMethod(
     _method,
     options=LearnedOptions,
     title="learned path",
-    units=("neurons",),
+    units=("neurons", "sae"),
     undefined="its soft choice ablates neurons",
 )

@@ -57,10 +57,10 @@ def load_model(
     elif name.startswith("timm:"):
         from .timm_models import load_timm
 
-        adapter = load_timm(name[len("timm:") :], token=spec.token, units=spec.units)
+        adapter = load_timm(name[len("timm:") :], token=spec.token, units=_base_units(spec))
         if spec.preprocess == "official":
             adapter.preprocess = Preprocess.official(spec.image_size or 224)
-        return adapter.to(device=device, dtype=model_dtype)
+        return _with_saes(adapter.to(device=device, dtype=model_dtype), spec)
     elif Path(name).expanduser().is_file():
         from .checkpoints import load_checkpoint
 
@@ -81,12 +81,26 @@ def load_model(
         preprocess=prep,
         token=spec.token,
         name=name,
-        units=spec.units,
+        units=_base_units(spec),
         **kwargs,
     )
     if hasattr(model, "embedding_head"):  # zero-shot: its units' direct effects can be read
         adapter.embedding_head = model.embedding_head(kwargs["details"]["zero_shot"]["class_names"])
-    return adapter.to(device=device, dtype=model_dtype)
+    return _with_saes(adapter.to(device=device, dtype=model_dtype), spec)
+
+
+def _base_units(spec: ModelSpec) -> str:
+    """The units the adapter is built with: SAE latents are put on neurons' layers after."""
+    return "neurons" if spec.units == "sae" else spec.units
+
+
+def _with_saes(adapter: ModelAdapter, spec: ModelSpec) -> ModelAdapter:
+    """``adapter`` with the layers ``spec.sae`` names read through their SAEs."""
+    if spec.sae is not None:
+        from .sae_files import load_sae_spec
+
+        adapter.use_saes(load_sae_spec(spec.sae, spec.sae_site))
+    return adapter
 
 
 def _load_from_hub(spec: str, classes: str | None, prompt: str | None):
@@ -131,6 +145,16 @@ def load_run_model(
             f"{run_dir} was made by a different model than {spec.model!r} "
             f"(weights SHA-256 {settings['weights_sha256'][:12]}... in the run, "
             f"{adapter.weights_hash()[:12]}... now)"
+        )
+    now = {str(l): sae.origin.get("sha256") for l, sae in adapter.saes().items()}
+    then, files = settings.get("sae") or {}, settings.get("sae_files") or {}
+    changed = sorted((l for l in set(now) | set(then) if now.get(l) != then.get(l)), key=int)
+    if changed:
+        l = changed[0]
+        raise RunFormatError(
+            f"{run_dir} was made with another SAE at layer {l} than {files.get(l)} holds now "
+            f"(weights SHA-256 {str(then.get(l))[:12]}... in the run, {str(now.get(l))[:12]}... "
+            f"now); restore it, or re-run find"
         )
     stored = settings["preprocess"]
     current = json.loads(json.dumps(adapter.preprocess.to_dict()))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.sae import SAE_SITES
 from ..errors import InputError, option
 from ..io.labels import LABEL_MAPPINGS
 from ..pathformat import UNIT_SETS
@@ -105,7 +106,24 @@ class ModelSpec:
         metadata={
             "choices": UNIT_SETS,
             "help": "what a path is made of: FFN neurons (the paper's), attention heads (one "
-            "per layer), or neurons+heads (per layer the best unit of either kind)",
+            "per layer), neurons+heads (per layer the best unit of either kind), or sae "
+            "(sparse-autoencoder latents where --sae gives an SAE, neurons elsewhere)",
+        },
+    )
+    sae: str | None = field(
+        default=None,
+        metadata={
+            "help": "--units sae: LAYER=PATH[,LAYER=PATH...] (layers from 0), or a file of lines "
+            "'LAYER PATH'; PATH a SAELens folder (cfg.json + sae_weights.safetensors, as "
+            "ViT-Prisma ships them and `neuronpath sae train` writes) or a saev checkpoint"
+        },
+    )
+    sae_site: str | None = field(
+        default=None,
+        metadata={
+            "choices": SAE_SITES,
+            "help": "where the SAEs read: ffn (the FFN hidden state, the neurons' site) or "
+            "resid (the residual stream after the block); default: what each file says",
         },
     )
 
@@ -124,6 +142,15 @@ class ModelSpec:
                 raise InputError(
                     f"{option(name)}: expected one of {list(allowed)}, got {getattr(self, name)!r}"
                 )
+        if (self.units == "sae") != (self.sae is not None):
+            raise InputError(
+                f"{option('sae')}: SAE latents need both {option('units', 'sae')} and "
+                f"{option('sae', 'LAYER=PATH')}"
+            )
+        if self.sae_site is not None and self.sae_site not in SAE_SITES:
+            raise InputError(
+                f"{option('sae_site')}: expected one of {list(SAE_SITES)}, got {self.sae_site!r}"
+            )
         if self.image_size is not None and (
             not isinstance(self.image_size, int) or self.image_size < 1
         ):
@@ -159,6 +186,11 @@ class ModelSpec:
         }
         if self.units != "neurons":  # neuron runs keep the keys they always had
             settings["units"] = self.units
+        if self.units == "sae":  # which SAE reads each layer: its weights' digest, and where
+            saes = adapter.saes()
+            settings["sae"] = {str(l): sae.origin["sha256"] for l, sae in saes.items()}
+            settings["sae_files"] = {str(l): sae.origin["file"] for l, sae in saes.items()}
+            settings["sae_site"] = self.sae_site
         if self.classes is not None:  # zero-shot: the label set is part of the run's identity
             settings.update(
                 classes=str(Path(self.classes).expanduser().resolve()),
@@ -181,6 +213,10 @@ class ModelSpec:
             classes=settings.get("classes"),
             prompt=settings.get("prompt"),
             units=settings.get("units", "neurons"),
+            sae=",".join(f"{l}={f}" for l, f in settings["sae_files"].items())
+            if settings.get("sae_files")
+            else None,
+            sae_site=settings.get("sae_site"),
         )
 
 
@@ -194,6 +230,7 @@ MODEL_KEYS = (
     "classes",
     "prompt",
     "units",
+    "sae",
 )
 
 
