@@ -28,6 +28,7 @@ from .experiments.plant import PlantCommand, run_plant
 from .experiments.prune import PruneCommand, PruneOptions, run_prune
 from .experiments.ranks import leave_ranks
 from .experiments.report import ReportCommand, run_report
+from .experiments.sae_train import SAETrainCommand, report_table, run_sae_train
 from .experiments.summary import SummaryCommand, summary_text
 from .experiments.table import TableCommand, run_table
 from .methods import REGISTRY
@@ -221,6 +222,16 @@ def _benchmark(command: BenchmarkCommand, args) -> str | None:
     return f"{table}wrote {out / 'recovery.csv'}, {out / 'recovery.md'}"
 
 
+def _sae(command: SAETrainCommand, args) -> str | None:
+    if not _main_rank():
+        return None
+    report = run_sae_train(
+        command.spec, command.data, command.out, command.options, command.execution
+    )
+    out = Path(command.out)
+    return f"{report_table(report)}wrote {out / 'saes.txt'}, {out / 'report.md'}, {out}/layerLL/"
+
+
 COMMANDS: dict[str, Command] = {
     "find": Command(FindCommand, _find, method_flags=True),
     "demo": Command(DemoCommand, _demo, method_flags=True),
@@ -233,6 +244,7 @@ COMMANDS: dict[str, Command] = {
     "table": Command(TableCommand, _table),
     "plant": Command(PlantCommand, _plant, required=("model", "data", "out")),
     "benchmark": Command(BenchmarkCommand, _benchmark, required=("planted",)),
+    "sae": Command(SAETrainCommand, _sae, required=("model", "data", "out")),
 }
 
 
