@@ -348,6 +348,12 @@ def test_an_sae_of_the_wrong_width_or_layer_is_refused_in_one_line(tmp_path):
         load_sae_spec(f"0={tmp_path / 's'}")
     with pytest.raises(InputError, match="expected LAYER=PATH"):
         load_sae_spec("zero")
+    save_saelens(_random_sae(FFN, 8, 0), tmp_path / "l2", hook="blocks.2.mlp.hook_post")
+    adapter = from_hf_model(tiny_vit())
+    with pytest.raises(
+        InputError, match="was trained on layer 2 .* not layer 1; give it as 2=PATH"
+    ):
+        adapter.use_saes(load_sae_spec(f"1={tmp_path / 'l2'}"))
 
 
 def _train(tmp_path, out, **options):

@@ -184,8 +184,9 @@ def add_flags(
         text = help_text(f, defaults)
         if meta.get("positional"):
             kwargs = {"help": text}
-            if "nargs" in meta:
-                kwargs["nargs"] = meta["nargs"]
+            for key in ("nargs", "choices"):
+                if key in meta:
+                    kwargs[key] = list(meta[key]) if key == "choices" else meta[key]
             group.add_argument(flag_name(f), **kwargs)
             continue
         if _default(f, {}) is False and "type" not in meta and "parse" not in meta:

@@ -268,6 +268,13 @@ class ModelAdapter:
                     f"{option('sae')}: layer {layer} out of range; the model has layers "
                     f"0..{self.num_layers - 1}"
                 )
+            trained_on = sae.origin.get("layer")
+            if trained_on is not None and trained_on != layer:
+                raise InputError(
+                    f"{option('sae')}: {sae.origin.get('file')} was trained on layer {trained_on} "
+                    f"(its hook {sae.origin.get('hook')!r}), not layer {layer}; give it as "
+                    f"{trained_on}=PATH"
+                )
             if sae.site == "resid":
                 self.read_residual([layer])
             maps[layer] = LatentMap(sae.to(self.device, self.dtype))
