@@ -58,6 +58,8 @@ def main():
         b_rows = {}
         for r in read_records(b_folder / ablation):
             b_rows.setdefault(r["method"], {})[r["image"]] = r
+        if args.a not in rows or args.b not in b_rows:
+            continue  # a study still running, or one without the method
         rows = {args.a: rows[args.a], "B": b_rows[args.b]}
         images = sorted(set(rows[args.a]) & set(rows["B"]))
         draws = bootstrap_draws(len(images), args.bootstrap, 0)
