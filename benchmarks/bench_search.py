@@ -69,8 +69,11 @@ def main():
     parser.add_argument(
         "--units",
         default="neurons",
-        help="comma-separated unit sets (neurons, heads, neurons+heads); each run of "
+        help="comma-separated unit sets (neurons, heads, neurons+heads, sae); each run of "
         "--methods is timed on each where its methods are defined",
+    )
+    parser.add_argument(
+        "--sae", help="the SAEs of --units sae (find's --sae: LAYER=PATH,... or a file)"
     )
     parser.add_argument(
         "--rerank",
@@ -82,7 +85,8 @@ def main():
         torch.set_num_threads(args.threads)
 
     adapters = {
-        u: load_model(args.model, device=args.device, units=u) for u in args.units.split(",")
+        u: load_model(args.model, device=args.device, units=u, sae=args.sae if u == "sae" else None)
+        for u in args.units.split(",")
     }
     adapter = adapters[next(iter(adapters))]
     blocks = len(set(adapter.blocks))  # a mixed adapter has two sites per block
