@@ -275,10 +275,7 @@ class ModelAdapter:
                     f"(its hook {sae.origin.get('hook')!r}), not layer {layer}; give it as "
                     f"{trained_on}=PATH"
                 )
-            if sae.site == "resid":
-                self.read_residual([layer])
-            maps[layer] = LatentMap(sae.to(self.device, self.dtype))
-        self._units = None
+        self.read_residual([l for l, sae in saes.items() if sae.site == "resid"])
         found = probe(self).widths
         for layer, sae in saes.items():
             if found[layer] != sae.d_in:
@@ -288,7 +285,12 @@ class ModelAdapter:
                     f"{sae.d_in} coordinates, but {where} of layer {layer} has {found[layer]}"
                 )
         self._units = tuple(
-            m if m.count is not None else UnitMap.neurons(found[l]) for l, m in enumerate(maps)
+            LatentMap(saes[l].to(self.device, self.dtype))
+            if l in saes
+            else m
+            if m.count is not None
+            else UnitMap.neurons(found[l])
+            for l, m in enumerate(maps)
         )
 
     def read_residual(self, layers) -> None:

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-ACTIVATIONS = ("relu", "topk", "jumprelu")
 NORMALISATIONS = ("none", "constant_norm_rescale", "layer_norm")
 SAE_SITES = ("ffn", "resid")
 LAYER_NORM_EPS = 1e-5

@@ -231,7 +231,7 @@ def run_find(
     check_units(chosen, adapter.unit_set)
     log.info(
         "find: each %s is read at token %s: %s",
-        {"neurons+heads": "unit", "sae": "unit"}.get(spec.units, spec.units.rstrip("s")),
+        "unit" if spec.units in ("neurons+heads", "sae") else spec.units.rstrip("s"),
         adapter.token.name,
         adapter.readout.reason,
     )

@@ -24,6 +24,7 @@ layer's site replaced by its SAE's reconstruction (spliced in) beside the clean 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -118,7 +119,7 @@ def _layers(options: SAETrainOptions, num_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
-def _init(d_in: int, width: int, k: int, seed: int, layer: int, mean: torch.Tensor):
+def _init(d_in: int, width: int, seed: int, layer: int, mean: torch.Tensor):
     g = torch.Generator().manual_seed(seed * 1000 + layer)
     w_dec = torch.randn(width, d_in, generator=g, dtype=torch.float32)
     w_dec /= w_dec.norm(dim=-1, keepdim=True)
@@ -150,7 +151,7 @@ def _vectors(adapter, pixels, layers, tokens: str) -> dict[int, torch.Tensor]:
     return {l: acts[l].reshape(-1, acts[l].shape[-1]).float().cpu() for l in layers}
 
 
-def _identity(spec: ModelSpec, adapter, folder, options: SAETrainOptions, layers) -> dict:
+def _identity(adapter, folder, options: SAETrainOptions, layers) -> dict:
     listing = "\n".join(f"{it.id}\t{it.label}" for it in folder.items)
     return {
         "model": adapter.weights_hash(),
@@ -193,7 +194,7 @@ def run_sae_train(
     items = folder.items[: options.limit] if options.limit else folder.items
     if not items:
         raise InputError(f"{option('data')}: no images to train on")
-    identity = _identity(spec, adapter, folder, options, layers)
+    identity = _identity(adapter, folder, options, layers)
     if (out / REPORT).is_file():
         done = json.loads((out / REPORT).read_text())
         if done.get("identity") == identity:
@@ -211,7 +212,7 @@ def run_sae_train(
 
 
 def _train(adapter, items, layers, options, execution, out: Path, identity: dict) -> dict:
-    widths = {l: w for l, w in zip(range(adapter.num_layers), adapter.widths())}
+    widths = dict(enumerate(adapter.widths()))
     width_of = {l: options.latents or 4 * widths[l] for l in layers}
     if options.k > min(width_of.values()):
         raise InputError(f"{option('k')}: expected at most {min(width_of.values())} (the latents)")
@@ -228,9 +229,7 @@ def _train(adapter, items, layers, options, execution, out: Path, identity: dict
     params = state["params"] if state else None
     optimisers = None
     epoch0, batch0 = (state["epoch"], state["batch"]) if state else (0, 0)
-    fired = (
-        state["fired"] if state else {l: torch.zeros(width_of[l], dtype=torch.long) for l in layers}
-    )
+    fired = state["fired"] if state else {}  # reset below at the start of every epoch
     batch = execution.batch_size
     n_batches = (len(items) + batch - 1) // batch
     bar = tqdm(
@@ -259,9 +258,7 @@ def _train(adapter, items, layers, options, execution, out: Path, identity: dict
                 )
                 if params is None:
                     params = {
-                        l: _init(
-                            widths[l], width_of[l], options.k, options.seed, l, vectors[l].mean(0)
-                        )
+                        l: _init(widths[l], width_of[l], options.seed, l, vectors[l].mean(0))
                         for l in layers
                     }
                 if optimisers is None:
@@ -390,8 +387,6 @@ def report_table(report: dict) -> str:
 def _spliced(adapter, layer, sae, tokens: str):
     """A context in which ``layer``'s site is replaced by ``sae``'s reconstruction (at every
     token, or at the read positions); ``layer`` None: the clean model."""
-    import contextlib
-
     if layer is None:
         return contextlib.nullcontext()
     token = adapter.token_at(layer)
