@@ -194,6 +194,9 @@ def run_sae_train(
     items = folder.items[: options.limit] if options.limit else folder.items
     if not items:
         raise InputError(f"{option('data')}: no images to train on")
+    fewest = min(options.latents or 4 * adapter.widths()[l] for l in layers)
+    if options.k > fewest:  # refused before the folder is made
+        raise InputError(f"{option('k')}: expected at most {fewest} (the latents)")
     identity = _identity(adapter, folder, options, layers)
     if (out / REPORT).is_file():
         done = json.loads((out / REPORT).read_text())
@@ -214,8 +217,6 @@ def run_sae_train(
 def _train(adapter, items, layers, options, execution, out: Path, identity: dict) -> dict:
     widths = dict(enumerate(adapter.widths()))
     width_of = {l: options.latents or 4 * widths[l] for l in layers}
-    if options.k > min(width_of.values()):
-        raise InputError(f"{option('k')}: expected at most {min(width_of.values())} (the latents)")
     state_path = out / STATE
     state = None
     if state_path.is_file():
