@@ -237,6 +237,72 @@ def test_benchmark_scores_a_run_on_the_planted_images(planted):
     assert (planted["run"] / "benchmark" / "recovery.md").read_text().startswith("| method |")
 
 
+def _dictionary(neurons: int, extra: int, seed: int):
+    """A ReLU SAE whose latent perm[n] is dominated by neuron n (a scaled unit vector plus
+    smaller noise) and ``extra`` latents of noise, encoder tied to the decoder."""
+    from neuronpath.engine.sae import SparseAutoencoder
+
+    g = torch.Generator().manual_seed(seed)
+    width = neurons + extra
+    perm = torch.randperm(width, generator=g)[:neurons]
+    w_dec = 0.1 * torch.randn(width, neurons, generator=g, dtype=torch.float64)
+    w_dec[perm, torch.arange(neurons)] += 1.0
+    zeros = torch.zeros(width, dtype=torch.float64)
+    return SparseAutoencoder(w_dec.T.clone(), zeros, w_dec, torch.zeros(neurons).double())
+
+
+def test_benchmark_judges_a_latent_run_through_its_dictionaries(planted, tmp_path):
+    """find --units sae on the planted model with an SAE on every FFN: a hit is a path latent
+    whose decoder direction is dominated by the planted neuron, counted here by a plain loop
+    over the decoder rows; the rank is the best-ranked such latent's."""
+    from neuronpath.models.sae_files import save_saelens
+
+    record = json.loads((planted["out"] / "planted.json").read_text())
+    units = {int(l): n for l, n in record["units"].items()}
+    saes = {l: _dictionary(64, 40, l) for l in range(4)}
+    spec = []
+    for l, sae in saes.items():
+        save_saelens(sae, tmp_path / f"sae{l}", hook=f"blocks.{l}.mlp.hook_post")
+        spec.append(f"{l}={tmp_path / f'sae{l}'}")
+    run = tmp_path / "run"
+    find = ["-q", "find", "--model", str(planted["out"]), "--data", str(planted["out"] / "images")]
+    find += ["--out", str(run), "--steps", "3", "--device", "cpu", "--dtype", "float64"]
+    find += ["--units", "sae", "--sae", ",".join(spec), "--limit", "8", "--save-scores"]
+    assert main([*find, "--methods", "activation,knowledge"]) == 0
+    assert main(["-q", "benchmark", str(run), "--planted", str(planted["out"]),
+                 "--bootstrap", "0"]) == 0  # fmt: skip
+    summary = json.loads((run / "benchmark" / "recovery.json").read_text())
+
+    def stands_for(l, latent):
+        row = saes[l].w_dec[latent].tolist()
+        return max(range(len(row)), key=lambda j: abs(row[j]))
+
+    for l, n in units.items():
+        want = [i for i in range(104) if stands_for(l, i) == n]
+        assert len(want) >= 1 and summary["dictionary"][f"planted L{l}"]["latents"] == want
+    saved = SavedScores(run)
+    hit_rates = [r["value"] for rows in summary["results"].values() for r in rows
+                 if r["statistic"] == "hit"]  # fmt: skip
+    assert min(hit_rates) < 1 and max(hit_rates) > 0  # the check below separates something
+    for method in ("activation", "knowledge"):
+        got = {(r["statistic"], str(r["layer"])): r["value"] for r in summary["results"][method]}
+        records = [r for r in read_records(run) if r["method"] == method]
+        assert {e[0] for r in records for e in r["path"]} == {"latent"}
+        for l, n in units.items():
+            hits = [stands_for(l, r["path"][l][1]) == n for r in records]
+            assert got[("hit", str(l))] == pytest.approx(np.mean(hits))
+            scores = saved.get(method, [r["image"] for r in records])
+            positives = [i for i in range(104) if stands_for(l, i) == n]
+            ranks = [min(1 + sum(s[l, j] > s[l, i] or (s[l, j] == s[l, i] and j < i)
+                                 for j in range(104)) for i in positives)
+                     for s in scores]  # fmt: skip
+            assert got[("rank", str(l))] == pytest.approx(np.mean(ranks))
+    assert got[("hit", "all")] == pytest.approx(np.mean([
+        all(stands_for(l, r["path"][l][1]) == n for l, n in units.items()) for r in records
+    ]))  # fmt: skip
+    assert "Latents standing for each neuron" in (run / "benchmark" / "recovery.md").read_text()
+
+
 def test_benchmark_refuses_a_run_not_made_on_the_planted_images(planted, tmp_path, capsys):
     other = tmp_path / "other"
     find = ["-q", "find", "--model", str(planted["model"]), "--data", str(planted["data"])]

@@ -6,6 +6,12 @@ method's scores against the planted units (per layer, and pooled over the plante
 MIB scores a circuit: P(a planted unit outscores an unplanted one), ties counted half), and how
 often each distractor is picked.  Every statistic is a mean over images, with a bootstrap 95 %
 interval.
+
+A planted neuron may stand for several units of the run's layer (SAE latents whose decoder
+direction is dominated by it, :func:`neuronpath.experiments.benchmark.latents_standing_for`):
+then a hit is a path unit among them, the rank is the best-ranked of them, and the ROC area
+counts all of them as positives.  A layer where no unit stands for the planted neuron has hit
+rate 0 and no rank or ROC row.
 """
 
 from __future__ import annotations
@@ -35,18 +41,25 @@ def roc_area(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     return greater + 0.5 * equal
 
 
+def first_rank(scores: np.ndarray, units: Sequence[int]) -> np.ndarray:
+    """1-based rank of the best-ranked of ``units`` in each row of ``scores`` (images, n)."""
+    return np.min([planted_ranks(scores, u) for u in units], axis=0)
+
+
 def recovery(
     paths: np.ndarray,
-    planted: Mapping[int, int],
+    planted: Mapping[int, int | Sequence[int]],
     distractors: Sequence[Mapping],
     scores: np.ndarray | None,
     widths: Sequence[int],
     draws: np.ndarray,
 ) -> list[dict]:
     """Rows ``{statistic, layer, value, lo, hi}`` for one method: ``paths`` (images, layers,
-    K), ``planted`` {layer: unit}, ``distractors`` [{kind, layer, neuron}], ``scores``
-    (images, layers, widest) or None (no rank or ROC rows)."""
+    K), ``planted`` {layer: the planted unit, or the units standing for it}, ``distractors``
+    [{kind, layer, neuron}, plus ``units`` standing for the neuron where they differ],
+    ``scores`` (images, layers, widest) or None (no rank or ROC rows)."""
     rows = []
+    planted = {l: [int(u) for u in np.atleast_1d(units)] for l, units in planted.items()}
 
     def add(statistic, layer, per_image):
         per_image = np.asarray(per_image, dtype=np.float64)
@@ -61,24 +74,30 @@ def recovery(
             }
         )
 
+    def among(l, units) -> np.ndarray:
+        return np.isin(paths[:, l, :], units).any(1)
+
     layers = sorted(planted)
-    hits = {l: (paths[:, l, :] == planted[l]).any(1) for l in layers}
+    hits = {l: among(l, planted[l]) for l in layers}
     for l in layers:
         add("hit", l, hits[l])
     add("hit", "all", np.all([hits[l] for l in layers], axis=0))
     for d in distractors:
-        add(f"pick:{d['kind']}", d["layer"], (paths[:, d["layer"], :] == d["neuron"]).any(1))
+        add(f"pick:{d['kind']}", d["layer"], among(d["layer"], d.get("units", [d["neuron"]])))
     if scores is None:
         return rows
-    ranks = {l: planted_ranks(scores[:, l, : widths[l]], planted[l]) for l in layers}
-    for l in layers:
+    found = [l for l in layers if planted[l]]
+    ranks = {l: first_rank(scores[:, l, : widths[l]], planted[l]) for l in found}
+    for l in found:
         add("rank", l, ranks[l])
-    add("rank", "all", np.mean([ranks[l] for l in layers], axis=0))
-    for l in layers:
-        positive = np.zeros(widths[l], dtype=bool)
-        positive[planted[l]] = True
-        add("auc", l, roc_area(scores[:, l, : widths[l]], positive))
-    pooled = np.concatenate([scores[:, l, : widths[l]] for l in layers], axis=1)
-    positive = np.concatenate([np.arange(widths[l]) == planted[l] for l in layers])
-    add("auc", "all", roc_area(pooled, positive))
+    if found == layers:
+        add("rank", "all", np.mean([ranks[l] for l in layers], axis=0))
+    positive = {l: np.isin(np.arange(widths[l]), planted[l]) for l in found}
+    for l in found:
+        add("auc", l, roc_area(scores[:, l, : widths[l]], positive[l]))
+    if found:
+        pooled = np.concatenate([scores[:, l, : widths[l]] for l in layers], axis=1)
+        add("auc", "all", roc_area(pooled, np.concatenate([
+            positive[l] if l in positive else np.zeros(widths[l], dtype=bool) for l in layers
+        ])))  # fmt: skip
     return rows

@@ -6,6 +6,12 @@ Writes ``RUN/benchmark/recovery.csv`` (``method,statistic,layer,value,lo,hi``; `
 the run's saved scores (``find --save-scores``); without them only hit and pick rates are
 reported.  It reads stored files only, in one process, and writes its outputs whole, so
 running it again is safe.
+
+A run of SAE latents (``find --units sae`` with FFN-site SAEs of the planted model) is scored
+through its dictionaries: a latent stands for the neuron that dominates its decoder direction
+(the largest |coordinate|, :func:`latents_standing_for`), so a hit is a path latent standing for
+the planted neuron.  ``recovery.json`` then says, per planted layer and distractor, how many
+latents stand for the neuron and the best cosine of a decoder direction with it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from ..analysis.recovery import recovery
 from ..errors import InputError, RunFormatError, option
 from ..io.scores import SavedScores
 from ..io.store import write_json_atomic
+from ..models.loading import load_run_saes
 from ..options import setting
+from ..pathformat import decode
 from .run import Run
 
 PLANTED = "planted.json"
@@ -74,8 +82,52 @@ def check_run(run: Run, planted: dict, folder: Path) -> None:
             f"{run.dir}: the run was not made on the planted images ({root}); run find "
             f"--model {folder} --data {images} --save-scores"
         )
-    if run.units != "neurons":
-        raise InputError(f"{run.dir}: a planted path is a neuron path; the run holds {run.units}")
+    if run.units not in ("neurons", "sae"):
+        raise InputError(
+            f"{run.dir}: a planted path is a neuron path; the run holds {run.units} (expected "
+            f"neurons, or SAE latents of its FFN sites)"
+        )
+
+
+def latents_standing_for(w_dec, neuron: int) -> list[int]:
+    """The latents whose decoder direction (a row of ``w_dec``, (latents, neurons)) has its
+    largest |coordinate| on ``neuron``."""
+    return [int(i) for i in (w_dec.abs().argmax(1) == neuron).nonzero().flatten()]
+
+
+def dictionary_view(run: Run, planted: dict) -> tuple[dict, list, dict]:
+    """The planted units and distractors in the run's units (:func:`latents_standing_for` at a
+    layer read through an SAE), and per such layer what its dictionary holds of them."""
+    units = {int(l): int(n) for l, n in planted["units"].items()}
+    distractors = [dict(d) for d in planted["distractors"]]
+    saes = load_run_saes(run.dir, run.settings) if run.units == "sae" else {}
+    resid = sorted(l for l, sae in saes.items() if sae.site != "ffn")
+    if resid:
+        raise InputError(
+            f"{run.dir}: layer {resid[0]} is read through a residual-stream SAE, whose latents "
+            f"stand for no FFN neuron; a planted path is judged through FFN-site SAEs"
+        )
+    held: dict = {}
+
+    def view(layer: int, neuron: int, name: str):
+        if layer not in saes:
+            return [neuron]
+        w_dec = saes[layer].w_dec.double()
+        found = latents_standing_for(w_dec, neuron)
+        cosine = w_dec[:, neuron].abs() / w_dec.norm(dim=1)
+        held[name] = {
+            "layer": layer,
+            "neuron": neuron,
+            "latents": found,
+            "best_cosine": float(cosine.max()),
+        }
+        return found
+
+    for l, n in units.items():
+        units[l] = view(l, n, f"planted L{l}")
+    for d in distractors:
+        d["units"] = view(d["layer"], d["neuron"], f"{d['kind']} L{d['layer']}")
+    return units, distractors, held
 
 
 def run_benchmark(
@@ -89,8 +141,9 @@ def run_benchmark(
     planted = read_planted(folder)
     run = Run.open(run_dir)
     check_run(run, planted, folder)
-    units = {int(l): int(n) for l, n in planted["units"].items()}
+    units, distractors, held = dictionary_view(run, planted)
     widths = run.widths
+    kinds, blocks = run.sites
     records = run.records()
     images = sorted({r["image"] for r in records})
     scores = SavedScores(run.dir) if run.saved_scores else None
@@ -98,14 +151,16 @@ def run_benchmark(
     for method in run.methods:
         by_image = {r["image"]: r for r in records if r["method"] == method}
         ids = [i for i in images if i in by_image]
-        paths = np.array([by_image[i]["path"] for i in ids]).reshape(len(ids), run.num_layers, -1)
+        paths = np.array(
+            [decode(by_image[i]["path"], run.units, kinds, blocks) for i in ids]
+        ).reshape(len(ids), run.num_layers, -1)
         draws = (
             bootstrap_draws(len(ids), bootstrap, seed)
             if bootstrap
             else np.zeros((0, len(ids)), int)
         )
         ranked = scores.get(method, ids) if scores is not None else None
-        found = recovery(paths, units, planted["distractors"], ranked, widths, draws)
+        found = recovery(paths, units, distractors, ranked, widths, draws)
         results[method] = found
         rows += [{"method": method, **row} for row in found]
     out = run.dir / "benchmark"
@@ -119,14 +174,29 @@ def run_benchmark(
         "scores": scores is not None,
         "statistics": STATISTICS,
         "results": results,
+        **({"dictionary": held} if held else {}),
     }
     write_json_atomic(out / "recovery.json", summary)
     with open(out / "recovery.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["method", "statistic", "layer", "value", "lo", "hi"])
         writer.writeheader()
         writer.writerows(rows)
-    (out / "recovery.md").write_text(recovery_table(results, units, planted["distractors"]))
+    table = recovery_table(results, units, planted["distractors"])
+    (out / "recovery.md").write_text(table + dictionary_lines(held))
     return summary
+
+
+def dictionary_lines(held: dict) -> str:
+    """For a latent run, what each SAE holds of the planted neurons and distractors."""
+    if not held:
+        return ""
+    lines = ["", "Latents standing for each neuron (its largest decoder coordinate):", ""]
+    for name, h in held.items():
+        lines.append(
+            f"- {name} (neuron {h['neuron']}): {len(h['latents'])} latents; the best decoder "
+            f"direction's cosine with the neuron {h['best_cosine']:.2f}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def recovery_table(results: dict, units: dict, distractors: list) -> str:

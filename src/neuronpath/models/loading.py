@@ -146,16 +146,7 @@ def load_run_model(
             f"(weights SHA-256 {settings['weights_sha256'][:12]}... in the run, "
             f"{adapter.weights_hash()[:12]}... now)"
         )
-    now = {str(l): sae.origin.get("sha256") for l, sae in adapter.saes().items()}
-    then, files = settings.get("sae") or {}, settings.get("sae_files") or {}
-    changed = sorted((l for l in set(now) | set(then) if now.get(l) != then.get(l)), key=int)
-    if changed:
-        l = changed[0]
-        raise RunFormatError(
-            f"{run_dir} was made with another SAE at layer {l} than {files.get(l)} holds now "
-            f"(weights SHA-256 {str(then.get(l))[:12]}... in the run, {str(now.get(l))[:12]}... "
-            f"now); restore it, or re-run find"
-        )
+    _check_saes(run_dir, settings, adapter.saes())
     stored = settings["preprocess"]
     current = json.loads(json.dumps(adapter.preprocess.to_dict()))
     if stored != current:
@@ -176,3 +167,28 @@ def load_run_model(
                 f"was made with"
             )
     return adapter
+
+
+def _check_saes(run_dir: Path, settings: dict, saes: dict) -> None:
+    """Refuse SAEs whose weights are not those the run recorded (``settings["sae"]``)."""
+    now = {str(l): sae.origin.get("sha256") for l, sae in saes.items()}
+    then, files = settings.get("sae") or {}, settings.get("sae_files") or {}
+    changed = sorted((l for l in set(now) | set(then) if now.get(l) != then.get(l)), key=int)
+    if changed:
+        l = changed[0]
+        raise RunFormatError(
+            f"{run_dir} was made with another SAE at layer {l} than {files.get(l)} holds now "
+            f"(weights SHA-256 {str(then.get(l))[:12]}... in the run, {str(now.get(l))[:12]}... "
+            f"now); restore it, or re-run find"
+        )
+
+
+def load_run_saes(run_dir: Path, settings: dict) -> dict:
+    """``{layer: SparseAutoencoder}``: the SAEs a latent run was made with, read from the files
+    its ``settings`` name, checked as :func:`load_run_model` checks them (no model is loaded)."""
+    from .sae_files import load_sae
+
+    files = settings.get("sae_files") or {}
+    saes = {int(l): load_sae(f, settings.get("sae_site")) for l, f in files.items()}
+    _check_saes(run_dir, settings, saes)
+    return saes
