@@ -356,7 +356,7 @@ def test_an_sae_of_the_wrong_width_or_layer_is_refused_in_one_line(tmp_path):
         adapter.use_saes(load_sae_spec(f"1={tmp_path / 'l2'}"))
 
 
-def _train(tmp_path, out, **options):
+def _train(tmp_path, out, save_every=0.0, **options):
     from conftest import make_image_folder, save_tiny_model
     from neuronpath.experiments.common import Execution
     from neuronpath.experiments.sae_train import SAETrainOptions, run_sae_train
@@ -379,6 +379,7 @@ def _train(tmp_path, out, **options):
         tmp_path / out,
         SAETrainOptions(**settings),
         Execution(device="cpu", batch_size=4, progress=False),
+        save_every,
     )
 
 
@@ -404,10 +405,27 @@ def test_sae_train_resumes_after_an_interruption_to_the_same_weights(tmp_path, m
     assert (tmp_path / "stopped" / "state.pt").is_file() and saves[-1] == 1
     monkeypatch.setattr(sae_train, "_save_state", real)
     resumed = _train(tmp_path, "stopped")
+    # saved at the end of each epoch only, stopped in the middle of the second: the batches
+    # after the save are redone
+    real_steps, steps = sae_train._steps, []
+
+    def stop_in_second_epoch(*args):
+        real_steps(*args)
+        steps.append(1)
+        if len(steps) == 10:  # 3 image batches x 2 layers per epoch: the 2nd batch of epoch 2
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sae_train, "_steps", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, "lagging", save_every=3600)
+    assert torch.load(tmp_path / "lagging" / "state.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(sae_train, "_steps", real_steps)
+    _train(tmp_path, "lagging", save_every=3600)
     for layer in ("00", "02"):
         a = load_file(str(tmp_path / "whole" / f"layer{layer}" / "sae_weights.safetensors"))
-        b = load_file(str(tmp_path / "stopped" / f"layer{layer}" / "sae_weights.safetensors"))
-        assert all(torch.equal(a[n], b[n]) for n in a)
+        for run in ("stopped", "lagging"):
+            b = load_file(str(tmp_path / run / f"layer{layer}" / "sae_weights.safetensors"))
+            assert all(torch.equal(a[n], b[n]) for n in a), run
     for layer, measured in whole["layers"].items():
         again = resumed["layers"][layer]
         assert {**again, "folder": None} == {**measured, "folder": None}

@@ -226,7 +226,12 @@ def _sae(command: SAETrainCommand, args) -> str | None:
     if not _main_rank():
         return None
     report = run_sae_train(
-        command.spec, command.data, command.out, command.options, command.execution
+        command.spec,
+        command.data,
+        command.out,
+        command.options,
+        command.execution,
+        command.save_every,
     )
     out = Path(command.out)
     return f"{report_table(report)}wrote {out / 'saes.txt'}, {out / 'report.md'}, {out}/layerLL/"

@@ -11,9 +11,11 @@ batch's variance (the fraction of variance unexplained, FVU), minimised with Ada
 
 **Streamed and resumable.**  The images are read in a seeded order per epoch, one batch of
 ``--batch-size`` images at a time; each batch's vectors are shuffled (seeded by epoch and batch)
-and cut into steps of ``--sae-batch`` vectors.  After every image batch the SAEs, Adam's state and
-the position are written to ``OUT/state.pt`` (atomically), so a killed run started again continues
-from its last batch and ends with the same weights, bit for bit, as a run never stopped.
+and cut into steps of ``--sae-batch`` vectors.  The SAEs, Adam's state and the position are
+written to ``OUT/state.pt`` (atomically) after an image batch once ``--save-every`` seconds have
+passed since the last save (0: after every batch), and at the end of every epoch; a killed run
+started again redoes the batches after its last save and ends with the same weights, bit for
+bit, as a run never stopped (every shuffle is seeded by its epoch and batch, not by the past).
 
 **Written** (``OUT``): ``layerLL/`` per layer (``cfg.json`` + ``sae_weights.safetensors``),
 ``saes.txt`` (lines ``LAYER PATH``, for ``find --units sae --sae OUT/saes.txt``) and
@@ -29,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -104,6 +107,9 @@ class SAETrainCommand:
     out: str = setting(None, "the folder the SAEs are written to")
     options: SAETrainOptions = nested(SAETrainOptions)
     execution: Execution = nested(Execution, "how it runs")
+    save_every: float = setting(
+        60.0, "seconds between saves of the training state (0: after every image batch)", type=float
+    )
 
 
 def _layers(options: SAETrainOptions, num_layers: int) -> list[int]:
@@ -174,9 +180,13 @@ def run_sae_train(
     out: str | Path,
     options: SAETrainOptions = SAETrainOptions(),
     execution: Execution = Execution(),
+    save_every: float = 60.0,
 ) -> dict:
     """Train the SAEs (module docstring) into ``out``; returns the report.  A folder holding
-    the same finished training is left as it is; one holding another is refused."""
+    the same finished training is left as it is; one holding another is refused.
+    ``save_every``: seconds between saves of the state (it does not change the result)."""
+    if not save_every >= 0:
+        raise InputError(f"{option('save_every')}: expected seconds >= 0, got {save_every!r}")
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec(spec)
     if spec.units != "neurons":
         raise InputError(
@@ -209,12 +219,12 @@ def run_sae_train(
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out)
     try:
-        return _train(adapter, items, layers, options, execution, out, identity)
+        return _train(adapter, items, layers, options, execution, out, identity, save_every)
     finally:
         lock.release()
 
 
-def _train(adapter, items, layers, options, execution, out: Path, identity: dict) -> dict:
+def _train(adapter, items, layers, options, execution, out, identity, save_every) -> dict:
     widths = dict(enumerate(adapter.widths()))
     width_of = {l: options.latents or 4 * widths[l] for l in layers}
     state_path = out / STATE
@@ -240,6 +250,7 @@ def _train(adapter, items, layers, options, execution, out: Path, identity: dict
         unit="batch",
         disable=None if execution.progress is None else not execution.progress,
     )
+    saved = time.monotonic()
     for epoch in range(epoch0, options.epochs):
         order = torch.randperm(
             len(items), generator=torch.Generator().manual_seed(options.seed * 7919 + epoch)
@@ -282,7 +293,9 @@ def _train(adapter, items, layers, options, execution, out: Path, identity: dict
             }
             if b + 1 == n_batches:
                 state.update(epoch=epoch + 1, batch=0)
-            _save_state(state_path, state)
+            if b + 1 == n_batches or time.monotonic() - saved >= save_every:
+                _save_state(state_path, state)
+                saved = time.monotonic()
             bar.update(1)
         batch0 = 0
     bar.close()
