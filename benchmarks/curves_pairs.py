@@ -5,7 +5,9 @@ images; each resample recomputes every f(k) and area).
     python benchmarks/curves_pairs.py runs/s12-dev100-new runs/s12-dev400-scores \\
         --against knowledge,jas --ablations mean,resample --metric prob
 
-A method is named by its name in the first run that holds it.  Runs of the same model and
+A method is named by its name in the first run that holds it; ``RUN=PREFIX`` names a run's
+methods PREFIX + name (``runs/s12-dev400-sae=latent-`` gives ``latent-jas``), so that runs with
+the same methods can be compared.  Runs of the same model and
 reference set give the same edits of the same images for mean ablation; resample ablation draws
 each image's donor from its own run's images, so across runs of different image sets the donors
 differ.
@@ -24,13 +26,15 @@ from neuronpath.analysis.faithfulness import normalised
 from neuronpath.io.store import read_records
 
 
-def curves_of(runs: list[Path], ablation: str, metric: str) -> dict[str, dict[str, dict]]:
-    """{method: {image: {clean, none, kept}}}, each method from the first run holding it."""
+def curves_of(runs: list[str], ablation: str, metric: str) -> dict[str, dict[str, dict]]:
+    """{method: {image: {clean, none, kept}}}, each method from the first run holding it (a run
+    given as ``RUN=PREFIX`` names its methods PREFIX + name)."""
     out: dict[str, dict[str, dict]] = {}
-    for run in runs:
+    for given in runs:
+        run, _, prefix = given.partition("=")
         found: dict[str, dict[str, dict]] = {}
-        for r in read_records(run / "evaluation" / "curves" / ablation):
-            found.setdefault(r["method"], {})[r["image"]] = r[metric]
+        for r in read_records(Path(run) / "evaluation" / "curves" / ablation):
+            found.setdefault(prefix + r["method"], {})[r["image"]] = r[metric]
         for method, rows in found.items():
             out.setdefault(method, rows)
     return out
@@ -50,7 +54,7 @@ def cell(value, draws) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="+", help="RUN or RUN=PREFIX")
     parser.add_argument("--against", default="knowledge,jas")
     parser.add_argument("--ablations", default="mean,resample")
     parser.add_argument("--metric", default="prob")
