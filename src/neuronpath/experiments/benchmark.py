@@ -123,8 +123,8 @@ def dictionary_view(run: Run, planted: dict) -> tuple[dict, list, dict]:
         }
         return found
 
-    for l, n in units.items():
-        units[l] = view(l, n, f"planted L{l}")
+    for l in sorted(units):
+        units[l] = view(l, units[l], f"planted L{l}")
     for d in distractors:
         d["units"] = view(d["layer"], d["neuron"], f"{d['kind']} L{d['layer']}")
     return units, distractors, held
