@@ -243,7 +243,7 @@ def write_faithfulness_table(
                 else "mean change"
             )
             + "; f: normalised faithfulness, "
-            "1 = the clean model, 0 = every neuron of the path's layers ablated)",
+            "1 = the clean model, 0 = every unit of the path's layers ablated)",
             "",
             "| method | ablation | " + " | ".join(t for _, t in FAITHFULNESS_COLUMNS) + " |",
             "|---|---|" + "---|" * len(FAITHFULNESS_COLUMNS),
