@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+# The tests' models are tiny: a second thread per operation costs more than it gives, and the
+# processes some tests start (torchrun ranks, CLI runs) would oversubscribe 2 cores. One thread
+# unless the caller says otherwise; the processes started inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -248,7 +248,8 @@ def _dictionary(neurons: int, extra: int, seed: int):
     w_dec = 0.1 * torch.randn(width, neurons, generator=g, dtype=torch.float64)
     w_dec[perm, torch.arange(neurons)] += 1.0
     zeros = torch.zeros(width, dtype=torch.float64)
-    return SparseAutoencoder(w_dec.T.clone(), zeros, w_dec, torch.zeros(neurons).double())
+    b_dec = 0.1 * torch.randn(neurons, generator=g, dtype=torch.float64)
+    return SparseAutoencoder(w_dec.T.clone(), zeros, w_dec, b_dec)
 
 
 def test_benchmark_judges_a_latent_run_through_its_dictionaries(planted, tmp_path):
@@ -279,7 +280,9 @@ def test_benchmark_judges_a_latent_run_through_its_dictionaries(planted, tmp_pat
 
     for l, n in units.items():
         want = [i for i in range(104) if stands_for(l, i) == n]
-        assert len(want) >= 1 and summary["dictionary"][f"planted L{l}"]["latents"] == want
+        held = summary["dictionary"][f"planted L{l}"]
+        assert len(want) >= 1 and held["latents"] == want
+        assert held["b_dec"] == pytest.approx(float(saes[l].b_dec[n]), rel=1e-6)
     saved = SavedScores(run)
     hit_rates = [r["value"] for rows in summary["results"].values() for r in rows
                  if r["statistic"] == "hit"]  # fmt: skip

@@ -11,7 +11,8 @@ A run of SAE latents (``find --units sae`` with FFN-site SAEs of the planted mod
 through its dictionaries: a latent stands for the neuron that dominates its decoder direction
 (the largest |coordinate|, :func:`latents_standing_for`), so a hit is a path latent standing for
 the planted neuron.  ``recovery.json`` then says, per planted layer and distractor, how many
-latents stand for the neuron and the best cosine of a decoder direction with it.
+latents stand for the neuron, the best cosine of a decoder direction with it, and the decoder
+bias b_dec at the neuron (a neuron on at every token is learnt into b_dec, which is no latent).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def dictionary_view(run: Run, planted: dict) -> tuple[dict, list, dict]:
             "neuron": neuron,
             "latents": found,
             "best_cosine": float(cosine.max()),
+            "b_dec": float(saes[layer].b_dec[neuron]),
         }
         return found
 
@@ -194,7 +196,8 @@ def dictionary_lines(held: dict) -> str:
     for name, h in held.items():
         lines.append(
             f"- {name} (neuron {h['neuron']}): {len(h['latents'])} latents; the best decoder "
-            f"direction's cosine with the neuron {h['best_cosine']:.2f}"
+            f"direction's cosine with the neuron {h['best_cosine']:.2f}; the decoder bias "
+            f"b_dec there {h['b_dec']:+.2f}"
         )
     return "\n".join(lines) + "\n"
 
