@@ -11,12 +11,11 @@ are the latents' values).  The hit rates of ``recovery.md`` are to be read again
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from neuronpath.experiments.benchmark import dictionary_view
+from neuronpath.experiments.benchmark import dictionary_view, read_planted
 from neuronpath.experiments.run import Run
 from neuronpath.io.scores import SavedScores
 
@@ -27,7 +26,7 @@ def main():
     parser.add_argument("--planted", type=Path, required=True)
     args = parser.parse_args()
     run = Run.open(args.run)
-    planted = json.loads((args.planted / "planted.json").read_text())
+    planted = read_planted(args.planted)
     units, distractors, held = dictionary_view(run, planted)
     ids = sorted({r["image"] for r in run.records() if r["method"] == "activation"})
     values = SavedScores(run.dir).get("activation", ids)  # (images, layers, widest)

@@ -92,12 +92,10 @@ def recovery(
         add("rank", l, ranks[l])
     if found == layers:
         add("rank", "all", np.mean([ranks[l] for l in layers], axis=0))
-    positive = {l: np.isin(np.arange(widths[l]), planted[l]) for l in found}
+    positive = {l: np.isin(np.arange(widths[l]), planted[l]) for l in layers}
     for l in found:
         add("auc", l, roc_area(scores[:, l, : widths[l]], positive[l]))
     if found:
         pooled = np.concatenate([scores[:, l, : widths[l]] for l in layers], axis=1)
-        add("auc", "all", roc_area(pooled, np.concatenate([
-            positive[l] if l in positive else np.zeros(widths[l], dtype=bool) for l in layers
-        ])))  # fmt: skip
+        add("auc", "all", roc_area(pooled, np.concatenate([positive[l] for l in layers])))
     return rows
