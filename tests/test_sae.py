@@ -476,3 +476,6 @@ def test_a_latent_run_reads_through_every_command_and_refuses_a_changed_sae(tmp_
     save_saelens(changed, tmp_path / "ffn", hook="blocks.1.mlp.hook_post")
     with pytest.raises(RunFormatError, match="another SAE at layer 1"):
         run_evaluate(run)
+    (tmp_path / "ffn").rename(tmp_path / "moved")
+    with pytest.raises(RunFormatError, match="SAE of layer 1 read from .* no longer exists"):
+        run_evaluate(run)

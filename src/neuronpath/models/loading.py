@@ -132,6 +132,7 @@ def load_run_model(
     """The model a run recorded in its ``settings`` (or ``model``, if it moved), checked: the
     same weights, image preprocessing and token policy, or :class:`RunFormatError`."""
     spec = ModelSpec.from_settings(settings, model)
+    _check_sae_files(run_dir, settings)
     try:
         adapter = load_model(spec, device=device)
     except Exception as error:
@@ -169,6 +170,16 @@ def load_run_model(
     return adapter
 
 
+def _check_sae_files(run_dir: Path, settings: dict) -> None:
+    """Refuse a run whose SAE files are gone, naming the layer and the file."""
+    for l, f in (settings.get("sae_files") or {}).items():
+        if not Path(f).exists():
+            raise RunFormatError(
+                f"{run_dir} was made with the SAE of layer {l} read from {f}, which no longer "
+                f"exists; restore it, or re-run find"
+            )
+
+
 def _check_saes(run_dir: Path, settings: dict, saes: dict) -> None:
     """Refuse SAEs whose weights are not those the run recorded (``settings["sae"]``)."""
     now = {str(l): sae.origin.get("sha256") for l, sae in saes.items()}
@@ -188,6 +199,7 @@ def load_run_saes(run_dir: Path, settings: dict) -> dict:
     its ``settings`` name, checked as :func:`load_run_model` checks them (no model is loaded)."""
     from .sae_files import load_sae
 
+    _check_sae_files(run_dir, settings)
     files = settings.get("sae_files") or {}
     saes = {int(l): load_sae(f, settings.get("sae_site")) for l, f in files.items()}
     _check_saes(run_dir, settings, saes)
