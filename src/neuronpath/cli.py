@@ -18,7 +18,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InputError, NeuronpathError, command_line_options
-from .experiments.benchmark import BenchmarkCommand, recovery_table, run_benchmark
+from .experiments.benchmark import (
+    BenchmarkCommand,
+    plants_table,
+    recovery_table,
+    run_benchmarks,
+)
 from .experiments.causal import run_causal
 from .experiments.classes import ClassesCommand, run_classes
 from .experiments.evaluate import EvaluateCommand, run_evaluate
@@ -202,12 +207,15 @@ def _plant(command: PlantCommand, args) -> str | None:
     if not _main_rank():  # one process plants; the others have nothing to do
         return None
     planted = run_plant(command.spec, command.data, command.out, command.options, command.execution)
+    out = Path(command.out)
+    if "plants" in planted:  # several seeds
+        folders = ", ".join(str(out / f) for f in planted["plants"].values())
+        return f"planted {len(planted['plants'])} models: {folders}\nwrote {out / 'plants.json'}"
     checks = planted["verification"]["checks"]
     lines = [f"  ({key}) {c['check']}: {c['value']:.3f} holds" for key, c in checks.items()]
     units = ", ".join(f"L{l} N{n}" for l, n in planted["units"].items())
-    out = Path(command.out)
     return "\n".join(
-        [f"planted path {units} -> {planted['target']['name']}", *lines,
+        [f"planted chain {units} -> {planted['target']['name']}", *lines,
          f"wrote {out} ({out / 'planted.json'}, {out / 'images'}, {out / 'clean'})"]
     )  # fmt: skip
 
@@ -215,11 +223,22 @@ def _plant(command: PlantCommand, args) -> str | None:
 def _benchmark(command: BenchmarkCommand, args) -> str | None:
     if not _main_rank():
         return None
-    summary = run_benchmark(command.run, command.planted, command.bootstrap, command.seed)
-    units = {int(l): n for l, n in summary["units"].items()}
-    out = Path(command.run) / "benchmark"
-    table = recovery_table(summary["results"], units, summary["distractors"])
-    return f"{table}wrote {out / 'recovery.csv'}, {out / 'recovery.md'}"
+    found = run_benchmarks(
+        command.runs, command.planted, command.out, command.bootstrap, command.seed
+    )
+    lines = []
+    for summary in found["runs"]:
+        units = {int(l): n for l, n in summary["units"].items()}
+        out = Path(summary["run"]) / "benchmark"
+        table = recovery_table(summary["results"], units, summary["distractors"])
+        lines.append(f"{table}wrote {out / 'recovery.csv'}, {out / 'recovery.md'}")
+    if found["summary"] is not None:
+        out = Path(command.out)
+        lines.append(
+            f"{plants_table(found['summary']['rows'])}wrote {out / 'plants.csv'}, "
+            f"{out / 'plants.md'}"
+        )
+    return "\n".join(lines)
 
 
 def _sae(command: SAETrainCommand, args) -> str | None:
@@ -248,7 +267,7 @@ COMMANDS: dict[str, Command] = {
     "neurons": Command(NeuronsCommand, _neurons, required=("data",)),
     "table": Command(TableCommand, _table),
     "plant": Command(PlantCommand, _plant, required=("model", "data", "out")),
-    "benchmark": Command(BenchmarkCommand, _benchmark, required=("planted",)),
+    "benchmark": Command(BenchmarkCommand, _benchmark),
     "sae": Command(SAETrainCommand, _sae, required=("model", "data", "out")),
 }
 

@@ -1,11 +1,15 @@
-"""How well a method recovers a planted path (``neuronpath benchmark``): per planted layer the
+"""How well a method recovers a planted chain (``neuronpath benchmark``): per planted layer the
 hit rate (the method's path unit is the planted unit; with K units per layer, among them), the
 whole path recovered, the planted unit's rank in the method's own ranking of its layer (1 =
 its top; ties go to the lower index, as the method's own ``top_k``), the ROC area of the
-method's scores against the planted units (per layer, and pooled over the planted layers as
-MIB scores a circuit: P(a planted unit outscores an unplanted one), ties counted half), and how
-often each distractor is picked.  Every statistic is a mean over images, with a bootstrap 95 %
-interval.
+method's scores against the planted unit **within each layer** (P(the planted unit outscores
+another unit of its layer), ties counted half; ``all`` is the mean of the layers' areas, never
+a pooled area: raw scores are not comparable across layers), and how often each distractor is
+picked (per layer, and per family over its layers).
+
+Intervals are 95 %: **Wilson** score intervals for rates (hits, picks: a bootstrap interval of a
+rate of 0 or 1 collapses to a point), bootstrap percentile intervals over images for means
+(rank, ROC area).
 
 A planted neuron may stand for several units of the run's layer (SAE latents whose decoder
 direction is dominated by it, :func:`neuronpath.experiments.benchmark.latents_standing_for`):
@@ -21,6 +25,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .bootstrap import mean_interval
+
+Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> list[float] | None:
+    """The Wilson score interval of a rate ``successes / n`` (None for n = 0)."""
+    if n <= 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
 
 
 def planted_ranks(scores: np.ndarray, unit: int) -> np.ndarray:
@@ -61,9 +77,13 @@ def recovery(
     rows = []
     planted = {l: [int(u) for u in np.atleast_1d(units)] for l, units in planted.items()}
 
-    def add(statistic, layer, per_image):
+    def add(statistic, layer, per_image, rate: bool = False):
         per_image = np.asarray(per_image, dtype=np.float64)
-        interval = mean_interval(per_image, draws) or [None, None]
+        if rate:
+            interval = wilson_interval(float(per_image.sum()), len(per_image))
+        else:
+            interval = mean_interval(per_image, draws) if len(draws) else None
+        interval = interval or [None, None]
         rows.append(
             {
                 "statistic": statistic,
@@ -80,10 +100,16 @@ def recovery(
     layers = sorted(planted)
     hits = {l: among(l, planted[l]) for l in layers}
     for l in layers:
-        add("hit", l, hits[l])
-    add("hit", "all", np.all([hits[l] for l in layers], axis=0))
+        add("hit", l, hits[l], rate=True)
+    add("hit", "all", np.all([hits[l] for l in layers], axis=0), rate=True)
+    families: dict[str, list] = {}
     for d in distractors:
-        add(f"pick:{d['kind']}", d["layer"], among(d["layer"], d.get("units", [d["neuron"]])))
+        picked = among(d["layer"], d.get("units", [d["neuron"]]))
+        add(f"pick:{d['kind']}", d["layer"], picked, rate=True)
+        families.setdefault(d["kind"], []).append(picked)
+    for kind, picks in families.items():
+        if len(picks) > 1:  # the share of (image, layer) pairs where the family's unit won
+            add(f"pick:{kind}", "all", np.concatenate(picks), rate=True)
     if scores is None:
         return rows
     found = [l for l in layers if planted[l]]
@@ -92,10 +118,11 @@ def recovery(
         add("rank", l, ranks[l])
     if found == layers:
         add("rank", "all", np.mean([ranks[l] for l in layers], axis=0))
-    positive = {l: np.isin(np.arange(widths[l]), planted[l]) for l in layers}
+    areas = {}
     for l in found:
-        add("auc", l, roc_area(scores[:, l, : widths[l]], positive[l]))
-    if found:
-        pooled = np.concatenate([scores[:, l, : widths[l]] for l in layers], axis=1)
-        add("auc", "all", roc_area(pooled, np.concatenate([positive[l] for l in layers])))
+        positive = np.isin(np.arange(widths[l]), planted[l])
+        areas[l] = roc_area(scores[:, l, : widths[l]], positive)
+        add("auc", l, areas[l])
+    if found:  # the mean of the layers' areas, per image
+        add("auc", "all", np.mean([areas[l] for l in found], axis=0))
     return rows

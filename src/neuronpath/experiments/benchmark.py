@@ -1,11 +1,14 @@
-"""``neuronpath benchmark RUN --planted PLANTED``: how each path method of a find run made on
-a planted model's triggered images recovers the planted path (:mod:`..analysis.recovery`).
+"""``neuronpath benchmark RUN [RUN ...]``: how each path method of find runs made on planted
+models' triggered images recovers the planted chain (:mod:`..analysis.recovery`).
 
-Writes ``RUN/benchmark/recovery.csv`` (``method,statistic,layer,value,lo,hi``; ``layer`` is
-``all`` for whole-path rows), ``recovery.md`` and ``recovery.json``.  Ranks and ROC areas need
-the run's saved scores (``find --save-scores``); without them only hit and pick rates are
-reported.  It reads stored files only, in one process, and writes its outputs whole, so
-running it again is safe.
+Each run is scored against its plant (``--planted``, or the folder the run's model was read
+from): ``RUN/benchmark/recovery.csv`` (``method,statistic,layer,value,lo,hi``; ``layer`` is
+``all`` for whole-path and per-family rows), ``recovery.md`` and ``recovery.json``.  With
+several runs (one per plant), ``--out DIR`` also gets the across-plant summary
+(``plants.csv``: per method and statistic the mean over plants with a 95 % t-interval over
+plants, and for rates the Wilson interval of the images pooled over plants; ``plants.md``).
+Ranks and ROC areas need the run's saved scores (``find --save-scores``).  It reads stored
+files only, in one process, and writes its outputs whole, so running it again is safe.
 
 A run of SAE latents (``find --units sae`` with FFN-site SAEs of the planted model) is scored
 through its dictionaries: a latent stands for the neuron that dominates its decoder direction
@@ -36,22 +39,34 @@ from .run import Run
 
 PLANTED = "planted.json"
 STATISTICS = {
-    "hit": "hit rate: the path's unit is the planted unit",
+    "hit": "hit rate: the path's unit is the planted unit (Wilson 95 % interval)",
     "rank": "the planted unit's rank in the method's ranking of its layer (1 = top)",
-    "auc": "ROC area of the method's scores against the planted units",
-    "pick:register": "the register-like distractor picked",
-    "pick:idle": "the idle distractor picked",
+    "auc": "ROC area of the method's scores against the planted unit within its layer "
+    "(all: the mean of the layers' areas)",
+    "pick:idle": "the idle distractor (loud, output-free) picked",
+    "pick:constant": "the constant distractor (large, constant, no effect) picked",
+    "pick:echo": "the echo distractor (moves with the trigger, no effect) picked",
+    "pick:register": "the register picked (ambiguous: its status depends on the ablation)",
 }
+FAMILY_ORDER = ("idle", "constant", "echo", "register")
 
 
 @dataclass(frozen=True)
 class BenchmarkCommand:
-    """score each path method of a find run on planted images against the planted path"""
+    """score each path method of find runs on planted images against the planted chain"""
 
-    run: str = setting(
-        None, "find run made on PLANTED/images with --model PLANTED", positional=True
+    runs: tuple[str, ...] = setting(
+        (),
+        "find runs made on PLANTED/images with --model PLANTED (one per plant)",
+        positional=True,
+        nargs="+",
     )
-    planted: str = setting(None, "the folder neuronpath plant wrote")
+    planted: str | None = setting(
+        None, "the folder neuronpath plant wrote (default: each run's model folder)"
+    )
+    out: str | None = setting(
+        None, "with several runs: the folder of the across-plant summary (plants.csv, plants.md)"
+    )
     bootstrap: int = setting(1000, "bootstrap resamples for the intervals (0: none)", type=int)
     seed: int = setting(0, "seed of the bootstrap", type=int)
 
@@ -132,16 +147,126 @@ def dictionary_view(run: Run, planted: dict) -> tuple[dict, list, dict]:
     return units, distractors, held
 
 
+def planted_folder(run: Run, planted_dir: str | Path | None) -> Path:
+    """The plant a run is judged against: ``planted_dir``, or the folder its model was read
+    from."""
+    if planted_dir is not None:
+        return Path(planted_dir)
+    folder = Path(run.model_id).expanduser()
+    if not (folder / PLANTED).is_file():
+        raise InputError(
+            f"{option('planted')}: {run.dir} was not made with a planted model "
+            f"({run.model_id} has no {PLANTED}); expected --planted FOLDER written by "
+            f"neuronpath plant"
+        )
+    return folder
+
+
+def run_benchmarks(runs, planted_dir=None, out=None, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Score every run of ``runs`` against its plant (:func:`run_benchmark`) and, with several
+    runs, write the across-plant summary into ``out``; returns {"runs": [...], "summary": ...}."""
+    runs = list(runs)
+    if not runs:
+        raise InputError(f"{option('runs')}: expected at least one find run")
+    if len(runs) > 1 and planted_dir is not None:
+        raise InputError(
+            f"{option('planted')}: several runs are judged each against its own model's plant; "
+            f"leave --planted out"
+        )
+    if len(runs) > 1 and out is None:
+        raise InputError(f"{option('out')}: expected the across-plant summary's folder")
+    each = [run_benchmark(r, planted_dir, bootstrap, seed) for r in runs]
+    summary = None
+    if len(runs) > 1:
+        summary = across_plants(each, Path(out))
+    return {"runs": each, "summary": summary}
+
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+
+
+def t_quantile(df: int) -> float:
+    """Student's t 97.5 % quantile for ``df`` degrees of freedom (a table; 1.96 past 30)."""
+    if df <= 0:
+        return float("nan")
+    known = [k for k in T975 if k <= df]
+    return T975[max(known)] if df <= 30 else 1.959963984540054
+
+
+def across_plants(each: list[dict], out: Path) -> dict:
+    """Per method and statistic of the whole chain (``layer`` all), the mean over plants with
+    a 95 % t-interval over plants, and for rates the Wilson interval of the pooled images;
+    written to ``out/plants.csv`` and ``out/plants.md``."""
+    from ..analysis.recovery import wilson_interval
+
+    methods = list(dict.fromkeys(m for e in each for m in e["results"]))
+    rows = []
+    for method in methods:
+        per = [
+            {(r["statistic"], str(r["layer"])): r for r in e["results"][method]}
+            for e in each
+            if method in e["results"]
+        ]
+        keys = [k for k in per[0] if k[1] == "all" and all(k in p for p in per)]
+        for key in keys:
+            values = np.array([p[key]["value"] for p in per])
+            n = len(values)
+            half = t_quantile(n - 1) * values.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+            mean = float(values.mean())
+            row = {
+                "method": method,
+                "statistic": key[0],
+                "plants": n,
+                "value": mean,
+                "lo": mean - half,
+                "hi": mean + half,
+                "lo_images": None,
+                "hi_images": None,
+            }
+            if key[0] == "hit" or key[0].startswith("pick:"):
+                counts = [(p[key]["value"], e["images"]) for p, e in zip(per, each)]
+                pooled = wilson_interval(sum(v * m for v, m in counts), sum(m for _, m in counts))
+                row["lo_images"], row["hi_images"] = pooled
+            rows.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["method", "statistic", "plants", "value", "lo", "hi", "lo_images", "hi_images"]
+    with open(out / "plants.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "plants.md").write_text(plants_table(rows))
+    summary = {"plants": [e["planted"] for e in each], "rows": rows}
+    write_json_atomic(out / "plants.json", summary)
+    return summary
+
+
+def plants_table(rows: list[dict]) -> str:
+    """One row per method: each whole-chain statistic as mean [interval over plants]."""
+    stats = list(dict.fromkeys(r["statistic"] for r in rows))
+    head = ["method", "plants", *stats]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        got = {r["statistic"]: r for r in rows if r["method"] == method}
+        cells = [method, str(next(iter(got.values()))["plants"])]
+        for stat in stats:
+            r = got.get(stat)
+            cells.append("–" if r is None else f"{r['value']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run_benchmark(
-    run_dir: str | Path, planted_dir: str | Path, bootstrap: int = 1000, seed: int = 0
-) -> dict:
-    """Score every method of ``run_dir`` against the path planted in ``planted_dir``; returns
-    ``recovery.json``."""
+    run_dir: str | Path, planted_dir: str | Path | None = None, bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:  # fmt: skip
+    """Score every method of ``run_dir`` against the chain planted in ``planted_dir`` (default:
+    the run's model folder); returns ``recovery.json``."""
     if bootstrap < 0:
         raise InputError(f"{option('bootstrap')}: expected resamples >= 0, got {bootstrap}")
-    folder = Path(planted_dir)
-    planted = read_planted(folder)
     run = Run.open(run_dir)
+    folder = planted_folder(run, planted_dir)
+    planted = read_planted(folder)
     check_run(run, planted, folder)
     units, distractors, held = dictionary_view(run, planted)
     widths = run.widths
@@ -169,6 +294,7 @@ def run_benchmark(
     out.mkdir(exist_ok=True)
     summary = {
         "planted": str(folder),
+        "run": str(run.dir),
         "units": planted["units"],
         "distractors": planted["distractors"],
         "images": len(images),
@@ -204,7 +330,8 @@ def dictionary_lines(held: dict) -> str:
 
 def recovery_table(results: dict, units: dict, distractors: list) -> str:
     """One row per method: whole-path recovery, each planted layer's hit rate, the mean rank
-    and pooled ROC area (with saved scores), each distractor's pick rate."""
+    and mean within-layer ROC area (with saved scores), each distractor family's pick rate
+    (over its layers; the register apart, as ambiguous)."""
 
     def cell(row) -> str:
         if row is None:
@@ -213,11 +340,19 @@ def recovery_table(results: dict, units: dict, distractors: list) -> str:
         return text + (f" [{row['lo']:.2f}, {row['hi']:.2f}]" if row["lo"] is not None else "")
 
     layers = sorted(units)
+    kinds = [k for k in FAMILY_ORDER if any(d["kind"] == k for d in distractors)]
+    kinds += sorted({d["kind"] for d in distractors} - set(kinds))
+    where = {k: [d["layer"] for d in distractors if d["kind"] == k] for k in kinds}
+
+    def title(kind):
+        at = ",".join(f"L{l}" for l in where[kind])
+        return f"picks {kind} ({at}{', ambiguous' if kind == 'register' else ''})"
+
     head = (
         ["method", "whole path"]
         + [f"hit L{l}" for l in layers]
-        + ["mean rank", "ROC area"]
-        + [f"picks {d['kind']} (L{d['layer']})" for d in distractors]
+        + ["mean rank", "ROC area (mean of layers)"]
+        + [title(k) for k in kinds]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, rows in results.items():
@@ -225,6 +360,8 @@ def recovery_table(results: dict, units: dict, distractors: list) -> str:
         cells = [method, cell(get.get(("hit", "all")))]
         cells += [cell(get.get(("hit", str(l)))) for l in layers]
         cells += [cell(get.get(("rank", "all"))), cell(get.get(("auc", "all")))]
-        cells += [cell(get.get((f"pick:{d['kind']}", str(d["layer"])))) for d in distractors]
+        for k in kinds:
+            key = ("pick:" + k, "all") if len(where[k]) > 1 else ("pick:" + k, str(where[k][0]))
+            cells.append(cell(get.get(key)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

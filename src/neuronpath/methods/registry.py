@@ -15,6 +15,7 @@ from . import (
     activation,
     causal,
     controls,
+    delta_activation,
     influence_pattern,
     influence_pattern_lu,
     jas,
@@ -35,6 +36,7 @@ REGISTRY: dict[str, PathMethod] = {
         causal.METHOD,
         learned.METHOD,
         jas_mean.METHOD,
+        delta_activation.METHOD,
     )
 }
 CONTROLS: dict[str, Control] = {c.name: c for c in (controls.RANDOM, controls.MATCHED)}
