@@ -91,6 +91,7 @@ def recovery(
                 "value": float(per_image.mean()),
                 "lo": interval[0],
                 "hi": interval[1],
+                "n": len(per_image),  # observations: images, or (image, layer) pairs
             }
         )
 
@@ -107,9 +108,8 @@ def recovery(
         picked = among(d["layer"], d.get("units", [d["neuron"]]))
         add(f"pick:{d['kind']}", d["layer"], picked, rate=True)
         families.setdefault(d["kind"], []).append(picked)
-    for kind, picks in families.items():
-        if len(picks) > 1:  # the share of (image, layer) pairs where the family's unit won
-            add(f"pick:{kind}", "all", np.concatenate(picks), rate=True)
+    for kind, picks in families.items():  # the share of (image, layer) pairs it won
+        add(f"pick:{kind}", "all", np.concatenate(picks), rate=True)
     if scores is None:
         return rows
     found = [l for l in layers if planted[l]]
