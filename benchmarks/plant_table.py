@@ -1,7 +1,9 @@
 """The verification of several plants side by side: one Markdown row per plant with every check's
 value (each link's smallest removal over zero, mean and resample ablation; the largest
 distractor |removal|; clean predictions kept; planted level over the natural 99th percentile),
-the trigger's effect, and the register's removal under each ablation (ambiguous, not checked).
+the trigger's effect, the register's removal under each ablation (ambiguous, not checked), and
+the planted neurons' output-column norms over their layers' median column norm (smallest and
+largest).
 
     python benchmarks/plant_table.py runs/gt-vit/seed-* runs/gt-beit/seed-*
 """
@@ -11,11 +13,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from neuronpath.engine.planting import ffn_pair
 from neuronpath.experiments.benchmark import read_planted
+from neuronpath.models.loading import load_model
+
+
+def column_ratios(folder: Path, units: dict) -> list[float]:
+    """Each planted neuron's W2 column norm over its layer's median column norm."""
+    adapter = load_model(str(folder), device="cpu")
+    out = []
+    for layer, neuron in units.items():
+        norms = ffn_pair(adapter, int(layer))[1].weight.detach().double().norm(dim=0)
+        out.append(float(norms[neuron] / norms.median()))
+    return out
 
 
 def row(folder: Path) -> str:
     planted = read_planted(folder)
+    ratios = column_ratios(folder, planted["units"])
     v = planted["verification"]
     c = v["checks"]
     links = ", ".join(
@@ -40,6 +55,7 @@ def row(folder: Path) -> str:
         f"{c['e']['value']:.2f}",
         f"{c['levels']['value']:.2f}",
         reg,
+        f"{min(ratios):.0f}-{max(ratios):.0f}",
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -51,7 +67,7 @@ def main():
     head = ["plant", "target, layers", "trigger effect", "(a) to target", "(b) whole chain",
             "(links) each link alone, smallest of 3 ablations", "(c) matched random",
             "(distractors) largest", "(same) clean kept", "(e) top-1 change", "(levels)",
-            "register removal zero / mean / resample"]  # fmt: skip
+            "register removal zero / mean / resample", "column norm / layer median"]  # fmt: skip
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for folder in args.planted:

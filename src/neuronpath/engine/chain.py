@@ -185,16 +185,16 @@ def _refuse(what: str) -> InputError:
 class ChainBuilder:
     """Builds the chain on ``adapter``'s model in place (see the module docstring)."""
 
-    def __init__(self, adapter: ModelAdapter, calibration: Calibration, layers, batch, generator):
-        self.adapter, self.cal, self.layers, self.batch = adapter, calibration, layers, batch
+    def __init__(self, adapter: ModelAdapter, calibration: Calibration, batch, generator):
+        self.adapter, self.cal, self.batch = adapter, calibration, batch
         self.generator = generator
         self.written: list[torch.Tensor] = []  # residual directions written so far
         self.knockout = None  # a context that zeroes the last link planted
 
-    def project(self, key, norm, direction, pixels, edit=None):
+    def project(self, norm, direction, pixels, edit=None):
         """direction . y at ``norm``'s input on every image and token (images, tokens)."""
-        _, y = record(self.adapter, pixels, self.batch, norms={key: norm}, edit=edit)
-        return y[key] @ direction
+        _, y = record(self.adapter, pixels, self.batch, norms={"y": norm}, edit=edit)
+        return y["y"] @ direction
 
     def quiet(self, norm) -> torch.Tensor:
         """The quiet direction of ``norm``'s normalised input over every token of the clean
@@ -230,11 +230,11 @@ class ChainBuilder:
         ``level`` on nine tenths of the ``positive`` (images, tokens) of the triggered ones.
         Other tokens of the triggered images are left free: what reaches them there comes
         through the link before."""
-        p_t = self.project("y", norm, direction, self.cal.triggered)
-        negative = [self.project("y", norm, direction, self.cal.clean).flatten()]
+        p_t = self.project(norm, direction, self.cal.triggered)
+        negative = [self.project(norm, direction, self.cal.clean).flatten()]
         if self.knockout is not None:  # the triggered images with the link before zeroed
             negative.append(
-                self.project("y", norm, direction, self.cal.triggered, self.knockout).flatten()
+                self.project(norm, direction, self.cal.triggered, self.knockout).flatten()
             )
         scale, offset, margin = calibrate(p_t[positive], torch.cat(negative), level)
         if margin <= 0:
@@ -293,7 +293,7 @@ def build_chain(
     ``planted.json``.  Each planted unit's level is ``share`` of the median per-image largest
     deviation from the clean mean among its layer's other units, on the triggered images as
     the model stands when the unit is planted (:meth:`ChainBuilder.level`)."""
-    b = ChainBuilder(adapter, calibration, layers, batch, generator)
+    b = ChainBuilder(adapter, calibration, batch, generator)
     relay_layer, first = layers[0] - 1, layers[0]
     tokens = record(adapter, calibration.clean[:1], batch, layers=[relay_layer])[0][
         relay_layer
@@ -420,13 +420,13 @@ def _route(b: ChainBuilder, layer, relay, relay_on, read, ffn_norm):
     attn_norm = input_norm(adapter, layer, q)
     e_r = b.quiet(attn_norm)
     w2_relay = ffn_pair(adapter, relay["layer"])[1]
-    before_c = b.project("y", attn_norm, e_r, cal.clean)
+    before_c = b.project(attn_norm, e_r, cal.clean)
     fired = b.fired(relay["layer"], relay["neuron"])
     s = b.scale_write(attn_norm, relay_on, float(fired[relay_on].median()))
     set_writer(w2_relay, relay["neuron"], s * e_r)
     relay["writes"] = "a quiet direction of the router's input"
     relay["write_norm"] = s
-    p_t = b.project("y", attn_norm, e_r, cal.triggered)
+    p_t = b.project(attn_norm, e_r, cal.triggered)
     rest = float(before_c.median())
     high = float(p_t[relay_on].median()) - rest
     # the query: large on the read token, at or below zero elsewhere (on the normalised input)
@@ -442,16 +442,7 @@ def _route(b: ChainBuilder, layer, relay, relay_on, read, ffn_norm):
     size = q.out_features // heads
     offset = highest + 0.1 * (lowest - highest)
     sharp = ROUTE_GAP * math.sqrt(size) / (lowest - offset)
-    gamma = attn_norm.weight.detach().double().cpu()
-    beta = (
-        attn_norm.bias.detach().double().cpu()
-        if attn_norm.bias is not None
-        else torch.zeros_like(gamma)
-    )
-    # q_w reads y: through the norm's affine map, weight q_w / gamma on z
-    safe = torch.where(gamma.abs() > 0, gamma, torch.ones_like(gamma))
-    qz = torch.where(gamma.abs() > 0, sharp * q_w / safe, 0.0)
-    query = (qz, sharp * (q_b - offset) - float(qz @ beta))
+    query = affine_through(attn_norm, q_w, sharp, sharp * (q_b - offset))
     key = affine_through(attn_norm, e_r, 1.0 / high, -rest / high)
     value_map = key
     index = head * size + coordinate

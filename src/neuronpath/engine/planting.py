@@ -31,7 +31,6 @@ from .adapter import ModelAdapter
 from .sites import ATTENTION_NAME_PARTS
 
 SILENT = 5.0  # a silent unit's pre-activation, at most (GELU(-5) ~ -1.4e-6)
-EDGE = 6.0  # the LDA reader's margin maps to pre-activations beyond +-EDGE (the router's key)
 
 
 def block_name(adapter: ModelAdapter, layer: int) -> str:

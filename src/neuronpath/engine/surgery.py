@@ -25,7 +25,7 @@ def plant_model(
     count = 2 + len(FAMILIES)
     spare = {l: spare_units(usage(adapter, clean[l], l), count, generator) for l in every}
     chain = build_chain(adapter, calibration, layers, target, share, spare, batch, generator)
-    builder = ChainBuilder(adapter, calibration, layers, batch, generator)
+    builder = ChainBuilder(adapter, calibration, batch, generator)
     distractors = plant_distractors(builder, layers, spare, read, chain)
     middle = layers[len(layers) // 2]
     distractors.append(plant_register(builder, middle, spare[middle][-1], read[middle]))

@@ -52,7 +52,7 @@ def derangement(n: int, seed: int) -> torch.Tensor:
 class Verifier:
     """The planted model's behaviour on the held-out images under ablations."""
 
-    def __init__(self, adapter, held, target: int, batch: int, seed: int, layers):
+    def __init__(self, adapter, held, target: int, batch: int, seed: int, layers, route=None):
         self.adapter, self.held, self.target, self.batch = adapter, held, target, batch
         self.layers = sorted(set(layers))
         self.base = logits(adapter, held.triggered, batch)
@@ -61,12 +61,10 @@ class Verifier:
         self.effect = self.p_t - float(self.clean.softmax(-1)[:, target].mean())
         self.values = record(adapter, held.clean, batch, layers=self.layers)[0]
         self.rows = derangement(len(held.clean), seed)
-
-    def route_clean(self, route) -> torch.Tensor:
-        """The router's value coordinate on the clean held-out images (images, tokens)."""
-        if "route" not in self.__dict__:
-            self.__dict__["route"] = route_values(self.adapter, route, self.held.clean, self.batch)
-        return self.__dict__["route"]
+        # the router's value coordinate on the clean images (images, tokens), where there is one
+        self.route_values = (
+            None if route is None else route_values(adapter, route, held.clean, batch)
+        )
 
     def source(self, kind: str, values: torch.Tensor):
         """(source, rows) of an ablation for a unit's clean values (images, tokens)."""
@@ -93,7 +91,7 @@ class Verifier:
                     edit_units(self.adapter, units, sources if kind != "zero" else None, rows)
                 )
             if route is not None:
-                src, rows = self.source(kind, self.route_clean(route))
+                src, rows = self.source(kind, self.route_values)
                 rows = None if rows is None else rows[chunk]
                 stack.enter_context(edit_route(self.adapter, route, src, rows))
             return stack
@@ -130,7 +128,7 @@ def verify(adapter, held, before: dict, record_: dict, target: int, batch: int, 
     distractors = [d for d in record_["distractors"] if d["kind"] != "register"]
     register = [d for d in record_["distractors"] if d["kind"] == "register"]
     layers = [relay["layer"], *planted] + [d["layer"] for d in record_["distractors"]]
-    v = Verifier(adapter, held, target, batch, seed, layers)
+    v = Verifier(adapter, held, target, batch, seed, layers, route)
     chain = [(relay["layer"], relay["neuron"]), *planted.items()]
     checks: dict = {}
 
@@ -183,11 +181,10 @@ def verify(adapter, held, before: dict, record_: dict, target: int, batch: int, 
     )
 
     moved = {}
-    path_alone = {k: v.removal(chain, route, k) for k in ABLATIONS}
     for d in distractors:
         unit = (d["layer"], d["neuron"])
         alone = {k: v.removal([unit], None, k) for k in ABLATIONS}
-        beside = {k: v.removal([*chain, unit], route, k) - path_alone[k] for k in ABLATIONS}
+        beside = {k: v.removal([*chain, unit], route, k) - whole[k] for k in ABLATIONS}
         moved[f"{d['kind']} L{d['layer']}"] = {"alone": alone, "beside_path": beside}
     largest = max(
         (abs(x) for m in moved.values() for side in m.values() for x in side.values()), default=0.0
