@@ -86,6 +86,11 @@ def test_the_curve_is_the_ratio_of_means_and_its_intervals_hold_it():
         assert stats["f"][i] == pytest.approx(want, rel=1e-12)
         assert stats["f_lo"][i] <= stats["f"][i] <= stats["f_hi"][i]
     assert stats["cpr"]["value"] == pytest.approx(cpr_cmd(stats["f"])[0])
+    assert stats["f_abs"] == stats["f"]  # no |score| rows given: the same rows
+    flipped = curve_statistics(clean, none, kept, np.zeros((0, 30), int), KS, kept[:, ::-1])
+    assert flipped["f"] == stats["f"] and flipped["cpr"] == {**stats["cpr"], "lo": None, "hi": None}
+    assert flipped["cmd"]["value"] == pytest.approx(cpr_cmd(flipped["f_abs"])[1], rel=1e-12)
+    assert flipped["cmd"]["value"] != pytest.approx(stats["cmd"]["value"])
 
 
 def test_saved_scores_are_each_methods_own_ranking(curves):
@@ -117,21 +122,25 @@ def test_a_kept_row_is_a_forward_with_every_other_unit_ablated(curves):
     saved = SavedScores(run)
     means = reference_means(adapter, curves["reference"])
     widths = adapter.widths()
+    differ = 0
     for ablation, source in (("zero", [torch.zeros(n) for n in widths]), ("mean", means)):
-        for record in read_records(run / "evaluation" / "curves" / ablation)[:4]:
+        for record in read_records(run / "evaluation" / "curves" / ablation)[:6]:
             scores = saved.get(record["method"], [record["image"]])[0]
-            for i in (0, 6, 8):  # k = 0.1 % (one unit), 10 % (2 of 12), 50 % (6 of 12)
-                values = {}
-                for l, n in enumerate(widths):
-                    order = sorted(range(n), key=lambda j: (-scores[l, j], j))
-                    kept = set(order[: kept_count(n, KS[i])])
-                    values[l] = {j: float(source[l][j]) for j in range(n) if j not in kept}
-                logits = logits_with(adapter, curves["data"] / record["image"], values)
-                prob = logits.softmax(-1)[record["label"]].item()
-                assert record["prob"]["kept"][i] == pytest.approx(prob, rel=1e-9, abs=1e-12)
-                assert record["logit"]["kept"][i] == pytest.approx(
-                    logits[record["label"]].item(), rel=1e-9, abs=1e-12
-                )
+            # CPR's rows rank by the signed score, CMD's by |score| (MIB's absolute flag)
+            for key, ranked in (("kept", scores), ("kept_absolute", np.abs(scores))):
+                for i in (0, 6, 8):  # k = 0.1 % (one unit), 10 % (2 of 12), 50 % (6 of 12)
+                    values = {}
+                    for l, n in enumerate(widths):
+                        order = sorted(range(n), key=lambda j: (-ranked[l, j], j))
+                        kept = set(order[: kept_count(n, KS[i])])
+                        values[l] = {j: float(source[l][j]) for j in range(n) if j not in kept}
+                    logits = logits_with(adapter, curves["data"] / record["image"], values)
+                    prob = logits.softmax(-1)[record["label"]].item()
+                    assert record["prob"][key][i] == pytest.approx(prob, rel=1e-9, abs=1e-12)
+                    assert record["logit"][key][i] == pytest.approx(
+                        logits[record["label"]].item(), rel=1e-9, abs=1e-12
+                    )
+            differ += record["prob"]["kept"] != record["prob"]["kept_absolute"]
             everything = {
                 l: {j: float(source[l][j]) for j in range(n)} for l, n in enumerate(widths)
             }
@@ -139,6 +148,7 @@ def test_a_kept_row_is_a_forward_with_every_other_unit_ablated(curves):
             assert record["logit"]["none"] == pytest.approx(
                 logits[record["label"]].item(), rel=1e-9
             )
+    assert differ  # the two rankings differ somewhere, so the test tells them apart
 
 
 def test_keeping_every_unit_gives_f_one(curves):
@@ -149,10 +159,14 @@ def test_keeping_every_unit_gives_f_one(curves):
         for by_metric in by_ablation.values():
             for stats in by_metric.values():
                 assert stats["f"][-1] == pytest.approx(1.0, abs=1e-9)
+                assert stats["f_abs"][-1] == pytest.approx(1.0, abs=1e-9)
                 assert stats["cpr"]["value"] == pytest.approx(cpr_cmd(stats["f"])[0], rel=1e-12)
+                assert stats["cmd"]["value"] == pytest.approx(
+                    cpr_cmd(stats["f_abs"])[1], rel=1e-12
+                )
     rows = (curves["run"] / "evaluation" / "curves.csv").read_text().splitlines()
-    assert rows[0] == "method,ablation,metric,k,f,lo,hi"
-    assert len(rows) == 1 + 3 * 2 * 2 * len(KS)
+    assert rows[0] == "method,ablation,metric,ranking,k,f,lo,hi"
+    assert len(rows) == 1 + 3 * 2 * 2 * 2 * len(KS)
     areas = (curves["run"] / "evaluation" / "cpr_cmd.csv").read_text().splitlines()
     assert areas[0] == "method,ablation,metric,statistic,value,lo,hi" and len(areas) == 1 + 24
     assert (curves["run"] / "evaluation" / "curves.png").stat().st_size > 0

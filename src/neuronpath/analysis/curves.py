@@ -9,6 +9,11 @@ each m the mean of a metric over images.  CPR is the area under f(k) and CMD the
 kept) at the points of :data:`KS`, so x runs from 0.001 to 1 and a curve that is 1 everywhere
 has CPR = 0.999 and CMD = 0.  Higher CPR: the ranking's top carries more of the model's
 behaviour; lower CMD: keeping it reproduces the model more closely.
+
+As MIB does (its ``absolute`` flag), CPR ranks each layer's units by their signed score and
+CMD by |score|: a unit that pushes the metric down is part of what reproduces the model, so
+CMD keeps it, while CPR asks which units push the metric up.  Where a method's scores are
+all non-negative the two rankings are one.
 """
 
 from __future__ import annotations
@@ -49,24 +54,28 @@ def curve_statistics(
     kept: np.ndarray,
     draws: np.ndarray,
     ks: Sequence[float] = KS,
+    kept_absolute: np.ndarray | None = None,
 ) -> dict:
     """f(k), CPR and CMD from per-image metric values -- ``clean`` and ``none`` (images,),
-    ``kept`` (images, len(ks)) -- with bootstrap 95 % intervals over images (``draws``:
-    resampled image indices; none: no intervals): ``{"f": [...], "f_lo": [...], "f_hi":
-    [...], "cpr": {value, lo, hi}, "cmd": {value, lo, hi}}``."""
-    f = normalised(kept, clean, none)
-    cpr, cmd = cpr_cmd(f, ks)
-    out = {"f": f.tolist(), "f_lo": [None] * len(ks), "f_hi": [None] * len(ks)}
-    out["cpr"] = {"value": cpr, "lo": None, "hi": None}
-    out["cmd"] = {"value": cmd, "lo": None, "hi": None}
+    ``kept`` (images, len(ks)) under the signed ranking and ``kept_absolute`` under the
+    ranking by |score| (None: the same rows) -- with bootstrap 95 % intervals over images
+    (``draws``: resampled image indices; none: no intervals): ``{"f": [...], "f_lo": [...],
+    "f_hi": [...], "f_abs": [...], "f_abs_lo": [...], "f_abs_hi": [...], "cpr": {value, lo,
+    hi}, "cmd": {value, lo, hi}}``; CPR is the area of ``f``, CMD of |1 - ``f_abs``|."""
+    kept_absolute = kept if kept_absolute is None else kept_absolute
+    out: dict = {}
+    for key, rows in (("f", kept), ("f_abs", kept_absolute)):
+        out[key] = normalised(rows, clean, none).tolist()
+        out[f"{key}_lo"], out[f"{key}_hi"] = [None] * len(ks), [None] * len(ks)
+    out["cpr"] = {"value": cpr_cmd(out["f"], ks)[0], "lo": None, "hi": None}
+    out["cmd"] = {"value": cpr_cmd(out["f_abs"], ks)[1], "lo": None, "hi": None}
     if not len(draws):
         return out
-    fs = np.stack([normalised(kept[d], clean[d], none[d]) for d in draws])
-    for i in range(len(ks)):
-        interval = percentile_interval(fs[:, i]) or [None, None]
-        out["f_lo"][i], out["f_hi"][i] = interval
-    areas = np.array([cpr_cmd(row, ks) for row in fs])
-    for j, name in enumerate(("cpr", "cmd")):
-        interval = percentile_interval(areas[:, j]) or [None, None]
-        out[name]["lo"], out[name]["hi"] = interval
+    for key, rows, area, name in (("f", kept, 0, "cpr"), ("f_abs", kept_absolute, 1, "cmd")):
+        fs = np.stack([normalised(rows[d], clean[d], none[d]) for d in draws])
+        for i in range(len(ks)):
+            interval = percentile_interval(fs[:, i]) or [None, None]
+            out[f"{key}_lo"][i], out[f"{key}_hi"][i] = interval
+        areas = np.array([cpr_cmd(row, ks)[area] for row in fs])
+        out[name]["lo"], out[name]["hi"] = percentile_interval(areas) or [None, None]
     return out

@@ -5,7 +5,8 @@ stored.
 On every image, for every method and every k of :data:`~neuronpath.analysis.curves.KS`, each
 layer keeps its top k % of units in the method's ranking on that image (at least one) and every
 other unit of every layer is ablated -- zeros, the reference set's means or another image's
-values, the study's ``--ablation`` -- plus the clean model and every unit ablated.  The rows'
+values, the study's ``--ablation`` -- plus the clean model and every unit ablated.  Each ranking is taken twice, by the signed score (CPR) and by |score|
+(CMD, as MIB ranks for it); where the two orders agree on an image the rows are shared.  The rows'
 metrics go into ``RUN/evaluation/curves/<ablation>/records.jsonl`` (resumable, shared over
 ``torchrun`` ranks; the mean ablation's reference is the study's ``reference.npz``); the curves,
 CPR and CMD with bootstrap intervals into ``RUN/evaluation/curves.csv``
@@ -64,6 +65,7 @@ def _settings(run, ablation: str, reference: dict | None) -> dict:
         "seed": run.options.seed,
         "methods": run.find.methods,
         "ks": list(KS),
+        "rankings": ["signed (CPR)", "absolute (CMD)"],
         "excluded_sha256": hashlib.sha256("\n".join(sorted(run.excluded)).encode()).hexdigest(),
     }
     if reference is not None:
@@ -125,6 +127,14 @@ class CurveRows:
         return edits
 
 
+def ranks_of(scores: torch.Tensor, widths: list[int]) -> list[torch.Tensor]:
+    """Each unit's place in its layer's ranking by ``scores`` (layers, units): 0 for the top."""
+    return [
+        torch.empty(n, dtype=torch.long).scatter_(0, top_k(scores[l, :n], n), torch.arange(n))
+        for l, n in enumerate(widths)
+    ]
+
+
 def _ablation_pass(run, ablation, reference, identity, scores, folder, execution) -> None:
     adapter, widths, methods = run.adapter, run.adapter.widths(), run.find.methods
     store = open_store(run.ranks, folder / ablation, _settings(run, ablation, identity))
@@ -150,19 +160,21 @@ def _ablation_pass(run, ablation, reference, identity, scores, folder, execution
             (rows.add(b, None, widths), rows.add(b, None, [0] * len(widths)))
             for b in range(len(images))
         ]
-        kept = {}
+        kept, kept_absolute = {}, {}
         for method in methods:
             ranked = torch.from_numpy(scores.get(method, images)).double()
             for b in range(len(images)):
-                rank = [
-                    torch.empty(n, dtype=torch.long).scatter_(
-                        0, top_k(ranked[b, l, :n], n), torch.arange(n)
-                    )
-                    for l, n in enumerate(widths)
-                ]
+                signed = ranks_of(ranked[b], widths)
+                absolute = ranks_of(ranked[b].abs(), widths)
                 kept[(b, method)] = [
-                    rows.add(b, rank, [kept_count(n, k) for n in widths]) for k in KS
+                    rows.add(b, signed, [kept_count(n, k) for n in widths]) for k in KS
                 ]
+                same = all(torch.equal(s, a) for s, a in zip(signed, absolute))
+                kept_absolute[(b, method)] = (
+                    kept[(b, method)]
+                    if same
+                    else [rows.add(b, absolute, [kept_count(n, k) for n in widths]) for k in KS]
+                )
         index = torch.tensor(rows.image, device=pixels.device)
 
         def edit(chunk: slice):
@@ -187,6 +199,7 @@ def _ablation_pass(run, ablation, reference, identity, scores, folder, execution
                         "clean": float(v[clean]),
                         "none": float(v[none]),
                         "kept": [float(v[r]) for r in kept[(b, method)]],
+                        "kept_absolute": [float(v[r]) for r in kept_absolute[(b, method)]],
                     }
                 if donor_of is not None:
                     record["donor"] = donor_of[b]
@@ -215,12 +228,14 @@ def write_curves(run_dir: Path, options: FaithfulnessOptions, methods: list[str]
                 clean = np.array([r[metric]["clean"] for r in rows])
                 none = np.array([r[metric]["none"] for r in rows])
                 kept = np.array([r[metric]["kept"] for r in rows])
-                stats = curve_statistics(clean, none, kept, draws)
+                absolute = np.array([r[metric]["kept_absolute"] for r in rows])
+                stats = curve_statistics(clean, none, kept, draws, KS, absolute)
                 stats["images"] = len(rows)
                 results.setdefault(method, {}).setdefault(ablation, {})[metric] = stats
     summary = {
         "ks": list(KS),
         "x": "k / 100, the fraction of each layer's units kept; trapezoid rule over the ks",
+        "rankings": "CPR and f rank by the signed score, CMD and f_abs by |score| (MIB)",
         "ablations": list(options.ablations),
         "metrics": list(options.metrics),
         "bootstrap": edit.bootstrap,

@@ -357,7 +357,8 @@ def write_table2(report: Mapping, out_stem: str | Path, t: int, p: float) -> lis
 
 
 def write_curve_tables(results: Mapping, ks, folder: str | Path) -> list[Path]:
-    """``curves.csv`` (``method,ablation,metric,k,f,lo,hi``), ``cpr_cmd.csv``
+    """``curves.csv`` (``method,ablation,metric,ranking,k,f,lo,hi``; ranking ``signed`` or
+    ``absolute``), ``cpr_cmd.csv``
     (``method,ablation,metric,statistic,value,lo,hi``) and ``curves.md`` (CPR and CMD per
     method, ablation and metric, with 95 % intervals) from :func:`write_curves`' results."""
     folder = Path(folder)
@@ -370,7 +371,8 @@ def write_curve_tables(results: Mapping, ks, folder: str | Path) -> list[Path]:
     lines = [
         "CPR: area under f(k); CMD: area under |1 - f(k)|; x = k / 100 (the fraction of each "
         f"layer's units kept, k in {', '.join(f'{k:g}' for k in ks)} %), trapezoid rule. "
-        "Higher CPR and lower CMD are better.",
+        "Higher CPR and lower CMD are better. As MIB does, CPR ranks each layer's units by "
+        "the signed score and CMD by |score|.",
         "",
         f"| method | ablation | metric | images | CPR | CMD | f at k = {ks[0]:g} % |",
         "|---|---|---|---|---|---|---|",
@@ -378,18 +380,22 @@ def write_curve_tables(results: Mapping, ks, folder: str | Path) -> list[Path]:
     for method, by_ablation in results.items():
         for ablation, by_metric in by_ablation.items():
             for metric, stats in by_metric.items():
-                for k, f, lo, hi in zip(ks, stats["f"], stats["f_lo"], stats["f_hi"]):
-                    curve_rows.append(
-                        {
-                            "method": method,
-                            "ablation": ablation,
-                            "metric": metric,
-                            "k": k,
-                            "f": f,
-                            "lo": lo,
-                            "hi": hi,
-                        }
-                    )
+                for ranking, key in (("signed", "f"), ("absolute", "f_abs")):
+                    for k, f, lo, hi in zip(
+                        ks, stats[key], stats[f"{key}_lo"], stats[f"{key}_hi"]
+                    ):
+                        curve_rows.append(
+                            {
+                                "method": method,
+                                "ablation": ablation,
+                                "metric": metric,
+                                "ranking": ranking,
+                                "k": k,
+                                "f": f,
+                                "lo": lo,
+                                "hi": hi,
+                            }
+                        )
                 for name in ("cpr", "cmd"):
                     area_rows.append(
                         {
