@@ -161,9 +161,7 @@ def test_keeping_every_unit_gives_f_one(curves):
                 assert stats["f"][-1] == pytest.approx(1.0, abs=1e-9)
                 assert stats["f_abs"][-1] == pytest.approx(1.0, abs=1e-9)
                 assert stats["cpr"]["value"] == pytest.approx(cpr_cmd(stats["f"])[0], rel=1e-12)
-                assert stats["cmd"]["value"] == pytest.approx(
-                    cpr_cmd(stats["f_abs"])[1], rel=1e-12
-                )
+                assert stats["cmd"]["value"] == pytest.approx(cpr_cmd(stats["f_abs"])[1], rel=1e-12)
     rows = (curves["run"] / "evaluation" / "curves.csv").read_text().splitlines()
     assert rows[0] == "method,ablation,metric,ranking,k,f,lo,hi"
     assert len(rows) == 1 + 3 * 2 * 2 * 2 * len(KS)

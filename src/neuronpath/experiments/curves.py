@@ -5,12 +5,13 @@ stored.
 On every image, for every method and every k of :data:`~neuronpath.analysis.curves.KS`, each
 layer keeps its top k % of units in the method's ranking on that image (at least one) and every
 other unit of every layer is ablated -- zeros, the reference set's means or another image's
-values, the study's ``--ablation`` -- plus the clean model and every unit ablated.  Each ranking is taken twice, by the signed score (CPR) and by |score|
-(CMD, as MIB ranks for it); where the two orders agree on an image the rows are shared.  The rows'
-metrics go into ``RUN/evaluation/curves/<ablation>/records.jsonl`` (resumable, shared over
-``torchrun`` ranks; the mean ablation's reference is the study's ``reference.npz``); the curves,
-CPR and CMD with bootstrap intervals into ``RUN/evaluation/curves.csv``
-(``method,ablation,metric,k,f,lo,hi``), ``cpr_cmd.csv``
+values, the study's ``--ablation`` -- plus the clean model and every unit ablated.  Each
+ranking is taken twice, by the signed score (CPR) and by |score| (CMD, as MIB ranks for it);
+where the two orders agree on an image the rows are shared.  The rows' metrics go into
+``RUN/evaluation/curves/<ablation>/records.jsonl`` (resumable, shared over ``torchrun`` ranks;
+the mean ablation's reference is the study's ``reference.npz``); the curves, CPR and CMD with
+bootstrap intervals into ``RUN/evaluation/curves.csv``
+(``method,ablation,metric,ranking,k,f,lo,hi``), ``cpr_cmd.csv``
 (``method,ablation,metric,statistic,value,lo,hi``), ``curves.md``, ``curves.json`` and the
 figure ``curves.png/.svg``.
 """

@@ -381,9 +381,7 @@ def write_curve_tables(results: Mapping, ks, folder: str | Path) -> list[Path]:
         for ablation, by_metric in by_ablation.items():
             for metric, stats in by_metric.items():
                 for ranking, key in (("signed", "f"), ("absolute", "f_abs")):
-                    for k, f, lo, hi in zip(
-                        ks, stats[key], stats[f"{key}_lo"], stats[f"{key}_hi"]
-                    ):
+                    for k, f, lo, hi in zip(ks, stats[key], stats[f"{key}_lo"], stats[f"{key}_hi"]):
                         curve_rows.append(
                             {
                                 "method": method,
