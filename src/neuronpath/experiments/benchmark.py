@@ -168,7 +168,7 @@ def run_benchmarks(runs, planted_dir=None, out=None, bootstrap: int = 1000, seed
     runs, write the across-plant summary into ``out``; returns {"runs": [...], "summary": ...}."""
     runs = list(runs)
     if not runs:
-        raise InputError(f"{option('runs')}: expected at least one find run")
+        raise InputError("benchmark: expected at least one find run (RUN ...)")
     if len(runs) > 1 and planted_dir is not None:
         raise InputError(
             f"{option('planted')}: several runs are judged each against its own model's plant; "
