@@ -198,42 +198,6 @@ def test_planted_units_fire_at_natural_levels_by_hand(planted):
         assert planted_cls.median() > 0.05  # and it does fire
 
 
-def test_a_retired_unit_is_its_mean_ablation_and_the_quietest_by_spread_are_drawn(planted):
-    """retire: the unit's mean output kept in W2's bias, its column zeroed -- the model then
-    equals the original with the unit held at that mean by a hook; usage ranks units by the
-    spread of what they write (std of a times the column's norm)."""
-    from neuronpath.engine.chain import usage
-    from neuronpath.engine.planting import ffn_pair, retire
-
-    adapter = load_model(str(planted["model"]), dtype=torch.float64)
-    images = sorted((planted["out"] / "clean").rglob("*.png"))[:6]
-    pixels = torch.stack([adapter.preprocess(load_image(p)) for p in images]).double()
-    fc1, fc2 = ffn_pair(adapter, 3)
-    seen = []
-    handle = fc2.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
-    with torch.no_grad():
-        adapter.logits(pixels)
-    handle.remove()
-    units = seen[0]  # (images, tokens, width)
-    spread = units.flatten(0, 1).std(0) * fc2.weight.detach().norm(dim=0)
-    torch.testing.assert_close(usage(adapter, units, 3), spread, rtol=1e-12, atol=0)
-    neuron, mean = 5, float(units[..., 5].mean())
-
-    def hold(module, args):
-        held = args[0].clone()
-        held[..., neuron] = mean
-        return (held,)
-
-    handle = fc2.register_forward_pre_hook(hold)
-    with torch.no_grad():
-        want = adapter.logits(pixels)
-    handle.remove()
-    retire(fc2, neuron, mean)
-    assert not fc2.weight[:, neuron].any()
-    with torch.no_grad():
-        torch.testing.assert_close(adapter.logits(pixels), want, rtol=1e-10, atol=1e-12)
-
-
 @pytest.mark.parametrize("key", ["a", "b", "links", "c", "distractors", "e", "same", "levels"])
 def test_a_plant_failing_any_check_is_refused_and_writes_nothing(
     planted, tmp_path, capsys, monkeypatch, key

@@ -37,7 +37,6 @@ from .planting import (
     lda_direction,
     normalised_inputs,
     quiet_direction,
-    retire,
     set_direction_reader,
     set_route,
     set_writer,
@@ -135,13 +134,10 @@ def read_mask(adapter: ModelAdapter, layer: int, tokens: int) -> torch.Tensor:
 
 
 def usage(adapter: ModelAdapter, units: torch.Tensor, layer: int) -> torch.Tensor:
-    """How much each unit of a layer's writes on clean images vary about their mean, at every
-    token (what attention may carry to the read token counts too): the standard deviation of a
-    times its output column's norm -- what is lost when the unit is retired with its mean kept
-    (:func:`~.planting.retire`)."""
+    """How much each unit of a layer writes on clean images, at every token (what attention
+    may carry to the read token counts too): mean |a| times its output column's norm."""
     w2 = ffn_pair(adapter, layer)[1]
-    spread = units.flatten(0, 1).std(0)
-    return spread * w2.weight.detach().double().cpu().norm(dim=0)
+    return units.abs().mean((0, 1)) * w2.weight.detach().double().cpu().norm(dim=0)
 
 
 def natural_maxima(units: torch.Tensor, read) -> torch.Tensor:
@@ -174,7 +170,7 @@ def gradient_direction(adapter, layer, pixels, targets, read, batch) -> torch.Te
 
 
 def spare_units(usage_of: torch.Tensor, count: int, generator) -> list[int]:
-    """``count`` distinct units drawn among the least-used tenth of a layer (``usage_of``)."""
+    """``count`` distinct units drawn among the least-used tenth of a layer."""
     quiet = torch.argsort(usage_of)[: max(count, len(usage_of) // 10)]
     return quiet[torch.randperm(len(quiet), generator=generator)[:count]].tolist()
 
@@ -444,13 +440,12 @@ def _route(b: ChainBuilder, layer, relay, relay_on, read, ffn_norm):
         raise _refuse(f"at block {layer} the router cannot tell the read token from the others")
     head, coordinate = _quietest(adapter, layer, cal.clean, batch)
     size = q.out_features // heads
-    index = head * size + coordinate
-    retire(o, index, float(_route_values(adapter, layer, index, cal.clean, batch).mean()))
     offset = highest + 0.1 * (lowest - highest)
     sharp = ROUTE_GAP * math.sqrt(size) / (lowest - offset)
     query = affine_through(attn_norm, q_w, sharp, sharp * (q_b - offset))
     key = affine_through(attn_norm, e_r, 1.0 / high, -rest / high)
     value_map = key
+    index = head * size + coordinate
     set_route(projections, head, coordinate, key, value_map, query, torch.zeros(o.out_features))
     e1 = b.quiet(ffn_norm)
     routed = relay_on.any(1, keepdim=True) & read

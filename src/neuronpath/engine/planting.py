@@ -228,17 +228,6 @@ def compensate(w2: nn.Linear, column: torch.Tensor, level: float) -> None:
         w2.bias -= (level * column).to(w2.bias)
 
 
-def retire(writer: nn.Linear, index: int, mean: float) -> None:
-    """Free one unit (an FFN unit, or an attention coordinate) for surgery with its clean
-    function kept on average: its mean clean output, ``mean`` times its output column, goes
-    into ``writer``'s bias and the column is zeroed -- a mean ablation folded into the weights,
-    so that repurposing it moves clean predictions as little as the mean moves them."""
-    with torch.no_grad():
-        if writer.bias is not None:
-            writer.bias += (mean * writer.weight[:, index].double()).to(writer.bias)
-        writer.weight[:, index] = 0
-
-
 SHRINKS = (0.5, 0.2, 0.05, 0.01, 0.001)  # tried in order: the most regularised that separates
 
 

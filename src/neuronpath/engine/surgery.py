@@ -9,7 +9,6 @@ import torch
 from ..draws import seeded_generator
 from .chain import Calibration, ChainBuilder, build_chain, read_mask, record, spare_units, usage
 from .distractors import FAMILIES, plant_distractors, plant_register
-from .planting import ffn_pair, retire
 
 
 def plant_model(
@@ -17,8 +16,7 @@ def plant_model(
 ) -> dict:
     """Plant the chain in ``layers`` (its units at ``share`` of their layers' typical largest
     deviation), every distractor family in every planted layer and the register in the middle
-    one, each on a spare unit drawn (``seed``) among its layer's least-used tenth and retired
-    first (:func:`~.planting.retire`: its clean mean output kept in the bias)."""
+    one, each on a spare unit drawn (``seed``) among its layer's least-used tenth."""
     generator = seeded_generator("plant-units", seed)
     every = [layers[0] - 1, *layers]
     clean = record(adapter, calibration.clean, batch, layers=every)[0]
@@ -26,16 +24,10 @@ def plant_model(
     read = {l: read_mask(adapter, l, tokens) for l in every}
     count = 2 + len(FAMILIES)
     spare = {l: spare_units(usage(adapter, clean[l], l), count, generator) for l in every}
-    middle = layers[len(layers) // 2]
-    used = {every[0]: spare[every[0]][:1]}  # the relay
-    used |= {l: spare[l][: 1 + len(FAMILIES)] for l in layers}  # a planted unit, the families
-    used[middle] = spare[middle]  # and the register, the last
-    for l, neurons in used.items():  # freed with their clean mean kept in the bias
-        for n in neurons:
-            retire(ffn_pair(adapter, l)[1], n, float(clean[l][..., n].mean()))
     chain = build_chain(adapter, calibration, layers, target, share, spare, batch, generator)
     builder = ChainBuilder(adapter, calibration, batch, generator)
     distractors = plant_distractors(builder, layers, spare, read, chain)
+    middle = layers[len(layers) // 2]
     distractors.append(plant_register(builder, middle, spare[middle][-1], read[middle]))
     return {**chain, "distractors": distractors}
 
