@@ -310,3 +310,39 @@ def test_every_downstream_command_reads_a_causal_run(runs, tmp_path):
     prune += ["--methods", "causal", "--keep", "1,2", "--causal-candidates", "3"]
     assert main([*prune, "--reference", reference]) == 0
     assert (tmp_path / "prune" / "results.json").is_file()
+
+
+def test_knowledge_and_causal_together_compute_the_integrated_gradients_once(runs, monkeypatch):
+    """find --methods knowledge,causal: the causal search's knowledge prior is the knowledge
+    path's own attribution, computed once per batch (counted at integrated_gradients), and
+    each method's result is what it is when run alone."""
+    from neuronpath.engine.attribution import AttributionConfig
+    from neuronpath.methods import find_paths, knowledge
+    from neuronpath.methods.causal import CausalOptions
+
+    adapter = runs["adapter"]
+    images = sorted(runs["data"].rglob("*.png"))[:3]
+    x = torch.stack([adapter.preprocess(load_image(p)) for p in images]).double()
+    y = torch.tensor([0, 1, 2])
+    config = AttributionConfig(steps=STEPS)
+    calls = []
+    counted = knowledge.integrated_gradients
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(knowledge, "integrated_gradients", counting)
+    alone = {}
+    for method in ("knowledge", "causal"):
+        calls.clear()
+        asked = {method: CausalOptions(causal_ablation="zero") if method == "causal" else None}
+        alone[method] = (find_paths(adapter, x, y, asked, config), len(calls))
+    calls.clear()
+    both = find_paths(
+        adapter, x, y, {"knowledge": None, "causal": CausalOptions(causal_ablation="zero")}, config
+    )
+    assert alone["knowledge"][1] == alone["causal"][1] == len(calls) == adapter.num_layers
+    for method, (result, _) in alone.items():
+        assert torch.equal(both.paths[method], result.paths[method])
+        torch.testing.assert_close(both.ranked[method], result.ranked[method], rtol=0, atol=0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -117,6 +117,9 @@ class CleanPass:
     # per layer, (tokens, coords): a reference set's mean at the read positions, the state that
     # mean ablation and a mean baseline move units to (``find --reference``); None: no reference
     reference: list[torch.Tensor] | None = None
+    # what one method computed from this batch that another may reuse (the knowledge path's
+    # integrated gradients are the causal search's default prior), keyed by what determines it
+    shared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def coordinates(self, layer: int) -> torch.Tensor:
         """Layer ``layer``'s site coordinates (the unit values themselves for neurons)."""

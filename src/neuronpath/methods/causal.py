@@ -13,8 +13,9 @@ with F the run's objective on its target (softmax probability by default, as Eq.
 ``kept(c) - removed(c)`` (``both``: the path should be sufficient *and* necessary),
 ``-removed(c)`` (``necessity``) or ``kept(c)`` (``sufficiency``).  p_t is the best candidate
 (ties to the prior's order); with K > 1 the K best.  Layers after t run normally while layer t is
-chosen.  Cost: the prior's (none for ``activation``) plus, per image and layer, 2C forwards (C
-for a one-sided score), no backward pass.
+chosen.  Cost: the prior's (none for ``activation``; the knowledge prior is the knowledge
+path's own attribution, computed once per batch when both run) plus, per image and layer, 2C
+forwards (C for a one-sided score), no backward pass.
 
 Its ranking of a layer (``find --save-scores``): the C candidates in causal order, then every
 other unit in the prior's order; the scores saved are minus each unit's place in that ranking

@@ -30,14 +30,19 @@ def knowledge_attribution(
     config: AttributionConfig = AttributionConfig(),
 ) -> torch.Tensor:
     """Per-neuron integrated gradients of every layer: (images, layers, n) (layers narrower
-    than the widest score -inf beyond their width)."""
+    than the widest score -inf beyond their width).  Computed once per clean pass and
+    configuration: a second method asking for it (the causal search's prior) reuses it."""
+    key = ("knowledge_attribution", config)
+    if key in clean.shared:
+        return clean.shared[key]
     n_images = clean.labels.shape[0]
     out = []
     for l in range(adapter.num_layers):
         ones = torch.ones(n_images, clean.widths[l], dtype=adapter.dtype, device=adapter.device)
         grads = integrated_gradients(adapter, pixels, clean, {l: ones}, config)[l]
         out.append((clean.acts[l] * grads).sum(1))
-    return stack_layers(out)
+    clean.shared[key] = stack_layers(out)
+    return clean.shared[key]
 
 
 def top_neurons(attribution: torch.Tensor, k: int = 5) -> list[list[tuple[int, int, float]]]:
