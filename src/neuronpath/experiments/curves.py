@@ -162,19 +162,18 @@ def _ablation_pass(run, ablation, reference, identity, scores, folder, execution
             for b in range(len(images))
         ]
         kept, kept_absolute = {}, {}
+        counts = [[kept_count(n, k) for n in widths] for k in KS]  # per k, each layer's top
         for method in methods:
             ranked = torch.from_numpy(scores.get(method, images)).double()
             for b in range(len(images)):
                 signed = ranks_of(ranked[b], widths)
                 absolute = ranks_of(ranked[b].abs(), widths)
-                kept[(b, method)] = [
-                    rows.add(b, signed, [kept_count(n, k) for n in widths]) for k in KS
-                ]
+                kept[(b, method)] = [rows.add(b, signed, count) for count in counts]
                 same = all(torch.equal(s, a) for s, a in zip(signed, absolute))
                 kept_absolute[(b, method)] = (
                     kept[(b, method)]
                     if same
-                    else [rows.add(b, absolute, [kept_count(n, k) for n in widths]) for k in KS]
+                    else [rows.add(b, absolute, count) for count in counts]
                 )
         index = torch.tensor(rows.image, device=pixels.device)
 
