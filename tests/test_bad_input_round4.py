@@ -136,6 +136,16 @@ def test_labels_that_are_not_classes_of_the_model_are_refused(world, tmp_path, c
         str(tmp_path / "c"),
     )
     assert "sorted-labels" not in err and "n09999999" in err
+    partly = tmp_path / "partly.tsv"  # the model's names but one: the hint to number them
+    partly.write_text(
+        "".join(f"{n}\t{'n09999999' if i == 0 else SYNSETS[classes[n]]}\n"
+                for i, n in enumerate(names))
+    )  # fmt: skip
+    err = refused(
+        capsys, *FIND[1:], "--model", str(model), "--data", str(flat), "--labels-file",
+        str(partly), "--out", str(tmp_path / "d"),
+    )  # fmt: skip
+    assert "are not; rename them, or pass --labels sorted-folders" in err
 
 
 def test_a_dataset_changed_under_a_run_is_refused_by_every_later_command(world, tmp_path, capsys):

@@ -75,20 +75,68 @@ def named_options(path: Path):
                 yield node.lineno, "--" + match.group(1), match.group(2), node.value[:70]
 
 
+def mistakes(flag: str, value: str | None, where: str, text: str, options, choices) -> list:
+    """What is wrong with one named ``flag`` (offered ``value``): not an option, or not one of
+    its choices."""
+    if flag in FOREIGN:
+        return []
+    if flag not in options:
+        return [f"{where}: {flag} is no option of any command ({text!r})"]
+    if value is not None and flag in choices:
+        unknown = [v for v in value.strip(",.").split(",") if v not in choices[flag]]
+        if unknown:
+            return [f"{where}: {flag} has no choice {', '.join(unknown)} ({text!r})"]
+    return []
+
+
 def test_every_option_a_message_names_exists_with_the_values_it_offers():
     options, choices = parser_options()
     wrong = []
     for path in sorted(SRC.rglob("*.py")):
         for line, flag, value, text in named_options(path):
             where = f"{path.relative_to(SRC)}:{line}"
-            if flag in FOREIGN:
-                continue
-            if flag not in options:
-                wrong.append(f"{where}: {flag} is no option of any command ({text!r})")
-            elif value is not None and flag in choices:
-                unknown = [v for v in value.strip(",.").split(",") if v not in choices[flag]]
-                if unknown:
-                    wrong.append(f"{where}: {flag} has no choice {', '.join(unknown)} ({text!r})")
+            wrong += mistakes(flag, value, where, text, options, choices)
+    assert not wrong, "\n".join(wrong)
+
+
+def test_label_refusals_as_printed_name_options_that_exist():
+    """A message can be made at run time (a labels file's refusals are the folder mapping's,
+    worded for labels), so the printed text is checked too: every refusal of the label
+    mapping, for folders and for a labels file, on the command line."""
+    from neuronpath.errors import InputError, command_line_options
+    from neuronpath.io.labels import LABEL_MAPPINGS, map_labels
+    from neuronpath.io.sources import _label_ids
+
+    options, choices = parser_options()
+    synsets = {i: f"n0{i:07d}" for i in range(3)}
+    cases = [
+        (["n00000000", "n09999999"], synsets),  # some names known, one not
+        (["n00000000", "n00000001", "n00000002", "n00000003"], synsets),  # too many
+        (["cat", "dog"], {0: "cat", 1: "cat", 2: "dog"}),  # a name that is two classes
+        (["7", "1"], {0: "a", 1: "b"}),  # ids out of range
+        (["dog", "tench"], synsets),  # readable names on a synset model
+    ]
+    printed = []
+    with command_line_options():
+        for names, id2label in cases:
+            for how in LABEL_MAPPINGS:
+                for refuse in (
+                    lambda: map_labels(names, id2label, how),
+                    lambda: _label_ids(names, id2label, how, "--labels-file"),
+                ):
+                    try:
+                        refuse()
+                    except InputError as error:
+                        printed.append(str(error))
+    assert any("--labels sorted-folders" in text for text in printed)
+    wrong = [
+        problem
+        for text in printed
+        for match in FLAG.finditer(text)
+        for problem in mistakes(
+            "--" + match.group(1), match.group(2), "printed", text, options, choices
+        )  # fmt: skip
+    ]
     assert not wrong, "\n".join(wrong)
 
 

@@ -30,8 +30,18 @@ def imagenet_synsets() -> list[str]:
     return text.split()
 
 
-def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") -> tuple[dict, str]:
-    """Map class folder names to label ids; returns (mapping, how it was decided)."""
+def map_labels(
+    folders: list[str],
+    id2label: dict[int, str],
+    how: str = "auto",
+    where: str | None = None,
+    items: str = "folders",
+) -> tuple[dict, str]:
+    """Map class folder names (or, ``items="labels"``, the labels of a labels file) to label
+    ids; returns (mapping, how it was decided).  Refusals name ``where`` (default: the
+    ``data`` option) and call the names ``items``."""
+    where = option("data") if where is None else where
+    kinds = "class folders" if items == "folders" else items
     if how not in LABEL_MAPPINGS:
         raise InputError(f"{option('labels')}: expected one of {LABEL_MAPPINGS}, got {how!r}")
     label2id: dict[str, int] = {}
@@ -46,7 +56,7 @@ def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") 
         if ambiguous:
             name, ids = ambiguous[0], twice[ambiguous[0]]
             raise InputError(
-                f"{option('data')}: the class {name!r} is the model's label "
+                f"{where}: the class {name!r} is the model's label "
                 f"{' and '.join(map(str, ids))}, so it names no single class; label those "
                 f"images by id (folders or labels {', '.join(map(str, ids))} with "
                 f"{option('labels', 'label-ids')}) or by ImageNet synset"
@@ -55,41 +65,41 @@ def map_labels(folders: list[str], id2label: dict[int, str], how: str = "auto") 
     if how == "label2id":
         missing = sorted(set(folders) - set(matched))
         raise InputError(
-            f"{option('data')}: folders {missing[:5]} are not label names of the model"
+            f"{where}: {items} {missing[:5]} are not label names of the model"
         )
     all_synsets = all(SYNSET.match(f) for f in folders)
     if how in ("auto", "imagenet-synsets") and all_synsets and len(id2label) == 1000:
         index = {s: i for i, s in enumerate(imagenet_synsets())}
         unknown = [f for f in folders if f not in index]
         if unknown:
-            raise InputError(f"{option('data')}: folders {unknown[:5]} are not ImageNet-1k synsets")
+            raise InputError(f"{where}: {items} {unknown[:5]} are not ImageNet-1k synsets")
         return {f: index[f] for f in folders}, "imagenet-synsets"
     if how == "imagenet-synsets":
         raise InputError(
-            f"{option('data')}: labels 'imagenet-synsets' needs synset folders (n01440764 ...) "
+            f"{where}: labels 'imagenet-synsets' needs synset {items} (n01440764 ...) "
             "and a model with 1000 classes"
         )
     numbers = all(re.fullmatch(r"\d+", f) for f in folders)
     if how == "label-ids" or (how == "auto" and numbers and not matched):
         if not numbers:
-            raise InputError(f"{option('data')}: labels 'label-ids' needs integer labels")
+            raise InputError(f"{where}: labels 'label-ids' needs integer labels")
         bad = [f for f in folders if id2label and int(f) >= len(id2label)]
         if bad:
             raise InputError(
-                f"{option('data')}: label ids {bad[:3]} are not classes of the model "
+                f"{where}: label ids {bad[:3]} are not classes of the model "
                 f"(0..{len(id2label) - 1})"
             )
         return {f: int(f) for f in folders}, "label-ids"
     if how == "auto" and matched:
         missing = sorted(set(folders) - set(matched))
         raise InputError(
-            f"{option('data')}: some class folders are label names of the model but "
+            f"{where}: some {kinds} are label names of the model but "
             f"{missing[:5]} are not; rename them, or pass "
             f"{option('labels', 'sorted-folders')} to use sorted folder order"
         )
     if id2label and len(folders) > len(id2label):
         raise InputError(
-            f"{option('data')}: {len(folders)} class folders but the model has only "
+            f"{where}: {len(folders)} {kinds} but the model has only "
             f"{len(id2label)} classes"
         )
     return {f: i for i, f in enumerate(folders)}, "sorted-folders"

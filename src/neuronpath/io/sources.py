@@ -248,11 +248,7 @@ def _label_ids(
     these are refused, not numbered in sorted order, unless that is asked for
     (``labels='sorted-folders'``): a file of readable names on a synset model would otherwise
     label every image silently with another class."""
-    try:
-        mapping, decided = map_labels(names, id2label, how)
-    except InputError as error:
-        text = re.sub(r"\bfolders\b", "labels", str(error)).replace("class labels", "labels")
-        raise InputError(text.replace(option("data"), where)) from None
+    mapping, decided = map_labels(names, id2label, how, where, items="labels")
     if decided == "sorted-folders" and how == "auto" and id2label:
         known = sorted(id2label.values())
         raise InputError(
