@@ -64,9 +64,7 @@ def map_labels(
         return {f: label2id[f] for f in folders}, "label2id"
     if how == "label2id":
         missing = sorted(set(folders) - set(matched))
-        raise InputError(
-            f"{where}: {items} {missing[:5]} are not label names of the model"
-        )
+        raise InputError(f"{where}: {items} {missing[:5]} are not label names of the model")
     all_synsets = all(SYNSET.match(f) for f in folders)
     if how in ("auto", "imagenet-synsets") and all_synsets and len(id2label) == 1000:
         index = {s: i for i, s in enumerate(imagenet_synsets())}
@@ -99,8 +97,7 @@ def map_labels(
         )
     if id2label and len(folders) > len(id2label):
         raise InputError(
-            f"{where}: {len(folders)} {kinds} but the model has only "
-            f"{len(id2label)} classes"
+            f"{where}: {len(folders)} {kinds} but the model has only {len(id2label)} classes"
         )
     return {f: i for i, f in enumerate(folders)}, "sorted-folders"
 
