@@ -10,9 +10,10 @@ import ast
 import re
 from pathlib import Path
 
-from neuronpath.analysis.faithfulness import ABLATIONS, METRICS
+from neuronpath.analysis.faithfulness import METRICS
 from neuronpath.analysis.pruning import BASELINES
 from neuronpath.cli import build_parser
+from neuronpath.engine.ablation import ABLATIONS
 from neuronpath.methods.registry import REGISTRY
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "neuronpath"

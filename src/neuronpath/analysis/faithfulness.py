@@ -28,7 +28,6 @@ from ..errors import InputError, option
 from .bootstrap import percentile_interval
 
 METRICS = ("prob", "logit", "logit-diff", "kl")
-ABLATIONS = ("zero", "mean", "resample")
 
 
 def check_names(names: Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:

@@ -37,7 +37,6 @@ import torch
 
 from ..analysis.bootstrap import bootstrap_draws
 from ..analysis.faithfulness import (
-    ABLATIONS,
     METRICS,
     check_names,
     curve,
@@ -48,6 +47,7 @@ from ..analysis.faithfulness import (
 from ..analysis.records import group_by
 from ..analysis.unitstats import UnitStats
 from ..draws import seeded_generator
+from ..engine.ablation import ABLATIONS, path_edit
 from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons, record_neurons
 from ..errors import ImageReadError, InputError, option
@@ -360,20 +360,18 @@ class Rows:
         paths = torch.stack(self.paths)[torch.tensor(self.path[rows])]
         ranks = torch.stack(self.rank)[torch.tensor(self.path[rows])]
         edits = {}
+        # kept rows (path_edit): sufficiency keeps the first k path units alone; all-ablated
+        # keeps none.  Removed rows ablate the first k (necessity) or layer k's alone (alone).
+        keep = (kind == SUFFICIENCY) | (kind == ALL)
+        on_curve = (kind == SUFFICIENCY) | (kind == NECESSITY)
         for l, n in enumerate(self.widths):
             on = torch.zeros(len(kind), n, dtype=torch.float64).scatter_(1, paths[:, l], 1.0)
             early = (ranks[:, l] < k)[:, None]  # layer l among the first k of the path's order
-            # rows that ablate this layer's path neurons: alone at l, or necessity past l
-            alone = ((kind == ALONE) & (k == l))[:, None] | ((kind == NECESSITY)[:, None] & early)
-            ablated = on * alone
-            ablated = torch.where((kind == ALL)[:, None], 1.0, ablated)
-            # sufficiency: only the first k path neurons kept, everything else ablated
-            ablated = torch.where((kind == SUFFICIENCY)[:, None], 1 - on * early, ablated)
-            multiplier = 1 - ablated
-            multiplier = torch.where(
-                (kind == ENHANCE)[:, None], 1 + (self.factor - 1) * on, multiplier
-            )
-            edits[l] = (multiplier, ablated, source[l], which)
+            chosen = (on_curve[:, None] & early) | ((kind == ALONE) & (k == l))[:, None]
+            multiplier, ablated = path_edit(on * chosen, keep)
+            enhance = (kind == ENHANCE)[:, None]
+            multiplier = torch.where(enhance, 1 + (self.factor - 1) * on, multiplier)
+            edits[l] = (multiplier, torch.where(enhance, 0.0, ablated), source[l], which)
         return edits
 
 

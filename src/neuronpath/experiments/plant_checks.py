@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from ..draws import seeded_generator
+from ..engine.ablation import ABLATIONS
 from ..engine.chain import logits, read_mask, record, route_values
 from ..engine.planting import edit_route, edit_units, ffn_pair
 
-ABLATIONS = ("zero", "mean", "resample")
 THRESHOLDS = {
     "a": 0.90,  # triggered images predicted as the target, at least
     "b": 0.90,  # removal by ablating the whole chain (each ablation), at least

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from ..engine.ablation import SELECTABLE
 from ..engine.adapter import ModelAdapter
 from ..engine.attribution import AttributionConfig, CleanPass
 from ..errors import InputError, option
@@ -41,6 +42,13 @@ class MethodOptions:
         """Whether these options need a reference set's mean of every unit
         (``find --reference``; it reaches the method as ``CleanPass.reference``)."""
         return False
+
+    def selection(self, objective: str, reference: str | None) -> dict | None:
+        """The criterion these options choose a path by, where the choice is made by an
+        intervention (:func:`~neuronpath.engine.ablation.selection_criterion`), given the run's
+        objective and the reference images' digest; None for a method that does not (an
+        attribution ranks, it does not intervene)."""
+        return None
 
     @property
     def final_terms_last_only(self) -> bool:
@@ -156,15 +164,24 @@ def check_fields(
             raise InputError(f"{option(name)}: expected a positive number, got {value!r}")
 
 
-ABLATIONS = ("mean", "zero")
-
-
 def ablation_field() -> object:
     """The ``ablation`` option of a method that ablates units (``causal``, ``learned``)."""
     return field(
         default="mean",
         metadata={
-            "choices": ABLATIONS,
+            "choices": SELECTABLE,
             "help": "what an ablated unit takes: its mean over find --reference's images, or zero",
         },
     )
+
+
+def ablated_values(adapter, clean: CleanPass, ablation: str, flag: str) -> list[torch.Tensor]:
+    """Per layer, (1, positions, coords): what an ablated unit takes under ``ablation`` (zero,
+    or the reference mean, which the option ``flag`` asked for) when a method selects by it."""
+    if ablation == "mean":
+        means = reference_of(clean, f"{option(flag)} mean")
+        return [m.to(adapter.device, adapter.dtype)[None] for m in means]
+    return [
+        torch.zeros_like(adapter.units(l).source(clean.coordinates(l)[:1]))
+        for l in range(adapter.num_layers)
+    ]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..engine.ablation import SELECTABLE, SIDES, STATISTICS, path_edit, selection_criterion
 from ..engine.attribution import objective
 from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons
@@ -35,20 +36,17 @@ from ..engine.neurons import stack_layers, top_k
 from ..errors import InputError, option
 from .activation import activation_scores
 from .base import (
-    ABLATIONS,
     MethodOptions,
     MethodOutput,
     PathMethod,
+    ablated_values,
     ablation_field,
     check_fields,
-    reference_of,
 )
 from .jas import layer_scores
 from .knowledge import knowledge_attribution
 
 PRIORS = ("knowledge", "activation", "jas")
-SCORES = ("both", "necessity", "sufficiency")
-SIDES = {"both": ("removed", "kept"), "necessity": ("removed",), "sufficiency": ("kept",)}
 
 
 @dataclass(frozen=True)
@@ -71,14 +69,18 @@ class CausalOptions(MethodOptions):
     causal_score: str = field(
         default="both",
         metadata={
-            "choices": SCORES,
+            "choices": STATISTICS,
             "help": "both: F(only the path kept) - F(path ablated); necessity: -F(path ablated); "
             "sufficiency: F(only the path kept)",
         },
     )
 
     def __post_init__(self):
-        choices = {"causal_prior": PRIORS, "causal_ablation": ABLATIONS, "causal_score": SCORES}
+        choices = {
+            "causal_prior": PRIORS,
+            "causal_ablation": SELECTABLE,
+            "causal_score": STATISTICS,
+        }
         check_fields(self, choices, counts=["causal_candidates"])
 
     def check(self, k: int) -> None:
@@ -92,17 +94,8 @@ class CausalOptions(MethodOptions):
     def needs_reference(self) -> bool:
         return self.causal_ablation == "mean"
 
-
-def ablated_values(adapter, clean, ablation: str, flag: str) -> list[torch.Tensor]:
-    """Per layer, (1, positions, coords): what an ablated unit takes under ``ablation`` (zero,
-    or the reference mean, which the option ``flag`` asked for)."""
-    if ablation == "mean":
-        means = reference_of(clean, f"{option(flag)} mean")
-        return [m.to(adapter.device, adapter.dtype)[None] for m in means]
-    return [
-        torch.zeros_like(adapter.units(l).source(clean.coordinates(l)[:1]))
-        for l in range(adapter.num_layers)
-    ]
+    def selection(self, objective: str, reference: str | None) -> dict:
+        return selection_criterion(self.causal_ablation, self.causal_score, objective, reference)
 
 
 def candidate_outputs(adapter, pixels, clean, config, sources, path, layer, candidates, sides):
@@ -122,14 +115,16 @@ def candidate_outputs(adapter, pixels, clean, config, sources, path, layer, cand
         else:
             units = candidates.reshape(-1, 1).repeat_interleave(len(sides), 0)
         on.scatter_(1, units, True)
-        kept = torch.where(keep[:, None], on, ~on)  # removed rows: every unit but the path's
-        multipliers[l] = kept.to(dtype)
+        multipliers[l] = path_edit(on.to(dtype), keep)
     which = torch.zeros(rows, dtype=torch.long, device=device)
 
     def edit(chunk: slice):
         return ablate_neurons(
             adapter,
-            {l: (m[chunk], 1 - m[chunk], sources[l], which[chunk]) for l, m in multipliers.items()},
+            {
+                l: (m[chunk], a[chunk], sources[l], which[chunk])
+                for l, (m, a) in multipliers.items()
+            },
         )
 
     values = torch.cat(

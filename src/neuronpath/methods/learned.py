@@ -23,12 +23,19 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..engine.ablation import SELECTABLE, SIDES, STATISTICS, path_edit, selection_criterion
 from ..engine.attribution import autocast_context, objective, rows_per_chunk
 from ..engine.interventions import ablate_neurons
 from ..engine.neurons import stack_layers, top_k
 from ..errors import InputError, option
-from .base import ABLATIONS, MethodOptions, MethodOutput, PathMethod, ablation_field, check_fields
-from .causal import SCORES, SIDES, ablated_values
+from .base import (
+    MethodOptions,
+    MethodOutput,
+    PathMethod,
+    ablated_values,
+    ablation_field,
+    check_fields,
+)
 
 
 @dataclass(frozen=True)
@@ -45,19 +52,22 @@ class LearnedOptions(MethodOptions):
     learned_score: str = field(
         default="both",
         metadata={
-            "choices": SCORES,
+            "choices": STATISTICS,
             "help": "both: maximise F(kept) - F(removed); necessity: minimise F(removed); "
             "sufficiency: maximise F(kept)",
         },
     )
 
     def __post_init__(self):
-        choices = {"learned_ablation": ABLATIONS, "learned_score": SCORES}
+        choices = {"learned_ablation": SELECTABLE, "learned_score": STATISTICS}
         check_fields(self, choices, counts=["learned_steps"], positive=["learned_lr"])
 
     @property
     def needs_reference(self) -> bool:
         return self.learned_ablation == "mean"
+
+    def selection(self, objective: str, reference: str | None) -> dict:
+        return selection_criterion(self.learned_ablation, self.learned_score, objective, reference)
 
 
 def soft_outputs(adapter, pixels, targets, config, sources, theta, sides):
@@ -69,10 +79,12 @@ def soft_outputs(adapter, pixels, targets, config, sources, theta, sides):
     soft = [t.softmax(-1) for t in theta]
     image = torch.arange(n_images, device=device).repeat(len(sides))
     which = torch.zeros(len(image), dtype=torch.long, device=device)
-    edits = {}
-    for l, s in enumerate(soft):
-        kept = torch.cat([s if side == "kept" else 1 - s for side in sides])
-        edits[l] = (kept, 1 - kept, sources[l], which)
+    keep = torch.tensor([side == "kept" for side in sides], device=device)
+    keep = keep.repeat_interleave(n_images)
+    edits = {
+        l: (*path_edit(s.repeat(len(sides), 1), keep), sources[l], which)
+        for l, s in enumerate(soft)
+    }
     with (
         torch.enable_grad(),
         ablate_neurons(adapter, edits),
