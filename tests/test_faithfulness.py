@@ -303,7 +303,7 @@ def test_zero_ablation_leaves_table_1_as_it_was_and_matches_its_removal(study):
                 table[(image, method)]["enhance_prob"], rel=1e-9
             )
     rows = (run / "evaluation" / "faithfulness.csv").read_text().splitlines()
-    assert rows[0] == "method,ablation,metric,statistic,value,lo,hi"
+    assert rows[0] == "method,ablation,metric,statistic,value,lo,hi,own_criterion"
     # methods and controls x ablations x metrics x statistics, then the two matched controls'
     # achieved match (nine numbers per ablation)
     assert len(rows) == 1 + 5 * 3 * 4 * 6 + 2 * 3 * 9

@@ -28,6 +28,7 @@ from .experiments.causal import run_causal
 from .experiments.classes import ClassesCommand, run_classes
 from .experiments.evaluate import EvaluateCommand, run_evaluate
 from .experiments.find import DemoCommand, FindCommand, default_methods, run_find
+from .experiments.matrix import MatrixCommand, run_matrix
 from .experiments.neurons import NeuronsCommand, run_neurons
 from .experiments.plant import PlantCommand, run_plant
 from .experiments.prune import PruneCommand, PruneOptions, run_prune
@@ -220,6 +221,19 @@ def _plant(command: PlantCommand, args) -> str | None:
     )  # fmt: skip
 
 
+def _matrix(command: MatrixCommand, args) -> str:
+    run_matrix(
+        command.runs,
+        command.out,
+        command.baseline,
+        command.methods,
+        command.bootstrap,
+        command.seed,
+    )
+    out = Path(command.out)
+    return f"{(out / 'matrix.md').read_text()}wrote {out / 'matrix.json'}, {out / 'matrix.csv'}"
+
+
 def _benchmark(command: BenchmarkCommand, args) -> str | None:
     if not _main_rank():
         return None
@@ -266,6 +280,7 @@ COMMANDS: dict[str, Command] = {
     "report": Command(ReportCommand, _report),
     "neurons": Command(NeuronsCommand, _neurons, required=("data",)),
     "table": Command(TableCommand, _table),
+    "matrix": Command(MatrixCommand, _matrix),
     "plant": Command(PlantCommand, _plant, required=("model", "data", "out")),
     "benchmark": Command(BenchmarkCommand, _benchmark),
     "sae": Command(SAETrainCommand, _sae, required=("model", "data", "out")),

@@ -19,7 +19,7 @@ a bounded sample of activation levels per layer for the matched control's bins) 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -99,6 +99,24 @@ def area(curve: np.ndarray) -> np.ndarray:
     return (curve[..., 1:] + curve[..., :-1]).mean(-1) / 2
 
 
+def metric_arrays(rows: list[dict], metric: str) -> dict:
+    """Per-image arrays of one metric from a study's records (``rows``, one per image):
+    clean, ablated, removed, enhanced, and the curves over k = 0 .. L (necessity starts at
+    clean, sufficiency at all ablated)."""
+    get = {
+        key: np.array([r[metric][key] for r in rows])
+        for key in ("clean", "ablated", "removed", "enhanced")
+    }
+    nec = np.array([r[metric]["necessity"] for r in rows])
+    suf = np.array([r[metric]["sufficiency"] for r in rows])
+    return {
+        **get,
+        "metric": metric,
+        "necessity": np.concatenate([get["clean"][:, None], nec], axis=1),
+        "sufficiency": np.concatenate([get["ablated"][:, None], suf], axis=1),
+    }
+
+
 def statistics(values: Mapping[str, np.ndarray], draws: np.ndarray) -> dict[str, dict]:
     """The statistics of one (method, ablation, metric): per-image arrays ``clean``,
     ``removed``, ``enhanced``, ``ablated`` (images,) and the ``necessity`` / ``sufficiency``
@@ -136,3 +154,57 @@ def statistics(values: Mapping[str, np.ndarray], draws: np.ndarray) -> dict[str,
         "sufficiency": summarise(lambda i: sufficiency(i)[-1]),
         "sufficiency_area": summarise(lambda i: area(sufficiency(i))),
     }
+
+
+LEADER_STATISTICS = {  # statistic -> the better direction
+    "necessity": "lower",
+    "necessity_area": "lower",
+    "sufficiency": "higher",
+    "sufficiency_area": "higher",
+}
+
+
+def own_rows(results: Mapping, own: Callable[[str, str, str], bool]) -> list[dict]:
+    """The (method, ablation, metric) rows of ``results`` judged by the criterion the method
+    selected on (``own(method, ablation, metric)``, e.g.
+    :func:`~neuronpath.engine.ablation.own_criterion` of the run's selection)."""
+    return [
+        {"method": method, "ablation": ablation, "metric": metric}
+        for method, by_ablation in results.items()
+        for ablation, by_metric in by_ablation.items()
+        for metric in by_metric
+        if own(method, ablation, metric)
+    ]
+
+
+def leaders(
+    results: Mapping, own: Callable[[str, str, str], bool], candidates: Sequence[str]
+) -> dict:
+    """Per metric, ablation and statistic of :data:`LEADER_STATISTICS`, the best of the
+    ``candidates`` (methods, not controls) *among those not judged by their own selection
+    criterion*, with the methods left out for that reason: ``{metric: {ablation: {statistic:
+    {"method", "value", "excluded"}}}}`` (``method`` None where every candidate is left out)."""
+    out: dict = {}
+    metrics = dict.fromkeys(m for a in results.values() for b in a.values() for m in b)
+    ablations = dict.fromkeys(a for by in results.values() for a in by)
+    for metric in metrics:
+        for ablation in ablations:
+            judged = [m for m in candidates if metric in results.get(m, {}).get(ablation, {})]
+            excluded = [m for m in judged if own(m, ablation, metric)]
+            fair = [m for m in judged if m not in excluded]
+            for statistic, better in LEADER_STATISTICS.items():
+                values = {
+                    m: results[m][ablation][metric][statistic]["value"]
+                    for m in fair
+                    if np.isfinite(results[m][ablation][metric][statistic]["value"])
+                }
+                best = (
+                    (min if better == "lower" else max)(values, key=values.get) if values else None
+                )
+                out.setdefault(metric, {}).setdefault(ablation, {})[statistic] = {
+                    "method": best,
+                    "value": values.get(best),
+                    "better": better,
+                    "excluded": excluded,
+                }
+    return out

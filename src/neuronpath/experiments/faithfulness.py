@@ -40,14 +40,17 @@ from ..analysis.faithfulness import (
     METRICS,
     check_names,
     curve,
+    leaders,
+    metric_arrays,
     metric_values,
+    own_rows,
     rival_classes,
     statistics,
 )
 from ..analysis.records import group_by
 from ..analysis.unitstats import UnitStats
 from ..draws import seeded_generator
-from ..engine.ablation import ABLATIONS, path_edit
+from ..engine.ablation import ABLATIONS, own_criterion, path_edit
 from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons, record_neurons
 from ..errors import ImageReadError, InputError, option
@@ -432,7 +435,7 @@ def run_faithfulness(run, options: FaithfulnessOptions, execution: Execution) ->
         _ablation_pass(run, options, ablation, reference, methods, folder, execution)
     if not run.ranks.main:
         return None
-    return write_faithfulness(run.run_dir, options, methods, run.options)
+    return write_faithfulness(run.run_dir, options, methods, run.options, run.find.selection, found)
 
 
 def _settings(run, options, ablation, methods, reference: dict | None) -> dict:
@@ -678,9 +681,22 @@ def _fields(values, base, alone, curves) -> dict:
 
 
 def write_faithfulness(
-    run_dir: Path, options: FaithfulnessOptions, methods: list[str], edit
+    run_dir: Path,
+    options: FaithfulnessOptions,
+    methods: list[str],
+    edit,
+    selection: dict | None = None,
+    candidates: list[str] | None = None,
 ) -> dict:
-    """faithfulness.json/.csv/.md and the curves' figure from the ablation stores."""
+    """faithfulness.json/.csv/.md and the curves' figure from the ablation stores.  Rows of a
+    method judged by the criterion it selected on (``selection``: the find run's, see
+    :mod:`neuronpath.engine.ablation`) are marked, and the leaders (the best of
+    ``candidates``, the run's methods) are chosen without them."""
+    selection = selection or {}
+
+    def own(method: str, ablation: str, metric: str) -> bool:
+        return own_criterion(selection.get(method), ablation, metric)
+
     folder = run_dir / "evaluation"
     results: dict = {}
     curves: dict = {}
@@ -714,7 +730,7 @@ def write_faithfulness(
                 else np.zeros((0, len(rows)), int)
             )
             for metric in options.metrics:
-                values = _arrays(rows, metric)
+                values = metric_arrays(rows, metric)
                 results.setdefault(method, {}).setdefault(ablation, {})[metric] = statistics(
                     values, draws
                 )
@@ -732,30 +748,18 @@ def write_faithfulness(
             else {}
         ),
         "matched_levels": matches,
+        "selection": selection,
+        "own_criterion": own_rows(results, own),
+        "leaders": leaders(results, own, candidates or methods),
         "results": results,
         "curves": curves,
     }
     write_json_atomic(folder / "faithfulness.json", summary)
-    write_faithfulness_table(results, options.metrics, folder / "faithfulness", matches)
+    write_faithfulness_table(
+        results, options.metrics, folder / "faithfulness", matches, summary["own_criterion"]
+    )
     faithfulness_figure(curves, folder / "faithfulness")
     return summary
-
-
-def _arrays(rows: list[dict], metric: str) -> dict:
-    """Per-image arrays of one metric: clean, ablated, removed, enhanced, and the curves over
-    k = 0 .. L (necessity starts at clean, sufficiency at all ablated)."""
-    get = {
-        key: np.array([r[metric][key] for r in rows])
-        for key in ("clean", "ablated", "removed", "enhanced")
-    }
-    nec = np.array([r[metric]["necessity"] for r in rows])
-    suf = np.array([r[metric]["sufficiency"] for r in rows])
-    return {
-        **get,
-        "metric": metric,
-        "necessity": np.concatenate([get["clean"][:, None], nec], axis=1),
-        "sufficiency": np.concatenate([get["ablated"][:, None], suf], axis=1),
-    }
 
 
 def _curves(values: dict) -> dict:

@@ -25,6 +25,7 @@ from ..methods import (
     check_units,
     find_paths,
     method_options,
+    selection_criteria,
 )
 from ..models.loading import load_model
 from ..models.spec import DEMO, ModelSpec
@@ -270,6 +271,13 @@ def run_find(
                 else {}
             ),
         },
+        "selection": selection_criteria(
+            {m: o.to_dict() for m, o in chosen.items()},
+            config.objective,
+            None
+            if options.reference is None
+            else reference_identity(options.reference, reference)["sha256"],
+        ),
         "model": {
             **adapter.describe(),
             **model_widths(adapter),

@@ -19,8 +19,11 @@ import json
 from functools import cached_property
 from pathlib import Path
 
+from ..engine.ablation import SELECTABLE
+from ..errors import RunFormatError
 from ..io.sources import Reader
 from ..io.store import iter_records, read_find_manifest, read_records
+from ..methods import selection_criteria
 from ..models.loading import load_run_model
 from ..pathformat import layer_units, record_units
 
@@ -85,6 +88,30 @@ class Run:
     @property
     def method_options(self) -> dict[str, dict]:
         return dict(self._settings.get("options") or {})
+
+    @property
+    def selection(self) -> dict[str, dict]:
+        """``{method: the criterion it chose its path by}`` for the methods that choose by an
+        intervention (:func:`~neuronpath.engine.ablation.selection_criterion`): as the run
+        recorded it, or, for a run written before find recorded it, from its options."""
+        recorded = self._manifest.get("selection")
+        if recorded is not None:
+            for name, criterion in recorded.items() if isinstance(recorded, dict) else [(0, 0)]:
+                if not (
+                    isinstance(criterion, dict)
+                    and criterion.get("ablation") in SELECTABLE
+                    and isinstance(criterion.get("metric"), str)
+                ):
+                    raise RunFormatError(
+                        f"{self.dir / 'manifest.json'}: selection is {recorded!r}; expected "
+                        f"each method's criterion (ablation one of {', '.join(SELECTABLE)}, a "
+                        f"metric) (the manifest is damaged: restore it, or re-run find)"
+                    )
+            return recorded
+        reference = self._settings.get("reference") or {}
+        return selection_criteria(
+            self.method_options, self._settings.get("objective", "prob"), reference.get("sha256")
+        )
 
     @property
     def search(self) -> dict:

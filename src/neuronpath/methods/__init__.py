@@ -15,6 +15,7 @@ from .registry import (
     method_options,
     method_title,
     register,
+    selection_criteria,
 )
 
 __all__ = [
@@ -38,5 +39,6 @@ __all__ = [
     "method_title",
     "path_to_set",
     "register",
+    "selection_criteria",
     "top_neurons",
 ]

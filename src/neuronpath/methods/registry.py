@@ -9,6 +9,7 @@ method with options) and one line in :data:`REGISTRY` -- or, from outside the pa
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import fields as dataclass_fields
 
 from ..errors import InputError, option
 from . import (
@@ -90,6 +91,25 @@ def method_options(
                 f"{cls.__name__}, got {type(options).__name__}"
             )
         out[name] = options
+    return out
+
+
+def selection_criteria(
+    options: Mapping[str, Mapping], objective: str, reference: str | None
+) -> dict[str, dict]:
+    """``{method: the criterion it chose its path by}`` for the methods of a run whose choice
+    is made by an intervention (``options``: each method's options as the run recorded them;
+    ``objective``: the run's F; ``reference``: the reference images' digest, if any)."""
+    out = {}
+    for name, recorded in options.items():
+        if name not in REGISTRY:
+            continue
+        cls = REGISTRY[name].options
+        known = {f.name for f in dataclass_fields(cls)}
+        chosen = cls(**{k: v for k, v in (recorded or {}).items() if k in known})
+        criterion = chosen.selection(objective, reference)
+        if criterion is not None:
+            out[name] = criterion
     return out
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROWS = (
@@ -209,6 +209,7 @@ def write_causal_table(metrics: Mapping[str, Mapping], out_stem: str | Path) -> 
     return write_markdown_and_csv(out_stem, lines, flat)
 
 
+OWN_MARK = " (own criterion)"
 FAITHFULNESS_COLUMNS = (
     ("removal", "removal"),
     ("enhancement", "enhancement"),
@@ -220,12 +221,19 @@ FAITHFULNESS_COLUMNS = (
 
 
 def write_faithfulness_table(
-    results: Mapping, metrics, out_stem: str | Path, matches: Mapping | None = None
+    results: Mapping,
+    metrics,
+    out_stem: str | Path,
+    matches: Mapping | None = None,
+    own: Sequence[Mapping] = (),
 ) -> list[Path]:
     """``out_stem.csv``: one row per method x ablation x metric x statistic with its 95 %
-    interval, and each matched control's achieved match (metric ``match``: quantiles of
+    interval and whether the method selected its path by this criterion (``own``: the rows
+    that are), and each matched control's achieved match (metric ``match``: quantiles of
     partner level / path level, the share below half, no interval); ``out_stem.md``: per
-    metric, one row per method and ablation, then the achieved match."""
+    metric, one row per method and ablation (its own criterion marked), then the achieved
+    match."""
+    owned = {(r["method"], r["ablation"], r["metric"]) for r in own}
 
     def cell(s: Mapping) -> str:
         text = f"{s['value']:+.3f}"
@@ -253,8 +261,9 @@ def write_faithfulness_table(
                 stats = by_metric.get(metric)
                 if stats is None:
                     continue
+                mine = (method, ablation, metric) in owned
                 lines.append(
-                    f"| {method} | {ablation} | "
+                    f"| {method}{OWN_MARK if mine else ''} | {ablation} | "
                     + " | ".join(cell(stats[key]) for key, _ in FAITHFULNESS_COLUMNS)
                     + " |"
                 )
@@ -265,10 +274,19 @@ def write_faithfulness_table(
                         "metric": metric,
                         "statistic": key,
                         **stats[key],
+                        "own_criterion": mine,
                     }
                     for key, _ in FAITHFULNESS_COLUMNS
                 ]
         lines.append("")
+    if owned:
+        lines += [
+            f"{OWN_MARK.strip()}: judged by the criterion the method selected its path on "
+            "(the same ablation, resample counting as mean, and the same metric family: prob "
+            "and logit are one); not evidence for it, and left out of the leaders in "
+            "faithfulness.json",
+            "",
+        ]
     if matches:
         lines += [
             "**Achieved match** of the matched controls: partner level / path level over the "
@@ -307,7 +325,10 @@ def write_faithfulness_table(
                 ]
         lines.append("")
     return write_markdown_and_csv(
-        out_stem, lines, rows, ["method", "ablation", "metric", "statistic", "value", "lo", "hi"]
+        out_stem,
+        lines,
+        rows,
+        ["method", "ablation", "metric", "statistic", "value", "lo", "hi", "own_criterion"],
     )
 
 
