@@ -18,7 +18,7 @@ from neuronpath.models.loading import load_model
 from test_faithfulness import logits_with, reference_means
 
 FIND = ["--steps", "3", "--dtype", "float64", "--device", "cpu", "--causal-candidates", "3"]
-FIND += ["--learned-steps", "8", "--methods", "knowledge,causal,learned"]
+FIND += ["--learned-steps", "8", "--methods", "knowledge,causal,learned", "--save-scores"]
 STUDY = ["--ablation", "zero,mean,resample", "--metrics", "prob,logit,logit-diff,kl"]
 SELECTING = ("causal", "learned")
 
@@ -38,6 +38,8 @@ def judged(tmp_path_factory):
         assert main([*command, "--out", str(root / name)]) == 0, name
         evaluate = ["-q", "evaluate", str(root / name), "--device", "cpu", "--bootstrap", "20"]
         assert main([*evaluate, *STUDY, "--reference", str(reference)]) == 0, name
+        curves = ["--curves", "--ablation", "zero,mean", "--reference", str(reference)]
+        assert main([*evaluate, *curves]) == 0, name
     return {
         "root": root,
         "data": data,
@@ -100,6 +102,21 @@ def test_rows_judged_by_their_own_criterion_are_marked_and_left_out_of_the_leade
     csv = (judged["root"] / run / "evaluation" / "faithfulness.csv").read_text().splitlines()
     owned = {tuple(r.split(",")[:3]) for r in csv[1:] if r.endswith(",True")}
     assert owned == marked
+
+
+@pytest.mark.parametrize("run, own_ablation", [("mean", "mean"), ("zero", "zero")])
+def test_curve_rows_judged_by_their_own_criterion_are_marked(judged, run, own_ablation):
+    folder = judged["root"] / run / "evaluation"
+    curves = json.loads((folder / "curves.json").read_text())
+    marked = {(r["method"], r["ablation"], r["metric"]) for r in curves["own_criterion"]}
+    assert marked == {(m, own_ablation, "prob") for m in SELECTING}
+    rows = (folder / "cpr_cmd.csv").read_text().splitlines()
+    assert rows[0].endswith(",own_criterion")
+    owned = {tuple(r.split(",")[:3]) for r in rows[1:] if r.endswith(",True")}
+    assert owned == marked
+    assert (
+        f"| causal (own criterion) | {own_ablation} | prob |" in (folder / "curves.md").read_text()
+    )
 
 
 def literal_f(adapter, data, rows, values, metric):

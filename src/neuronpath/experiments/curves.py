@@ -11,7 +11,7 @@ where the two orders agree on an image the rows are shared.  The rows' metrics g
 ``RUN/evaluation/curves/<ablation>/records.jsonl`` (resumable, shared over ``torchrun`` ranks;
 the mean ablation's reference is the study's ``reference.npz``); the curves, CPR and CMD with
 bootstrap intervals into ``RUN/evaluation/curves.csv``
-(``method,ablation,metric,ranking,k,f,lo,hi``), ``cpr_cmd.csv``
+(``method,ablation,metric,ranking,k,f,lo,hi``), ``cpr_cmd.csv`` (with ``own_criterion``)
 (``method,ablation,metric,statistic,value,lo,hi``), ``curves.md``, ``curves.json`` and the
 figure ``curves.png/.svg``.
 """
@@ -27,8 +27,9 @@ import torch
 
 from ..analysis.bootstrap import bootstrap_draws
 from ..analysis.curves import KS, curve_statistics, kept_count
-from ..analysis.faithfulness import METRICS, metric_values, rival_classes
+from ..analysis.faithfulness import METRICS, metric_values, own_rows, rival_classes
 from ..analysis.records import group_by
+from ..engine.ablation import own_criterion
 from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons, record_neurons
 from ..engine.neurons import top_k
@@ -92,7 +93,7 @@ def run_curves(run, options: FaithfulnessOptions, execution: Execution) -> dict 
         _ablation_pass(run, ablation, reference, identity, scores, folder, execution)
     if not run.ranks.main:
         return None
-    return write_curves(run.run_dir, options, run.find.methods, run.options)
+    return write_curves(run.run_dir, options, run.find.methods, run.options, run.find.selection)
 
 
 class CurveRows:
@@ -209,8 +210,16 @@ def _ablation_pass(run, ablation, reference, identity, scores, folder, execution
     run.work_through(store, pending, execution, handle, f"curves ({ablation})")
 
 
-def write_curves(run_dir: Path, options: FaithfulnessOptions, methods: list[str], edit) -> dict:
-    """curves.json/.csv, cpr_cmd.csv, curves.md and the figure from the ablation stores."""
+def write_curves(
+    run_dir: Path,
+    options: FaithfulnessOptions,
+    methods: list[str],
+    edit,
+    selection: dict | None = None,
+) -> dict:
+    """curves.json/.csv, cpr_cmd.csv, curves.md and the figure from the ablation stores; the
+    rows of a method judged by the criterion it selected on (``selection``) marked."""
+    selection = selection or {}
     folder = run_dir / "evaluation"
     results: dict = {}
     for ablation in options.ablations:
@@ -239,9 +248,13 @@ def write_curves(run_dir: Path, options: FaithfulnessOptions, methods: list[str]
         "ablations": list(options.ablations),
         "metrics": list(options.metrics),
         "bootstrap": edit.bootstrap,
+        "selection": selection,
+        "own_criterion": own_rows(
+            results, lambda m, a, metric: own_criterion(selection.get(m), a, metric)
+        ),
         "results": results,
     }
     write_json_atomic(folder / "curves.json", summary)
-    write_curve_tables(results, KS, folder)
+    write_curve_tables(results, KS, folder, summary["own_criterion"])
     curves_figure(results, KS, folder / "curves")
     return summary

@@ -210,6 +210,10 @@ def write_causal_table(metrics: Mapping[str, Mapping], out_stem: str | Path) -> 
 
 
 OWN_MARK = " (own criterion)"
+OWN_NOTE = (
+    "judged by the criterion the method selected its path on (the same ablation, resample "
+    "counting as mean, and the same metric family: prob and logit are one), not evidence for it"
+)
 FAITHFULNESS_COLUMNS = (
     ("removal", "removal"),
     ("enhancement", "enhancement"),
@@ -281,10 +285,7 @@ def write_faithfulness_table(
         lines.append("")
     if owned:
         lines += [
-            f"{OWN_MARK.strip()}: judged by the criterion the method selected its path on "
-            "(the same ablation, resample counting as mean, and the same metric family: prob "
-            "and logit are one); not evidence for it, and left out of the leaders in "
-            "faithfulness.json",
+            f"{OWN_MARK.strip()}: {OWN_NOTE}; left out of the leaders in faithfulness.json",
             "",
         ]
     if matches:
@@ -377,12 +378,16 @@ def write_table2(report: Mapping, out_stem: str | Path, t: int, p: float) -> lis
     return write_markdown_and_csv(out_stem, lines, rows)
 
 
-def write_curve_tables(results: Mapping, ks, folder: str | Path) -> list[Path]:
+def write_curve_tables(
+    results: Mapping, ks, folder: str | Path, own: Sequence[Mapping] = ()
+) -> list[Path]:
     """``curves.csv`` (``method,ablation,metric,ranking,k,f,lo,hi``; ranking ``signed`` or
     ``absolute``), ``cpr_cmd.csv``
-    (``method,ablation,metric,statistic,value,lo,hi``) and ``curves.md`` (CPR and CMD per
-    method, ablation and metric, with 95 % intervals) from :func:`write_curves`' results."""
+    (``method,ablation,metric,statistic,value,lo,hi,own_criterion``) and ``curves.md`` (CPR
+    and CMD per method, ablation and metric, with 95 % intervals; ``own``: the rows judged by
+    the criterion the method selected on, marked) from :func:`write_curves`' results."""
     folder = Path(folder)
+    owned = {(r["method"], r["ablation"], r["metric"]) for r in own}
 
     def cell(s: Mapping) -> str:
         text = f"{s['value']:.3f}"
@@ -415,6 +420,7 @@ def write_curve_tables(results: Mapping, ks, folder: str | Path) -> list[Path]:
                                 "hi": hi,
                             }
                         )
+                mine = (method, ablation, metric) in owned
                 for name in ("cpr", "cmd"):
                     area_rows.append(
                         {
@@ -423,13 +429,17 @@ def write_curve_tables(results: Mapping, ks, folder: str | Path) -> list[Path]:
                             "metric": metric,
                             "statistic": name,
                             **stats[name],
+                            "own_criterion": mine,
                         }
                     )
                 first = {"value": stats["f"][0], "lo": stats["f_lo"][0], "hi": stats["f_hi"][0]}
                 lines.append(
-                    f"| {method} | {ablation} | {metric} | {stats['images']} | "
+                    f"| {method}{OWN_MARK if mine else ''} | {ablation} | {metric} | "
+                    f"{stats['images']} | "
                     f"{cell(stats['cpr'])} | {cell(stats['cmd'])} | {cell(first)} |"
                 )
+    if owned:
+        lines += ["", f"{OWN_MARK.strip()}: {OWN_NOTE}"]
     written = write_markdown_and_csv(folder / "curves", lines, curve_rows)
     area = folder / "cpr_cmd.csv"
     with open(area, "w", newline="") as handle:
