@@ -166,7 +166,10 @@ def test_keeping_every_unit_gives_f_one(curves):
     assert rows[0] == "method,ablation,metric,ranking,k,f,lo,hi"
     assert len(rows) == 1 + 3 * 2 * 2 * 2 * len(KS)
     areas = (curves["run"] / "evaluation" / "cpr_cmd.csv").read_text().splitlines()
-    assert areas[0] == "method,ablation,metric,statistic,value,lo,hi,own_criterion" and len(areas) == 1 + 24
+    assert (
+        areas[0] == "method,ablation,metric,statistic,value,lo,hi,own_criterion"
+        and len(areas) == 1 + 24
+    )
     assert (curves["run"] / "evaluation" / "curves.png").stat().st_size > 0
 
 

@@ -12,8 +12,8 @@ where the two orders agree on an image the rows are shared.  The rows' metrics g
 the mean ablation's reference is the study's ``reference.npz``); the curves, CPR and CMD with
 bootstrap intervals into ``RUN/evaluation/curves.csv``
 (``method,ablation,metric,ranking,k,f,lo,hi``), ``cpr_cmd.csv``
-(``method,ablation,metric,statistic,value,lo,hi,own_criterion``), ``curves.md``, ``curves.json`` and the
-figure ``curves.png/.svg``.
+(``method,ablation,metric,statistic,value,lo,hi,own_criterion``), ``curves.md``,
+``curves.json`` and the figure ``curves.png/.svg``.
 """
 
 from __future__ import annotations
