@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -73,13 +74,36 @@ def names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in str(text).split(",") if n.strip())
 
 
+FLOAT_LIMIT = (
+    3.4028234663852886e38  # float32's largest: a larger option overflows a model's tensors
+)
+
+
+def finite_float(text: str | float) -> float:
+    """A number option's value: finite and at most float32's largest in size (NaN, inf or
+    1e300 would reach a model's tensors as NaN or inf and be written without a word)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or abs(value) > FLOAT_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number no larger than {FLOAT_LIMIT:.3g} in size (float32's "
+            f"largest), got {text!r}"
+        )
+    return value
+
+
+finite_float.__name__ = "number"
+
+
 def numbers(cast: Callable, what: str) -> Callable[[str], tuple]:
     """A parser of comma-separated values of ``cast`` (``what`` names them in the error)."""
 
     def parse(text: str) -> tuple:
         try:
             return tuple(cast(v) for v in str(text).split(",") if v.strip())
-        except ValueError:
+        except (ValueError, argparse.ArgumentTypeError):
             raise argparse.ArgumentTypeError(
                 f"expected comma-separated {what}, got {text!r}"
             ) from None
@@ -88,7 +112,8 @@ def numbers(cast: Callable, what: str) -> Callable[[str], tuple]:
     return parse
 
 
-integers, floats = numbers(int, "integers"), numbers(float, "numbers")
+integers = numbers(int, "integers")
+floats = numbers(finite_float, "finite numbers (each no larger than 3.4e38 in size)")
 
 
 def byte_size(text: str | int) -> int:
@@ -198,6 +223,8 @@ def add_flags(
                 kwargs[key] = list(meta[key]) if key == "choices" else meta[key]
         if "parse" in meta or "type" in meta:
             kwargs["type"] = meta.get("parse", meta.get("type"))
+            if kwargs["type"] is float:  # every number option: finite, within float32
+                kwargs["type"] = finite_float
         group.add_argument(flag_of(flag_name(f)), **kwargs)
         if meta.get("old_flag"):  # the old spelling still works, for one release, unlisted
             old = {**kwargs, "help": argparse.SUPPRESS, "dest": OLD + flag_name(f)}

@@ -103,6 +103,8 @@ class PlantOptions:
             )
         if not 0 < self.level <= 1:
             raise InputError(f"{option('level')}: expected a share in (0, 1], got {self.level}")
+        if self.layers is not None and not self.layers:  # '' or ',': refused before any work
+            raise InputError(f"{option('layers')}: expected comma-separated layers, got none")
         if self.seeds is not None:
             if not self.seeds:
                 raise InputError(f"{option('seeds')}: expected comma-separated integer seeds")

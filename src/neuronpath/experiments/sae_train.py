@@ -47,7 +47,7 @@ from ..io.store import RunLock, write_json_atomic
 from ..models.loading import load_model
 from ..models.sae_files import save_saelens
 from ..models.spec import ModelSpec
-from ..options import names, nested, setting
+from ..options import FLOAT_LIMIT, names, nested, setting
 from .common import Execution, resolve_device, versions
 
 log = logging.getLogger("neuronpath")
@@ -83,8 +83,10 @@ class SAETrainOptions:
             raise InputError(
                 f"{option('latents')}: expected a positive integer, got {self.latents!r}"
             )
-        if not self.lr > 0:
-            raise InputError(f"{option('lr')}: expected a learning rate > 0, got {self.lr!r}")
+        if not 0 < self.lr <= FLOAT_LIMIT:  # NaN and inf fail here too
+            raise InputError(
+                f"{option('lr')}: expected a finite learning rate > 0, got {self.lr!r}"
+            )
         if self.site not in SAE_SITES:
             raise InputError(
                 f"{option('site')}: expected one of {list(SAE_SITES)}, got {self.site!r}"
@@ -95,6 +97,8 @@ class SAETrainOptions:
             )
         if self.limit is not None and self.limit < 1:
             raise InputError(f"{option('limit')}: expected a positive integer, got {self.limit}")
+        if self.layers is not None and not self.layers:
+            raise InputError(f"{option('layers')}: expected comma-separated layers, got none")
 
 
 @dataclass(frozen=True)

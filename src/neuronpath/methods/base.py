@@ -21,6 +21,7 @@ from ..engine.ablation import SELECTABLE
 from ..engine.adapter import ModelAdapter
 from ..engine.attribution import AttributionConfig, CleanPass
 from ..errors import InputError, option
+from ..options import FLOAT_LIMIT
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,12 @@ def check_fields(
             raise InputError(f"{option(name)}: expected a positive integer, got {value!r}")
     for name in positive:
         value = getattr(options, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e308:
-            raise InputError(f"{option(name)}: expected a positive number, got {value!r}")
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or not 0 < value <= FLOAT_LIMIT:
+            raise InputError(
+                f"{option(name)}: expected a positive number no larger than "
+                f"{FLOAT_LIMIT:.3g}, got {value!r}"
+            )
 
 
 def ablation_field() -> object:

@@ -85,6 +85,10 @@ def load_sae_spec(spec: str, site: str | None = None) -> dict[int, SparseAutoenc
                         f"got {line!r}"
                     )
                 pairs.append((fields[0], fields[1]))
+        if not pairs:  # a file of comments only: a neuron search labelled sae otherwise
+            raise InputError(
+                f"{option('sae')}: {listing} names no SAE; expected lines 'LAYER PATH'"
+            )
     else:
         base = Path.cwd()
         pairs = [tuple(part.split("=", 1)) for part in spec.split(",") if part.strip()]
