@@ -437,6 +437,27 @@ def test_benchmark_refuses_what_it_cannot_judge(planted, tmp_path, capsys):
     assert "--out: expected the across-plant summary's folder" in capsys.readouterr().err
 
 
+def test_benchmark_refuses_a_run_whose_find_stopped_early(planted, tmp_path, capsys):
+    """A run whose records stop at a third of its planned images is refused, as evaluate
+    refuses it, not scored on what is there (bad input, round 5)."""
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(planted["run"], partial)
+    shutil.rmtree(partial / "benchmark", ignore_errors=True)
+    lines = (partial / "records.jsonl").read_text().splitlines()
+    images = list(dict.fromkeys(json.loads(line)["image"] for line in lines))
+    kept = set(images[: max(1, len(images) // 3)])
+    (partial / "records.jsonl").write_text(
+        "".join(line + "\n" for line in lines if json.loads(line)["image"] in kept)
+    )
+    capsys.readouterr()
+    assert main(["benchmark", str(partial), "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the find run is incomplete" in err and len(err.splitlines()) == 1, err
+    assert not (partial / "benchmark").exists()
+
+
 def _dictionary(neurons: int, extra: int, seed: int):
     """A ReLU SAE whose latent perm[n] is dominated by neuron n (a scaled unit vector plus
     smaller noise) and ``extra`` latents of noise, encoder tied to the decoder."""

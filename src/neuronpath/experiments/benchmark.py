@@ -276,7 +276,11 @@ def run_benchmark(
     widths = run.widths
     kinds, blocks = run.sites
     records = run.records()
-    images = sorted({r["image"] for r in records})
+    by_image: dict[str, dict] = {}
+    for r in records:
+        by_image.setdefault(r["image"], {})[r["method"]] = r
+    run.check_complete(by_image)
+    images = sorted(by_image)
     scores = SavedScores(run.dir) if run.saved_scores else None
     results, rows = {}, []
     for method in run.methods:

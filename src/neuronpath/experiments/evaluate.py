@@ -41,18 +41,6 @@ from .run import Run
 log = logging.getLogger("neuronpath")
 
 
-def _check_complete(run: Run, by_image: dict[str, dict]) -> None:
-    methods = set(run.methods)
-    finished = sum(1 for records in by_image.values() if methods <= set(records))
-    planned, skipped = run.planned_images, len(run.skipped)
-    if finished == 0 or (planned is not None and finished + skipped < planned):
-        raise RunFormatError(
-            f"{run.dir}: the find run is incomplete ({finished} of {planned} "
-            f"images done, {skipped} skipped); finish it by re-running the same "
-            f"find command, then evaluate"
-        )
-
-
 @dataclass(frozen=True)
 class EditOptions:
     """What every edited-forward experiment on a find run (``evaluate``, ``--causal``) takes
@@ -151,7 +139,7 @@ class StoredPaths:
             image: {r["method"]: r for r in rows}
             for image, rows in group_by(find.records(), "image").items()
         }
-        _check_complete(find, by_image)
+        find.check_complete(by_image)
         ranks = join_ranks(resolve_device(device))
         adapter = find.load_model(options.model, ranks.device)
         return cls(run_dir, find, by_image, adapter, ranks, find.reader(options.data), options)

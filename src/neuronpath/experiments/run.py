@@ -204,6 +204,19 @@ class Run:
         """Images find reported and skipped, with why."""
         return dict(self._manifest.get("skipped", {}))
 
+    def check_complete(self, by_image: dict[str, dict]) -> None:
+        """Refuse a run whose find stopped early (``by_image``: each image's records by method):
+        a command that scores it would score only the images that are there."""
+        methods = set(self.methods)
+        finished = sum(1 for records in by_image.values() if methods <= set(records))
+        planned, skipped = self.planned_images, len(self.skipped)
+        if finished == 0 or (planned is not None and finished + skipped < planned):
+            raise RunFormatError(
+                f"{self.dir}: the find run is incomplete ({finished} of {planned} "
+                f"images done, {skipped} skipped); finish it by re-running the same "
+                f"find command, then run this one again"
+            )
+
     def reader(self, data: str | Path | None = None) -> Reader:
         """The run's images, from where they were (or ``data``, if they moved)."""
         return Reader.of(self._settings, data)
