@@ -73,3 +73,72 @@ def test_an_sae_listing_that_names_no_sae_is_refused(tmp_path):
     with pytest.raises(InputError, match="names no SAE"):
         load_sae_spec(str(listing))
     assert PlantOptions(layers=None).layers is None  # the default is not an empty list
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    from conftest import make_image_folder, save_tiny_model
+
+    root = tmp_path_factory.mktemp("round5")
+    model = save_tiny_model(root / "model")
+    data = make_image_folder(root / "images", per_class=1)
+    run = root / "run"
+    find = ["-q", "find", "--model", str(model), "--data", str(data), "--out", str(run)]
+    assert main([*find, "--methods", "activation", "--device", "cpu"]) == 0
+    return run
+
+
+def _damaged(small_run, tmp_path, manifest=None, records=None):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    if manifest is not None:
+        data = json.loads((run / "manifest.json").read_text())
+        manifest(data)
+        (run / "manifest.json").write_text(json.dumps(data))
+    if records is not None:
+        with open(run / "records.jsonl", "a") as handle:
+            handle.write(records + "\n")
+    return run
+
+
+def _pop(section, key):
+    return lambda m: m[section].pop(key)
+
+
+def _set(section, key, value):
+    return lambda m: m[section].__setitem__(key, value(m) if callable(value) else value)
+
+
+@pytest.mark.parametrize(
+    "manifest, records, expected",
+    [
+        (_set("model", "units_per_site", lambda m: m["model"]["units_per_site"][:-1]), None,
+         "model.site_blocks"),
+        (_pop("model", "site_blocks"), None, "model.site_blocks is missing"),
+        (_set("settings", "options", "jas"), None, "settings.options is 'jas'"),
+        (_set("model", "widths", [4]), None, "model.widths is [4]"),
+        (None, '{"foo": 1}', "line 4 is damaged (expected a record with an image"),
+        (None, "[1, 2]", "line 4 is damaged (expected a record with an image"),
+        (None, '{"image": "x.png", "method": "activation", "path": [1], "label": 0}',
+         "record 4 (x.png, activation) is damaged: expected a path of 3 entries"),
+        (None, '{"image": "x.png", "method": "activation", "path": [1, 2, 3], "label": 0}',
+         "record 4 (x.png, activation) is damaged: pred is None; expected a number"),
+    ],
+)  # fmt: skip
+def test_the_python_run_names_the_damaged_file_and_key(
+    small_run, tmp_path, capsys, manifest, records, expected
+):
+    from neuronpath import Run
+    from neuronpath.errors import RunFormatError
+
+    run = _damaged(small_run, tmp_path, manifest, records)
+    with pytest.raises(RunFormatError) as error:
+        opened = Run.open(run)
+        opened.sites, opened.records()
+    assert expected in str(error.value) and str(run) in str(error.value), error.value
+    assert main(["summary", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err

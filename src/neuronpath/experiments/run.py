@@ -22,11 +22,12 @@ from pathlib import Path
 from ..engine.ablation import SELECTABLE
 from ..errors import RunFormatError
 from ..io.sources import Reader
-from ..io.store import iter_records, read_find_manifest, read_records
+from ..io.store import iter_records, read_find_manifest
 from ..methods import selection_criteria
 from ..models.loading import load_run_model
 from ..pathformat import layer_units, record_units
 
+RECORD_KEYS = {"label": int, "pred": int, "prob": (int, float), "jas": (int, float)}
 SEARCH_KEYS = ("steps", "alphas", "target", "objective", "topk", "options")
 FACTS = (  # the settings the page lists, in order
     "data",
@@ -228,10 +229,27 @@ class Run:
 
     # the records
     def records(self) -> list[dict]:
-        return read_records(self.dir)
+        return list(self.iter_records())
 
     def iter_records(self):
-        return iter_records(self.dir)
+        """The run's records, each checked for what every later command reads of it (its
+        path, one entry per layer; its label, prediction, probability and final JAS): a
+        damaged one is one line naming it."""
+        layers = len(set(self.sites[1]))  # path entries: one per block
+        for number, record in enumerate(iter_records(self.dir), 1):
+            where = f"{self.dir / 'records.jsonl'}: record {number} ({record['image']}, "
+            where += f"{record['method']}) is damaged"
+            path = record.get("path")
+            if not (isinstance(path, list) and len(path) == layers):
+                raise RunFormatError(
+                    f"{where}: expected a path of {layers} entries (one per layer), got "
+                    f"{str(path)[:60]}"
+                )
+            for key, kind in RECORD_KEYS.items():
+                value = record.get(key)
+                if isinstance(value, bool) or not isinstance(value, kind):
+                    raise RunFormatError(f"{where}: {key} is {value!r}; expected a number")
+            yield record
 
     def counted_records(self, records: list[dict] | None = None) -> list[dict]:
         """The records with ``"path"`` as one number per layer (the neuron or head index; a

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ..analysis.records import layer_distribution, methods_with_top
 from ..analysis.summary import summarize
-from ..io.store import read_records
 from ..methods import REGISTRY, method_title
 from ..options import setting
 from ..report.text import format_summary
@@ -24,10 +23,10 @@ class SummaryCommand:
 def summary_text(run_dir: str | Path) -> str:
     """The summary table of a run, and the per-layer counts of the top neurons of methods that
     keep them (Fig. 2's data for ``knowledge``)."""
-    records = read_records(run_dir)
+    run = Run.open(run_dir)
+    records = run.records()
     summary = summarize(records)
     lines = [format_summary(summary, {m: method_title(m) for m in summary})]
-    run = Run.open(run_dir)
     units = run.units
     for method in methods_with_top(records):
         layers = run.num_layers

@@ -124,6 +124,23 @@ FIND_MANIFEST_OPTIONAL = {
         lambda v: isinstance(v, dict) and {"folder", "images", "sha256"} <= set(v),
         "the reference set of find --reference (folder, images, sha256)",
     ),
+    ("settings", "options"): (
+        lambda v: isinstance(v, dict) and all(isinstance(o, dict) for o in v.values()),
+        "each method's options (an object of objects)",
+    ),
+    ("model", "units_per_site"): (
+        lambda v: (
+            isinstance(v, list)
+            and all(
+                isinstance(s, dict) and _text(s.get("kind")) and _count(s.get("count")) for s in v
+            )
+        ),
+        "each site's unit kind and count (a list of objects with kind and count)",
+    ),
+    ("model", "site_blocks"): (
+        lambda v: isinstance(v, list) and all(isinstance(b, int) and b >= 0 for b in v),
+        "the block of each site (a list of integers >= 0)",
+    ),
 }
 
 
@@ -197,6 +214,31 @@ def read_find_manifest(run_dir: str | Path) -> dict:
             raise RunFormatError(
                 f"{path}: {section}.{key} is {part[key]!r}; expected {what} (the manifest is "
                 f"damaged: restore it, or re-run find into a new folder)"
+            )
+    model = manifest["model"]
+    sites, layers = model.get("units_per_site"), model["num_layers"]
+    agree = {  # keys that must agree with each other: (key, value, expected, what)
+        "model.site_blocks": (
+            model.get("site_blocks"),
+            len(sites) if sites else None,
+            "one block per site of model.units_per_site",
+        ),
+        "model.widths": (
+            model.get("widths"),
+            len(sites) if sites else layers,
+            "one width per site (per layer)",
+        ),
+    }
+    for key, (value, count, what) in agree.items():
+        if count is not None and value is not None and len(value) != count:
+            raise RunFormatError(
+                f"{path}: {key} is {value!r}; expected {what}, {count} of them (the manifest "
+                f"is damaged: restore it, or re-run find into a new folder)"
+            )
+        if key == "model.site_blocks" and count is not None and value is None:
+            raise RunFormatError(
+                f"{path}: {key} is missing; expected {what} (the manifest is damaged: restore "
+                f"it, or re-run find into a new folder)"
             )
     return manifest
 
@@ -306,6 +348,15 @@ def iter_records(run_dir: str | Path, method: str | None = None) -> Iterator[dic
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise RunFormatError(f"{path}: line {number} is damaged ({error})") from error
+                if not (
+                    isinstance(record, dict)
+                    and isinstance(record.get("image"), str)
+                    and isinstance(record.get("method"), str)
+                ):
+                    raise RunFormatError(
+                        f"{path}: line {number} is damaged (expected a record with an image "
+                        f"and a method, got {str(record)[:80]})"
+                    )
                 key = (record["image"], record["method"])
                 if key not in seen and (method is None or record["method"] == method):
                     seen.add(key)
