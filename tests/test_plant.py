@@ -237,6 +237,75 @@ def test_the_same_plant_again_is_left_as_it_is(planted, capsys):
     assert (planted["out"] / "planted.json").read_text() == before
 
 
+def test_the_same_plant_spelled_otherwise_is_the_same_plant(planted, tmp_path, capsys):
+    """Identity by resolved path (bad input, round 5): ``--model DIR/`` and ``--data DIR/.``
+    name the folders the plant was made with; a real difference is named in the refusal."""
+    before = (planted["out"] / "planted.json").read_text()
+    argv = list(planted["argv"])
+    argv[argv.index("--model") + 1] += "/"
+    argv[argv.index("--data") + 1] += "/."
+    assert main(["-q", *argv]) == 0
+    assert (planted["out"] / "planted.json").read_text() == before
+    capsys.readouterr()
+    assert main([*planted["argv"], "--seed", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds another plant" in err and "its seed differs" in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_two_plants_into_one_folder_at_once_leave_one_plant_and_nothing_else(planted, tmp_path):
+    """One writer per output folder (bad input, round 5): of two identical plant commands
+    started at once, one plants and the other is refused because the folder is in use, or
+    finds the finished plant; no .partial or lock is left behind."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "twice"
+    argv = [sys.executable, "-m", "neuronpath.cli", *planted["argv"][:5], "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    both = [
+        subprocess.Popen([*argv, *PLANT], stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
+    done = [(p.wait(timeout=600), p.stderr.read()) for p in both]
+    codes = sorted(code for code, _ in done)
+    assert codes[0] == 0 and codes[1] in (0, 2), done
+    for code, err in done:
+        if code == 2:
+            assert "is in use by another neuronpath process" in err, err
+    assert (
+        json.loads((out / "planted.json").read_text())["weights_sha256"]
+        == (record_of(planted)["weights_sha256"])
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["twice"]  # no .partial, no .lock
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda d: [d], "is damaged (expected an object)"),
+        (lambda d: {k: v for k, v in d.items() if k != "images"}, "images is missing"),
+        (lambda d: {**d, "units": [1, 2]}, "units is [1, 2]; expected the planted unit"),
+        (lambda d: {**d, "units": {"99": 1}}, "units names layer 99, neuron 1"),
+        (lambda d: {**d, "units": {"2": 5000}}, "units names layer 2, neuron 5000"),
+        (lambda d: {**d, "distractors": [{"kind": "idle"}]}, "distractors is"),
+        (lambda d: {**d, "weights_sha256": 3}, "weights_sha256 is 3"),
+    ],
+)
+def test_a_damaged_planted_json_is_one_line(planted, tmp_path, capsys, damage, expected):
+    import shutil
+
+    folder = tmp_path / "planted"
+    shutil.copytree(planted["out"], folder, ignore=shutil.ignore_patterns("*.png"))
+    data = json.loads((folder / "planted.json").read_text())
+    (folder / "planted.json").write_text(json.dumps(damage(data)))
+    capsys.readouterr()
+    assert main(["benchmark", str(planted["run"]), "--planted", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and str(folder / "planted.json") in err, err
+    assert len(err.splitlines()) == 1
+
+
 def test_several_seeds_plant_one_folder_each_and_resume(planted, tmp_path):
     out = tmp_path / "many"
     argv = [*planted["argv"][:5], "--out", str(out), *PLANT, "--seeds", "0,3"]
@@ -278,7 +347,8 @@ def test_bad_plant_input_gets_one_line(planted, tmp_path, capsys):
     assert "--plants: expected a positive integer, got 0" in error("--plants", "0")
     assert "not both" in error("--plants", "2", "--seeds", "1,2")
     assert "--level: expected a share in (0, 1]" in error("--level", "0")
-    assert "--level: expected a share in (0, 1]" in error("--level", "nan")
+    assert "--level: expected a finite number" in error("--level", "nan")
+    assert "--level: expected a share in (0, 1]" in error("--level", "2")
     assert "another plant" in error("--target", "3", out=planted["out"])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x.txt").write_text("x")

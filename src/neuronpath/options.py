@@ -79,22 +79,15 @@ FLOAT_LIMIT = (
 )
 
 
-def finite_float(text: str | float) -> float:
-    """A number option's value: finite and at most float32's largest in size (NaN, inf or
-    1e300 would reach a model's tensors as NaN or inf and be written without a word)."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or abs(value) > FLOAT_LIMIT:
-        raise argparse.ArgumentTypeError(
-            f"expected a finite number no larger than {FLOAT_LIMIT:.3g} in size (float32's "
-            f"largest), got {text!r}"
-        )
-    return value
-
-
-finite_float.__name__ = "number"
+def finite(value) -> bool:
+    """Whether a number option's value (or each of a list's) is finite and at most float32's
+    largest in size: NaN, inf or 1e300 would reach a model's tensors as NaN or inf and be
+    written without a word."""
+    if isinstance(value, (tuple, list)):
+        return all(finite(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value) and abs(value) <= FLOAT_LIMIT
+    return True
 
 
 def numbers(cast: Callable, what: str) -> Callable[[str], tuple]:
@@ -103,7 +96,7 @@ def numbers(cast: Callable, what: str) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
         try:
             return tuple(cast(v) for v in str(text).split(",") if v.strip())
-        except (ValueError, argparse.ArgumentTypeError):
+        except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected comma-separated {what}, got {text!r}"
             ) from None
@@ -112,8 +105,7 @@ def numbers(cast: Callable, what: str) -> Callable[[str], tuple]:
     return parse
 
 
-integers = numbers(int, "integers")
-floats = numbers(finite_float, "finite numbers (each no larger than 3.4e38 in size)")
+integers, floats = numbers(int, "integers"), numbers(float, "numbers")
 
 
 def byte_size(text: str | int) -> int:
@@ -223,8 +215,6 @@ def add_flags(
                 kwargs[key] = list(meta[key]) if key == "choices" else meta[key]
         if "parse" in meta or "type" in meta:
             kwargs["type"] = meta.get("parse", meta.get("type"))
-            if kwargs["type"] is float:  # every number option: finite, within float32
-                kwargs["type"] = finite_float
         group.add_argument(flag_of(flag_name(f)), **kwargs)
         if meta.get("old_flag"):  # the old spelling still works, for one release, unlisted
             old = {**kwargs, "help": argparse.SUPPRESS, "dest": OLD + flag_name(f)}
@@ -282,6 +272,11 @@ def read_flags(
             value = old if value is None else value
         if value is None and f.name in defaults:
             value = defaults[f.name]
+        if not finite(value):  # every number option, as given on the command line
+            raise InputError(
+                f"{option(f.name)}: expected a finite number no larger than {FLOAT_LIMIT:.3g} "
+                f"in size (float32's largest), got {value!r}"
+            )
         if value is not None:
             kwargs[f.name] = value
     return cls(**kwargs, **values)

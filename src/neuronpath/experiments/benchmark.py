@@ -21,7 +21,6 @@ bias b_dec at the neuron (a neuron on at every token is learnt into b_dec, which
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,8 @@ import numpy as np
 
 from ..analysis.bootstrap import bootstrap_draws
 from ..analysis.recovery import recovery
-from ..errors import InputError, RunFormatError, option
+from ..errors import InputError, option
+from ..io.planted import PLANTED, check_planted_units, read_planted
 from ..io.scores import SavedScores
 from ..io.store import write_json_atomic
 from ..models.loading import load_run_saes
@@ -37,7 +37,6 @@ from ..options import setting
 from ..pathformat import decode
 from .run import Run
 
-PLANTED = "planted.json"
 STATISTICS = {
     "hit": "hit rate: the path's unit is the planted unit (Wilson 95 % interval)",
     "rank": "the planted unit's rank in the method's ranking of its layer (1 = top)",
@@ -70,19 +69,6 @@ class BenchmarkCommand:
     )
     bootstrap: int = setting(1000, "bootstrap resamples for the intervals (0: none)", type=int)
     seed: int = setting(0, "seed of the bootstrap", type=int)
-
-
-def read_planted(folder: str | Path) -> dict:
-    path = Path(folder) / PLANTED
-    if not path.is_file():
-        raise InputError(
-            f"{option('planted')}: {folder} has no {PLANTED}; expected a folder written by "
-            f"neuronpath plant"
-        )
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise RunFormatError(f"{path} is damaged ({error}); run neuronpath plant again") from None
 
 
 def check_run(run: Run, planted: dict, folder: Path) -> None:
@@ -271,6 +257,8 @@ def run_benchmark(
     run = Run.open(run_dir)
     folder = planted_folder(run, planted_dir)
     planted = read_planted(folder)
+    if run.widths:
+        check_planted_units(planted, folder, run.widths)
     check_run(run, planted, folder)
     units, distractors, held = dictionary_view(run, planted)
     widths = run.widths

@@ -22,7 +22,6 @@ write one such folder each, ``out/seed-S``, and ``out/plants.json`` listing them
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -38,8 +37,9 @@ from ..engine.planting import ffn_pair
 from ..engine.surgery import natural_maxima_of, plant_model
 from ..errors import ImageReadError, InputError, RunConflictError, option
 from ..io.images import load_image
+from ..io.planted import PLANTED, read_planted
 from ..io.sources import DataSpec, as_data
-from ..io.store import write_json_atomic
+from ..io.store import RunLock, write_json_atomic
 from ..models.loading import load_model
 from ..models.spec import ModelSpec
 from ..options import names, nested, numbers, setting
@@ -48,7 +48,6 @@ from .plant_checks import verify
 
 log = logging.getLogger("neuronpath")
 
-PLANTED = "planted.json"
 PLANTS = "plants.json"
 MAGENTA, LIME = (255, 0, 255), (0, 255, 0)
 
@@ -266,13 +265,27 @@ def _split(folder, target: int, options: PlantOptions):
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".npz", ".ckpt", ".msgpack", ".h5")
 
 
+def _where(text):
+    """A model or data given as a path, resolved (``DIR/`` and ``DIR`` are one folder); a hub
+    id as it is."""
+    path = Path(str(text)).expanduser()
+    return str(path.resolve()) if path.exists() else text
+
+
 def _identity(spec: ModelSpec, data, options: PlantOptions) -> dict:
     return {
-        "model": spec.model,
-        "data": str(Path(str(data)).expanduser().resolve()),
+        "model": _where(spec.model),
+        "data": _where(data),
         "labels": spec.labels,
         **options.settings(),
     }
+
+
+def _differs(done: dict, identity: dict) -> list[str]:
+    """The settings in which a plant already written (``done``, its identity) differs from
+    this one (paths compared resolved, as :func:`_where` spells them)."""
+    done = {**done, **{k: _where(done[k]) for k in ("model", "data") if k in done}}
+    return [k for k in sorted({*done, *identity}) if done.get(k) != identity.get(k)]
 
 
 def _copy_model_files(spec: ModelSpec, folder: Path) -> None:
@@ -347,13 +360,25 @@ def _plant_one(
     if spec.units != "neurons":
         raise InputError(f"{option('units')}: plant plants FFN neurons; expected neurons")
     identity = _identity(spec, data_spec.data, options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out, out.parent / f".{out.name}.lock")  # one writer of OUT at a time
+    try:
+        return _plant_locked(spec, data_spec, out, options, execution, identity)
+    finally:
+        lock.path.unlink(missing_ok=True)
+        lock.release()
+
+
+def _plant_locked(spec, data_spec, out: Path, options, execution, identity) -> dict:
     if (out / PLANTED).is_file():
-        done = json.loads((out / PLANTED).read_text())
-        if done.get("identity") == identity:
+        done = read_planted(out)
+        differs = _differs(done.get("identity") or {}, identity)
+        if not differs:
             log.info("plant: %s already holds this plant", out)
             return done
         raise RunConflictError(
-            f"{out} holds another plant ({out / PLANTED}); use another {option('out')} folder"
+            f"{out} holds another plant ({out / PLANTED}: its {', '.join(differs)} differ"
+            f"{'s' if len(differs) == 1 else ''}); use another {option('out')} folder"
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunConflictError(
@@ -418,43 +443,47 @@ def _plant_one(
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    adapter.model.save_pretrained(partial)
-    _copy_model_files(spec, partial)
-    _write_images(partial, held, target_folder)
-    saved = load_model(ModelSpec(str(partial), dtype=spec.dtype), device="cpu")
-    planted = {
-        "tool": "neuronpath plant",
-        "identity": identity,
-        "method": "weight surgery (no training): a chain through quiet directions",
-        "token": adapter.token.name,
-        "readout": adapter.readout.reason,
-        "layers": layers,
-        "path_starts": layers[0],
-        "units": record["units"],
-        "distractors": record["distractors"],
-        "relay": record["relay"],
-        "route": record["route"],
-        "level_share": options.level,
-        "trigger": {
-            "pattern": f"{side} x {side} patches, each a 2 x 2 checkerboard of magenta "
-            f"(255, 0, 255) and lime (0, 255, 0)",
-            "where": "bottom-right corner, on the patch grid",
-            "side": f"{options.trigger_size} of the image's shorter side",
-        },
-        "target": {
-            "label": target,
-            "folder": target_folder,
-            "name": adapter.id2label.get(target),
-        },
-        "images": {"triggered": "images", "clean": "clean", "count": len(held.items)},
-        "calibration_images": len(calibration.items),
-        "surgery": record["steps"],
-        "verification": verification,
-        "weights_sha256": saved.weights_hash(),
-        "versions": versions(),
-    }
-    write_json_atomic(partial / PLANTED, planted)
-    if out.exists():
-        out.rmdir()
-    partial.replace(out)
+    try:  # a failure while writing leaves nothing behind
+        adapter.model.save_pretrained(partial)
+        _copy_model_files(spec, partial)
+        _write_images(partial, held, target_folder)
+        saved = load_model(ModelSpec(str(partial), dtype=spec.dtype), device="cpu")
+        planted = {
+            "tool": "neuronpath plant",
+            "identity": identity,
+            "method": "weight surgery (no training): a chain through quiet directions",
+            "token": adapter.token.name,
+            "readout": adapter.readout.reason,
+            "layers": layers,
+            "path_starts": layers[0],
+            "units": record["units"],
+            "distractors": record["distractors"],
+            "relay": record["relay"],
+            "route": record["route"],
+            "level_share": options.level,
+            "trigger": {
+                "pattern": f"{side} x {side} patches, each a 2 x 2 checkerboard of magenta "
+                f"(255, 0, 255) and lime (0, 255, 0)",
+                "where": "bottom-right corner, on the patch grid",
+                "side": f"{options.trigger_size} of the image's shorter side",
+            },
+            "target": {
+                "label": target,
+                "folder": target_folder,
+                "name": adapter.id2label.get(target),
+            },
+            "images": {"triggered": "images", "clean": "clean", "count": len(held.items)},
+            "calibration_images": len(calibration.items),
+            "surgery": record["steps"],
+            "verification": verification,
+            "weights_sha256": saved.weights_hash(),
+            "versions": versions(),
+        }
+        write_json_atomic(partial / PLANTED, planted)
+        if out.exists():
+            out.rmdir()
+        partial.replace(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return planted

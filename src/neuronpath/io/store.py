@@ -264,11 +264,13 @@ class RunLock:
     ``.lock``, which the operating system releases when the process ends however it ends, so
     a killed run never leaves the folder locked.  The file names the holder."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, path: Path | None = None):
+        """Lock ``folder`` by ``folder/.lock``, or by ``path`` (a folder made only at the end,
+        as ``plant`` makes its output, is locked by a file beside it)."""
         import fcntl
         import socket
 
-        self.path = folder / ".lock"
+        self.path = folder / ".lock" if path is None else Path(path)
         self._handle = open(self.path, "a+")
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
