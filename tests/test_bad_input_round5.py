@@ -142,3 +142,24 @@ def test_the_python_run_names_the_damaged_file_and_key(
     assert main(["summary", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_find_refuses_a_reference_holding_a_copy_of_a_run_image(tmp_path, capsys):
+    """Identity by content: a run image copied into the reference under another name is
+    refused, as evaluate --reference refuses it."""
+    import shutil
+
+    from conftest import make_image_folder, save_tiny_model
+
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=1)
+    reference = make_image_folder(tmp_path / "reference", per_class=2, seed=7)
+    copied = next(p for p in sorted(data.rglob("*")) if p.is_file())
+    shutil.copy(copied, reference / "cat" / f"renamed{copied.suffix}")
+    argv = ["find", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "run")]
+    argv += ["--methods", "jas-mean", "--reference", str(reference), "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--reference: 1 of its images are images of the run" in err, err
+    assert "renamed" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -63,7 +63,7 @@ from ..report.figures import faithfulness_figure
 from ..report.tables import write_faithfulness_table
 from .common import Execution
 from .ranks import open_store
-from .reference import reference_files
+from .reference import file_digest, reference_files
 
 log = logging.getLogger("neuronpath")
 
@@ -223,13 +223,6 @@ def split_images(run, count: int, seed: int) -> list[str]:
     return taken[:count]
 
 
-def _digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 def _pixels_digest(load) -> str | None:
     """SHA-256 of a decoded image's pixels (None where it cannot be read)."""
     try:
@@ -252,8 +245,8 @@ def reference_items(run, options: FaithfulnessOptions) -> list[ImageItem]:
         ours = [run.reader.root / i for i in run.by_image]
         same = {p.resolve() for p in ours} & {p.resolve() for p in paths}
         if not same:
-            theirs = {_digest(p) for p in paths} - {None}
-            same = {p for p in ours if _digest(p) in theirs}
+            theirs = {file_digest(p) for p in paths} - {None}
+            same = {p for p in ours if file_digest(p) in theirs}
     else:
         same = set()
     if same:

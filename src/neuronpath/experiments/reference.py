@@ -17,9 +17,17 @@ from ..io.images import IMAGE_EXTENSIONS, ImageItem, image_batches
 log = logging.getLogger("neuronpath")
 
 
+def file_digest(path: Path) -> str | None:
+    """The SHA-256 of a file's bytes (None if it cannot be read)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def reference_files(folder: str | Path, run_paths: set[Path] = frozenset()) -> list[Path]:
     """Every image file under ``folder``, sorted; refused when there are none, or when one is an
-    image of the run (``run_paths``, resolved)."""
+    image of the run (``run_paths``, resolved): the same file, or a copy of one (by content)."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputError(f"{option('reference')}: {root} is not a folder of images")
@@ -27,6 +35,9 @@ def reference_files(folder: str | Path, run_paths: set[Path] = frozenset()) -> l
     if not files:
         raise InputError(f"{option('reference')}: no image files under {root}")
     same = sorted(p for p in files if p.resolve() in run_paths)
+    if not same and run_paths:  # a copy under another name is the same image
+        ours = {file_digest(p) for p in run_paths} - {None}
+        same = [p for p in files if file_digest(p) in ours]
     if same:
         raise InputError(
             f"{option('reference')}: {len(same)} of its images are images of the run (e.g. "
