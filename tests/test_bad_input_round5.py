@@ -163,3 +163,45 @@ def test_find_refuses_a_reference_holding_a_copy_of_a_run_image(tmp_path, capsys
     assert "--reference: 1 of its images are images of the run" in err, err
     assert "renamed" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def _sae_argv(tmp_path, out):
+    from conftest import make_image_folder, save_tiny_model
+
+    model, data = tmp_path / "model", tmp_path / "images"
+    if not model.exists():
+        save_tiny_model(model)
+        make_image_folder(data, per_class=1)
+    return ["sae", "train", "--model", str(model), "--data", str(data), "--out", str(out),
+            "--latents", "24", "--k", "4", "--epochs", "1", "--layers", "0", "--device", "cpu"]  # fmt: skip
+
+
+def test_damaged_sae_files_are_one_line(tmp_path, capsys):
+    """A garbage state.pt, a truncated report.json, a cfg.json whose k exceeds its latents:
+    each refused with one line naming the file, by the command that reads it."""
+    out = tmp_path / "sae"
+    out.mkdir()
+    (out / "state.pt").write_bytes(b"not a pickle at all")
+    argv = _sae_argv(tmp_path, out)
+    capsys.readouterr()  # the tiny model's own writing
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{out / 'state.pt'} is damaged" in err and len(err.splitlines()) == 1, err
+    (out / "state.pt").unlink()
+    assert main(["-q", *_sae_argv(tmp_path, out)]) == 0
+    report = (out / "report.json").read_text()
+    (out / "report.json").write_text(report[: len(report) // 2])
+    capsys.readouterr()
+    assert main(_sae_argv(tmp_path, out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{out / 'report.json'} is damaged" in err and len(err.splitlines()) == 1, err
+    import json
+
+    cfg = json.loads((out / "layer00" / "cfg.json").read_text())
+    (out / "layer00" / "cfg.json").write_text(json.dumps({**cfg, "k": 1000}))
+    model, data = tmp_path / "model", tmp_path / "images"
+    argv = ["find", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "run")]
+    argv += ["--units", "sae", "--sae", f"0={out / 'layer00'}", "--methods", "activation"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "its k (1000) exceeds its 24 latents" in err and len(err.splitlines()) == 1, err

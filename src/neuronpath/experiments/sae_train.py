@@ -40,10 +40,10 @@ from tqdm.auto import tqdm
 
 from ..engine.interventions import record_neurons
 from ..engine.sae import SAE_SITES, SparseAutoencoder
-from ..errors import InputError, RunConflictError, option
+from ..errors import InputError, RunConflictError, RunFormatError, option
 from ..io.images import image_batches
 from ..io.sources import DataSpec, as_data
-from ..io.store import RunLock, write_json_atomic
+from ..io.store import RunLock, read_json, write_json_atomic
 from ..models.loading import load_model
 from ..models.sae_files import save_saelens
 from ..models.spec import ModelSpec
@@ -213,7 +213,8 @@ def run_sae_train(
         raise InputError(f"{option('k')}: expected at most {fewest} (the latents)")
     identity = _identity(adapter, folder, options, layers)
     if (out / REPORT).is_file():
-        done = json.loads((out / REPORT).read_text())
+        remedy = f"restore it, or train into another {option('out')} folder"
+        done = read_json(out / REPORT, remedy, ("identity",))
         if done.get("identity") == identity:
             log.info("sae train: %s already holds this training", out)
             return done
@@ -228,13 +229,39 @@ def run_sae_train(
         lock.release()
 
 
+STATE_KEYS = {
+    "identity": dict,
+    "epoch": int,
+    "batch": int,
+    "params": dict,
+    "adam": dict,
+    "fired": dict,
+}
+
+
+def _read_state(path: Path) -> dict:
+    """The training state a killed ``sae train`` left (:data:`STATE_KEYS`), or one line naming
+    the file where it cannot be read as one."""
+    remedy = f"delete it to start the training again, or train into another {option('out')}"
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - garbage: unpickling raises any of many kinds
+        raise RunFormatError(f"{path} is damaged ({type(error).__name__}); {remedy}") from None
+    for key, kind in STATE_KEYS.items():
+        if not isinstance(state, dict) or not isinstance(state.get(key), kind):
+            raise RunFormatError(
+                f"{path} is damaged ({key} missing or not a {kind.__name__}); {remedy}"
+            )
+    return state
+
+
 def _train(adapter, items, layers, options, execution, out, identity, save_every) -> dict:
     widths = dict(enumerate(adapter.widths()))
     width_of = {l: options.latents or 4 * widths[l] for l in layers}
     state_path = out / STATE
     state = None
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = _read_state(state_path)
         if state.get("identity") != identity:
             raise RunConflictError(
                 f"{out} holds another SAE training ({state_path}); use another "

@@ -60,13 +60,15 @@ def load_sae(path: str | Path, site: str | None = None) -> SparseAutoencoder:
         )
     if path.is_file() and path.name in (CFG_NAME, WEIGHTS_NAME):
         path = path.parent
-    if path.is_dir():
-        return _saelens(path, site)
-    if path.is_file():
-        return _saev(path, site)
-    raise InputError(
-        f"{option('sae')}: {path} does not exist; expected a SAELens folder or a saev file"
-    )
+    if not path.exists():
+        raise InputError(
+            f"{option('sae')}: {path} does not exist; expected a SAELens folder or a saev file"
+        )
+    sae = _saelens(path, site) if path.is_dir() else _saev(path, site)
+    latents = sae.w_dec.shape[0]
+    if sae.k is not None and sae.k > latents:  # refused at load, not at the first batch
+        raise _bad(path, f"its k ({sae.k}) exceeds its {latents} latents")
+    return sae
 
 
 def load_sae_spec(spec: str, site: str | None = None) -> dict[int, SparseAutoencoder]:
