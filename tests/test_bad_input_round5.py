@@ -172,8 +172,20 @@ def _sae_argv(tmp_path, out):
     if not model.exists():
         save_tiny_model(model)
         make_image_folder(data, per_class=1)
-    return ["sae", "train", "--model", str(model), "--data", str(data), "--out", str(out),
-            "--latents", "24", "--k", "4", "--epochs", "1", "--layers", "0", "--device", "cpu"]  # fmt: skip
+    argv = ["sae", "train", "--model", str(model), "--data", str(data), "--out", str(out)]
+    return [
+        *argv,
+        "--latents",
+        "24",
+        "--k",
+        "4",
+        "--epochs",
+        "1",
+        "--layers",
+        "0",
+        "--device",
+        "cpu",
+    ]
 
 
 def test_damaged_sae_files_are_one_line(tmp_path, capsys):
