@@ -217,3 +217,67 @@ def test_damaged_sae_files_are_one_line(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "its k (1000) exceeds its 24 latents" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "store, extra",
+    [
+        ("evaluation", []),
+        ("evaluation/faithfulness/zero", ["--ablation", "zero"]),
+    ],
+)
+def test_an_evaluation_store_in_use_is_refused(small_run, tmp_path, capsys, store, extra):
+    """One writer per store: while another process holds the store's lock, evaluate is
+    refused in one line and writes nothing."""
+    import shutil
+
+    from neuronpath.io.store import RunLock
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    (run / store).mkdir(parents=True)
+    held = RunLock(run / store)  # as another process holds it (flock: per open file)
+    try:
+        assert main(["evaluate", str(run), "--device", "cpu", "--bootstrap", "0", *extra]) == 2
+    finally:
+        held.release()
+    err = capsys.readouterr().err.strip()
+    assert "is in use by another neuronpath process" in err and len(err.splitlines()) == 1, err
+
+
+def test_an_sae_folder_in_use_is_refused(tmp_path, capsys):
+    from neuronpath.io.store import RunLock
+
+    out = tmp_path / "sae"
+    out.mkdir()
+    argv = _sae_argv(tmp_path, out)
+    held = RunLock(out)
+    try:
+        capsys.readouterr()
+        assert main(argv) == 2
+    finally:
+        held.release()
+    err = capsys.readouterr().err.strip()
+    assert "is in use by another neuronpath process" in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_saved_scores_of_the_wrong_shape_are_one_line(tmp_path, capsys):
+    import numpy as np
+
+    from conftest import make_image_folder, save_tiny_model
+
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=1)
+    run = tmp_path / "run"
+    find = ["-q", "find", "--model", str(model), "--data", str(data), "--out", str(run)]
+    assert main([*find, "--methods", "activation", "--save-scores", "--device", "cpu"]) == 0
+    (saved,) = sorted((run / "scores").glob("*.npz"))
+    arrays = dict(np.load(saved))
+    arrays["activation"] = arrays["activation"][:, 0]  # one layer's scores only
+    np.savez(saved, **arrays)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--curves", "--device", "cpu", "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{saved} is damaged ('activation' holds shape" in err, err
+    assert len(err.splitlines()) == 1

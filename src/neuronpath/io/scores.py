@@ -61,5 +61,10 @@ class SavedScores:
                 if method not in data.files:
                     raise RunFormatError(f"{path} has no saved scores of {method!r}")
                 names, values = [str(i) for i in data["ids"]], data[method]
+            if values.ndim != 3 or len(values) != len(names):
+                raise RunFormatError(
+                    f"{path} is damaged ({method!r} holds shape {values.shape}; expected "
+                    f"(images, layers, width) for its {len(names)} images); {REMEDY}"
+                )
             rows.update((i, values[r]) for r, i in enumerate(names))
         return np.stack([rows[i] for i in ids])
