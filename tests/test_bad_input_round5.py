@@ -281,3 +281,53 @@ def test_saved_scores_of_the_wrong_shape_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert f"{saved} is damaged ('activation' holds shape" in err, err
     assert len(err.splitlines()) == 1
+
+
+def _at_once(*argvs, timeout=600):
+    """Start the commands together (one thread each); their (exit code, stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "neuronpath.cli", "-q", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for argv in argvs
+    ]
+    return [(p.wait(timeout=timeout), p.stderr.read()) for p in started]
+
+
+def test_two_evaluations_and_two_sae_trainings_started_at_once(tmp_path):
+    """One writer per folder, two processes started together: one does the work, the other is
+    refused as the folder is in use (or, started after it finished, finds it done); the result
+    is whole."""
+    from conftest import make_image_folder, save_tiny_model
+    from neuronpath.io.store import read_records
+
+    model = save_tiny_model(tmp_path / "model")
+    data = make_image_folder(tmp_path / "images", per_class=30)  # some seconds of work each
+    run = tmp_path / "run"
+    find = ["find", "--model", str(model), "--data", str(data), "--out", str(run)]
+    assert main(["-q", *find, "--methods", "activation", "--device", "cpu"]) == 0
+    evaluate = ["evaluate", str(run), "--device", "cpu", "--bootstrap", "0", "--batch-size", "1"]
+    out = tmp_path / "sae"
+    sae = ["sae", "train", "--model", str(model), "--data", str(data), "--out", str(out)]
+    sae += ["--latents", "24", "--k", "4", "--epochs", "3", "--device", "cpu", "--batch-size", "2"]
+    for argv, check in (
+        (evaluate, lambda: len(read_records(run / "evaluation")) == 90 * 2),  # and random
+        (sae, lambda: (out / "report.json").is_file() and not (out / "state.pt").exists()),
+    ):
+        done = _at_once(argv, argv)
+        codes = sorted(code for code, _ in done)
+        assert codes[0] == 0 and codes[1] in (0, 2), done
+        for code, err in done:
+            if code == 2:
+                assert "is in use by another neuronpath process" in err, err
+                assert len(err.strip().splitlines()) == 1, err
+        assert check(), argv[0]
