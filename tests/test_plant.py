@@ -587,3 +587,49 @@ def test_benchmark_judges_a_latent_run_through_its_dictionaries(planted, tmp_pat
                      for s in scores]  # fmt: skip
             assert got[("rank", str(l))] == pytest.approx(np.mean(ranks))
     assert "Latents standing for each neuron" in (run / "benchmark" / "recovery.md").read_text()
+
+
+def test_the_router_head_reparameterisation_is_exact_and_puts_the_weakest_direction_first(
+    tmp_path,
+):
+    """canonical_heads: every head's query-key form and value-output product are unchanged
+    (the logits agree to float64 precision), and on the data its moment came from the query
+    coordinates are whitened and the key coordinates' second moments ascend (coordinate 0
+    adds the least variance to the attention logits); values and output columns alike."""
+    from conftest import save_tiny_model
+    from neuronpath.engine.chain import _input_moment
+    from neuronpath.engine.planting import attention_projections, canonical_heads
+
+    adapter = load_model(str(save_tiny_model(tmp_path / "model")), dtype=torch.float64)
+    pixels = torch.randn(
+        12, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    before = adapter.logits(pixels).detach()
+    projections = attention_projections(adapter, 1)
+    q, k, v, o, heads = projections
+    moment = _input_moment(adapter, q, pixels, batch=5)
+    # literal: the moment is the mean of x x^T over every token, x with a 1 appended
+    seen = []
+    handle = q.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    adapter.logits(pixels)
+    handle.remove()
+    x = torch.cat([seen[0].reshape(-1, 16), torch.ones(12 * 5, 1, dtype=torch.float64)], 1)
+    torch.testing.assert_close(moment, x.T @ x / len(x))
+    canonical_heads(projections, moment)
+    torch.testing.assert_close(adapter.logits(pixels).detach(), before, rtol=1e-9, atol=1e-9)
+    size = 16 // heads
+    for h in range(heads):
+        rows = slice(h * size, (h + 1) * size)
+
+        def out(linear):
+            return x[:, :-1] @ linear.weight[rows].T + linear.bias[rows]
+
+        with torch.no_grad():
+            qs, ks, vs = out(q), out(k), out(v)
+            cols = o.weight[:, rows]
+        torch.testing.assert_close(qs.T @ qs / len(x), torch.eye(size, dtype=torch.float64))
+        torch.testing.assert_close(vs.T @ vs / len(x), torch.eye(size, dtype=torch.float64))
+        key_moments = (ks.T @ ks / len(x)).diagonal()
+        assert torch.all(key_moments[1:] >= key_moments[:-1] - 1e-9)
+        norms = (cols * cols).sum(0)
+        assert torch.all(norms[1:] >= norms[:-1] - 1e-9)

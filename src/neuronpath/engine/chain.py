@@ -29,6 +29,7 @@ from .planting import (
     affine_through,
     attention_projections,
     calibrate,
+    canonical_heads,
     edit_route,
     edit_units,
     ffn_pair,
@@ -411,9 +412,12 @@ def build_chain(
 
 
 def _route(b: ChainBuilder, layer, relay, relay_on, read, ffn_norm):
-    """Repurpose one coordinate of the quietest head of block ``layer`` so the read token
-    attends to the relay's tokens and carries a quiet direction of the first planted unit's
-    input; the relay writes a quiet direction of that block's attention input."""
+    """Repurpose one coordinate of a head of block ``layer`` so the read token attends to the
+    relay's tokens and carries a quiet direction of the first planted unit's input; the relay
+    writes a quiet direction of that block's attention input.  The block's heads are first
+    re-parameterised exactly (:func:`.planting.canonical_heads`, on the clean calibration
+    images) so that each head's coordinate 0 holds its weakest query-key and value-output
+    directions; the coordinate taken (:func:`_quietest`) then costs the head only those."""
     adapter, cal, batch = b.adapter, b.cal, b.batch
     projections = attention_projections(adapter, layer)
     q, k, v, o, heads = projections
@@ -438,6 +442,7 @@ def _route(b: ChainBuilder, layer, relay, relay_on, read, ffn_norm):
     )
     if lowest <= highest:
         raise _refuse(f"at block {layer} the router cannot tell the read token from the others")
+    canonical_heads(projections, _input_moment(adapter, q, cal.clean, batch))
     head, coordinate = _quietest(adapter, layer, cal.clean, batch)
     size = q.out_features // heads
     offset = highest + 0.1 * (lowest - highest)
@@ -490,6 +495,25 @@ def _route_values(adapter, layer, index, pixels, batch) -> torch.Tensor:
             handle.remove()
         parts.append(found["x"][..., index].double().cpu())
     return torch.cat(parts)
+
+
+def _input_moment(adapter, reader, pixels, batch) -> torch.Tensor:
+    """The second moment of ``reader``'s input over every token of ``pixels``, the input
+    augmented with a constant 1 ((d + 1, d + 1), float64)."""
+    total, count = None, 0
+    for chunk in chunks(pixels, batch):
+        found = {}
+        handle = reader.register_forward_pre_hook(lambda m, a: found.__setitem__("x", a[0]))
+        try:
+            with torch.inference_mode():
+                adapter.logits(chunk)
+        finally:
+            handle.remove()
+        x = found["x"].double().cpu().reshape(-1, found["x"].shape[-1])
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        total = x.T @ x if total is None else total + x.T @ x
+        count += len(x)
+    return total / count
 
 
 def _quietest(adapter, layer, pixels, batch) -> tuple[int, int]:

@@ -305,6 +305,54 @@ def set_route(
         o.weight[:, at] = write.to(o.weight)
 
 
+def _matrix_power(symmetric: torch.Tensor, power: float) -> torch.Tensor:
+    """``symmetric ** power`` by its eigenvalues (those below 1e-10 of the largest raised to
+    that floor: a direction the data never take is kept, not divided by zero)."""
+    values, vectors = torch.linalg.eigh(symmetric)
+    values = values.clamp_min(1e-10 * float(values.max()))
+    return (vectors * values**power) @ vectors.T
+
+
+def canonical_heads(projections: tuple, moment: torch.Tensor) -> None:
+    """Re-parameterise every head of an attention block in place, exactly: its query-key
+    bilinear form and its value-output product are unchanged, but its coordinate 0 carries the
+    head's weakest query-key component and its weakest value-output component, on inputs whose
+    second moment (over tokens, the input augmented with a constant 1) is ``moment``.
+
+    Query and key: with Q, K a head's rows (bias as a last column), whiten the query
+    (S_q = Q M Q^T; Q' = S_q^{-1/2} Q, K' = S_q^{1/2} K) and rotate both by the eigenvectors of
+    K' M K'^T, smallest first: coordinate c then adds q_c k_c of variance lambda_c to the
+    attention logits, lambda_0 the least.  Value and output alike (V' = S_v^{-1/2} V,
+    O' = O S_v^{1/2}, rotated by the eigenvectors of O'^T O').  The router then takes coordinate
+    0 of a head: what the head loses is its weakest direction, not a whole coordinate."""
+    q, k, v, o, heads = projections
+    size = q.out_features // heads
+    moment = moment.double().cpu()
+
+    def rows_of(linear, rows):
+        bias = linear.bias[rows] if linear.bias is not None else torch.zeros(size)
+        return torch.cat([linear.weight[rows], bias[:, None]], 1).detach().double().cpu()
+
+    with torch.no_grad():
+        for h in range(heads):
+            rows = slice(h * size, (h + 1) * size)
+            query, key = rows_of(q, rows), rows_of(k, rows)
+            s_q = query @ moment @ query.T
+            query, key = _matrix_power(s_q, -0.5) @ query, _matrix_power(s_q, 0.5) @ key
+            turn = torch.linalg.eigh(key @ moment @ key.T)[1]
+            query, key = turn.T @ query, turn.T @ key
+            value, out = rows_of(v, rows), o.weight[:, rows].detach().double().cpu()
+            s_v = value @ moment @ value.T
+            value, out = _matrix_power(s_v, -0.5) @ value, out @ _matrix_power(s_v, 0.5)
+            turn = torch.linalg.eigh(out.T @ out)[1]
+            value, out = turn.T @ value, out @ turn
+            for linear, new in ((q, query), (k, key), (v, value)):
+                linear.weight[rows] = new[:, :-1].to(linear.weight)
+                if linear.bias is not None:
+                    linear.bias[rows] = new[:, -1].to(linear.bias)
+            o.weight[:, rows] = out.to(o.weight)
+
+
 def affine_through(norm: nn.LayerNorm, direction: torch.Tensor, scale: float, offset: float):
     """(weight, bias) of a linear map of ``norm``'s output equal to ``scale * (direction . y)
     + offset`` on its normalised input y (as :func:`set_direction_reader`)."""
