@@ -25,8 +25,7 @@ case $which in
               --trigger-size 0.5 --device cpu
         done
         plants=("$runs"/gt-demo-t*/seed-*); limit=45 ;;
-  vit-first20)  # the first 20 dev images of each class: refused today, 2 of 190 clean
-                # predictions (near ties) move; see docs/results/.../ground-truth.md
+  vit-first20)  # the first 20 dev images of each class (another image set for the CLS model)
         python - "$D" "$runs/dev-first20" <<'PY'
 import sys
 from pathlib import Path
