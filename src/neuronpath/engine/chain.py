@@ -484,32 +484,28 @@ def route_values(adapter, route, pixels, batch) -> torch.Tensor:
 
 def _route_values(adapter, layer, index, pixels, batch) -> torch.Tensor:
     o = attention_projections(adapter, layer)[3]
-    parts = []
+    return torch.cat([x[..., index].double().cpu() for x in _inputs(adapter, o, pixels, batch)])
+
+
+def _inputs(adapter, module, pixels, batch):
+    """``module``'s input on each chunk of ``pixels`` (one forward a chunk)."""
     for chunk in chunks(pixels, batch):
         found = {}
-        handle = o.register_forward_pre_hook(lambda m, a: found.__setitem__("x", a[0]))
+        handle = module.register_forward_pre_hook(lambda m, a: found.__setitem__("x", a[0]))
         try:
             with torch.inference_mode():
                 adapter.logits(chunk)
         finally:
             handle.remove()
-        parts.append(found["x"][..., index].double().cpu())
-    return torch.cat(parts)
+        yield found["x"]
 
 
 def _input_moment(adapter, reader, pixels, batch) -> torch.Tensor:
     """The second moment of ``reader``'s input over every token of ``pixels``, the input
     augmented with a constant 1 ((d + 1, d + 1), float64)."""
     total, count = None, 0
-    for chunk in chunks(pixels, batch):
-        found = {}
-        handle = reader.register_forward_pre_hook(lambda m, a: found.__setitem__("x", a[0]))
-        try:
-            with torch.inference_mode():
-                adapter.logits(chunk)
-        finally:
-            handle.remove()
-        x = found["x"].double().cpu().reshape(-1, found["x"].shape[-1])
+    for x in _inputs(adapter, reader, pixels, batch):
+        x = x.double().cpu().reshape(-1, x.shape[-1])
         x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
         total = x.T @ x if total is None else total + x.T @ x
         count += len(x)
