@@ -331,3 +331,14 @@ def test_two_evaluations_and_two_sae_trainings_started_at_once(tmp_path):
                 assert "is in use by another neuronpath process" in err, err
                 assert len(err.strip().splitlines()) == 1, err
         assert check(), argv[0]
+
+
+def test_a_command_renames_a_parameter_by_its_name_not_by_text():
+    """prune names K --keep: within options_named(topk="keep") --topk becomes --keep and
+    --topk-mode stays itself (a text replacement turned it into --keep-mode)."""
+    from neuronpath.errors import command_line_options, option, options_named
+
+    with command_line_options(), options_named(topk="keep"):
+        assert (option("topk"), option("topk_mode")) == ("--keep", "--topk-mode")
+    with command_line_options():
+        assert option("topk") == "--topk"

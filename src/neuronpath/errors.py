@@ -15,6 +15,7 @@ import contextvars
 from collections.abc import Iterator
 
 _CLI_STYLE = contextvars.ContextVar("neuronpath_cli_style", default=False)
+_RENAMED: contextvars.ContextVar[dict] = contextvars.ContextVar("neuronpath_renamed", default={})
 
 
 class NeuronpathError(Exception):
@@ -56,11 +57,24 @@ class RunLockedError(RunConflictError):
 
 def option(name: str, value: str | None = None) -> str:
     """How a message names parameter ``name`` (set to ``value``): ``name='value'`` for Python
-    callers, ``--name value`` on the command line."""
+    callers, ``--name value`` on the command line (under :func:`options_named`, the name a
+    command gives the parameter instead)."""
+    name = _RENAMED.get().get(name, name)
     if _CLI_STYLE.get():
         flag = "--" + name.replace("_", "-")
         return flag if value is None else f"{flag} {value}"
     return name if value is None else f"{name}='{value}'"
+
+
+@contextlib.contextmanager
+def options_named(**names: str) -> Iterator[None]:
+    """Within this context, :func:`option` names parameter ``old`` as ``names[old]``: a command
+    that sets a shared parameter under its own flag (``prune`` sets K by ``--keep``)."""
+    token = _RENAMED.set({**_RENAMED.get(), **names})
+    try:
+        yield
+    finally:
+        _RENAMED.reset(token)
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from ..analysis.pruning import (
 from ..engine.attribution import AttributionConfig
 from ..engine.editing import pruned_predictions
 from ..engine.slimming import SlimOptions, ranked_by_mask, train_masks
-from ..errors import InputError, RunConflictError, option
+from ..errors import InputError, RunConflictError, option, options_named
 from ..io.images import image_batches
 from ..io.sources import DataSpec, as_data
 from ..io.store import read_records, write_json_atomic
@@ -153,11 +153,12 @@ def run_prune(
     k = max(keep)
     for name, opts in chosen.items():  # prune finds TopK paths with K = the largest keep
         try:
-            opts.check(k)
+            with options_named(topk="keep"):
+                opts.check(k)
         except InputError as error:
             raise InputError(
-                str(error).replace(option("topk"), option("keep"))
-                + f" (prune keeps the best t of TopK paths with K = the largest {option('keep')})"
+                f"{error} (prune keeps the best t of TopK paths with K = the largest "
+                f"{option('keep')})"
             ) from None
     changed = [
         flag_name(f)
