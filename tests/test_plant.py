@@ -633,3 +633,28 @@ def test_the_router_head_reparameterisation_is_exact_and_puts_the_weakest_direct
         assert torch.all(key_moments[1:] >= key_moments[:-1] - 1e-9)
         norms = (cols * cols).sum(0)
         assert torch.all(norms[1:] >= norms[:-1] - 1e-9)
+
+
+def test_several_seeds_go_on_past_a_refused_seed(tmp_path, monkeypatch):
+    """A seed whose chain does not hold is recorded in plants.json with why, the next seeds are
+    still planted, and the command ends with one line naming the refused seeds."""
+    from neuronpath.errors import PlantRefused
+    from neuronpath.experiments import plant as plant_module
+
+    tried = []
+
+    def one(spec, data, folder, options, execution):
+        tried.append(options.seed)
+        if options.seed == 3:
+            raise PlantRefused("plant: check (links) failed: ...; nothing was written")
+        folder.mkdir(parents=True)
+        return {}
+
+    monkeypatch.setattr(plant_module, "_plant_one", one)
+    options = plant_module.PlantOptions(seeds=(0, 3, 5))
+    with pytest.raises(PlantRefused, match=r"1 of 3 seeds refused \(3; why: .*plants.json\)"):
+        plant_module.run_plant("M", tmp_path / "data", tmp_path / "out", options)
+    assert tried == [0, 3, 5]
+    listed = json.loads((tmp_path / "out" / "plants.json").read_text())
+    assert listed["plants"] == {"0": "seed-0", "5": "seed-5"}
+    assert "check (links) failed" in listed["refused"]["3"]

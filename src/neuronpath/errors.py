@@ -31,6 +31,11 @@ class InputError(NeuronpathError, ValueError):
     Also a ``ValueError``, so Python callers may catch it as one."""
 
 
+class PlantRefused(InputError):
+    """``plant`` could not build or verify a chain on this model, image set and seed (a check
+    failed, or a link cannot tell the one before it); nothing was written."""
+
+
 class ModelLoadError(NeuronpathError):
     """A model that cannot be loaded, with what to do about it."""
 

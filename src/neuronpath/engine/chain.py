@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InputError, option
+from ..errors import PlantRefused, option
 from .adapter import ModelAdapter
 from .planting import (
     affine_through,
@@ -176,8 +176,8 @@ def spare_units(usage_of: torch.Tensor, count: int, generator) -> list[int]:
     return quiet[torch.randperm(len(quiet), generator=generator)[:count]].tolist()
 
 
-def _refuse(what: str) -> InputError:
-    return InputError(
+def _refuse(what: str) -> PlantRefused:
+    return PlantRefused(
         f"plant: check (calibration) failed: {what}; plant at other {option('layers')} or with "
         f"a larger {option('trigger_size')}"
     )

@@ -35,7 +35,7 @@ from ..draws import seeded_generator
 from ..engine.chain import Calibration, logits
 from ..engine.planting import ffn_pair
 from ..engine.surgery import natural_maxima_of, plant_model
-from ..errors import ImageReadError, InputError, RunConflictError, option
+from ..errors import ImageReadError, InputError, PlantRefused, RunConflictError, option
 from ..io.images import load_image
 from ..io.planted import PLANTED, read_planted
 from ..io.sources import DataSpec, as_data
@@ -337,14 +337,25 @@ def run_plant(
         return _plant_one(spec, data, out, options, execution)
     if out.exists() and not out.is_dir():
         raise RunConflictError(f"{out} exists and is not a folder; use another {option('out')}")
-    done = {}
+    done, refused = {}, {}
     for i, seed in enumerate(seeds):
         log.info("plant: seed %d (%d of %d)", seed, i + 1, len(seeds))
         folder = out / f"seed-{seed}"
-        _plant_one(spec, data, folder, options.one(seed), execution)
+        try:
+            _plant_one(spec, data, folder, options.one(seed), execution)
+        except PlantRefused as error:  # this seed's chain does not hold: go on with the next
+            log.warning("plant: seed %d refused: %s", seed, error)
+            refused[str(seed)] = str(error)
+            continue
         done[str(seed)] = folder.name
-    summary = {"tool": "neuronpath plant", "plants": done}
+    summary = {"tool": "neuronpath plant", "plants": done, "refused": refused}
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / PLANTS, summary)
+    if refused:
+        raise PlantRefused(
+            f"plant: {len(refused)} of {len(seeds)} seeds refused ({', '.join(refused)}; why: "
+            f"{out / PLANTS}); the other {len(done)} are planted in {out}"
+        )
     return summary
 
 
@@ -436,7 +447,7 @@ def _plant_locked(spec, data_spec, out: Path, options, execution, identity) -> d
     if failed:
         key, c = failed[0]
         at_most = key in ("c", "distractors", "e", "levels")
-        raise InputError(
+        raise PlantRefused(
             f"plant: check ({key}) failed: {c['check']} is {c['value']:.3f} (needed "
             f"{'<=' if at_most else '>='} {c['threshold']}); nothing was written"
         )
