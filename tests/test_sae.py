@@ -479,3 +479,18 @@ def test_a_latent_run_reads_through_every_command_and_refuses_a_changed_sae(tmp_
     (tmp_path / "ffn").rename(tmp_path / "moved")
     with pytest.raises(RunFormatError, match="SAE of layer 1 read from .* no longer exists"):
         run_evaluate(run)
+
+
+def test_a_topk_sae_without_relu_is_not_written_as_a_saelens_one(tmp_path):
+    """saev's TopK keeps the k largest pre-activations as they are; a SAELens TopK SAE puts a
+    ReLU on them, and the loader would put it back: writing one as the other is refused, not
+    done silently."""
+    import dataclasses
+
+    from neuronpath.errors import InputError
+    from neuronpath.models.sae_files import save_saelens
+
+    sae = dataclasses.replace(_random_sae(FFN, 8, 0), activation="topk", k=2, topk_relu=False)
+    with pytest.raises(InputError, match="no ReLU"):
+        save_saelens(sae, tmp_path / "s", hook="blocks.1.mlp.hook_post")
+    assert not (tmp_path / "s").exists()

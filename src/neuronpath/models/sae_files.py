@@ -288,6 +288,12 @@ def save_saelens(sae: SparseAutoencoder, folder: str | Path, hook: str | None = 
     its site (``blocks.L.mlp.hook_post`` or ``blocks.L.hook_resid_post``)."""
     from safetensors.torch import save_file
 
+    if sae.activation == "topk" and not sae.topk_relu:
+        raise InputError(
+            f"{folder}: this SAE keeps its k largest pre-activations as they are (saev's TopK, "
+            "no ReLU), and a SAELens TopK SAE puts a ReLU on them; it cannot be written as one "
+            "without changing its latents"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {
