@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from neuronpath.engine.planting import ffn_pair
-from neuronpath.experiments.benchmark import read_planted
+from neuronpath.io.planted import read_planted
 from neuronpath.models.loading import load_model
 
 
