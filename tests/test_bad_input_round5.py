@@ -209,6 +209,12 @@ def test_damaged_sae_files_are_one_line(tmp_path, capsys):
     assert f"{out / 'report.json'} is damaged" in err and len(err.splitlines()) == 1, err
     import json
 
+    whole = json.loads(report)
+    for damaged in ({**whole, "layers": {"0": {"fvu": 0.1}}}, {**whole, "clean": "x"}):
+        (out / "report.json").write_text(json.dumps(damaged))
+        assert main(_sae_argv(tmp_path, out)) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{out / 'report.json'} is damaged" in err and len(err.splitlines()) == 1, err
     cfg = json.loads((out / "layer00" / "cfg.json").read_text())
     (out / "layer00" / "cfg.json").write_text(json.dumps({**cfg, "k": 1000}))
     model, data = tmp_path / "model", tmp_path / "images"

@@ -213,8 +213,7 @@ def run_sae_train(
         raise InputError(f"{option('k')}: expected at most {fewest} (the latents)")
     identity = _identity(adapter, folder, options, layers)
     if (out / REPORT).is_file():
-        remedy = f"restore it, or train into another {option('out')} folder"
-        done = read_json(out / REPORT, remedy, ("identity",))
+        done = _read_report(out / REPORT)
         if done.get("identity") == identity:
             log.info("sae train: %s already holds this training", out)
             return done
@@ -227,6 +226,44 @@ def run_sae_train(
         return _train(adapter, items, layers, options, execution, out, identity, save_every)
     finally:
         lock.release()
+
+
+LAYER_KEYS = ("latents", "k", "fvu", "dead", "spliced_accuracy", "spliced_cross_entropy")
+
+
+def _read_report(path: Path) -> dict:
+    """A finished training's ``report.json``, checked for every key the command reads of it:
+    one line naming the file and the key where it is damaged."""
+    remedy = f"restore it, or train into another {option('out')} folder"
+    report = read_json(path, remedy, ("identity", "images", "clean", "layers"))
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    clean, layers = report["clean"], report["layers"]
+    problems = [
+        key
+        for key, ok in (
+            (
+                "clean",
+                isinstance(clean, dict)
+                and all(number(clean.get(k)) for k in ("accuracy", "cross_entropy")),
+            ),
+            (
+                "layers",
+                isinstance(layers, dict)
+                and all(
+                    isinstance(r, dict) and all(number(r.get(k)) for k in LAYER_KEYS)
+                    for r in layers.values()
+                ),
+            ),
+            ("identity", isinstance(report["identity"], dict)),
+        )
+        if not ok
+    ]
+    if problems:
+        raise RunFormatError(f"{path} is damaged ({problems[0]} is not as written); {remedy}")
+    return report
 
 
 STATE_KEYS = {
