@@ -20,7 +20,7 @@ criterion a method's choice was made by.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -64,3 +64,14 @@ def own_criterion(criterion: Mapping | None, ablation: str, metric: str) -> bool
     return FAMILY[ablation] == FAMILY[criterion["ablation"]] and METRIC_FAMILY.get(
         metric, metric
     ) == METRIC_FAMILY.get(criterion["metric"], criterion["metric"])
+
+
+def own_rule(selection: Mapping[str, Mapping]) -> Callable[[str, str, str], bool]:
+    """``own(method, ablation, metric)``: whether that judging row is the criterion ``method``
+    selected on, given a run's ``selection`` (``{method: criterion}``; methods absent from it
+    chose by no intervention)."""
+
+    def own(method: str, ablation: str, metric: str) -> bool:
+        return own_criterion(selection.get(method), ablation, metric)
+
+    return own

@@ -29,7 +29,7 @@ from ..analysis.bootstrap import bootstrap_draws
 from ..analysis.curves import KS, curve_statistics, kept_count
 from ..analysis.faithfulness import METRICS, metric_values, own_rows, rival_classes
 from ..analysis.records import group_by
-from ..engine.ablation import own_criterion
+from ..engine.ablation import own_rule
 from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons, record_neurons
 from ..engine.neurons import top_k
@@ -249,9 +249,7 @@ def write_curves(
         "metrics": list(options.metrics),
         "bootstrap": edit.bootstrap,
         "selection": selection,
-        "own_criterion": own_rows(
-            results, lambda m, a, metric: own_criterion(selection.get(m), a, metric)
-        ),
+        "own_criterion": own_rows(results, own_rule(selection)),
         "results": results,
     }
     write_json_atomic(folder / "curves.json", summary)

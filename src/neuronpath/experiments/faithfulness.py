@@ -50,7 +50,7 @@ from ..analysis.faithfulness import (
 from ..analysis.records import group_by
 from ..analysis.unitstats import UnitStats
 from ..draws import seeded_generator
-from ..engine.ablation import ABLATIONS, own_criterion, path_edit
+from ..engine.ablation import ABLATIONS, own_rule, path_edit
 from ..engine.editing import edited_chunks
 from ..engine.interventions import ablate_neurons, record_neurons
 from ..errors import ImageReadError, InputError, option
@@ -686,9 +686,7 @@ def write_faithfulness(
     :mod:`neuronpath.engine.ablation`) are marked, and the leaders (the best of
     ``candidates``, the run's methods) are chosen without them."""
     selection = selection or {}
-
-    def own(method: str, ablation: str, metric: str) -> bool:
-        return own_criterion(selection.get(method), ablation, metric)
+    own = own_rule(selection)
 
     folder = run_dir / "evaluation"
     results: dict = {}
