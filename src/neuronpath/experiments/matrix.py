@@ -30,11 +30,11 @@ import numpy as np
 from ..analysis.bootstrap import bootstrap_draws, percentile_interval
 from ..analysis.faithfulness import METRICS, curve, metric_arrays
 from ..analysis.records import group_by
-from ..engine.ablation import ABLATIONS, own_criterion
+from ..engine.ablation import ABLATIONS, own_rule
 from ..errors import InputError, RunFormatError, option
 from ..io.store import read_records, write_json_atomic
 from ..options import names, setting
-from ..report.tables import write_markdown_and_csv
+from ..report.tables import write_matrix_table
 from .run import Run
 
 STATISTICS = ("necessity", "sufficiency")
@@ -135,6 +135,7 @@ def run_matrix(
                 f"{', '.join(run.methods)}); find it in the same run to compare with it"
             )
         selection = run.selection
+        own = own_rule(selection)
         wanted = set(methods) if methods else set(selection)
         chosen = [m for m in run.methods if m != baseline and m in wanted]
         missing = [m for m in (methods or []) if m not in run.methods]
@@ -163,7 +164,7 @@ def run_matrix(
                             "selected": selection.get(method),
                             "judged": ablation,
                             "metric": metric,
-                            "own": own_criterion(selection.get(method), ablation, metric),
+                            "own": own(method, ablation, metric),
                             "images": len(images),
                             **paired_difference(
                                 [ours[i] for i in images], [base[i] for i in images], metric, draws
@@ -181,73 +182,3 @@ def run_matrix(
     write_json_atomic(out / "matrix.json", result)
     write_matrix_table(result, out / "matrix")
     return result
-
-
-def _selected(criterion: dict | None) -> str:
-    if not criterion:
-        return "not by an intervention"
-    return f"{criterion['ablation']} ablation, {criterion['statistic']}, {criterion['metric']}"
-
-
-def write_matrix_table(result: dict, stem: Path) -> list[Path]:
-    """``stem.md``: per metric, one row per (run, method), one column per judging ablation,
-    each cell d_necessity / d_sufficiency with intervals, own-criterion cells marked;
-    ``stem.csv``: one row per cell and statistic."""
-
-    def cell(row) -> str:
-        def one(s):
-            text = f"{s['value']:+.3f}"
-            return text + (f" [{s['lo']:+.3f}, {s['hi']:+.3f}]" if s["lo"] is not None else "")
-
-        mark = " (own)" if row["own"] else ""
-        return f"{one(row['necessity'])} / {one(row['sufficiency'])}{mark}"
-
-    rows, lines = [], []
-    baseline = result["baseline"]
-    for metric in dict.fromkeys(r["metric"] for r in result["rows"]):
-        judged = list(dict.fromkeys(r["judged"] for r in result["rows"] if r["metric"] == metric))
-        lines += [
-            f"**{metric}**: necessity / sufficiency minus {baseline}'s (normalised f; "
-            f"necessity lower and sufficiency higher is better), 95 % paired bootstrap intervals",
-            "",
-            "| method | run | selected with | " + " | ".join(f"judged: {a}" for a in judged) + " |",
-            "|---|---|---|" + "---|" * len(judged),
-        ]
-        keys = dict.fromkeys((r["run"], r["method"]) for r in result["rows"])
-        for run, method in keys:
-            cells = {
-                r["judged"]: r
-                for r in result["rows"]
-                if r["metric"] == metric and (r["run"], r["method"]) == (run, method)
-            }
-            if not cells:
-                continue
-            selected = _selected(next(iter(cells.values()))["selected"])
-            lines.append(
-                f"| {method} | {Path(run).name} | {selected} | "
-                + " | ".join(cell(cells[a]) if a in cells else "–" for a in judged)
-                + " |"
-            )
-        lines.append("")
-    lines += [
-        "(own): judged by the criterion the method selected its path on (same ablation, "
-        "resample counting as mean; same metric family, prob and logit being one): not "
-        "evidence that the path is the model's.",
-        "",
-    ]
-    for r in result["rows"]:
-        for statistic in STATISTICS:
-            rows.append(
-                {
-                    "run": r["run"],
-                    "method": r["method"],
-                    "selected": _selected(r["selected"]),
-                    "judged": r["judged"],
-                    "metric": r["metric"],
-                    "statistic": f"{statistic} - {baseline}",
-                    **r[statistic],
-                    "own": r["own"],
-                    "images": r["images"],
-                }
-            )
-    return write_markdown_and_csv(stem, lines, rows)

@@ -209,6 +209,13 @@ def write_causal_table(metrics: Mapping[str, Mapping], out_stem: str | Path) -> 
     return write_markdown_and_csv(out_stem, lines, flat)
 
 
+def value_cell(s: Mapping, sign: str = "+") -> str:
+    """A statistic ``{value, lo, hi}`` as ``+0.123 [+0.100, +0.150]`` (``sign=""``: unsigned),
+    the interval left out where there is none."""
+    text = f"{s['value']:{sign}.3f}"
+    return text + (f" [{s['lo']:{sign}.3f}, {s['hi']:{sign}.3f}]" if s["lo"] is not None else "")
+
+
 OWN_MARK = " (own criterion)"
 OWN_NOTE = (
     "judged by the criterion the method selected its path on (the same ablation, resample "
@@ -239,10 +246,6 @@ def write_faithfulness_table(
     match."""
     owned = {(r["method"], r["ablation"], r["metric"]) for r in own}
 
-    def cell(s: Mapping) -> str:
-        text = f"{s['value']:+.3f}"
-        return text + (f" [{s['lo']:+.3f}, {s['hi']:+.3f}]" if s["lo"] is not None else "")
-
     rows, lines = [], []
     for metric in metrics:
         lines += [
@@ -268,7 +271,7 @@ def write_faithfulness_table(
                 mine = (method, ablation, metric) in owned
                 lines.append(
                     f"| {method}{OWN_MARK if mine else ''} | {ablation} | "
-                    + " | ".join(cell(stats[key]) for key, _ in FAITHFULNESS_COLUMNS)
+                    + " | ".join(value_cell(stats[key]) for key, _ in FAITHFULNESS_COLUMNS)
                     + " |"
                 )
                 rows += [
@@ -389,10 +392,6 @@ def write_curve_tables(
     folder = Path(folder)
     owned = {(r["method"], r["ablation"], r["metric"]) for r in own}
 
-    def cell(s: Mapping) -> str:
-        text = f"{s['value']:.3f}"
-        return text + (f" [{s['lo']:.3f}, {s['hi']:.3f}]" if s["lo"] is not None else "")
-
     curve_rows, area_rows = [], []
     lines = [
         "CPR: area under f(k); CMD: area under |1 - f(k)|; x = k / 100 (the fraction of each "
@@ -436,7 +435,8 @@ def write_curve_tables(
                 lines.append(
                     f"| {method}{OWN_MARK if mine else ''} | {ablation} | {metric} | "
                     f"{stats['images']} | "
-                    f"{cell(stats['cpr'])} | {cell(stats['cmd'])} | {cell(first)} |"
+                    + " | ".join(value_cell(c, "") for c in (stats["cpr"], stats["cmd"], first))
+                    + " |"
                 )
     if owned:
         lines += ["", f"{OWN_MARK.strip()}: {OWN_NOTE}"]
@@ -447,3 +447,64 @@ def write_curve_tables(
         writer.writeheader()
         writer.writerows(area_rows)
     return [*written, area]
+
+
+def _selected(criterion: dict | None) -> str:
+    if not criterion:
+        return "not by an intervention"
+    return f"{criterion['ablation']} ablation, {criterion['statistic']}, {criterion['metric']}"
+
+
+def write_matrix_table(result: Mapping, stem: str | Path) -> list[Path]:
+    """``stem.md``: per metric, one row per (run, method), one column per judging ablation,
+    each cell d_necessity / d_sufficiency with intervals, own-criterion cells marked;
+    ``stem.csv``: one row per cell and statistic."""
+
+    def cell(row) -> str:
+        mark = " (own)" if row["own"] else ""
+        return f"{value_cell(row['necessity'])} / {value_cell(row['sufficiency'])}{mark}"
+
+    rows, lines = [], []
+    baseline = result["baseline"]
+    for metric in dict.fromkeys(r["metric"] for r in result["rows"]):
+        judged = list(dict.fromkeys(r["judged"] for r in result["rows"] if r["metric"] == metric))
+        lines += [
+            f"**{metric}**: necessity / sufficiency minus {baseline}'s (normalised f; "
+            f"necessity lower and sufficiency higher is better), 95 % paired bootstrap intervals",
+            "",
+            "| method | run | selected with | " + " | ".join(f"judged: {a}" for a in judged) + " |",
+            "|---|---|---|" + "---|" * len(judged),
+        ]
+        keys = dict.fromkeys((r["run"], r["method"]) for r in result["rows"])
+        for run, method in keys:
+            cells = {
+                r["judged"]: r
+                for r in result["rows"]
+                if r["metric"] == metric and (r["run"], r["method"]) == (run, method)
+            }
+            if not cells:
+                continue
+            selected = _selected(next(iter(cells.values()))["selected"])
+            lines.append(
+                f"| {method} | {Path(run).name} | {selected} | "
+                + " | ".join(cell(cells[a]) if a in cells else "–" for a in judged)
+                + " |"
+            )
+        lines.append("")
+    lines += [f"(own): {OWN_NOTE}.", ""]
+    for r in result["rows"]:
+        for statistic in ("necessity", "sufficiency"):
+            rows.append(
+                {
+                    "run": r["run"],
+                    "method": r["method"],
+                    "selected": _selected(r["selected"]),
+                    "judged": r["judged"],
+                    "metric": r["metric"],
+                    "statistic": f"{statistic} - {baseline}",
+                    **r[statistic],
+                    "own": r["own"],
+                    "images": r["images"],
+                }
+            )
+    return write_markdown_and_csv(stem, lines, rows)
