@@ -237,32 +237,21 @@ def _read_report(path: Path) -> dict:
     remedy = f"restore it, or train into another {option('out')} folder"
     report = read_json(path, remedy, ("identity", "images", "clean", "layers"))
 
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-    clean, layers = report["clean"], report["layers"]
-    problems = [
-        key
-        for key, ok in (
-            (
-                "clean",
-                isinstance(clean, dict)
-                and all(number(clean.get(k)) for k in ("accuracy", "cross_entropy")),
-            ),
-            (
-                "layers",
-                isinstance(layers, dict)
-                and all(
-                    isinstance(r, dict) and all(number(r.get(k)) for k in LAYER_KEYS)
-                    for r in layers.values()
-                ),
-            ),
-            ("identity", isinstance(report["identity"], dict)),
+    def numbers(part, keys) -> bool:
+        return isinstance(part, dict) and all(
+            isinstance(part.get(k), (int, float)) and not isinstance(part.get(k), bool)
+            for k in keys
         )
-        if not ok
-    ]
-    if problems:
-        raise RunFormatError(f"{path} is damaged ({problems[0]} is not as written); {remedy}")
+
+    layers = report["layers"]
+    checks = {
+        "clean": numbers(report["clean"], ("accuracy", "cross_entropy")),
+        "layers": isinstance(layers, dict) and all(numbers(r, LAYER_KEYS) for r in layers.values()),
+        "identity": isinstance(report["identity"], dict),
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise RunFormatError(f"{path} is damaged ({key} is not as written); {remedy}")
     return report
 
 

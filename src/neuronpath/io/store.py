@@ -216,29 +216,25 @@ def read_find_manifest(run_dir: str | Path) -> dict:
                 f"damaged: restore it, or re-run find into a new folder)"
             )
     model = manifest["model"]
-    sites, layers = model.get("units_per_site"), model["num_layers"]
-    agree = {  # keys that must agree with each other: (key, value, expected, what)
-        "model.site_blocks": (
-            model.get("site_blocks"),
+    damaged = "(the manifest is damaged: restore it, or re-run find into a new folder)"
+    sites = model.get("units_per_site")
+    if sites and "site_blocks" not in model:
+        raise RunFormatError(
+            f"{path}: model.site_blocks is missing; expected one block per site of "
+            f"model.units_per_site {damaged}"
+        )
+    for key, count, what in (  # lists whose lengths must agree with the sites
+        (
+            "site_blocks",
             len(sites) if sites else None,
             "one block per site of model.units_per_site",
         ),
-        "model.widths": (
-            model.get("widths"),
-            len(sites) if sites else layers,
-            "one width per site (per layer)",
-        ),
-    }
-    for key, (value, count, what) in agree.items():
+        ("widths", len(sites) if sites else model["num_layers"], "one width per site (per layer)"),
+    ):
+        value = model.get(key)
         if count is not None and value is not None and len(value) != count:
             raise RunFormatError(
-                f"{path}: {key} is {value!r}; expected {what}, {count} of them (the manifest "
-                f"is damaged: restore it, or re-run find into a new folder)"
-            )
-        if key == "model.site_blocks" and count is not None and value is None:
-            raise RunFormatError(
-                f"{path}: {key} is missing; expected {what} (the manifest is damaged: restore "
-                f"it, or re-run find into a new folder)"
+                f"{path}: model.{key} is {value!r}; expected {what}, {count} of them {damaged}"
             )
     return manifest
 
