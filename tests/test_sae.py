@@ -315,11 +315,159 @@ def test_a_hand_written_saev_checkpoint_encodes_as_saev_does(tmp_path):
     )
 
 
+def _write_saev(path, header: dict, state: dict) -> None:
+    """A saev checkpoint as saev's ``dump`` writes it: a JSON header line, then torch.save."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path.write_bytes((json.dumps(header) + "\n").encode() + buffer.getvalue())
+
+
+def _saev_tensors(seed=7, width=FFN * 2):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "W_enc": torch.randn(FFN, width, generator=g),
+        "b_enc": torch.randn(width, generator=g),
+        "W_dec": torch.randn(width, FFN, generator=g),
+        "b_dec": torch.randn(FFN, generator=g),
+    }
+
+
+def test_a_pre_schema_saev_checkpoint_encodes_as_saev_did(tmp_path):
+    """saev's first checkpoints: the header line is the config itself (no schema), the encoder
+    a ReLU of W_enc^T (x - b_dec) + b_enc."""
+    state = _saev_tensors()
+    header = {"d_vit": FFN, "exp_factor": 2, "sparsity_coeff": 4e-4, "ghost_grads": False}
+    _write_saev(tmp_path / "old.pt", header, state)
+    sae = load_sae(tmp_path / "old.pt", site="ffn")
+    x = torch.randn(FFN, dtype=torch.float64)
+    pre = (x - state["b_dec"].double()) @ state["W_enc"].double() + state["b_enc"].double()
+    want = torch.stack([p if p > 0 else p * 0 for p in pre])
+    assert torch.allclose(sae.encode(x), want, rtol=1e-10, atol=1e-12)
+    assert 0 < int((want > 0).sum()) < FFN * 2
+
+
+@pytest.mark.parametrize("theta", [0.4, 0.0])
+def test_a_schema_5_batchtopk_checkpoint_encodes_by_its_learned_threshold(tmp_path, theta):
+    """saev schema 5 (d_model/d_sae; activations as {"kind", "top_k"}): a BatchTopK SAE runs
+    at inference as a threshold on one learned scalar -- a pre-activation is kept where it
+    exceeds it, a threshold of 0 or less being a plain ReLU -- not as a TopK per token."""
+    state = {**_saev_tensors(8), "activation.threshold": torch.tensor(theta)}
+    header = {
+        "schema": 5,
+        "cfg": {
+            "d_model": FFN,
+            "d_sae": FFN * 2,
+            "activation": {
+                "kind": "batch-top-k",
+                "top_k": 3,
+                "sparsity": {"kind": "no-sparsity"},
+                "momentum": 0.1,
+            },
+            "seed": 0,
+        },
+        "commit": "unknown",
+        "lib": "saev",
+    }
+    _write_saev(tmp_path / "new.pt", header, state)
+    sae = load_sae(tmp_path / "new.pt", site="ffn")
+    for x in torch.randn(5, FFN, generator=torch.Generator().manual_seed(3), dtype=torch.float64):
+        pre = x @ state["W_enc"].double() + state["b_enc"].double()
+        cut = theta if theta > 0 else 0.0
+        want = torch.stack([p if p > cut else p * 0 for p in pre])
+        assert torch.allclose(sae.encode(x), want, rtol=1e-10, atol=1e-12)
+    kept = int((want > 0).sum())
+    assert kept != 3  # not a per-token TopK of 3
+
+
+@pytest.mark.parametrize("schema", [3, 4, 5])
+def test_saev_schemas_3_to_5_topk_read_as_saev_reads_them(tmp_path, schema):
+    """A TopK without a threshold, its activation written either way saev has written it."""
+    state = _saev_tensors(9)
+    activation = (
+        {"kind": "top-k", "top_k": 3} if schema == 5 else {"cls": "TopK", "params": {"top_k": 3}}
+    )
+    cfg = {"d_model": FFN, "d_sae": FFN * 2} if schema == 5 else {"d_vit": FFN, "exp_factor": 2}
+    _write_saev(
+        tmp_path / "s.pt", {"schema": schema, "cfg": {**cfg, "activation": activation}}, state
+    )
+    sae = load_sae(tmp_path / "s.pt", site="ffn")
+    x = torch.randn(FFN, dtype=torch.float64)
+    pre = x @ state["W_enc"].double() + state["b_enc"].double()
+    top = sorted(range(FFN * 2), key=lambda i: -float(pre[i]))[:3]
+    want = torch.stack([pre[i] if i in top else pre[i] * 0 for i in range(FFN * 2)])
+    assert torch.allclose(sae.encode(x), want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_saelens_checkpoint_that_rescales_by_decoder_norm_gives_saelenss_latents(tmp_path):
+    """SAELens's TopK with rescale_acts_by_decoder_norm multiplies each pre-activation by its
+    decoder row's norm and decodes with the rows divided by it; read here (norms folded) the
+    latents and the reconstruction are SAELens's, computed literally."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(11)
+    width = 20
+    tensors = {
+        "W_enc": torch.randn(FFN, width, generator=g),
+        "b_enc": torch.randn(width, generator=g) * 0.1,
+        "W_dec": torch.randn(width, FFN, generator=g) * torch.rand(width, 1, generator=g) * 5,
+        "b_dec": torch.randn(FFN, generator=g) * 0.1,
+    }
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+    cfg = {
+        "architecture": "topk",
+        "d_in": FFN,
+        "d_sae": width,
+        "k": 4,
+        "rescale_acts_by_decoder_norm": True,
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "metadata": {"sae_lens_version": "6.5.0", "hook_name": "blocks.1.mlp.hook_post"},
+    }
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    sae = load_sae(folder)
+    t = {n: v.double() for n, v in tensors.items()}
+    norms = [float(torch.sqrt((t["W_dec"][i] ** 2).sum())) for i in range(width)]
+    for x in torch.randn(4, FFN, generator=torch.Generator().manual_seed(2), dtype=torch.float64):
+        pre = [
+            (float(((x - t["b_dec"]) * t["W_enc"][:, i]).sum()) + float(t["b_enc"][i])) * norms[i]
+            for i in range(width)
+        ]
+        top = sorted(range(width), key=lambda i: -pre[i])[:4]
+        want = torch.tensor(
+            [max(pre[i], 0.0) if i in top else 0.0 for i in range(width)], dtype=torch.float64
+        )
+        rebuilt = sum(want[i] / norms[i] * t["W_dec"][i] for i in range(width)) + t["b_dec"]
+        assert torch.allclose(sae.encode(x), want.double(), rtol=1e-9, atol=1e-10)
+        assert torch.allclose(sae.decode(sae.encode(x), x), rebuilt, rtol=1e-9, atol=1e-10)
+    assert max(norms) / min(norms) > 2  # the folding matters here
+
+
+def test_our_folders_are_read_by_saelens_6_rules_with_their_hook_and_model(tmp_path):
+    """SAELens (6.x) takes a config's version from ``sae_lens_version`` (top level or under
+    ``metadata``) and reads one below 6.0 by its older rules, where ``metadata.hook_name`` is
+    lost; the folders sae train writes name a 6.x version, the hook, the model, TopK and k."""
+    report = _train(tmp_path, "out", layers=("0",), epochs=1)
+    cfg = json.loads((tmp_path / "out" / "layer00" / "cfg.json").read_text())
+    version = cfg.get("sae_lens_version") or cfg["metadata"].get("sae_lens_version")
+    assert tuple(int(p) for p in version.split(".")[:2]) >= (6, 0)
+    assert cfg["metadata"]["hook_name"] == "blocks.0.mlp.hook_post"
+    assert cfg["metadata"]["model_name"] and "hook_layer" not in cfg["metadata"]
+    assert (cfg["architecture"], cfg["k"], cfg["d_in"], cfg["d_sae"]) == ("topk", 4, FFN, 24)
+    assert cfg["rescale_acts_by_decoder_norm"] is False and cfg["apply_b_dec_to_input"] is True
+    sae = load_sae(tmp_path / "out" / "layer00")
+    assert sae.origin["hook"] == "blocks.0.mlp.hook_post" and sae.origin["layer"] == 0
+    assert torch.allclose(sae.w_dec.norm(dim=-1), torch.ones(24, dtype=sae.w_dec.dtype), atol=1e-6)
+    assert report["layers"]["0"]["latents"] == 24
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
         (lambda p: _saev_file(p, drop="b_enc"), "missing tensor(s) b_enc"),
         (lambda p: _saev_file(p, schema=7), "schema 7 is not supported"),
+        (lambda p: _saev_file(p, schema="x"), "schema 'x' is not supported"),
         (lambda p: _saev_file(p, cls="Gated"), "activation 'Gated' is not supported"),
         (lambda p: _saev_file(p, exp_factor=3), "its config says d_sae=36"),
         (lambda p: p.write_text("not a checkpoint"), "neither a SAELens folder nor a saev"),
@@ -356,7 +504,7 @@ def test_an_sae_of_the_wrong_width_or_layer_is_refused_in_one_line(tmp_path):
         adapter.use_saes(load_sae_spec(f"1={tmp_path / 'l2'}"))
 
 
-def _train(tmp_path, out, save_every=0.0, **options):
+def _train(tmp_path, out, save_every=0.0, save_steps=0, **options):
     from conftest import make_image_folder, save_tiny_model
     from neuronpath.experiments.common import Execution
     from neuronpath.experiments.sae_train import SAETrainOptions, run_sae_train
@@ -369,7 +517,9 @@ def _train(tmp_path, out, save_every=0.0, **options):
         "latents": 24,
         "k": 4,
         "epochs": 2,
-        "sae_batch": 16,
+        "sae_batch": 8,
+        "buffer": 24,
+        "dead_after": 16,
         "layers": ("0", "2"),
         **options,
     }
@@ -380,12 +530,56 @@ def _train(tmp_path, out, save_every=0.0, **options):
         SAETrainOptions(**settings),
         Execution(device="cpu", batch_size=4, progress=False),
         save_every,
+        save_steps,
     )
 
 
+def test_every_step_holds_sae_batch_vectors_from_more_than_one_image_batch(tmp_path, monkeypatch):
+    """The shuffle buffer: each step has exactly --sae-batch vectors, and they come from more
+    images than one image batch holds (each row traced back to the image it was read from)."""
+    import neuronpath.experiments.sae_train as sae_train
+    from neuronpath.io.images import image_batches
+    from neuronpath.models.loading import load_model
+    from neuronpath.models.spec import ModelSpec
+
+    real, steps = sae_train.train_step, []
+
+    def spy(params, optimiser, x, *rest):
+        steps.append(x.clone())
+        return real(params, optimiser, x, *rest)
+
+    monkeypatch.setattr(sae_train, "train_step", spy)
+    report = _train(tmp_path, "out", layers=("0",), sae_batch=16, buffer=32, epochs=1)
+    adapter = load_model(ModelSpec(str(tmp_path / "model")), device="cpu")
+    held = set(report["held_out"])
+    vectors, owner = [], []
+    for chunk in image_batches(
+        [it for it in _items(tmp_path, adapter) if str(it.id) not in held], adapter.preprocess, 1
+    ):
+        with torch.no_grad(), record_neurons(adapter, [0], all_tokens=True) as acts:
+            adapter.logits(chunk.pixels)
+        vectors.append(acts[0][0].float())
+        owner += [str(chunk.items[0].id)] * acts[0].shape[1]
+    vectors = torch.cat(vectors)
+    assert len(steps) == report["trained"]["steps"] >= 2
+    for x in steps:
+        assert x.shape[0] == 16
+        nearest = torch.cdist(x.double(), vectors.double()).min(1)
+        assert float(nearest.values.max()) < 1e-5  # every row is a vector of some image
+        images = {owner[i] for i in nearest.indices.tolist()}
+        assert len(images) > 4, images  # an image batch holds 4 images
+
+
+def _items(tmp_path, adapter):
+    from neuronpath.io.sources import as_data
+
+    return as_data(str(tmp_path / "images")).open(adapter.id2label, "auto").items
+
+
 def test_sae_train_resumes_after_an_interruption_to_the_same_weights(tmp_path, monkeypatch):
-    """Stopped after its fourth saved batch (in the second epoch), started again, the training
-    ends with the weights of a run never stopped, bit for bit; and its files read back."""
+    """Stopped right after its fourth save, or between saves (saved every 3 steps, stopped at
+    the 8th), started again, the training ends with the weights of a run never stopped, bit
+    for bit, and the same report; its files read back."""
     from safetensors.torch import load_file
 
     import neuronpath.experiments.sae_train as sae_train
@@ -395,52 +589,112 @@ def test_sae_train_resumes_after_an_interruption_to_the_same_weights(tmp_path, m
 
     def stop_after_four(path, state):
         real(path, state)
-        saves.append(state["epoch"])
+        saves.append(state["step"])
         if len(saves) == 4:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(sae_train, "_save_state", stop_after_four)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path, "stopped")
-    assert (tmp_path / "stopped" / "state.pt").is_file() and saves[-1] == 1
+    assert (tmp_path / "stopped" / "state.pt").is_file() and saves == [1, 2, 3, 4]
     monkeypatch.setattr(sae_train, "_save_state", real)
     resumed = _train(tmp_path, "stopped")
-    # saved at the end of each epoch only, stopped in the middle of the second: the batches
-    # after the save are redone
-    real_steps, steps = sae_train._steps, []
+    real_step, calls = sae_train.train_step, []
 
-    def stop_in_second_epoch(*args):
-        real_steps(*args)
-        steps.append(1)
-        if len(steps) == 10:  # 3 image batches x 2 layers per epoch: the 2nd batch of epoch 2
+    def stop_at_the_eighth_step(*args):
+        calls.append(1)
+        if len(calls) == 2 * 8 - 1:  # two layers a step: the first layer of step 8
             raise KeyboardInterrupt
+        return real_step(*args)
 
-    monkeypatch.setattr(sae_train, "_steps", stop_in_second_epoch)
+    monkeypatch.setattr(sae_train, "train_step", stop_at_the_eighth_step)
     with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path, "lagging", save_every=3600)
-    assert torch.load(tmp_path / "lagging" / "state.pt", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(sae_train, "_steps", real_steps)
-    _train(tmp_path, "lagging", save_every=3600)
+        _train(tmp_path, "lagging", save_every=3600, save_steps=3)
+    assert torch.load(tmp_path / "lagging" / "state.pt", weights_only=False)["step"] == 6
+    monkeypatch.setattr(sae_train, "train_step", real_step)
+    lagging = _train(tmp_path, "lagging", save_every=3600, save_steps=3)
+    assert whole["trained"]["steps"] > 8
     for layer in ("00", "02"):
         a = load_file(str(tmp_path / "whole" / f"layer{layer}" / "sae_weights.safetensors"))
         for run in ("stopped", "lagging"):
             b = load_file(str(tmp_path / run / f"layer{layer}" / "sae_weights.safetensors"))
             assert all(torch.equal(a[n], b[n]) for n in a), run
-    for layer, measured in whole["layers"].items():
-        again = resumed["layers"][layer]
-        assert {**again, "folder": None} == {**measured, "folder": None}
+    for again in (resumed, lagging):
+        for layer, measured in whole["layers"].items():
+            assert {**again["layers"][layer], "folder": None} == {**measured, "folder": None}
+        assert again["trained"] == whole["trained"]
     saes = load_sae_spec(str(tmp_path / "whole" / "saes.txt"))
     assert sorted(saes) == [0, 2] and saes[0].width == 24 and saes[0].k == 4
     assert not (tmp_path / "whole" / "state.pt").exists()
-    report = whole["layers"]["0"]
-    assert 0 <= report["dead"] <= 1 and report["fvu"] > 0 and 0 <= report["spliced_accuracy"] <= 1
+
+
+def test_sae_quality_is_measured_with_the_final_weights_on_the_held_out_images(tmp_path):
+    """FVU (centred on the mean of all held-out vectors), L0, dead and dense latents at every
+    token and at the read position (CLS), recomputed here vector by vector with plain hooks
+    from the written SAE folder, equal the report's."""
+    from neuronpath.models.loading import load_model
+    from neuronpath.models.spec import ModelSpec
+
+    report = _train(tmp_path, "out", layers=("1",), held_out=0.25, epochs=3)
+    sae = load_sae(tmp_path / "out" / "layer01")
+    adapter = load_model(ModelSpec(str(tmp_path / "model")), device="cpu")
+    model = adapter.model
+    held = [it for it in _items(tmp_path, adapter) if str(it.id) in set(report["held_out"])]
+    assert len(held) == report["images"] == 3
+    rows = []
+    for item in held:
+        from neuronpath.io.images import image_batches
+
+        pixels = next(iter(image_batches([item], adapter.preprocess, 1))).pixels
+        found = {}
+        hook = literal.sites(model)[1].register_forward_hook(
+            lambda m, i, o: found.__setitem__("h", o[0].detach().clone())
+        )
+        try:
+            with torch.no_grad():
+                model(pixel_values=pixels)
+        finally:
+            hook.remove()
+        rows.append(found["h"].double())
+
+    def plain(vectors):
+        n = len(vectors)
+        mean = [sum(float(v[j]) for v in vectors) / n for j in range(sae.d_in)]
+        error = variance = 0.0
+        fires = [0] * sae.width
+        active = 0
+        for v in vectors:
+            f = plain_encode(sae, v)
+            rebuilt = sum(float(f[i]) * sae.w_dec[i] for i in range(sae.width)) + sae.b_dec
+            error += sum((float(v[j]) - float(rebuilt[j])) ** 2 for j in range(sae.d_in))
+            variance += sum((float(v[j]) - mean[j]) ** 2 for j in range(sae.d_in))
+            for i in range(sae.width):
+                if f[i] > 0:
+                    fires[i] += 1
+                    active += 1
+        dead = sum(c == 0 for c in fires) / sae.width
+        dense = sum(c > 0.1 * n for c in fires) / sae.width
+        return error / variance, active / n, dead, dense
+
+    every = [v for r in rows for v in r]
+    cls = [r[0] for r in rows]
+    fvu_all, l0_all, dead, dense = plain(every)
+    fvu_read, l0_read, _, _ = plain(cls)
+    measured = report["layers"]["1"]
+    assert measured["fvu_all"] == pytest.approx(fvu_all, rel=1e-4)
+    assert measured["fvu_read"] == pytest.approx(fvu_read, rel=1e-4)
+    assert measured["l0_all"] == pytest.approx(l0_all) and measured["l0_read"] == pytest.approx(
+        l0_read
+    )
+    assert measured["dead"] == pytest.approx(dead) and measured["dense"] == pytest.approx(dense)
+    assert 0 < dead < 1 or 0 < dense  # a statistic that can fail on this SAE
 
 
 def test_sae_train_refuses_a_folder_of_another_training(tmp_path):
     from neuronpath.errors import RunConflictError
 
     _train(tmp_path, "out", epochs=1)
-    assert _train(tmp_path, "out", epochs=1)["images"] == 12  # the same: left as it is
+    assert _train(tmp_path, "out", epochs=1)["trained"]["images"] == 11  # the same: left as is
     with pytest.raises(RunConflictError, match="holds another SAE training"):
         _train(tmp_path, "out", epochs=1, k=3)
 

@@ -265,6 +265,7 @@ def _sae(command: SAETrainCommand, args) -> str | None:
         command.options,
         command.execution,
         command.save_every,
+        command.save_steps,
     )
     out = Path(command.out)
     return f"{report_table(report)}wrote {out / 'saes.txt'}, {out / 'report.md'}, {out}/layerLL/"

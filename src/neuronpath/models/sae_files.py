@@ -1,24 +1,30 @@
 """Sparse autoencoders from the files researchers share, read without their libraries.
 
-* **SAELens layout** (also ViT-Prisma's): a folder with ``cfg.json`` and
-  ``sae_weights.safetensors`` holding ``W_enc`` (d_in, width), ``b_enc``, ``W_dec`` (width,
-  d_in), ``b_dec`` and, for JumpReLU, ``threshold`` (or ``log_threshold``).  The config names the
-  encoder (``architecture`` standard/topk/jumprelu, or the older ``activation_fn_str`` relu/topk
-  with ``activation_fn_kwargs.k``), ``apply_b_dec_to_input``, ``normalize_activations``
+* **SAELens layout**: a folder with ``cfg.json`` and ``sae_weights.safetensors`` holding
+  ``W_enc`` (d_in, width), ``b_enc``, ``W_dec`` (width, d_in), ``b_dec`` and, for JumpReLU,
+  ``threshold`` (or ``log_threshold``).  The config names the encoder (``architecture``
+  standard/topk/jumprelu, or the older ``activation_fn_str`` relu/topk with
+  ``activation_fn_kwargs.k``), ``apply_b_dec_to_input``, ``normalize_activations``
   (none/constant_norm_rescale/layer_norm; ``expected_average_only_in`` needs a scaling factor
-  the file does not hold, so it is refused) and the hook it was trained on
-  (``hook_name``/``hook_point``, also under ``metadata``/``meta``): TransformerLens's
-  ``blocks.L.mlp.hook_post`` is the FFN hidden state (neuronpath's neuron site) and
-  ``blocks.L.hook_resid_post`` the residual stream after block L.  ``neuronpath sae train``
-  writes this layout.
-* **saev checkpoints** (schema 2): one JSON header line ``{"schema": 2, "cfg": {"d_vit", ...,
-  "activation": {"cls": "Relu"|"TopK"|"BatchTopK", "params": {"top_k"}}}}`` followed by a
-  ``torch.save``d state dict of the same four tensors.  saev's encoder reads x as it is (no
-  b_dec subtracted) and its TopK keeps the k largest pre-activations without a ReLU; a
-  BatchTopK SAE is read per token (TopK), as it is meant to be used after training.  saev
-  normalises activations in its data pipeline, not in the checkpoint: neuronpath feeds the
-  site's activations as they are, so an SAE trained on normalised activations needs them
-  folded into its weights first.
+  the file does not hold, so it is refused), ``rescale_acts_by_decoder_norm`` (SAELens's
+  training checkpoints: the decoder norms are folded into the encoder, as SAELens folds them)
+  and the hook it was trained on (``hook_name``/``hook_point``, also under
+  ``metadata``/``meta``): TransformerLens's ``blocks.L.mlp.hook_post`` is the FFN hidden state
+  (neuronpath's neuron site) and ``blocks.L.hook_resid_post`` the residual stream after block L.
+  ``neuronpath sae train`` writes this layout as SAELens 6 does (``metadata.sae_lens_version``,
+  ``hook_name``, ``model_name``).  ViT-Prisma's own format (a pickled ``.pt`` beside its
+  ``config.json``) is not read.
+* **saev checkpoints**: one JSON header line followed by a ``torch.save``d state dict of the
+  same four tensors.  The header is the config itself in saev's first checkpoints (no
+  ``schema``: a ReLU encoder that subtracts b_dec) and ``{"schema": 1..5, "cfg": {...}}``
+  since (``d_vit``/``exp_factor`` or ``d_model``/``d_sae``; the activation as ``{"cls",
+  "params": {"top_k"}}`` or ``{"kind", "top_k"}``; an encoder that reads x as it is).  saev's
+  TopK keeps the k largest pre-activations without a ReLU; a BatchTopK SAE is read as saev
+  runs it at inference -- by its learned threshold (the state dict's ``activation.threshold``:
+  a pre-activation is kept where it exceeds it) where the file holds one, per token as a TopK
+  where it does not.  saev normalises activations in its data pipeline, not in the checkpoint:
+  neuronpath feeds the site's activations as they are, so an SAE trained on normalised
+  activations needs them folded into its weights first.
 
 Anything else -- a missing tensor, a width that does not match the site, an unknown encoder --
 is one :class:`~neuronpath.errors.InputError` line naming the file.
@@ -217,9 +223,18 @@ def _saelens(folder: Path, site: str | None) -> SparseAutoencoder:
             raise _bad(
                 weights_path, "a jumprelu encoder needs a threshold (or log_threshold) tensor"
             )
+    weights = {n: t.double() for n, t in weights.items()}
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        if activation == "jumprelu":
+            raise _bad(
+                cfg_path,
+                "a jumprelu SAE with rescale_acts_by_decoder_norm is not supported (where its "
+                "threshold applies is not fixed); fold the decoder norms into it first",
+            )
+        weights = _fold_decoder_norms(weights)
     hook, layer = _hook_of(cfg)
     return SparseAutoencoder(
-        **{n: t.double() for n, t in weights.items()},
+        **weights,
         activation=activation,
         k=k if activation == "topk" else None,
         threshold=None if threshold is None else threshold.double(),
@@ -237,7 +252,63 @@ def _saelens(folder: Path, site: str | None) -> SparseAutoencoder:
     )
 
 
+def _fold_decoder_norms(weights: dict) -> dict:
+    """A SAELens SAE with ``rescale_acts_by_decoder_norm`` multiplies each pre-activation by
+    its decoder row's norm n_i and decodes with the rows divided by it; the same latents come
+    from W_enc n, b_enc n and W_dec / n (the norms folded, as SAELens folds them)."""
+    norms = weights["w_dec"].norm(dim=-1)
+    return {
+        **weights,
+        "w_enc": weights["w_enc"] * norms,
+        "b_enc": weights["b_enc"] * norms,
+        "w_dec": weights["w_dec"] / norms[:, None],
+    }
+
+
+SAEV_ACTIVATIONS = {
+    "Relu": "relu",
+    "TopK": "topk",
+    "BatchTopK": "batchtopk",
+    "relu": "relu",
+    "top-k": "topk",
+    "batch-top-k": "batchtopk",
+}
+
+
+def _saev_settings(path, header: dict) -> tuple[dict, str, int | None, bool]:
+    """(cfg, activation, k, subtract b_dec) of a saev header, by its schema: none (the first
+    checkpoints: the header is the config; ReLU, b_dec subtracted in the encoder), 1 (the
+    activation named by ``cls``, or a dict under ``cfg``), 2 (``{"cls", "params"}``), 3 to 5
+    (``{"kind", "top_k"}`` or ``{"cls", "params"}``; ``d_model``/``d_sae``)."""
+    schema = header.get("schema")
+    if schema is None:
+        return header, "relu", None, True
+    if schema not in (1, 2, 3, 4, 5):
+        raise _bad(path, f"saev checkpoint schema {schema!r} is not supported; expected 1 to 5")
+    cfg = header.get("cfg")
+    if not isinstance(cfg, dict):
+        raise _bad(path, f"its saev header (schema {schema}) has no cfg object")
+    act = cfg.get("activation")
+    if schema == 1 and header.get("cls") in ("Relu", "TopK", "BatchTopK"):
+        name, params = header["cls"], {"top_k": cfg.get("top_k", 32)}
+    elif isinstance(act, dict):
+        name = act.get("cls", act.get("kind"))
+        params = act.get("params", act) or {}
+    else:
+        name, params = "Relu", {}
+    activation = SAEV_ACTIVATIONS.get(name)
+    if activation is None:
+        raise _bad(
+            path, f"saev activation {name!r} is not supported; expected Relu, TopK or BatchTopK"
+        )
+    k = params.get("top_k")
+    if activation != "relu" and (not isinstance(k, int) or k < 1):
+        raise _bad(path, f"a TopK encoder needs a positive integer top_k, got {k!r}")
+    return cfg, activation, k, False
+
+
 def _saev(path: Path, site: str | None) -> SparseAutoencoder:
+    """A saev checkpoint (module docstring): a JSON header line, then a torch state dict."""
     try:
         with open(path, "rb") as handle:
             header = json.loads(handle.readline())
@@ -248,23 +319,28 @@ def _saev(path: Path, site: str | None) -> SparseAutoencoder:
             f"is neither a SAELens folder nor a saev checkpoint (a JSON header line, then a torch "
             f"state dict): {type(error).__name__}: {error}",
         ) from None
-    if not isinstance(header, dict) or header.get("schema") != 2 or not isinstance(state, dict):
-        schema = header.get("schema") if isinstance(header, dict) else None
-        raise _bad(path, f"saev checkpoint schema {schema!r} is not supported; expected schema 2")
-    cfg = header.get("cfg") or {}
-    act = cfg.get("activation") or {}
-    name, params = act.get("cls"), act.get("params") or {}
-    activation = {"Relu": "relu", "TopK": "topk", "BatchTopK": "topk"}.get(name)
-    if activation is None:
-        raise _bad(
-            path, f"saev activation {name!r} is not supported; expected Relu, TopK or BatchTopK"
-        )
-    k = params.get("top_k")
-    if activation == "topk" and (not isinstance(k, int) or k < 1):
-        raise _bad(path, f"a TopK encoder needs a positive integer top_k, got {k!r}")
+    if not isinstance(header, dict) or not isinstance(state, dict):
+        raise _bad(path, "expected a saev header object and a state dict")
+    cfg, activation, k, subtract = _saev_settings(path, header)
     d_in = cfg.get("d_vit", cfg.get("d_model"))
-    width = d_in * cfg["exp_factor"] if d_in and cfg.get("exp_factor") else None
+    width = cfg.get("d_sae") or (
+        d_in * cfg["exp_factor"] if d_in and cfg.get("exp_factor") else None
+    )
     weights = _checked(path, state, width, d_in if width else None)
+    threshold = None
+    if activation == "batchtopk":
+        # saev applies a BatchTopK at inference as one learned threshold (schema 5: the
+        # activation's ``threshold`` buffer, theta <= 0 meaning a plain ReLU); older files hold
+        # none, and their BatchTopK is a TopK per token at inference
+        found = [v for name, v in state.items() if name.endswith("threshold")]
+        if found:
+            theta = found[0].double().reshape(-1)
+            if theta.numel() != 1:
+                raise _bad(path, f"expected one BatchTopK threshold, got {theta.numel()} values")
+            threshold = theta.expand(weights["w_enc"].shape[1]).clone()
+            activation = "jumprelu"
+        else:
+            activation = "topk"
     if site is None:
         raise _bad(
             path,
@@ -275,17 +351,33 @@ def _saev(path: Path, site: str | None) -> SparseAutoencoder:
         **{n: t.double() for n, t in weights.items()},
         activation=activation,
         k=k if activation == "topk" else None,
+        threshold=threshold,
         topk_relu=False,
-        subtract_b_dec=False,
+        subtract_b_dec=subtract,
         site=site,
-        origin={"format": "saev", "file": str(path.resolve()), "sha256": _digest(path)},
+        origin={
+            "format": "saev",
+            "schema": header.get("schema"),
+            "file": str(path.resolve()),
+            "sha256": _digest(path),
+        },
     )
 
 
-def save_saelens(sae: SparseAutoencoder, folder: str | Path, hook: str | None = None) -> Path:
-    """Write ``sae`` in the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``), which
-    :func:`load_sae` and SAELens itself read; ``hook``: the TransformerLens-style hook name of
-    its site (``blocks.L.mlp.hook_post`` or ``blocks.L.hook_resid_post``)."""
+SAELENS_LAYOUT = "6.0.0"  # the SAELens version whose cfg.json layout save_saelens writes
+
+
+def save_saelens(
+    sae: SparseAutoencoder,
+    folder: str | Path,
+    hook: str | None = None,
+    model_name: str | None = None,
+) -> Path:
+    """Write ``sae`` in the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``) as
+    SAELens 6 writes it -- ``metadata`` with ``sae_lens_version`` (so SAELens reads it by its
+    6.x rules, not as an older file), ``hook_name`` and ``model_name`` -- which :func:`load_sae`
+    and SAELens itself read; ``hook``: the TransformerLens-style hook name of its site
+    (``blocks.L.mlp.hook_post`` or ``blocks.L.hook_resid_post``)."""
     from safetensors.torch import save_file
 
     if sae.activation == "topk" and not sae.topk_relu:
@@ -313,10 +405,18 @@ def save_saelens(sae: SparseAutoencoder, folder: str | Path, hook: str | None = 
         "d_in": sae.d_in,
         "d_sae": sae.width,
         "dtype": "float32",
+        "device": "cpu",
         "apply_b_dec_to_input": sae.subtract_b_dec,
         "normalize_activations": sae.normalize,
-        **({"k": sae.k} if sae.activation == "topk" else {}),
-        "metadata": {"hook_name": hook, "hook_layer": sae.origin.get("layer")},
+        "reshape_activations": "none",
+        **({"k": sae.k, "rescale_acts_by_decoder_norm": False} if sae.activation == "topk" else {}),
+        "metadata": {
+            "sae_lens_version": SAELENS_LAYOUT,
+            "sae_lens_training_version": SAELENS_LAYOUT,
+            "model_name": model_name,
+            "hook_name": hook,
+            "hook_head_index": None,
+        },
     }
     (folder / CFG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
     return folder

@@ -115,7 +115,7 @@ class ModelSpec:
         metadata={
             "help": "--units sae: LAYER=PATH[,LAYER=PATH...] (layers from 0), or a file of lines "
             "'LAYER PATH'; PATH a SAELens folder (cfg.json + sae_weights.safetensors, as "
-            "ViT-Prisma ships them and `neuronpath sae train` writes) or a saev checkpoint"
+            "SAELens and `neuronpath sae train` write it) or a saev checkpoint (any schema)"
         },
     )
     sae_site: str | None = field(
