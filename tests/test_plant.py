@@ -658,3 +658,19 @@ def test_several_seeds_go_on_past_a_refused_seed(tmp_path, monkeypatch):
     listed = json.loads((tmp_path / "out" / "plants.json").read_text())
     assert listed["plants"] == {"0": "seed-0", "5": "seed-5"}
     assert "check (links) failed" in listed["refused"]["3"]
+
+
+def test_a_refusal_for_moved_clean_predictions_says_whether_near_ties_are_to_blame():
+    """clean_shift (recorded with check (same) and quoted by its refusal): the moved images'
+    original margins and logit shifts, by hand on four images."""
+    before = torch.tensor([[2.0, 1.9, 0.0], [3.0, 0.0, 1.0], [0.0, 0.5, 0.45], [1.0, 0.0, 4.0]])
+    after = before.clone()
+    after[0] = torch.tensor([1.8, 1.95, 0.0])  # a near-tie flips
+    after[2, 2] = 0.7  # another near-tie flips
+    after[1, 0] = 2.5  # moves, but keeps its prediction
+    shift = plant_checks.clean_shift(before, after)
+    assert shift["moved"] == 2
+    assert shift["moved_margins"] == [0.1, 0.05]
+    assert shift["moved_logit_shift"] == [0.2, 0.25]
+    margins = torch.tensor([0.1, 2.0, 0.05, 3.0])
+    assert shift["margin_p5_p50_p95"][1] == round(float(margins.quantile(0.5)), 4)

@@ -447,9 +447,17 @@ def _plant_locked(spec, data_spec, out: Path, options, execution, identity) -> d
     if failed:
         key, c = failed[0]
         at_most = key in ("c", "distractors", "e", "levels")
+        why = ""
+        if key == "same":
+            why = (
+                f" -- {c['moved']} moved; their original margins (top logit over the "
+                f"runner-up) {c['moved_margins']}, all images' 5/50/95th percentiles "
+                f"{c['margin_p5_p50_p95']}; the surgery moved their clean logits by "
+                f"{c['moved_logit_shift']}"
+            )
         raise PlantRefused(
             f"plant: check ({key}) failed: {c['check']} is {c['value']:.3f} (needed "
-            f"{'<=' if at_most else '>='} {c['threshold']}); nothing was written"
+            f"{'<=' if at_most else '>='} {c['threshold']}){why}; nothing was written"
         )
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)

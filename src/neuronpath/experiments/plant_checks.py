@@ -43,6 +43,29 @@ NAMES = {
 }
 
 
+def clean_shift(before: torch.Tensor, after: torch.Tensor) -> dict:
+    """Why clean predictions move, where they do: the original model's margin (top logit over
+    the runner-up) of the images whose prediction changed, beside the margins of all, and how
+    far the surgery moved the clean logits (largest change per image) -- so a refusal says
+    whether near-ties or large shifts are to blame."""
+    top = before.topk(2, dim=-1).values
+    margin = top[:, 0] - top[:, 1]
+    moved = before.argmax(-1) != after.argmax(-1)
+    shift = (after - before).abs().amax(-1)
+
+    def quantiles(x):
+        q = torch.tensor([0.05, 0.5, 0.95], dtype=x.dtype)
+        return [round(float(v), 4) for v in x.quantile(q)] if len(x) else []
+
+    return {
+        "moved": int(moved.sum()),
+        "moved_margins": [round(float(m), 4) for m in margin[moved]],
+        "margin_p5_p50_p95": quantiles(margin),
+        "logit_shift_p5_p50_p95": quantiles(shift),
+        "moved_logit_shift": [round(float(m), 4) for m in shift[moved]],
+    }
+
+
 def derangement(n: int, seed: int) -> torch.Tensor:
     """A seeded permutation of range(n) with no fixed point (n >= 2)."""
     order = torch.randperm(n, generator=seeded_generator("plant-resample", seed))
@@ -197,7 +220,7 @@ def verify(adapter, held, before: dict, record_: dict, target: int, batch: int, 
     change = 100 * abs(accuracy - original)
     check("e", change, change <= THRESHOLDS["e"], planted_top1=accuracy, original_top1=original)
     same = float((v.clean.argmax(-1) == before["clean"].argmax(-1)).double().mean())
-    check("same", same, same >= THRESHOLDS["same"])
+    check("same", same, same >= THRESHOLDS["same"], **clean_shift(before["clean"], v.clean))
 
     natural = {}
     for l, n in planted.items():
