@@ -499,6 +499,13 @@ class _Trainer:
             order = self.order(self.epoch)
             if self.start >= len(order):
                 self.epoch, self.start, self.fill = self.epoch + 1, 0, 0
+                log.info(
+                    "sae train: epoch %d of %d done (step %d of about %d)",
+                    self.epoch,
+                    self.options.epochs,
+                    self.step,
+                    self.total,
+                )
                 continue
             vectors, end, read = self.gather(order)
             images += read
@@ -618,6 +625,8 @@ def measure(adapter, items, saes: dict, tokens: str, batch: int) -> dict:
                 "fvu_all": every[l].fvu(),
                 "l0_read": read[l].l0(),
                 "l0_all": every[l].l0(),
+                "vectors_read": read[l].n,
+                "vectors_all": every[l].n,
                 "dead": trained[l].dead(),
                 "dense": trained[l].dense(),
                 **{f"spliced_{k}": v for k, v in model(outcome[l]).items()},
@@ -657,10 +666,13 @@ def _finish(adapter, training, held, saes, trained, options, execution, out, ide
 
 def report_table(report: dict) -> str:
     clean, trained = report["clean"], report["trained"]
+    first = next(iter(report["layers"].values()))
     lines = [
         f"SAEs trained on {trained['images']} images ({trained['vectors']} vectors in "
         f"{trained['steps']} steps, {trained['dropped']} left over); measured on "
-        f"{report['images']} {report['measured_on']} with the final weights. Clean model: "
+        f"{report['images']} {report['measured_on']} with the final weights "
+        f"({first['vectors_read']} vectors at the read positions, {first['vectors_all']} in all; "
+        f"dead and dense over the trained tokens). Clean model: "
         f"accuracy {clean['accuracy']:.3f}, cross-entropy {clean['cross_entropy']:.3f}, "
         f"P(label) {clean['p_label']:.3f}",
         "",
