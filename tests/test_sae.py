@@ -300,15 +300,20 @@ def _saev_file(path, cls="TopK", schema=2, drop=None, exp_factor=2):
     return state
 
 
+def _saev_topk(state, x, k=3):
+    """saev's TopK, literally: the k largest pre-activations of x as they are, the rest 0."""
+    pre = x @ state["W_enc"].double() + state["b_enc"].double()
+    top = sorted(range(len(pre)), key=lambda i: -float(pre[i]))[:k]
+    return torch.stack([pre[i] if i in top else pre[i] * 0 for i in range(len(pre))])
+
+
 def test_a_hand_written_saev_checkpoint_encodes_as_saev_does(tmp_path):
     """saev (schema 2): the encoder reads x as it is and its TopK keeps the k largest
     pre-activations, negative ones too; the decoder adds b_dec."""
     state = _saev_file(tmp_path / "sae.pt")
     sae = load_sae(tmp_path / "sae.pt", site="ffn")
     x = torch.randn(FFN, dtype=torch.float64)
-    pre = x @ state["W_enc"].double() + state["b_enc"].double()
-    top = sorted(range(FFN * 2), key=lambda i: -float(pre[i]))[:3]
-    want = torch.stack([pre[i] if i in top else pre[i] * 0 for i in range(FFN * 2)])
+    want = _saev_topk(state, x)
     assert torch.allclose(sae.encode(x), want, rtol=1e-10, atol=1e-12)
     assert torch.allclose(
         sae.decode(want, x), want @ state["W_dec"].double() + state["b_dec"].double()
@@ -392,9 +397,7 @@ def test_saev_schemas_3_to_5_topk_read_as_saev_reads_them(tmp_path, schema):
     )
     sae = load_sae(tmp_path / "s.pt", site="ffn")
     x = torch.randn(FFN, dtype=torch.float64)
-    pre = x @ state["W_enc"].double() + state["b_enc"].double()
-    top = sorted(range(FFN * 2), key=lambda i: -float(pre[i]))[:3]
-    want = torch.stack([pre[i] if i in top else pre[i] * 0 for i in range(FFN * 2)])
+    want = _saev_topk(state, x)
     assert torch.allclose(sae.encode(x), want, rtol=1e-10, atol=1e-12)
 
 
