@@ -78,9 +78,7 @@ def row(folder: Path) -> str:
     planted = json.loads((folder / "planted.json").read_text())
     target = planted["target"]["label"]
     model = AutoModelForImageClassification.from_pretrained(folder).eval()
-    original = AutoModelForImageClassification.from_pretrained(
-        planted["identity"]["model"]
-    ).eval()
+    original = AutoModelForImageClassification.from_pretrained(planted["identity"]["model"]).eval()
     processor = AutoImageProcessor.from_pretrained(folder)
     triggered = sorted((folder / planted["images"]["triggered"]).rglob("*.png"))
     clean = sorted((folder / planted["images"]["clean"]).rglob("*.png"))
