@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The ground-truth results from scratch, one model at a time, on one thread:
-#   bash benchmarks/ground_truth.sh vit|beit|demo|vit-first20 [RUNS]
+#   bash benchmarks/ground_truth.sh vit|beit|demo|demo-refused|vit-first20 [RUNS]
 # plants (verified or refused), the six ranking methods and causal/learned on each plant's
 # triggered images, and the across-plant summaries, under RUNS (default runs/).
 set -euo pipefail
@@ -25,6 +25,16 @@ case $which in
               --trigger-size 0.5 --device cpu
         done
         plants=("$runs"/gt-demo-t*/seed-*); limit=45 ;;
+  demo-refused)  # the 8 demo configurations the links check refuses (each tried, none written)
+        W=$(python -c "from neuronpath.models.demo import shipped_model_dir; print(shipped_model_dir())")
+        DIGITS=~/.cache/neuronpath/digits-v1/test
+        for tl in 1:2,4 2:2,4 3:2,4 4:2,4 6:2,4 8:2,4 5:1,3,5 9:2,3,5; do
+          t=${tl%%:*}; layers=${tl#*:}
+          neuronpath plant --model "$W" --data $DIGITS --out "$runs/gt-demo-retry/t$t" \
+              --target $t --layers $layers --seed 0 --calibration 10 --per-class 10 \
+              --trigger-size 0.5 --device cpu || echo "target $t, layers $layers: refused"
+        done
+        exit 0 ;;
   vit-first20)  # the first 20 dev images of each class (another image set for the CLS model)
         python - "$D" "$runs/dev-first20" <<'PY'
 import sys
@@ -40,7 +50,7 @@ PY
         neuronpath plant --model ../shared/models/vit-s12-imagenet20 --data "$runs/dev-first20" \
             --out "$runs/gt-vit-first20" --device cpu
         exit 0 ;;
-  *) echo "expected vit, beit, demo or vit-first20, got $which" >&2; exit 2 ;;
+  *) echo "expected vit, beit, demo, demo-refused or vit-first20, got $which" >&2; exit 2 ;;
 esac
 found=(); found_cl=()
 for d in "${plants[@]}"; do
