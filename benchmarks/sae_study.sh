@@ -4,7 +4,7 @@
 #   bash benchmarks/sae_study.sh vit [RUNS]     # ViT latent paths and their pairs (then these
 #   bash benchmarks/sae_study.sh beit [RUNS]    #   two, side by side)
 # SAEs: every token of the 400 reference images (RUNS/dev-heldout, as benchmarks/judging.sh
-# makes it), 40 of them held out for the quality figures; FFN sites; 24 epochs. Also CLS-only
+# makes it), 40 of them held out for the quality figures; FFN and residual sites; 24 epochs. CLS-only
 # SAEs of the ViT (where its paths read). Latent paths: the first 100 study images (ViT: JAS
 # search and knowledge) and the first 50 (BEiT: knowledge), judged by zero, mean and resample
 # ablation and paired with the neuron runs of benchmarks/judging.sh (knowledge) and the
@@ -24,6 +24,10 @@ case $which in
     neuronpath sae train --model $VIT --data "$R" --out "$runs/sae2/vit-ffn-24" "${SAE[@]}" &
     neuronpath sae train --model $BEIT --data "$R" --out "$runs/sae2/beit-ffn-24" "${SAE[@]}"
     wait
+    for m in vit:$VIT beit:$BEIT; do   # residual stream after each block, 6 x its 128 coordinates
+      neuronpath sae train --model ${m#*:} --data "$R" --out "$runs/sae2/${m%%:*}-resid-24" \
+          --site resid --latents 768 --k 32 --epochs 24 --dead-after 8192 --device cpu
+    done
     for latents in 256 1024; do
       neuronpath sae train --model $VIT --data "$R" --out "$runs/sae2/vit-cls-$latents" \
           --site ffn --tokens read --latents $latents --k 16 --sae-batch 64 --buffer 1024 \
