@@ -700,6 +700,11 @@ def test_sae_train_refuses_a_folder_of_another_training(tmp_path):
     assert _train(tmp_path, "out", epochs=1)["trained"]["images"] == 11  # the same: left as is
     with pytest.raises(RunConflictError, match="holds another SAE training"):
         _train(tmp_path, "out", epochs=1, k=3)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    del report["trained"]  # as an earlier neuronpath wrote it
+    (tmp_path / "out" / "report.json").write_text(json.dumps(report))
+    with pytest.raises(RunConflictError, match="SAE training of an earlier neuronpath"):
+        _train(tmp_path, "out", epochs=1)
 
 
 def test_a_latent_run_reads_through_every_command_and_refuses_a_changed_sae(tmp_path):

@@ -324,7 +324,12 @@ def _read_report(path: Path) -> dict:
     """A finished training's ``report.json``, checked for every key the command reads of it:
     one line naming the file and the key where it is damaged."""
     remedy = f"restore it, or train into another {option('out')} folder"
-    report = read_json(path, remedy, ("identity", "images", "clean", "layers", "trained"))
+    report = read_json(path, remedy, ("identity", "images", "clean", "layers"))
+    if "trained" not in report:  # written before the held-out quality figures (issue 47)
+        raise RunConflictError(
+            f"{path.parent} holds an SAE training of an earlier neuronpath (its report has no "
+            f"held-out quality figures); train into another {option('out')} folder"
+        )
 
     def numbers(part, keys) -> bool:
         return isinstance(part, dict) and all(
