@@ -400,7 +400,6 @@ class _Trainer:
         self.epoch = self.start = self.fill = self.done = self.step = 0
         self.total = 0  # steps in all (known after the first buffer)
         self.carry = {l: torch.zeros(0, self.d_in[l]) for l in layers}
-        self.dropped = 0
 
     def order(self, epoch: int) -> list:
         g = torch.Generator().manual_seed(self.options.seed * 7919 + epoch)
@@ -456,22 +455,18 @@ class _Trainer:
         where the next buffer starts, images read)."""
         need = self.options.buffer - len(next(iter(self.carry.values())))
         batch, got, parts, position, read = self.execution.batch_size, 0, [], self.start, 0
-        while position < len(order) and got < need:
-            chunk = next(
-                iter(
-                    image_batches(
-                        order[position : position + batch], self.adapter.preprocess, batch
-                    )
-                )
-            )
-            position += batch
-            for item, error in chunk.errors:
-                log.warning("sae train: skipping %s: %s", item.path, error)
-            if chunk.items:
-                pixels = chunk.pixels.to(self.adapter.device, self.adapter.dtype)
-                parts.append(_vectors(self.adapter, pixels, self.layers, self.options.tokens))
-                got += len(next(iter(parts[-1].values())))
-                read += len(chunk.items)
+        if need > 0:
+            for chunk in image_batches(order[self.start :], self.adapter.preprocess, batch):
+                position += batch  # a chunk is the next ``batch`` images, unreadable ones too
+                for item, error in chunk.errors:
+                    log.warning("sae train: skipping %s: %s", item.path, error)
+                if chunk.items:
+                    pixels = chunk.pixels.to(self.adapter.device, self.adapter.dtype)
+                    parts.append(_vectors(self.adapter, pixels, self.layers, self.options.tokens))
+                    got += len(next(iter(parts[-1].values())))
+                    read += len(chunk.items)
+                if got >= need:
+                    break
         vectors = {l: torch.cat([self.carry[l], *[p[l] for p in parts]]) for l in self.layers}
         return vectors, position, read
 
@@ -499,7 +494,7 @@ class _Trainer:
             initial=self.step,
             disable=None if self.execution.progress is None else not self.execution.progress,
         )
-        saved, images = time.monotonic(), 0
+        saved = time.monotonic()
         while self.epoch < self.options.epochs:
             order = self.order(self.epoch)
             if self.start >= len(order):
@@ -513,7 +508,6 @@ class _Trainer:
                 )
                 continue
             vectors, end, read = self.gather(order)
-            images += read
             if self.params is None:
                 if not len(vectors[self.layers[0]]):
                     break
@@ -549,12 +543,11 @@ class _Trainer:
         bar.close()
         if self.params is None:
             raise InputError(f"{option('data')}: none of the {len(self.items)} images can be read")
-        self.dropped = len(next(iter(self.carry.values())))
         trained = {
             "images": len(self.items),
             "vectors": self.step * size,
             "steps": self.step,
-            "dropped": self.dropped,
+            "dropped": len(next(iter(self.carry.values()))),  # never trained on
             "recipe": self.recipe.describe(),
         }
         saes = {
