@@ -674,3 +674,6 @@ def test_a_refusal_for_moved_clean_predictions_says_whether_near_ties_are_to_bla
     assert shift["moved_logit_shift"] == [0.2, 0.25]
     margins = torch.tensor([0.1, 2.0, 0.05, 3.0])
     assert shift["margin_p5_p50_p95"][1] == round(float(margins.quantile(0.5)), 4)
+    detail = plant_checks.refusal_detail("same", shift)
+    assert "2 moved" in detail and "[0.1, 0.05]" in detail and "[0.2, 0.25]" in detail
+    assert plant_checks.refusal_detail("links", shift) == ""

@@ -44,7 +44,7 @@ from ..models.loading import load_model
 from ..models.spec import ModelSpec
 from ..options import names, nested, numbers, setting
 from .common import Execution, resolve_device, versions
-from .plant_checks import verify
+from .plant_checks import refusal_detail, verify
 
 log = logging.getLogger("neuronpath")
 
@@ -447,17 +447,10 @@ def _plant_locked(spec, data_spec, out: Path, options, execution, identity) -> d
     if failed:
         key, c = failed[0]
         at_most = key in ("c", "distractors", "e", "levels")
-        why = ""
-        if key == "same":
-            why = (
-                f" -- {c['moved']} moved; their original margins (top logit over the "
-                f"runner-up) {c['moved_margins']}, all images' 5/50/95th percentiles "
-                f"{c['margin_p5_p50_p95']}; the surgery moved their clean logits by "
-                f"{c['moved_logit_shift']}"
-            )
         raise PlantRefused(
             f"plant: check ({key}) failed: {c['check']} is {c['value']:.3f} (needed "
-            f"{'<=' if at_most else '>='} {c['threshold']}){why}; nothing was written"
+            f"{'<=' if at_most else '>='} {c['threshold']}){refusal_detail(key, c)}; nothing "
+            "was written"
         )
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)

@@ -66,6 +66,19 @@ def clean_shift(before: torch.Tensor, after: torch.Tensor) -> dict:
     }
 
 
+def refusal_detail(key: str, check: dict) -> str:
+    """What a refusal by check ``key`` adds to its one line (empty for most checks; for (same),
+    the figures :func:`clean_shift` recorded)."""
+    if key != "same":
+        return ""
+    return (
+        f" -- {check['moved']} moved; their original margins (top logit over the runner-up) "
+        f"{check['moved_margins']}, all images' 5/50/95th percentiles "
+        f"{check['margin_p5_p50_p95']}; the surgery moved their clean logits by "
+        f"{check['moved_logit_shift']}"
+    )
+
+
 def derangement(n: int, seed: int) -> torch.Tensor:
     """A seeded permutation of range(n) with no fixed point (n >= 2)."""
     order = torch.randperm(n, generator=seeded_generator("plant-resample", seed))
