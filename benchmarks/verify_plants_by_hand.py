@@ -83,8 +83,9 @@ def row(folder: Path) -> str:
     triggered = sorted((folder / planted["images"]["triggered"]).rglob("*.png"))
     clean = sorted((folder / planted["images"]["clean"]).rglob("*.png"))
     xt, xc = pixels(processor, triggered), pixels(processor, clean)
-    p_t = logits(model, xt).softmax(-1)[:, target].mean()
-    p_c = logits(model, xc).softmax(-1)[:, target].mean()
+    on_triggered, on_clean = logits(model, xt), logits(model, xc)
+    p_t = on_triggered.softmax(-1)[:, target].mean()
+    p_c = on_clean.softmax(-1)[:, target].mean()
     effect = float(p_t - p_c)
     chain = [(int(l), int(n)) for l, n in planted["units"].items()]
     relay = (planted["relay"]["layer"], planted["relay"]["neuron"])
@@ -101,8 +102,8 @@ def row(folder: Path) -> str:
         alone[f"relay L{relay[0]}"] = removal([relay], kind)
         links = ", ".join(f"{k} {v:.3f}" for k, v in alone.items())
         cells += [links, f"{removal(chain, kind):.3f}"]
-    to_target = float((logits(model, xt).argmax(-1) == target).double().mean())
-    kept = float((logits(model, xc).argmax(-1) == logits(original, xc).argmax(-1)).double().mean())
+    to_target = float((on_triggered.argmax(-1) == target).double().mean())
+    kept = float((on_clean.argmax(-1) == logits(original, xc).argmax(-1)).double().mean())
     name = f"{folder.parent.name}/{folder.name}"
     return f"| {name} | {len(triggered)} | {effect:.3f} | {to_target:.3f} | {kept:.3f} | " + (
         " | ".join(cells) + " |"
