@@ -756,3 +756,24 @@ def test_a_topk_sae_without_relu_is_not_written_as_a_saelens_one(tmp_path):
     with pytest.raises(InputError, match="no ReLU"):
         save_saelens(sae, tmp_path / "s", hook="blocks.1.mlp.hook_post")
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sae-batch", "4096", "--buffer", "1024"], "--sae-batch: expected at most --buffer"),
+        (["--held-out", "1"], "--held-out: expected a share from 0"),
+        (["--warmup", "0.9", "--decay", "0.2"], "--warmup + --decay: expected at most 1"),
+        (["--aux-coef", "-1"], "--aux-coef: expected a finite weight >= 0"),
+        (["--save-steps", "-2"], "--save-steps: expected steps >= 0"),
+    ],
+)
+def test_bad_training_options_are_one_line_before_any_work(tmp_path, capsys, extra, message):
+    from neuronpath.cli import main
+
+    out = tmp_path / "out"
+    argv = ["sae", "train", "--model", "M", "--data", "D", "--out", str(out), *extra]
+    assert main(argv) == 2  # the model M does not exist: refused before it is read
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

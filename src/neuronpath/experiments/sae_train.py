@@ -121,6 +121,11 @@ class SAETrainOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InputError(f"{option(name)}: expected a positive integer, got {value!r}")
+        if self.sae_batch > self.buffer:
+            raise InputError(
+                f"{option('sae_batch')}: expected at most {option('buffer')} ({self.buffer}), "
+                f"got {self.sae_batch}"
+            )
         if not 0 < self.lr <= FLOAT_LIMIT:  # NaN and inf fail here too
             raise InputError(
                 f"{option('lr')}: expected a finite learning rate > 0, got {self.lr!r}"
@@ -281,11 +286,6 @@ def run_sae_train(
     fewest = min(options.latents or 4 * adapter.widths()[l] for l in layers)
     if options.k > fewest:  # refused before the folder is made
         raise InputError(f"{option('k')}: expected at most {fewest} (the latents)")
-    if options.sae_batch > options.buffer:
-        raise InputError(
-            f"{option('sae_batch')}: expected at most {option('buffer')} ({options.buffer}), "
-            f"got {options.sae_batch}"
-        )
     identity = _identity(adapter, folder, options, layers)
     if (out / REPORT).is_file():
         done = _read_report(out / REPORT)
